@@ -1,0 +1,80 @@
+"""The authority order for recipe values: user > live research > curated reference > model memory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tao_finetune.agent.config import RANKS, Rank, RunConfig, Sourced
+from tao_finetune.agent.state import RunState
+
+
+class AuthorityError(Exception):
+    """A recipe write the authority order refuses."""
+
+
+def specificity(source: str, model_id: str) -> int:
+    """How specific a live source is to this model: model card/repo > author code > generic docs."""
+    s = source.lower()
+    mid = model_id.lower()
+    if mid and mid in s:
+        return 3
+    if "github.com" in s or "/examples/" in s or "notebook" in s:
+        return 2
+    return 1
+
+
+def record_live_attempt(state: RunState, slot: str, url: str, outcome: str) -> None:
+    """Log a live research attempt for a slot (needed before a reference fallback)."""
+    state.live_attempts.setdefault(slot, []).append({"url": url, "outcome": outcome})
+
+
+def set_recipe(
+    cfg: RunConfig,
+    state: RunState,
+    slot: str,
+    value: Any,
+    rank: Rank,
+    source: str,
+    reason: str = "",
+) -> str:
+    """Write a recipe value if the authority order allows it; returns what happened, raises AuthorityError if refused."""
+    if rank == "live" and not source.startswith(("http://", "https://")):
+        raise AuthorityError(f"live research for {slot!r} needs a source URL, got {source!r}")
+    if rank == "reference":
+        tried = state.live_attempts.get(slot) or state.live_attempts.get("*")
+        if not tried:
+            raise AuthorityError(
+                f"fallback to a reference for {slot!r} refused: no failed live attempt is logged for it; "
+                "fetch the model card / docs first"
+            )
+        if not reason:
+            reason = "; ".join(f"{a['url']}: {a['outcome']}" for a in tried)
+    current = cfg.recipe.get(slot)
+    new = Sourced(value=value, rank=rank, source=source, reason=reason)
+    if current is not None:
+        if RANKS[rank] > RANKS[current.rank]:
+            raise AuthorityError(
+                f"{slot!r} already set from {current.rank} ({current.source}); a {rank} source cannot overwrite it"
+            )
+        if rank == "live" and current.rank == "live" and current.value != value:
+            mine, theirs = specificity(source, cfg.model_id), specificity(current.source, cfg.model_id)
+            cfg.note(f"conflict on {slot!r}: {current.source} says {current.value!r}, {source} says {value!r}")
+            if mine < theirs:
+                return f"kept {slot!r} from the more specific source {current.source}"
+    cfg.recipe = {**cfg.recipe, slot: new}
+    if rank == "live" and source not in cfg.research_sources:
+        cfg.research_sources = [*cfg.research_sources, source]
+    if rank == "reference":
+        cfg.note(f"fallback to reference for {slot}: {source} ({new.reason})")
+    return f"set {slot!r} from {rank} source {source}"
+
+
+def user_recipe(cfg: RunConfig, keys: list[str]) -> None:
+    """Mark user-set keys as rank-1 recipe values."""
+    data = cfg.model_dump()
+    for key in keys:
+        node: Any = data
+        for p in key.split("."):
+            node = node.get(p) if isinstance(node, dict) else None
+        cfg.recipe = {**cfg.recipe, key: Sourced(value=node, rank="user", source="user")}
+    cfg.user_set = sorted(set(cfg.user_set) | set(keys))

@@ -1,0 +1,208 @@
+"""The run config: one pydantic model that is `output_dir/config.yaml`, the single source of truth."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+TaskType = Literal[
+    "image-classification",
+    "object-detection",
+    "semantic-segmentation",
+    "image-text-to-text",
+    "text-classification",
+]
+DatasetFormat = Literal["auto", "imagefolder", "coco", "voc", "jsonl", "arrow", "parquet", "csv"]
+Platform = Literal["docker", "local"]
+Rank = Literal["user", "live", "reference", "memory"]
+RANKS: dict[str, int] = {"user": 1, "live": 2, "reference": 3, "memory": 4}
+
+
+class ConfigError(ValueError):
+    """A bad config value or file; the message is one line naming the field."""
+
+
+class Sourced(BaseModel):
+    """A recipe value with where it came from and its rank in the authority order."""
+
+    model_config = ConfigDict(extra="forbid")
+    value: Any
+    rank: Rank
+    source: str = Field(description="URL for live research, references/<file> for curated, 'user' or 'memory'")
+    reason: str = ""
+
+
+class Hyperparameters(BaseModel):
+    """Training hyperparameters; each can be overridden by the user."""
+
+    model_config = ConfigDict(extra="forbid")
+    learning_rate: float = Field(5e-5, gt=0)
+    per_device_train_batch_size: int = Field(32, ge=1)
+    per_device_eval_batch_size: int = Field(64, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    seed: int = 42
+    precision: Literal["bf16", "fp16", "fp32", "auto"] = "auto"
+    gradient_checkpointing: bool = False
+    max_steps: int = -1
+    logging_steps: int = Field(10, ge=1)
+    dataloader_num_workers: int = Field(-1, ge=-1, description="-1 = derive from CPU count")
+    torch_compile: bool = False
+    training_method: Literal["full", "lora"] = "full"
+
+
+class RunConfig(BaseModel):
+    """Every input of the spec with its default, plus what the steps record."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    model_id: str = Field(min_length=1)
+    dataset_id: str | None = None
+    dataset_config: str | None = None
+    local_dataset_path: str | None = None
+    local_dataset_format: DatasetFormat = "auto"
+    dataset_source: Literal["hf", "local", "recommend"] | None = None
+    task_type: TaskType | None = None
+    n_train: int = Field(10000, ge=1)
+    n_eval: int = Field(1000, ge=1)
+    n_epochs: float = Field(3, gt=0)
+    lora_r: int = Field(16, ge=1)
+    output_dir: str | None = None
+    hf_model_repo: str | None = None
+    push_to_hub: bool = True
+    skip_baseline: bool = False
+    emit_progress_log: bool = False
+    emit_report: bool = False
+    emit_unit_tests: bool = False
+    wandb: bool = False
+    platform: Platform = "docker"
+    allow_cpu: bool = False
+    image: str | None = Field(None, description="user-chosen container image; overrides NGC selection")
+
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+
+    # recorded by the steps
+    model_facts: dict[str, Any] = Field(default_factory=dict)
+    dataset_facts: dict[str, Any] = Field(default_factory=dict)
+    column_renames: dict[str, str] = Field(default_factory=dict)
+    label_names: list[str] = Field(default_factory=list)
+    applicable_workarounds: list[str] | None = None
+    gpu_count: int | None = None
+    gpu_name: str | None = None
+    driver_major: int | None = None
+    vram_gb_per_gpu: float | None = None
+    ngc_image: str | None = None
+    recipe: dict[str, Sourced] = Field(default_factory=dict)
+    research_sources: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    user_set: list[str] = Field(default_factory=list, description="dotted keys the user set explicitly")
+
+    @model_validator(mode="after")
+    def _one_dataset(self) -> "RunConfig":
+        if self.dataset_id and self.local_dataset_path:
+            raise ValueError("give dataset_id or local_dataset_path, not both")
+        if self.dataset_source is None:
+            src = "hf" if self.dataset_id else "local" if self.local_dataset_path else "recommend"
+            object.__setattr__(self, "dataset_source", src)
+        if self.output_dir is None:
+            object.__setattr__(self, "output_dir", f"./output/{self.short_name}")
+        return self
+
+    @property
+    def short_name(self) -> str:
+        """The model's short name: the part after the last '/', lower-cased."""
+        return self.model_id.rstrip("/").split("/")[-1].lower()
+
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir or f"./output/{self.short_name}").resolve()
+
+    def note(self, text: str) -> None:
+        """Append a note (deduplicated)."""
+        if text not in self.notes:
+            self.notes = [*self.notes, text]
+
+
+def _one_line(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"]) or "config"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"invalid config value for {loc!r}: {e['msg']}{more}"
+
+
+def parse_value(raw: str) -> Any:
+    """Parse a --set value as YAML (so 1e-4, true, [a, b] work), keeping plain strings."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_overrides(data: dict[str, Any], sets: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Apply `a.b=c` overrides to a raw config dict; returns the dict and the keys set."""
+    keys = []
+    for item in sets:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if key in Hyperparameters.model_fields and key not in RunConfig.model_fields:
+            key = f"hyperparameters.{key}"
+        parts = key.split(".")
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key!r}: {p!r} is not a section")
+        node[parts[-1]] = parse_value(raw)
+        keys.append(key)
+    return data, keys
+
+
+def build_config(data: dict[str, Any]) -> RunConfig:
+    """Validate a raw dict into a RunConfig, with a one-line error."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err)) from None
+
+
+def load_config(path: Path) -> RunConfig:
+    """Read config.yaml; a missing or malformed file is a ConfigError."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {str(path)!r}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping")
+    return build_config(data)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via temp file + fsync + rename, so a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    """Write config.yaml atomically."""
+    data = cfg.model_dump(mode="json", exclude_none=False)
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))

@@ -1,0 +1,95 @@
+"""Typed tools: pydantic arguments, derived schemas, and the errors the model is allowed to see."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, get_type_hints
+
+from pydantic import BaseModel, ValidationError
+
+if TYPE_CHECKING:
+    from tao_finetune.agent.context import RunContext
+
+Step = int  # 0 = any step, 1..6 = the spec's steps
+
+
+class ToolError(Exception):
+    """An expected failure: the message goes back to the model as an is_error tool result."""
+
+
+class NeedsUser(Exception):
+    """The agent must stop and ask the user; the run ends with exit code 3 and can be resumed."""
+
+    def __init__(self, question: str, how_to_answer: str = ""):
+        super().__init__(question)
+        self.question = question
+        self.how_to_answer = how_to_answer
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A registered tool: name, step, argument model and the function behind it."""
+
+    name: str
+    description: str
+    step: Step
+    args_model: type[BaseModel]
+    fn: Callable[..., Any]
+    max_retries: int = 3
+
+    def schema(self) -> dict[str, Any]:
+        """The tool definition the Anthropic Messages API expects."""
+        params = self.args_model.model_json_schema()
+        params.pop("title", None)
+        params.setdefault("properties", {})
+        return {"name": self.name, "description": self.description, "input_schema": params}
+
+    def validate(self, raw: dict[str, Any]) -> BaseModel:
+        """Parse raw model input; raises pydantic.ValidationError."""
+        return self.args_model.model_validate(raw)
+
+    def __call__(self, ctx: "RunContext", args: BaseModel) -> Any:
+        return self.fn(ctx, args)
+
+
+class NoArgs(BaseModel):
+    """A tool that takes no arguments."""
+
+
+REGISTRY: dict[str, Tool] = {}
+
+
+def tool(step: Step, name: str | None = None, max_retries: int = 3) -> Callable[[Callable[..., Any]], Tool]:
+    """Register `fn(ctx, args: ArgsModel)` as a tool; the schema comes from ArgsModel, the description from the docstring."""
+
+    def wrap(fn: Callable[..., Any]) -> Tool:
+        doc = inspect.getdoc(fn)
+        if not doc:
+            raise TypeError(f"tool {fn.__name__!r} has no docstring: a tool needs a description")
+        hints = get_type_hints(fn)
+        params = list(inspect.signature(fn).parameters)
+        if len(params) != 2:
+            raise TypeError(f"tool {fn.__name__!r} must take (ctx, args), got {params!r}")
+        args_model = hints.get(params[1])
+        if not (isinstance(args_model, type) and issubclass(args_model, BaseModel)):
+            raise TypeError(f"tool {fn.__name__!r}: second parameter must be a pydantic model")
+        for field_name, field in args_model.model_fields.items():
+            if not field.description:
+                raise TypeError(f"tool {fn.__name__!r}: argument {field_name!r} has no description")
+        t = Tool(name or fn.__name__, doc, step, args_model, fn, max_retries)
+        if t.name in REGISTRY and REGISTRY[t.name].fn is not fn:
+            raise ValueError(f"tool {t.name!r} registered twice")
+        REGISTRY[t.name] = t
+        return t
+
+    return wrap
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """List pydantic errors one per line for the model."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(arguments)"
+        lines.append(f"- {loc}: {e['msg']}")
+    return "\n".join(lines)
