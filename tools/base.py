@@ -37,6 +37,11 @@ class Tool:
     args_model: type[BaseModel]
     fn: Callable[..., Any]
     max_retries: int = 3
+    step_for: Callable[[BaseModel], Step] | None = None
+
+    def step_of(self, args: BaseModel) -> Step:
+        """The step this call belongs to (some tools span steps by argument)."""
+        return self.step_for(args) if self.step_for else self.step
 
     def schema(self) -> dict[str, Any]:
         """The tool definition the Anthropic Messages API expects."""
@@ -60,7 +65,12 @@ class NoArgs(BaseModel):
 REGISTRY: dict[str, Tool] = {}
 
 
-def tool(step: Step, name: str | None = None, max_retries: int = 3) -> Callable[[Callable[..., Any]], Tool]:
+def tool(
+    step: Step,
+    name: str | None = None,
+    max_retries: int = 3,
+    step_for: Callable[[Any], Step] | None = None,
+) -> Callable[[Callable[..., Any]], Tool]:
     """Register `fn(ctx, args: ArgsModel)` as a tool; the schema comes from ArgsModel, the description from the docstring."""
 
     def wrap(fn: Callable[..., Any]) -> Tool:
@@ -77,7 +87,7 @@ def tool(step: Step, name: str | None = None, max_retries: int = 3) -> Callable[
         for field_name, field in args_model.model_fields.items():
             if not field.description:
                 raise TypeError(f"tool {fn.__name__!r}: argument {field_name!r} has no description")
-        t = Tool(name or fn.__name__, doc, step, args_model, fn, max_retries)
+        t = Tool(name or fn.__name__, doc, step, args_model, fn, max_retries, step_for)
         if t.name in REGISTRY and REGISTRY[t.name].fn is not fn:
             raise ValueError(f"tool {t.name!r} registered twice")
         REGISTRY[t.name] = t
