@@ -70,6 +70,7 @@ def tool(
     name: str | None = None,
     max_retries: int = 3,
     step_for: Callable[[Any], Step] | None = None,
+    register: bool = True,
 ) -> Callable[[Callable[..., Any]], Tool]:
     """Register `fn(ctx, args: ArgsModel)` as a tool; the schema comes from ArgsModel, the description from the docstring."""
 
@@ -88,7 +89,9 @@ def tool(
             if not field.description:
                 raise TypeError(f"tool {fn.__name__!r}: argument {field_name!r} has no description")
         t = Tool(name or fn.__name__, doc, step, args_model, fn, max_retries, step_for)
-        if t.name in REGISTRY and REGISTRY[t.name].fn is not fn:
+        if not register:
+            return t
+        if t.name in REGISTRY and REGISTRY[t.name].fn.__qualname__ != fn.__qualname__:
             raise ValueError(f"tool {t.name!r} registered twice")
         REGISTRY[t.name] = t
         return t

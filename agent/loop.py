@@ -1,0 +1,250 @@
+"""The agent loop: query the model, execute its tool calls behind the gates, check limits, log every step."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pydantic import BaseModel, ValidationError
+
+from tao_finetune.agent import gates
+from tao_finetune.agent.context import RunContext
+from tao_finetune.agent.llm import LLMAuthError, LLMClient, LLMError, LLMResponse
+from tao_finetune.tools.base import NeedsUser, Tool, ToolError, format_validation_error
+
+PROTECTED = ("model_id", "dataset_id", "local_dataset_path", "training_method")
+RESULT_LIMIT = 20_000
+
+
+class LoopExit(Exception):
+    """Ends the run with an exit code and a message."""
+
+    code = 1
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class Done(LoopExit):
+    code = 0
+
+
+class BadInput(LoopExit):
+    code = 2
+
+
+class GateFailed(LoopExit):
+    code = 4
+
+
+class LimitReached(LoopExit):
+    code = 1
+
+
+class AskUser(LoopExit):
+    code = 3
+
+    def __init__(self, question: str, how_to_answer: str = ""):
+        super().__init__(question)
+        self.how_to_answer = how_to_answer
+
+
+class InvalidArgs(ToolError):
+    """Arguments failed validation; counted against the tool's retry budget, not the same-error rule."""
+
+
+@dataclass
+class Limits:
+    """When to stop regardless of progress."""
+
+    max_steps: int = 250
+    max_cost_usd: float = 25.0
+    max_wall_s: float = 24 * 3600
+    max_tokens: int = 8192
+    max_tokens_cap: int = 32768
+    max_nudges: int = 2
+
+
+class Agent:
+    """One run: a conversation with the model over typed tools, gated by the six steps."""
+
+    def __init__(self, client: LLMClient, ctx: RunContext, tools: list[Tool], system: str, limits: Limits | None = None,
+                 ask: Callable[[str], str | None] | None = None):
+        self.client, self.ctx, self.system = client, ctx, system
+        self.tools = {t.name: t for t in tools}
+        self.limits = limits or Limits()
+        self.ask = ask
+        self.messages: list[dict[str, Any]] = []
+        self.steps = 0
+        self.cost = 0.0
+        self.retries: dict[str, int] = {}
+        self.nudges = 0
+        self.started = time.monotonic()
+        self.max_tokens = self.limits.max_tokens
+
+    def run(self, task: str) -> LoopExit:
+        """Run until done, a question, a limit or an error; always returns the exit."""
+        self.ctx.session.event("start", client=self.client.name, task=task, first_unmet=gates.first_unmet(self.ctx.run_dir, self.ctx.state))
+        self.messages.append({"role": "user", "content": self.ctx.creds.redact(task)})
+        try:
+            while True:
+                self.step()
+        except LoopExit as exit_:
+            result = exit_
+        except NeedsUser as q:
+            result = AskUser(q.question, q.how_to_answer)
+        finally:
+            self.ctx.save()
+        if isinstance(result, AskUser):
+            self.ctx.state.pending_question = result.message
+            self.ctx.save()
+        self.ctx.session.event("exit", code=result.code, message=result.message, steps=self.steps, cost_usd=round(self.cost, 4))
+        return result
+
+    def step(self) -> None:
+        self.execute(self.query())
+
+    def query(self) -> LLMResponse:
+        """Check limits, then ask the model for the next turn."""
+        lim = self.limits
+        if self.steps >= lim.max_steps:
+            raise LimitReached(f"step limit reached ({lim.max_steps})")
+        if self.cost >= lim.max_cost_usd:
+            raise LimitReached(f"cost limit reached (${self.cost:.2f} of ${lim.max_cost_usd:.2f})")
+        if time.monotonic() - self.started >= lim.max_wall_s:
+            raise LimitReached(f"wall-time limit reached ({lim.max_wall_s:.0f} s)")
+        self.steps += 1
+        try:
+            resp = self.client.create(system=self.system, messages=self.messages, tools=[t.schema() for t in self.tools.values()],
+                                      max_tokens=self.max_tokens)
+        except LLMAuthError as err:
+            raise BadInput(str(err)) from None
+        except LLMError as err:
+            raise LoopExit(str(err)) from None
+        self.cost += resp.cost
+        self.ctx.session.event("response", step=self.steps, content=resp.content, stop_reason=resp.stop_reason, model=resp.model,
+                               usage=vars(resp.usage), cost_usd=round(resp.cost, 6))
+        return resp
+
+    def execute(self, resp: LLMResponse) -> None:
+        """Act on one assistant turn according to its stop reason."""
+        reason = resp.stop_reason
+        if reason == "max_tokens":
+            if self.max_tokens >= self.limits.max_tokens_cap:
+                raise LoopExit(f"the model's reply was cut off at the {self.max_tokens}-token cap")
+            self.max_tokens = min(2 * self.max_tokens, self.limits.max_tokens_cap)
+            self.ctx.session.event("note", text=f"reply truncated; retrying with max_tokens={self.max_tokens}; nothing executed")
+            return
+        if reason == "refusal":
+            raise LoopExit(f"the model refused to continue: {resp.text() or 'no reason given'}")
+        resp.content = json.loads(self.ctx.creds.redact(json.dumps(resp.content)))
+        self.messages.append({"role": "assistant", "content": resp.content})
+        if reason == "pause_turn":
+            return
+        uses = resp.tool_uses()
+        if uses:
+            results = [self.call(u) for u in uses]
+            self.messages.append({"role": "user", "content": results})
+            self.after_tools()
+            return
+        self.finish_turn(resp)
+
+    def after_tools(self) -> None:
+        """Record gate transitions; stop when all six hold."""
+        state, run_dir = self.ctx.state, self.ctx.run_dir
+        all_met = True
+        for step in gates.GATES:
+            res = gates.check(step, run_dir, state)
+            if state.log_gate(step, res.met, list(res.missing)):
+                self.ctx.session.event("gate", step=step, met=res.met, missing=list(res.missing))
+            all_met &= res.met
+        self.ctx.save()
+        if all_met:
+            raise Done("all six gates met")
+
+    def finish_turn(self, resp: LLMResponse) -> None:
+        """The model stopped calling tools: done if every gate holds, else nudge, then fail."""
+        step = gates.first_unmet(self.ctx.run_dir, self.ctx.state)
+        if step is None:
+            raise Done(resp.text() or "all six gates met")
+        res = gates.check(step, self.ctx.run_dir, self.ctx.state)
+        if self.nudges >= self.limits.max_nudges:
+            raise GateFailed(f"gate {step} ({gates.STEP_NAMES[step]}) not met: missing {', '.join(res.missing)}")
+        self.nudges += 1
+        self.messages.append({"role": "user", "content": (
+            f"The run is not finished: gate {step} ({gates.STEP_NAMES[step]}) is missing {', '.join(res.missing)}. "
+            "Continue with the tools, or call ask_user if you need a decision.")})
+
+    def call(self, use: dict[str, Any]) -> dict[str, Any]:
+        """Execute one tool_use and return its tool_result block."""
+        name, raw, tid = use.get("name", ""), use.get("input") or {}, use["id"]
+        self.ctx.session.event("tool_call", id=tid, name=name, input=raw)
+        try:
+            out, is_error = self.dispatch(name, raw), False
+        except InvalidArgs as err:
+            out, is_error = str(err), True
+        except ToolError as err:
+            out, is_error = self.tool_error(name, str(err)), True
+        except NeedsUser as q:
+            answer = self.ask(q.question) if self.ask and not self.ctx.yes else None
+            if answer is None:
+                raise
+            self.ctx.session.event("user", question=q.question, answer=answer)
+            out, is_error = f"The user answered: {answer}", False
+        text = out if isinstance(out, str) else json.dumps(out, default=str)
+        text = self.ctx.creds.redact(text)
+        if len(text) > RESULT_LIMIT:
+            text = text[:RESULT_LIMIT] + f"\n[... {len(text) - RESULT_LIMIT} characters cut]"
+        self.ctx.session.event("tool_result", id=tid, name=name, is_error=is_error, content=text)
+        block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tid, "content": text}
+        if is_error:
+            block["is_error"] = True
+        return block
+
+    def dispatch(self, name: str, raw: dict[str, Any]) -> Any:
+        """Validate, gate-check and run a tool; ToolError for everything the model should see."""
+        tool = self.tools.get(name)
+        if tool is None:
+            raise ToolError(f"unknown tool {name!r}; available: {', '.join(sorted(self.tools))}")
+        try:
+            args = tool.validate(raw)
+        except ValidationError as err:
+            n = self.retries[name] = self.retries.get(name, 0) + 1
+            if n > tool.max_retries:
+                raise LoopExit(f"tool {name!r} got invalid arguments {n} times; last: {format_validation_error(err)}") from None
+            raise InvalidArgs(f"invalid arguments for {name!r}:\n{format_validation_error(err)}\nFix the errors and try again.") from None
+        self.retries.pop(name, None)
+        step = tool.step_of(args)
+        if step:
+            block = gates.blocking(step, self.ctx.run_dir, self.ctx.state)
+            if block is not None:
+                self.ctx.session.event("refused", name=name, step=step, gate=block.step, missing=list(block.missing))
+                raise ToolError(
+                    f"refused: {name!r} belongs to step {step} ({gates.STEP_NAMES[step]}), but gate {block.step} "
+                    f"({gates.STEP_NAMES[block.step]}) is not met: missing {', '.join(block.missing)}")
+        self.guard_substitution(name, args)
+        return tool(self.ctx, args)
+
+    def guard_substitution(self, name: str, args: BaseModel) -> None:
+        """Never let a tool silently change the model, the dataset or the training method."""
+        cfg = self.ctx.config
+        current = {"model_id": cfg.model_id, "dataset_id": cfg.dataset_id, "local_dataset_path": cfg.local_dataset_path,
+                   "training_method": cfg.hyperparameters.training_method}
+        for key in PROTECTED:
+            new = getattr(args, key, None)
+            if new is not None and current[key] is not None and new != current[key]:
+                raise NeedsUser(f"{name!r} would change {key} from {current[key]!r} to {new!r}; the agent never substitutes it on its own. "
+                                f"Approve by re-running with the new value.", f"re-run with --set {key}={new}")
+
+    def tool_error(self, name: str, message: str) -> str:
+        """Count identical errors; the third one stops the run with a question."""
+        key = f"{name}: {message[:300]}"
+        counts = self.ctx.state.error_counts
+        counts[key] = counts.get(key, 0) + 1
+        if counts[key] >= 3:
+            raise NeedsUser(f"the same error happened 3 times in {name!r}: {message.splitlines()[0]}",
+                            "fix the cause (or change the request) and re-run the same command to resume")
+        return message

@@ -1,0 +1,131 @@
+"""Tools for any step: reading the run dir, asking the user, recording config values and notes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from tao_finetune.agent.config import RunConfig, parse_value
+from tao_finetune.agent.context import RunContext
+from tao_finetune.tools.base import NeedsUser, ToolError, tool
+
+MAX_READ = 30_000
+PROTECTED_KEYS = {"model_id", "dataset_id", "dataset_config", "local_dataset_path", "local_dataset_format", "hyperparameters.training_method",
+                  "output_dir", "push_to_hub", "hf_model_repo", "platform", "allow_cpu", "image"}
+FREE_KEYS = ("hyperparameters.", "n_train", "n_eval", "n_epochs", "lora_r", "skip_baseline", "wandb")
+
+
+class ReadFileArgs(BaseModel):
+    path: str = Field(description="path relative to the output dir")
+    max_chars: int = Field(MAX_READ, ge=1, le=200_000, description="read at most this many characters (from the end when tail=true)")
+    tail: bool = Field(False, description="return the end of the file instead of its start (for logs)")
+
+
+@tool(step=0)
+def read_file(ctx: RunContext, args: ReadFileArgs) -> str:
+    """Read a text file inside the output dir (config, logs, reports, generated code)."""
+    path = ctx.confine(args.path)
+    if not path.is_file():
+        raise ToolError(f"no such file in the output dir: {args.path!r}")
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as err:
+        raise ToolError(f"cannot read {args.path!r}: {err.strerror}") from None
+    if len(text) <= args.max_chars:
+        return text
+    return text[-args.max_chars:] if args.tail else text[: args.max_chars]
+
+
+class ListFilesArgs(BaseModel):
+    path: str = Field(".", description="folder relative to the output dir")
+    max_entries: int = Field(200, ge=1, le=2000, description="list at most this many entries")
+
+
+@tool(step=0)
+def list_files(ctx: RunContext, args: ListFilesArgs) -> list[str]:
+    """List files under a folder of the output dir (recursive, hidden state files excluded)."""
+    root = ctx.confine(args.path)
+    if not root.is_dir():
+        raise ToolError(f"no such folder in the output dir: {args.path!r}")
+    out = []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(ctx.run_dir)
+        if any(part.startswith(".tao") for part in rel.parts):
+            continue
+        out.append(str(rel) + ("/" if p.is_dir() else ""))
+        if len(out) >= args.max_entries:
+            out.append("[... more entries]")
+            break
+    return out
+
+
+class AskUserArgs(BaseModel):
+    question: str = Field(min_length=3, description="one clear question; say what you will do with each possible answer")
+
+
+@tool(step=0)
+def ask_user(ctx: RunContext, args: AskUserArgs) -> str:
+    """Stop and ask the user a question (a decision you may not take yourself)."""
+    raise NeedsUser(args.question, "answer with --answer TEXT (or the flag it names) and re-run the same command")
+
+
+class SetConfigArgs(BaseModel):
+    key: str = Field(description="dotted config key, e.g. hyperparameters.per_device_train_batch_size or n_train")
+    value: str = Field(description="the new value, YAML-parsed (e.g. 16, 1e-4, true)")
+    reason: str = Field(min_length=3, description="why, in one line (recorded in notes)")
+
+
+def _get(data: dict[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+@tool(step=0)
+def set_config(ctx: RunContext, args: SetConfigArgs) -> str:
+    """Change one config value that is not a user input (hyperparameters, subset sizes); recorded with its reason."""
+    cfg = ctx.config
+    key = args.key.strip()
+    if key in PROTECTED_KEYS:
+        value = parse_value(args.value)
+        raise NeedsUser(f"changing {key!r} to {value!r} needs the user's approval ({args.reason})", f"re-run with --set {key}={args.value}")
+    if key in cfg.user_set:
+        raise ToolError(f"{key!r} was set by the user; it ranks above anything the agent decides")
+    if not key.startswith(FREE_KEYS):
+        raise ToolError(f"{key!r} is recorded by its own step's tools, not set_config")
+    data = cfg.model_dump()
+    try:
+        old = _get(data, key)
+    except KeyError:
+        raise ToolError(f"unknown config key {key!r}") from None
+    parts = key.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node[p]
+    node[parts[-1]] = parse_value(args.value)
+    try:
+        new_cfg = RunConfig.model_validate(data)
+    except ValidationError as err:
+        e = err.errors()[0]
+        raise ToolError(f"invalid value {args.value!r} for {key!r}: {e['msg']}") from None
+    ctx.config = new_cfg
+    new_cfg.note(f"set {key}: {old!r} -> {_get(new_cfg.model_dump(), key)!r} ({args.reason})")
+    ctx.save()
+    return f"{key} = {_get(new_cfg.model_dump(), key)!r}"
+
+
+class NoteArgs(BaseModel):
+    text: str = Field(min_length=3, description="the note, one line (evidence, a fallback reason, a decision)")
+
+
+@tool(step=0)
+def note(ctx: RunContext, args: NoteArgs) -> str:
+    """Append a note to config.yaml notes (and PROGRESS.md when enabled)."""
+    ctx.config.note(args.text)
+    if ctx.config.emit_progress_log:
+        with (ctx.run_dir / "PROGRESS.md").open("a") as f:
+            f.write(f"- {args.text}\n")
+    ctx.save()
+    return "noted"
