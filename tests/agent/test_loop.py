@@ -7,7 +7,7 @@ from tao_finetune.agent.fakes import ScriptedClient, final, tool_call
 from tao_finetune.agent.llm import AnthropicClient
 from tao_finetune.agent.loop import Agent, Limits
 
-from conftest import FAKE_TOKEN, STAND_INS
+from agent_standins import FAKE_TOKEN, STAND_INS
 from servers.anthropic_api import FakeAnthropic, end_turn, error, message, tool_use
 
 SCRIPT = [tool_use("fake_probe", {"text": "ok"}, id="t1"), tool_use("fake_audit", id="t2"), tool_use("fake_research", id="t3"),
