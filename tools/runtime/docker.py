@@ -1,0 +1,389 @@
+"""The default platform: build the generated project into `run-<short>:latest` and run its jobs on the local Docker daemon.
+
+Docker SDK 7.x (installed source: site-packages/docker/api/build.py, models/containers.py): classic builder
+via `APIClient.build` (BuildKit is not used), containers started detached and waited on so exit codes,
+OOM kills and logs can be read back.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import docker
+import requests
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+
+from tao_finetune.agent.context import JobKind, JobResult, RunContext
+from tao_finetune.tools.base import ToolError
+
+WORKDIR = "/workspace"
+CONTAINER_HF_HOME = "/root/.cache/huggingface"
+TRAIN_CONTAINER = "hft_train"
+NETWORKED_JOBS = {"prepare"}  # every other job runs with network_mode none
+TAIL_LINES = 40
+CLIENT_TIMEOUT = 24 * 3600  # builds and log streams may be silent for long stretches
+DEFAULT_EXCLUDES = [
+    ".git", ".tao", "checkpoints", "data", "logs", "reports", "meta", "skills", "wandb",
+    "**/__pycache__", "**/*.safetensors", "**/*.bin", "**/*.pt",
+]
+STEP = re.compile(r"^Step \d+/\d+ : (.*)$")
+GIB = 1024**3
+
+Echo = Callable[[str], None]
+
+
+def _stderr(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def image_tag(short_name: str) -> str:
+    """`run-<short>:latest`, with characters Docker refuses replaced."""
+    safe = re.sub(r"[^a-z0-9_.-]+", "-", short_name.lower()).strip("-.") or "model"
+    return f"run-{safe}:latest"
+
+
+def container_name(kind: str) -> str:
+    """The training container is `hft_train`; other jobs get `hft_<kind>`."""
+    return TRAIN_CONTAINER if kind == "train" else f"hft_{kind}"
+
+
+def default_shm_size() -> int:
+    """Shared memory for data-loader workers: a quarter of host RAM, between 1 and 16 GiB."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        total = 8 * GIB
+    return int(min(16 * GIB, max(1 * GIB, total // 4)))
+
+
+def multi_gpu_argv(argv: list[str], gpu_count: int | None) -> list[str]:
+    """`python train.py ...` becomes `torchrun --nproc_per_node=N train.py ...` when N > 1."""
+    if gpu_count and gpu_count > 1 and argv and Path(argv[0]).name in ("python", "python3"):
+        return ["torchrun", f"--nproc_per_node={gpu_count}", *argv[1:]]
+    return argv
+
+
+def _tail(path: Path, n: int = TAIL_LINES) -> str:
+    try:
+        with path.open(errors="replace") as f:
+            return "".join(deque(f, maxlen=n)).rstrip()
+    except FileNotFoundError:
+        return ""
+
+
+def _daemon_error(err: Exception) -> ToolError:
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    first = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+    return ToolError(
+        f"Docker daemon not reachable at {host!r} ({first}); start it (sudo systemctl start docker) "
+        "or use --platform local"
+    )
+
+
+class _LineWriter:
+    """Splits a byte stream into redacted lines written to a log file and echoed."""
+
+    def __init__(self, path: Path, redact: Callable[[str], str], echo: Echo | None, prefix: str):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = path.open("a", encoding="utf-8")
+        self.redact, self.echo, self.prefix = redact, echo, prefix
+        self.buf = ""
+
+    def feed(self, chunk: bytes | str) -> None:
+        self.buf += chunk.decode("utf-8", errors="replace") if isinstance(chunk, bytes) else chunk
+        *lines, self.buf = self.buf.split("\n")
+        for line in lines:
+            self._emit(line)
+
+    def _emit(self, line: str) -> None:
+        line = self.redact(line.rstrip("\r"))
+        self.file.write(line + "\n")
+        self.file.flush()
+        if self.echo:
+            self.echo(f"{self.prefix}{line}")
+
+    def close(self) -> None:
+        if self.buf:
+            self._emit(self.buf)
+            self.buf = ""
+        self.file.close()
+
+
+class DockerPlatform:
+    """Runs the project's jobs in containers of the image built from the output dir."""
+
+    name = "docker"
+
+    def __init__(
+        self,
+        client: docker.DockerClient | None = None,
+        *,
+        mem_limit: str | int | None = None,
+        shm_size: str | int | None = None,
+        ipc_host: bool = False,
+        hf_cache: Path | None = None,
+        echo: Echo | None = _stderr,
+    ):
+        self._client = client
+        self.mem_limit = mem_limit
+        self.shm_size = shm_size
+        self.ipc_host = ipc_host
+        self.hf_cache = hf_cache
+        self.echo = echo
+        self._followers: dict[str, threading.Thread] = {}
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            try:
+                self._client = docker.from_env(timeout=CLIENT_TIMEOUT)
+            except DockerException as err:
+                raise _daemon_error(err) from None
+        return self._client
+
+    def build(self, ctx: RunContext) -> dict:
+        """Build `run-<short>:latest` from the output dir (classic builder, host network for pip)."""
+        root = ctx.run_dir
+        tag = image_tag(ctx.config.short_name)
+        if not (root / "Dockerfile").is_file():
+            raise ToolError(f"no Dockerfile in {str(root)!r}: write the project files first")
+        ignore = root / ".dockerignore"
+        excludes = [
+            ln.strip() for ln in ignore.read_text().splitlines() if ln.strip() and not ln.startswith("#")
+        ] if ignore.is_file() else DEFAULT_EXCLUDES
+        log_path = root / "logs" / "build.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text("")
+        out = _LineWriter(log_path, ctx.creds.redact, self.echo, "[build] ")
+        step, error = "", ""
+        try:
+            with docker.utils.tar(str(root), exclude=excludes) as context:
+                stream = self.client.api.build(
+                    fileobj=context, custom_context=True, tag=tag, network_mode="host",
+                    rm=True, forcerm=True, decode=True, pull=False,
+                )
+                for chunk in stream:
+                    text = chunk.get("stream") or chunk.get("status") or ""
+                    if text:
+                        for ln in text.splitlines():
+                            m = STEP.match(ln.strip())
+                            if m:
+                                step = ln.strip()
+                        out.feed(text if text.endswith("\n") else text + "\n")
+                    if "error" in chunk or "errorDetail" in chunk:
+                        error = chunk.get("error") or (chunk.get("errorDetail") or {}).get("message", "")
+                        out.feed(f"ERROR: {error}\n")
+        except (DockerException, requests.exceptions.ConnectionError) as err:
+            out.close()
+            if isinstance(err, APIError):
+                raise ToolError(f"docker build of {tag!r} refused: {ctx.creds.redact(str(err.explanation or err))[:500]}") from None
+            raise _daemon_error(err) from None
+        out.close()
+        if error:
+            raise ToolError(
+                f"docker build of {tag!r} failed at {step or 'the start'!r}: {ctx.creds.redact(error)[:500]}\n"
+                f"last lines of logs/build.log:\n{_tail(log_path)}"
+            )
+        try:
+            image = self.client.images.get(tag)
+        except ImageNotFound:
+            raise ToolError(f"docker build reported no error but image {tag!r} is missing; see logs/build.log") from None
+        return {"ok": True, "image": tag, "id": image.short_id, "log": "logs/build.log"}
+
+    def _environment(self, ctx: RunContext, kind: str) -> dict[str, str]:
+        """Env for a job: credentials by name from ctx.creds, Hub and wandb switches; never logged."""
+        cfg = ctx.config
+        env = {"PYTHONUNBUFFERED": "1", "HF_HOME": CONTAINER_HF_HOME}
+        names = ["HF_TOKEN"]
+        if cfg.wandb:
+            names += ["WANDB_API_KEY", "WANDB_PROJECT"]
+        else:
+            env["WANDB_MODE"] = "disabled"
+        env.update(ctx.creds.env(names))
+        if kind not in NETWORKED_JOBS:
+            env["HF_HUB_OFFLINE"] = "1"
+            env["HF_DATASETS_OFFLINE"] = "1"
+        return env
+
+    def _volumes(self, ctx: RunContext) -> dict[str, dict[str, str]]:
+        cfg = ctx.config
+        vols = {str(ctx.run_dir): {"bind": WORKDIR, "mode": "rw"}}
+        cache = self.hf_cache or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+        cache.mkdir(parents=True, exist_ok=True)
+        vols[str(cache.resolve())] = {"bind": CONTAINER_HF_HOME, "mode": "rw"}
+        if cfg.local_dataset_path:
+            data = Path(cfg.local_dataset_path).expanduser().resolve()
+            if data.exists() and ctx.run_dir.resolve() not in (data, *data.parents):
+                vols[str(data)] = {"bind": str(data), "mode": "ro"}
+        return vols
+
+    def _device_requests(self, ctx: RunContext) -> list[docker.types.DeviceRequest]:
+        n = ctx.config.gpu_count
+        if n == 0:
+            return []
+        return [docker.types.DeviceRequest(count=-1 if n is None else n, capabilities=[["gpu"]])]
+
+    def _remove_stale(self, name: str, kind: str) -> None:
+        try:
+            old = self.client.containers.get(name)
+        except NotFound:
+            return
+        if old.status == "running":
+            if kind == "train":
+                raise ToolError(f"container {name!r} is already running: check train_status or stop it first")
+            old.remove(force=True)
+        else:
+            old.remove()
+
+    def run(self, ctx: RunContext, kind: JobKind, argv: list[str], detach: bool = False) -> JobResult:
+        """Run argv in a fresh container of the project image; detached for training, else wait and check the exit."""
+        cfg = ctx.config
+        tag = image_tag(cfg.short_name)
+        name = container_name(kind)
+        try:
+            self.client.images.get(tag)
+        except ImageNotFound:
+            raise ToolError(f"image {tag!r} not found: run docker_build first") from None
+        except (DockerException, requests.exceptions.ConnectionError) as err:
+            raise _daemon_error(err) from None
+        command = multi_gpu_argv(list(argv), cfg.gpu_count) if kind == "train" else list(argv)
+        kwargs: dict[str, Any] = dict(
+            image=tag,
+            command=command,
+            name=name,
+            working_dir=WORKDIR,
+            environment=self._environment(ctx, kind),
+            volumes=self._volumes(ctx),
+            network_mode="host" if kind in NETWORKED_JOBS else "none",
+            device_requests=self._device_requests(ctx),
+            labels={"tao-finetune.run": str(ctx.run_dir), "tao-finetune.kind": kind},
+            detach=True,
+        )
+        if self.ipc_host:
+            kwargs["ipc_mode"] = "host"
+        else:
+            kwargs["shm_size"] = self.shm_size or default_shm_size()
+        if self.mem_limit:
+            kwargs["mem_limit"] = self.mem_limit
+            kwargs["memswap_limit"] = self.mem_limit
+        log_path = ctx.run_dir / "logs" / f"{kind}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text("")
+        try:
+            self._remove_stale(name, kind)
+            container = self.client.containers.run(**kwargs)
+        except ImageNotFound:
+            raise ToolError(f"image {tag!r} not found: run docker_build first") from None
+        except APIError as err:
+            msg = str(err.explanation or err)
+            if "could not select device driver" in msg:
+                raise ToolError(
+                    f"no GPU runtime in Docker ({msg[:200]}): install NVIDIA Container Toolkit and run "
+                    "'sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl restart docker'"
+                ) from None
+            raise ToolError(f"docker could not start the {kind} container: {ctx.creds.redact(msg)[:400]}") from None
+        except (DockerException, requests.exceptions.ConnectionError) as err:
+            raise _daemon_error(err) from None
+        ctx.session.event("container", kind=kind, name=name, image=tag, argv=command, detach=detach)
+        if detach:
+            self._follow(ctx, container, kind, log_path)
+            return JobResult(kind=kind, exit_code=-1, log_path=log_path, detached=True, handle=name)
+        self._stream(ctx, container.logs(stream=True, follow=True), kind, log_path)
+        code = int(container.wait().get("StatusCode", -1))
+        container.reload()
+        oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
+        container.remove(force=True)
+        tail = ctx.creds.redact(_tail(log_path))
+        check_exit(kind, code, oom, tail)
+        return JobResult(kind=kind, exit_code=code, log_path=log_path, log_tail=tail)
+
+    def _stream(self, ctx: RunContext, chunks: Iterable[bytes], kind: str, log_path: Path) -> None:
+        out = _LineWriter(log_path, ctx.creds.redact, self.echo, f"[{kind}] ")
+        try:
+            for chunk in chunks:
+                out.feed(chunk)
+        except (DockerException, requests.exceptions.RequestException):
+            pass  # the log stream broke; the container state is read separately
+        finally:
+            out.close()
+
+    def _follow(self, ctx: RunContext, container: Any, kind: str, log_path: Path) -> None:
+        def follow() -> None:
+            self._stream(ctx, container.logs(stream=True, follow=True), kind, log_path)
+
+        t = threading.Thread(target=follow, name=f"follow-{container.name}", daemon=True)
+        t.start()
+        self._followers[container.name] = t
+
+    def wait(self, ctx: RunContext, kind: JobKind, timeout: float | None = None) -> dict:
+        """Block until a detached job ends (or timeout seconds pass); returns status()."""
+        name = container_name(kind)
+        try:
+            self.client.containers.get(name).wait(timeout=timeout)
+        except NotFound:
+            pass
+        except requests.exceptions.ReadTimeout:
+            pass
+        t = self._followers.get(name)
+        if t:
+            t.join(timeout=10)
+        return self.status(ctx, kind)
+
+    def status(self, ctx: RunContext, kind: JobKind) -> dict:
+        """State of a job's container: running, exit code, OOM kill and the redacted log tail."""
+        name = container_name(kind)
+        log_path = ctx.run_dir / "logs" / f"{kind}.log"
+        try:
+            container = self.client.containers.get(name)
+        except NotFound:
+            return {"name": name, "exists": False, "running": False, "log_tail": ctx.creds.redact(_tail(log_path))}
+        except (DockerException, requests.exceptions.ConnectionError) as err:
+            raise _daemon_error(err) from None
+        state = container.attrs.get("State", {})
+        running = container.status == "running"
+        follower = self._followers.get(name)
+        if follower is None or not follower.is_alive():
+            if not running or follower is None:
+                # no follower in this process (e.g. after a restart): rewrite the log from the daemon's copy
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                text = container.logs().decode("utf-8", errors="replace")
+                log_path.write_text(ctx.creds.redact(text))
+        out = {
+            "name": name,
+            "exists": True,
+            "running": running,
+            "status": container.status,
+            "log_tail": ctx.creds.redact(_tail(log_path, 20)),
+        }
+        if not running:
+            out["exit_code"] = int(state.get("ExitCode", -1))
+            out["oom_killed"] = bool(state.get("OOMKilled")) or out["exit_code"] == 137
+        return out
+
+    def stop(self, ctx: RunContext, kind: JobKind) -> None:
+        """Stop the job's container (kept, so its logs and exit code stay readable)."""
+        try:
+            self.client.containers.get(container_name(kind)).stop(timeout=30)
+        except NotFound:
+            return
+        except (DockerException, requests.exceptions.ConnectionError) as err:
+            raise _daemon_error(err) from None
+
+
+def check_exit(kind: str, code: int, oom: bool, tail: str) -> None:
+    """Raise a ToolError naming the cause for a failed job."""
+    if oom or code == 137:
+        why = "OOM-killed" if oom else "killed (exit 137, usually out of memory)"
+        raise ToolError(
+            f"{kind} was {why}: halve the batch size and double gradient_accumulation_steps, "
+            f"or enable gradient checkpointing\nlast log lines:\n{tail}"
+        )
+    if code != 0:
+        raise ToolError(f"{kind} exited with code {code}\nlast log lines:\n{tail}")
