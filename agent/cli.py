@@ -288,7 +288,28 @@ def build_parser() -> argparse.ArgumentParser:
     from tao_finetune.evals.harness import add_eval_parser
 
     add_eval_parser(sub)
+    dm = sub.add_parser("demo", help="offline demo: a tiny ViT fine-tuned on real scikit-learn digits by the autopilot (no GPU, key or network)")
+    dm.add_argument("--output-dir", type=Path, default=Path("./output/demo"))
+    dm.add_argument("--inputs-dir", type=Path, default=Path("./output/demo-inputs"), help="where the demo model and data are written")
+    dm.add_argument("--platform", choices=("local", "docker"), default="local")
+    dm.add_argument("--image", default=None, help="base image for --platform docker")
+    dm.set_defaults(handler=demo_command)
     return parser
+
+
+DEMO_SETTINGS = ["--n-epochs", "15", "--set", "learning_rate=1e-3", "--set", "per_device_train_batch_size=32", "--set", "warmup_ratio=0.05"]
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    from tao_finetune.agent.demo import demo_inputs
+
+    console.print("building the demo model (2-layer ViT, random init) and data (sklearn digits as a 32 px imagefolder) ...")
+    inputs = demo_inputs(args.inputs_dir.resolve())
+    argv = ["run", "--model-id", inputs["model_id"], "--local-dataset-path", inputs["local_dataset_path"], "--output-dir", str(args.output_dir),
+            "--llm", "autopilot", "--platform", args.platform, "--allow-cpu", "--no-push-to-hub", "--yes", *DEMO_SETTINGS]
+    if args.image:
+        argv += ["--image", args.image]
+    return main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

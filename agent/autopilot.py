@@ -1,0 +1,137 @@
+"""The autopilot: a rule-driven client that walks the same tools and gates with scaffold defaults; no key, no network."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from tao_finetune.agent import gates
+from tao_finetune.agent.context import RunContext
+from tao_finetune.agent.llm import LLMResponse
+
+Predicate = Callable[[RunContext], bool]
+
+
+@dataclass(frozen=True)
+class Action:
+    """One rule: call `tool` with `args(ctx)` unless `done(ctx)` holds or it already succeeded (once=True)."""
+
+    step: int
+    tool: str
+    args: Callable[[RunContext], dict[str, Any]]
+    done: Predicate | None = None
+    when: Predicate | None = None
+    once: bool = True
+    may_fail: bool = False
+
+
+def _none(ctx: RunContext) -> dict[str, Any]:
+    return {}
+
+
+def _recipe_slot(slot: str) -> Action:
+    def args(ctx: RunContext) -> dict[str, Any]:
+        from tao_finetune.tools.research import reference_recipe
+
+        rec = reference_recipe(ctx.config.task_type or "")
+        return {"slot": slot, "value": rec[slot], "rank": "reference", "source": "references/recipes.yaml",
+                "reason": "autopilot: no model-specific live finding used; scaffold default"}
+
+    return Action(3, "record_recipe", args, done=lambda c: slot in c.config.recipe, once=False)
+
+
+def _job(job: str, step: int, **extra: Any) -> Action:
+    return Action(step, "docker_run", lambda c: {"job": job, **extra}, once=True)
+
+
+def _file(rel: str) -> Predicate:
+    return lambda c: (c.run_dir / rel).exists()
+
+
+ACTIONS: tuple[Action, ...] = (
+    Action(1, "probe_model", _none, done=lambda c: bool(c.config.model_facts)),
+    Action(1, "recommend_datasets", _none, when=lambda c: c.config.dataset_source == "recommend"),
+    Action(1, "probe_dataset", _none, done=lambda c: bool(c.config.dataset_facts)),
+    Action(1, "check_compat", _none, done=lambda c: c.config.applicable_workarounds is not None),
+    Action(1, "qualify", _none, once=False),
+    Action(2, "audit_hardware", _none, done=lambda c: bool((c.state.records.get("audit") or {}).get("passed"))),
+    Action(2, "select_image", _none, done=lambda c: bool(c.config.ngc_image), when=lambda c: c.config.platform == "docker"),
+    Action(2, "check_model_fit", _none),
+    Action(3, "fetch_docs", lambda c: {"slots": ["*"]}, done=lambda c: bool(c.state.live_attempts), may_fail=True),
+    *(_recipe_slot(s) for s in gates.RECIPE_SLOTS),
+    Action(3, "write_recipe_notes", lambda c: {"notes": "Autopilot run: scaffold defaults from references/recipes.yaml after the live attempts logged above."},
+           done=_file("meta/recipe.md")),
+    Action(4, "render_scaffold", _none, done=lambda c: all((c.run_dir / f).is_file() for f in gates.PROJECT_FILES)),
+    Action(4, "docker_build", _none, done=lambda c: bool((c.state.records.get("build") or {}).get("ok"))),
+    _job("prepare", 4),
+    _job("smoke", 4),
+    Action(4, "preflight", _none, done=_file("meta/preflight.json")),
+    Action(5, "docker_run", lambda c: {"job": "baseline"}, when=lambda c: not c.config.skip_baseline, done=_file("reports/baseline_results.json")),
+    Action(5, "docker_run", lambda c: {"job": "train"}, done=_file("checkpoints/final")),
+    Action(5, "docker_run", lambda c: {"job": "eval"}, done=lambda c: gates.primary_metric(gates._json(c.run_dir / "reports/eval_results.json")) is not None),
+    Action(5, "docker_run", lambda c: {"job": "infer"}),
+    Action(6, "hf_push", _none, when=lambda c: c.config.push_to_hub, done=lambda c: bool((c.state.records.get("hub") or {}).get("url"))),
+    Action(6, "emit_rerun_skill", _none, done=lambda c: not gates.gate6(c.run_dir, c.state)),
+)
+
+
+class AutopilotClient:
+    """Answers each request with the next tool call the rules pick for the run state."""
+
+    name = "autopilot"
+
+    def __init__(self, ctx: RunContext, actions: tuple[Action, ...] = ACTIONS):
+        self.ctx = ctx
+        self.actions = actions
+        self.calls: dict[str, tuple[int, dict[str, Any]]] = {}
+        self.succeeded: set[tuple[str, str]] = set()
+        self.picks: dict[tuple[int, str], int] = {}
+        self.n = 0
+        self.max_repeats = 4
+
+    def _learn(self, messages: list[dict[str, Any]]) -> None:
+        last = messages[-1] if messages else {}
+        if last.get("role") != "user" or not isinstance(last.get("content"), list):
+            return
+        for block in last["content"]:
+            if block.get("type") == "tool_result" and not block.get("is_error"):
+                call = self.calls.get(block["tool_use_id"])
+                if call:
+                    self.succeeded.add((self.actions[call[0]].tool, json.dumps(call[1], sort_keys=True)))
+
+    def pick(self) -> tuple[int, dict[str, Any]] | None:
+        """The first action of the first unmet step that still has work."""
+        ctx = self.ctx
+        step = gates.first_unmet(ctx.run_dir, ctx.state)
+        if step is None:
+            return None
+        for i, act in enumerate(self.actions):
+            if act.step != step or (act.when and not act.when(ctx)) or (act.done and act.done(ctx)):
+                continue
+            args = act.args(ctx)
+            if act.once and (act.tool, json.dumps(args, sort_keys=True)) in self.succeeded:
+                continue
+            if act.may_fail and any(self.actions[j].tool == act.tool and a == args for j, a in self.calls.values()):
+                continue
+            key = (i, json.dumps(args, sort_keys=True))
+            if self.picks.get(key, 0) >= self.max_repeats:
+                return None
+            self.picks[key] = self.picks.get(key, 0) + 1
+            return i, args
+        return None
+
+    def create(self, *, system: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_tokens: int) -> LLMResponse:
+        self._learn(messages)
+        picked = self.pick()
+        if picked is None:
+            step = gates.first_unmet(self.ctx.run_dir, self.ctx.state)
+            text = "All six gates hold." if step is None else f"No rule left for step {step}; stopping."
+            return LLMResponse([{"type": "text", "text": text}], "end_turn", "autopilot")
+        i, args = picked
+        self.n += 1
+        tid = f"toolu_auto_{self.n:04d}"
+        self.calls[tid] = (i, args)
+        act = self.actions[i]
+        return LLMResponse([{"type": "text", "text": f"step {act.step}: {act.tool}"},
+                            {"type": "tool_use", "id": tid, "name": act.tool, "input": args}], "tool_use", "autopilot")

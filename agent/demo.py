@@ -1,0 +1,55 @@
+"""The built-in demo: a tiny ViT made from a config, fine-tuned on real scikit-learn digits, offline on CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+DIGITS_PX = 32
+
+
+def make_digits_imagefolder(root: Path, test_fraction: float = 0.2, seed: int = 0) -> Path:
+    """Write sklearn's 1,797 real 8x8 digits, upscaled to 32 px, as an imagefolder with train/ and test/ splits."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        return root
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(digits.images))
+    n_test = int(len(order) * test_fraction)
+    for rank, idx in enumerate(order):
+        split = "test" if rank < n_test else "train"
+        label = str(digits.target[idx])
+        img = (digits.images[idx] / 16.0 * 255).astype("uint8")
+        folder = root / split / label
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img, mode="L").convert("RGB").resize((DIGITS_PX, DIGITS_PX), Image.NEAREST).save(folder / f"{idx:04d}.png")
+    return root
+
+
+def make_tiny_vit(path: Path, num_labels: int = 10) -> Path:
+    """Save a 2-layer ViT (random init, ~75k parameters) with its image processor, as a local model folder."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    if (path / "config.json").is_file():
+        return path
+    labels = {i: str(i) for i in range(num_labels)}
+    config = ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=DIGITS_PX,
+                       patch_size=4, num_labels=num_labels, id2label=labels, label2id={v: k for k, v in labels.items()})
+    model = ViTForImageClassification(config)
+    model.save_pretrained(path)
+    ViTImageProcessor(size={"height": DIGITS_PX, "width": DIGITS_PX}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(path)
+    card = "---\nlicense: apache-2.0\npipeline_tag: image-classification\ntags: [vision, image-classification]\n---\n# tiny-vit\nA 2-layer ViT for 32 px digits, random init.\n"
+    (path / "README.md").write_text(card)
+    return path
+
+
+def demo_inputs(work: Path) -> dict[str, str]:
+    """Build the demo model and data under `work`; returns the run flags they need."""
+    model = make_tiny_vit(work / "tiny-vit")
+    data = make_digits_imagefolder(work / "digits")
+    (work / "demo.json").write_text(json.dumps({"model": str(model), "data": str(data)}))
+    return {"model_id": str(model), "local_dataset_path": str(data)}
