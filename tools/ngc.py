@@ -71,7 +71,16 @@ def _driver(text: str, cuda: str) -> int | None:
     if m:
         return int(m.group(1))
     v = VERSION.search(cuda or "")
-    return CUDA_MIN_DRIVER.get((int(v.group(1)), int(v.group(2)))) if v else None
+    if not v:
+        return None
+    key = (int(v.group(1)), int(v.group(2)))
+    if key in CUDA_MIN_DRIVER:
+        return CUDA_MIN_DRIVER[key]
+    newest = max(CUDA_MIN_DRIVER)
+    if key > newest:
+        return CUDA_MIN_DRIVER[newest] + 1  # newer than any CUDA we know: needs a newer driver than we know
+    lower = [k for k in CUDA_MIN_DRIVER if k < key]
+    return CUDA_MIN_DRIVER[max(lower)] if lower else None
 
 
 def _image(version: str, cuda_text: str, driver_text: str, pytorch_text: str) -> NgcImage | None:

@@ -264,6 +264,7 @@ class DockerPlatform:
             network_mode="host" if kind in NETWORKED_JOBS else "none",
             device_requests=self._device_requests(ctx),
             labels={"tao-finetune.run": str(ctx.run_dir), "tao-finetune.kind": kind},
+            init=True,  # signals reach python/torchrun, so stop() is prompt and workers are reaped
             detach=True,
         )
         if self.ipc_host:
