@@ -1,0 +1,81 @@
+import pytest
+import yaml
+
+from tao_finetune.agent.config import ConfigError, RunConfig, apply_overrides, build_config, load_config, save_config
+
+
+def test_defaults_follow_the_spec():
+    cfg = RunConfig(model_id="google/vit-base-patch16-224", dataset_id="beans")
+    assert (cfg.n_train, cfg.n_eval, cfg.n_epochs, cfg.lora_r) == (10000, 1000, 3, 16)
+    assert cfg.push_to_hub is True and cfg.skip_baseline is False
+    assert cfg.output_dir == "./output/vit-base-patch16-224"
+    assert cfg.dataset_source == "hf"
+    assert RunConfig(model_id="m").dataset_source == "recommend"
+    assert RunConfig(model_id="m", local_dataset_path="/d").dataset_source == "local"
+
+
+def test_both_dataset_kinds_is_an_error():
+    with pytest.raises(ConfigError, match="not both"):
+        build_config({"model_id": "m", "dataset_id": "a", "local_dataset_path": "/b"})
+
+
+def test_invalid_value_names_the_field_in_one_line():
+    with pytest.raises(ConfigError) as err:
+        build_config({"model_id": "m", "hyperparameters": {"learning_rate": -1}})
+    msg = str(err.value)
+    assert "hyperparameters.learning_rate" in msg and "\n" not in msg
+    with pytest.raises(ConfigError, match="n_train"):
+        build_config({"model_id": "m", "n_train": "many"})
+    with pytest.raises(ConfigError, match="local_dataset_format"):
+        build_config({"model_id": "m", "local_dataset_format": "tfrecord"})
+
+
+def test_overrides_parse_yaml_and_route_hyperparameters():
+    data, keys = apply_overrides({"model_id": "m"}, ["learning_rate=1e-4", "n_train=500", "hyperparameters.seed=7", "push_to_hub=false"])
+    cfg = build_config(data)
+    assert cfg.hyperparameters.learning_rate == 1e-4 and cfg.hyperparameters.seed == 7
+    assert cfg.n_train == 500 and cfg.push_to_hub is False
+    assert keys == ["hyperparameters.learning_rate", "n_train", "hyperparameters.seed", "push_to_hub"]
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["oops"])
+
+
+def test_save_is_atomic_and_round_trips(tmp_path):
+    cfg = RunConfig(model_id="org/m", dataset_id="d", output_dir=str(tmp_path))
+    path = tmp_path / "config.yaml"
+    save_config(cfg, path)
+    assert load_config(path) == cfg
+    assert not list(tmp_path.glob(".config.yaml.*"))
+    assert yaml.safe_load(path.read_text())["model_id"] == "org/m"
+
+
+def test_bad_files_give_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("model_id: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(tmp_path / "list.yaml")
+    (tmp_path / "extra.yaml").write_text("model_id: m\nmodel_idd: typo\n")
+    with pytest.raises(ConfigError, match="model_idd"):
+        load_config(tmp_path / "extra.yaml")
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    import os
+
+    cfg = RunConfig(model_id="org/m", output_dir=str(tmp_path))
+    path = tmp_path / "config.yaml"
+    save_config(cfg, path)
+    before = path.read_text()
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError):
+        save_config(RunConfig(model_id="org/other", output_dir=str(tmp_path)), path)
+    assert path.read_text() == before
+    assert not list(tmp_path.glob(".config.yaml.*"))
