@@ -160,10 +160,18 @@ class Agent:
             res = gates.check(step, run_dir, state)
             if state.log_gate(step, res.met, list(res.missing)):
                 self.ctx.session.event("gate", step=step, met=res.met, missing=list(res.missing))
+                self.progress(f"{'✅' if res.met else '❌'} step {step} ({gates.STEP_NAMES[step]})"
+                              + ("" if res.met else f": missing {', '.join(res.missing)}"))
             all_met &= res.met
         self.ctx.save()
         if all_met:
             raise Done("all six gates met")
+
+    def progress(self, line: str) -> None:
+        """Append to PROGRESS.md when the user asked for the journal."""
+        if self.ctx.config.emit_progress_log:
+            with (self.ctx.run_dir / "PROGRESS.md").open("a") as f:
+                f.write(f"- {time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
 
     def finish_turn(self, resp: LLMResponse) -> None:
         """The model stopped calling tools: done if every gate holds, else nudge, then fail."""
@@ -199,6 +207,8 @@ class Agent:
         if len(text) > RESULT_LIMIT:
             text = text[:RESULT_LIMIT] + f"\n[... {len(text) - RESULT_LIMIT} characters cut]"
         self.ctx.session.event("tool_result", id=tid, name=name, is_error=is_error, content=text)
+        if is_error:
+            self.progress(f"⚠️ {name}: {text.splitlines()[0][:200] if text else ''}")
         block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tid, "content": text}
         if is_error:
             block["is_error"] = True

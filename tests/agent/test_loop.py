@@ -162,3 +162,11 @@ def test_a_tool_that_would_substitute_the_model_or_dataset_asks(ctx, key):
     result = Agent(ScriptedClient([tool_call("probe_other", {key: "other/thing"})]), ctx, [probe_other], "s").run("go")
     assert result.code == 3 and "never substitutes" in result.message
     assert not ctx.session.events("tool_result")
+
+
+def test_progress_journal_when_asked(ctx):
+    ctx.config.emit_progress_log = True
+    Agent(ScriptedClient([tool_call("fake_push"), *[tool_call(n) for n in ()], tool_call("fake_probe", {"text": "a"})]), ctx, STAND_INS, "s",
+          Limits(max_steps=2)).run("go")
+    text = (ctx.run_dir / "PROGRESS.md").read_text()
+    assert "⚠️ fake_push: refused" in text and "✅ step 1 (inspect & qualify)" in text and "❌ step 2" in text

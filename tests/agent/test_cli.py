@@ -1,0 +1,85 @@
+import json
+import os
+
+import pytest
+
+from tao_finetune.agent.cli import build_parser, main
+
+from servers.anthropic_api import FakeAnthropic, end_turn, tool_use
+
+RUN_FLAGS = ["--model-id", "--dataset-id", "--local-dataset-path", "--local-dataset-format", "--task-type", "--n-train", "--n-eval",
+             "--n-epochs", "--lora-r", "--output-dir", "--hf-model-repo", "--push-to-hub", "--no-push-to-hub", "--skip-baseline",
+             "--emit-progress-log", "--emit-report", "--emit-unit-tests", "--config", "--set", "--llm", "--yes"]
+
+
+def test_run_help_lists_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    missing = [f for f in RUN_FLAGS if f not in out]
+    assert not missing
+
+
+def test_top_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for cmd in ("run", "inspect", "doctor", "status", "eval", "demo"):
+        assert cmd in out
+    assert set(build_parser()._subparsers._group_actions[0].choices) >= {"run", "inspect", "doctor", "status", "eval", "demo"}
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
+    assert main(["run", "--set", "n_train=-5", "--model-id", "a/b", "--output-dir", str(tmp_path / "o"), "--llm", "autopilot"]) == 2
+    err = capsys.readouterr().err
+    assert "n_train" in err and err.strip().count("\n") == 0
+    assert main(["run", "--output-dir", str(tmp_path / "o")]) == 2
+    assert main(["run", "--model-id", "a/b", "--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_anthropic_without_key_is_bad_input(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_AUTH_TOKEN", raising=False)
+    assert main(["run", "--model-id", "a/b", "--output-dir", str(tmp_path / "o"), "--platform", "local", "--yes"]) == 2
+    assert "ANTHROPIC_API_KEY" in capsys.readouterr().err
+
+
+def test_other_models_run_in_the_same_dir_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "x")
+    out = tmp_path / "o"
+    with FakeAnthropic([end_turn("stop")]) as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        main(["run", "--model-id", "a/b", "--output-dir", str(out), "--platform", "local", "--yes", "--quiet"])
+    assert main(["run", "--model-id", "c/d", "--output-dir", str(out), "--platform", "local", "--yes"]) == 2
+
+
+def test_status_reports_gates(tmp_path, capsys):
+    assert main(["status", "--output-dir", str(tmp_path)]) == 2
+    (tmp_path / "config.yaml").write_text("model_id: a/b\n")
+    assert main(["status", "--output-dir", str(tmp_path), "--json"]) == 4
+    data = json.loads(capsys.readouterr().out)
+    assert data["gates"]["1"]["met"] is False
+
+
+def test_hf_push_first_is_refused_and_nothing_is_pushed(tmp_path, monkeypatch):
+    """Done-when of the foundation: the real SDK, a local server, a model that calls hf_push first."""
+    from servers.hub import LocalHub
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "T" * 34)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    out = tmp_path / "run"
+    with LocalHub(tmp_path / "hub") as hub, FakeAnthropic([tool_use("hf_push", {}, id="p1"), end_turn("ok")]) as api:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
+        code = main(["run", "--model-id", "org/tiny", "--dataset-id", "org/data", "--output-dir", str(out), "--platform", "local",
+                     "--yes", "--quiet", "--env-file", str(tmp_path / "none.env")])
+        commits = [p for p in hub.paths() if "/commit/" in p or p.endswith("/repos/create")]
+    result = api.requests[1]["messages"][-1]["content"][0]
+    assert result["is_error"] and "refused" in result["content"] and "step 6" in result["content"]
+    assert commits == []
+    assert code == 4
+    events = [json.loads(line) for line in (out / "session.jsonl").read_text().splitlines()]
+    assert any(e["kind"] == "refused" and e["name"] == "hf_push" for e in events)
+    assert "T" * 34 not in (out / "session.jsonl").read_text()
