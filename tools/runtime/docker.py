@@ -292,7 +292,7 @@ class DockerPlatform:
             raise ToolError(f"docker could not start the {kind} container: {ctx.creds.redact(msg)[:400]}") from None
         except (DockerException, requests.exceptions.ConnectionError) as err:
             raise _daemon_error(err) from None
-        ctx.session.event("container", kind=kind, name=name, image=tag, argv=command, detach=detach)
+        ctx.session.event("container", job=kind, name=name, image=tag, argv=command, detach=detach)
         if detach:
             self._follow(ctx, container, kind, log_path)
             return JobResult(kind=kind, exit_code=-1, log_path=log_path, detached=True, handle=name)

@@ -1,0 +1,265 @@
+"""DockerPlatform against the real engine (CI starts it with .ci/docker-up.sh); skipped when no daemon answers."""
+
+import json
+import textwrap
+import uuid
+
+import docker
+import pytest
+
+from tao_finetune.agent.config import RunConfig
+from tao_finetune.agent.context import RunContext
+from tao_finetune.agent.secrets import Credentials
+from tao_finetune.agent.session import SessionLog
+from tao_finetune.tools.base import ToolError
+from tao_finetune.tools.runtime.docker import DockerPlatform, container_name, default_shm_size, image_tag, multi_gpu_argv
+
+BASE_IMAGE = "tao-base-torch:cpu"
+TOKEN = "hf_" + "Zq7" * 12
+
+JOB = textwrap.dedent('''
+    import os, sys, time
+    from pathlib import Path
+    import yaml
+
+    mode = sys.argv[1]
+    cfg = yaml.safe_load(Path("config.yaml").read_text())
+    print("cwd", os.getcwd(), "model", cfg["model_id"], flush=True)
+    if mode == "net":
+        print("interfaces", sorted(os.listdir("/sys/class/net")), flush=True)
+    elif mode == "fail":
+        print("about to fail: bad column 'img'", flush=True)
+        sys.exit(3)
+    elif mode == "oom":
+        blocks = []
+        for _ in range(64):
+            blocks.append(bytearray(16 * 1024 * 1024))
+            for i in range(0, len(blocks[-1]), 4096):
+                blocks[-1][i] = 1
+        print("survived", flush=True)
+    elif mode == "creds":
+        tok = os.environ.get("HF_TOKEN", "")
+        print("HF_TOKEN present:", bool(tok), "offline:", os.environ.get("HF_HUB_OFFLINE"), flush=True)
+        print("leaked value:", tok, flush=True)
+        print("wandb:", os.environ.get("WANDB_MODE"), flush=True)
+    elif mode == "sleep":
+        print("sleeping", flush=True)
+        time.sleep(120)
+    Path("reports").mkdir(exist_ok=True)
+    Path("reports", mode + ".txt").write_text("done")
+''')
+
+TRAIN = textwrap.dedent('''
+    import json, torch
+    from pathlib import Path
+    torch.manual_seed(0)
+    x = torch.randn(256, 4)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(60):
+        loss = torch.nn.functional.mse_loss(model(x).squeeze(-1), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+        if step % 10 == 0:
+            print(json.dumps({"step": step, "loss": round(loss.item(), 4)}), flush=True)
+    out = Path("checkpoints/final"); out.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out / "model.pt")
+    print("final loss", round(loss.item(), 5), flush=True)
+''')
+
+DOCKERFILE = f"""FROM {BASE_IMAGE}
+WORKDIR /workspace
+COPY requirements.txt .
+RUN pip install -r requirements.txt
+COPY . .
+"""
+
+
+def engine_or_skip():
+    try:
+        client = docker.from_env(timeout=10)
+        client.ping()
+    except docker.errors.DockerException as err:
+        pytest.skip(f"Docker daemon not reachable ({str(err)[:80]}); start it with .ci/docker-up.sh")
+    try:
+        client.images.get(BASE_IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.skip(f"base image {BASE_IMAGE!r} missing; build it with .ci/docker-up.sh")
+    return client
+
+
+def make_ctx(root, model_id="acme/tao-docker-test", creds=None, **cfg):
+    creds = creds or Credentials({})
+    config = RunConfig(model_id=model_id, output_dir=str(root), push_to_hub=False, gpu_count=0, **cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(config=config, session=SessionLog(root / ".tao" / "session.jsonl", creds), creds=creds)
+    ctx.save()
+    return ctx
+
+
+def write_project(root, dockerfile=DOCKERFILE):
+    (root / "Dockerfile").write_text(dockerfile)
+    # the nonce defeats the layer cache, so every test session really runs pip
+    (root / "requirements.txt").write_text(f"# {uuid.uuid4()}\ntorch==2.13.0\ntransformers\npyyaml\n")
+    (root / "job.py").write_text(JOB)
+    (root / "train.py").write_text(TRAIN)
+
+
+@pytest.fixture(scope="module")
+def client():
+    return engine_or_skip()
+
+
+@pytest.fixture(scope="module")
+def built(client, tmp_path_factory):
+    root = tmp_path_factory.mktemp("project") / "out"
+    ctx = make_ctx(root)
+    write_project(root)
+    (root / "checkpoints").mkdir()
+    (root / "checkpoints" / "huge.safetensors").write_bytes(b"0" * 1024)
+    record = DockerPlatform(client, echo=None).build(ctx)
+    yield ctx, record
+    for c in client.containers.list(all=True, filters={"label": f"tao-finetune.run={ctx.run_dir}"}):
+        c.remove(force=True)
+    client.images.remove(record["image"], force=True)
+
+
+def test_build_streams_log_and_tags_image(client, built):
+    ctx, record = built
+    assert record["ok"] is True and record["image"] == "run-tao-docker-test:latest"
+    log = (ctx.run_dir / "logs" / "build.log").read_text()
+    assert "Step 1/5 : FROM tao-base-torch:cpu" in log
+    assert "Requirement already satisfied: torch==2.13.0" in log  # nothing downloaded: the base has it
+    files = client.containers.run(record["image"], ["ls", "/workspace"], network_mode="none", remove=True).decode()
+    assert "job.py" in files and "checkpoints" not in files  # run outputs stay out of the build context
+
+
+def test_failed_build_names_the_step_and_tail(client, tmp_path):
+    root = tmp_path / "out"
+    ctx = make_ctx(root, model_id="acme/tao-broken-build")
+    write_project(root, dockerfile=f"FROM {BASE_IMAGE}\nRUN echo compiling && echo 'fatal: no such module' && exit 3\n")
+    with pytest.raises(ToolError) as exc:
+        DockerPlatform(client, echo=None).build(ctx)
+    msg = str(exc.value)
+    assert "failed at \"Step 2/2 : RUN echo compiling" in msg
+    assert "fatal: no such module" in msg and "non-zero code: 3" in msg
+    assert "fatal: no such module" in (root / "logs" / "build.log").read_text()
+
+
+def test_run_job_in_project_dir_with_host_network_for_prepare(client, built):
+    ctx, _ = built
+    lines = []
+    result = DockerPlatform(client, echo=lines.append).run(ctx, "prepare", ["python", "job.py", "net"])
+    assert result.exit_code == 0 and not result.detached
+    assert "cwd /workspace model acme/tao-docker-test" in result.log_path.read_text()
+    assert (ctx.run_dir / "reports" / "net.txt").read_text() == "done"  # output dir mounted read-write
+    assert any(line.startswith("[prepare] interfaces") for line in lines)
+    assert "'lo'" in result.log_tail and len(result.log_tail.split("interfaces")[1].split(",")) > 1
+
+
+def test_smoke_runs_without_network(client, built):
+    ctx, _ = built
+    result = DockerPlatform(client, echo=None).run(ctx, "smoke", ["python", "job.py", "net"])
+    assert "interfaces ['lo']" in result.log_path.read_text()
+
+
+def test_detached_training_logs_and_wait(client, built):
+    ctx, _ = built
+    platform = DockerPlatform(client, echo=None)
+    result = platform.run(ctx, "train", ["python", "train.py"], detach=True)
+    assert result.detached and result.handle == "hft_train"
+    attrs = client.containers.get("hft_train").attrs["HostConfig"]
+    assert attrs["NetworkMode"] == "none" and attrs["Init"] is True
+    assert attrs["ShmSize"] == default_shm_size() and attrs["IpcMode"] != "host"
+    assert attrs["DeviceRequests"] in (None, [])
+    status = platform.wait(ctx, "train", timeout=120)
+    assert status["running"] is False and status["exit_code"] == 0 and status["oom_killed"] is False
+    log = (ctx.run_dir / "logs" / "train.log").read_text()
+    losses = [json.loads(line)["loss"] for line in log.splitlines() if line.startswith("{")]
+    assert len(losses) == 6 and losses[-1] < losses[0] / 10
+    assert (ctx.run_dir / "checkpoints" / "final" / "model.pt").stat().st_size > 0
+    assert "final loss" in status["log_tail"]
+    # a fresh platform (e.g. after an agent restart) still reads the finished job
+    again = DockerPlatform(client, echo=None).status(ctx, "train")
+    assert again["exit_code"] == 0 and "final loss" in again["log_tail"]
+
+
+def test_stop_detached_job(client, built):
+    ctx, _ = built
+    platform = DockerPlatform(client, echo=None)
+    platform.run(ctx, "train", ["python", "job.py", "sleep"], detach=True)
+    with pytest.raises(ToolError, match="already running"):
+        platform.run(ctx, "train", ["python", "job.py", "sleep"], detach=True)
+    platform.stop(ctx, "train")
+    status = platform.status(ctx, "train")
+    assert status["running"] is False and status["exit_code"] != 0
+    platform.stop(ctx, "eval")  # nothing to stop is not an error
+
+
+def test_nonzero_exit_returns_log_tail(client, built):
+    ctx, _ = built
+    with pytest.raises(ToolError) as exc:
+        DockerPlatform(client, echo=None).run(ctx, "eval", ["python", "job.py", "fail"])
+    assert "eval exited with code 3" in str(exc.value)
+    assert "bad column 'img'" in str(exc.value)
+    with pytest.raises(docker.errors.NotFound):
+        client.containers.get(container_name("eval"))
+
+
+def test_oom_kill_is_reported(client, built):
+    ctx, _ = built
+    with pytest.raises(ToolError) as exc:
+        DockerPlatform(client, mem_limit="128m", echo=None).run(ctx, "smoke", ["python", "job.py", "oom"])
+    assert "OOM" in str(exc.value) or "exit 137" in str(exc.value)
+    assert "halve the batch size" in str(exc.value)
+
+
+def test_missing_image(client, tmp_path):
+    ctx = make_ctx(tmp_path / "out", model_id="acme/never-built-model")
+    with pytest.raises(ToolError, match="run-never-built-model:latest' not found: run docker_build first"):
+        DockerPlatform(client, echo=None).run(ctx, "smoke", ["python", "train.py"])
+
+
+def test_no_gpu_runtime_is_named(client, built):
+    if "nvidia" in (client.info().get("Runtimes") or {}):
+        pytest.skip("this daemon has a GPU runtime")
+    ctx, _ = built
+    ctx.config.gpu_count = 1
+    try:
+        with pytest.raises(ToolError, match="no GPU runtime in Docker.*could not select device driver"):
+            DockerPlatform(client, echo=None).run(ctx, "smoke", ["python", "job.py", "net"])
+    finally:
+        ctx.config.gpu_count = 0
+
+
+def test_credentials_pass_by_name_and_never_reach_logs(client, built):
+    ctx, _ = built
+    creds = Credentials({"HF_TOKEN": TOKEN})
+    ctx2 = RunContext(config=ctx.config, session=SessionLog(ctx.run_dir / ".tao" / "creds.jsonl", creds), creds=creds)
+    lines = []
+    result = DockerPlatform(client, echo=lines.append).run(ctx2, "infer", ["python", "job.py", "creds"])
+    log = result.log_path.read_text()
+    assert "HF_TOKEN present: True offline: 1" in log
+    assert "wandb: disabled" in log
+    assert TOKEN not in log and TOKEN not in result.log_tail and TOKEN not in "\n".join(lines)
+    assert "leaked value: [REDACTED]" in log
+    assert TOKEN not in (ctx.run_dir / ".tao" / "creds.jsonl").read_text()
+
+
+def test_daemon_down(monkeypatch, tmp_path):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-daemon.sock")
+    ctx = make_ctx(tmp_path / "out")
+    write_project(ctx.run_dir)
+    platform = DockerPlatform(echo=None)
+    with pytest.raises(ToolError, match="Docker daemon not reachable at 'unix://.*no-daemon.sock'"):
+        platform.run(ctx, "smoke", ["python", "train.py"])
+    with pytest.raises(ToolError, match="not reachable"):
+        platform.build(ctx)
+
+
+def test_helpers():
+    assert image_tag("ViT_Base.Patch16") == "run-vit_base.patch16:latest"
+    assert image_tag("Weird name!") == "run-weird-name:latest"
+    assert multi_gpu_argv(["python", "train.py", "--smoke"], 4) == ["torchrun", "--nproc_per_node=4", "train.py", "--smoke"]
+    assert multi_gpu_argv(["python", "train.py"], 1) == ["python", "train.py"]
+    assert 1024**3 <= default_shm_size() <= 16 * 1024**3
