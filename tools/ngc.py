@@ -195,41 +195,16 @@ def live_images(ctx: RunContext, url: str) -> tuple[list[NgcImage], str]:
     return (images, "") if images else ([], "no PyTorch container table found in the page")
 
 
-def _reevaluate_compat(ctx: RunContext, facts: dict[str, Any]) -> Any:
-    """Re-run the hardware-dependent compat rules (tools/compat.py) if that module exists."""
+def _reevaluate_compat(ctx: RunContext) -> list[str] | None:
+    """Re-run the hardware-phase compat rules (tools/compat.py) now that the image is known; None if that module is absent."""
     try:
         from tao_finetune.tools import compat
     except ImportError:
         return None
-    evaluate = getattr(compat, "evaluate_rules", None)
-    if evaluate is None:
-        return None
-    result = evaluate(facts, "hardware")
-    if isinstance(result, (list, tuple)) and all(isinstance(r, str) for r in result):
-        current = ctx.config.applicable_workarounds or []
-        ctx.config.applicable_workarounds = [*current, *[r for r in result if r not in current]]
-    ctx.state.record("compat_hardware", result if isinstance(result, (list, dict, str)) else repr(result))
-    return result
-
-
-def _hardware_facts(ctx: RunContext, image: NgcImage | None) -> dict[str, Any]:
-    cfg = ctx.config
-    host = (ctx.state.records.get("audit") or {}).get("host") or {}
-    return {
-        **cfg.model_facts,
-        "model_id": cfg.model_id,
-        "task_type": cfg.task_type,
-        "training_method": cfg.hyperparameters.training_method,
-        "gpu_count": cfg.gpu_count,
-        "gpu_name": cfg.gpu_name,
-        "driver_major": cfg.driver_major,
-        "vram_gb_per_gpu": cfg.vram_gb_per_gpu,
-        "host_cuda": host.get("cuda"),
-        "ngc_image": cfg.ngc_image,
-        "ngc_version": image.version if image else None,
-        "container_cuda": image.cuda if image else None,
-        "container_pytorch": image.pytorch if image else None,
-    }
+    matches = compat.apply_matches(ctx.config, "hardware")
+    ids = [m["id"] for m in matches]
+    ctx.state.record("compat_hardware", ids)
+    return ids
 
 
 class SelectImageArgs(BaseModel):
@@ -244,11 +219,11 @@ def select_image(ctx: RunContext, args: SelectImageArgs) -> dict:
         cfg.ngc_image = cfg.image
         cfg.user_set = sorted(set(cfg.user_set) | {"ngc_image"})
         state.record("image", {"image": cfg.image, "rank": "user", "source": "user (--image)"})
-        compat = _reevaluate_compat(ctx, _hardware_facts(ctx, None))
+        compat = _reevaluate_compat(ctx)
         ctx.save()
         return {"ngc_image": cfg.image, "source": "user (--image)", "compat": compat}
     if cfg.platform == "local":
-        compat = _reevaluate_compat(ctx, _hardware_facts(ctx, None))
+        compat = _reevaluate_compat(ctx)
         ctx.save()
         return {"ngc_image": None, "skipped": "platform local runs without a container image", "compat": compat}
     if cfg.driver_major is None:
@@ -281,7 +256,7 @@ def select_image(ctx: RunContext, args: SelectImageArgs) -> dict:
     if rank == "live" and url not in cfg.research_sources:
         cfg.research_sources = [*cfg.research_sources, url]
     state.record("image", {"image": chosen.tag, "rank": rank, "source": source, **asdict(chosen)})
-    compat = _reevaluate_compat(ctx, _hardware_facts(ctx, chosen))
+    compat = _reevaluate_compat(ctx)
     ctx.save()
     return {
         "ngc_image": chosen.tag,

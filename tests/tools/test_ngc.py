@@ -188,3 +188,17 @@ def test_model_fit_skips_cpu_and_needs_params(tmp_path):
     assert any("model-fit check skipped" in n for n in cpu.config.notes)
     with pytest.raises(ToolError, match="num_parameters"):
         ngc.check_model_fit(make_ctx(tmp_path), NoArgs())
+
+
+def test_hardware_compat_rules_follow_the_chosen_image(tmp_path):
+    old = """<table><tr><th>Container Version</th><th>24.09</th><th>24.05</th></tr>
+    <tr><td>CUDA</td><td>NVIDIA CUDA 12.6.1</td><td>NVIDIA CUDA 12.4.1</td></tr>
+    <tr><td>PyTorch</td><td>2.5.0a0</td><td>2.4.0a0</td></tr></table>"""
+    with serve({"/old.html": (200, old)}) as base:
+        ctx = make_ctx(tmp_path, driver_major=560, model_facts={"gqa": True}, applicable_workarounds=["some-probe-rule"])
+        ctx.state.records["audit"]["host"]["cuda"] = "12.6"
+        out = ngc.select_image(ctx, ngc.SelectImageArgs(url=f"{base}/old.html"))
+    assert out["ngc_image"] == "nvcr.io/nvidia/pytorch:24.09-py3"
+    assert "sdpa-gqa-old-ngc" in out["compat"]
+    assert ctx.config.applicable_workarounds[0] == "some-probe-rule"
+    assert "sdpa-gqa-old-ngc" in ctx.config.applicable_workarounds
