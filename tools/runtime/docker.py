@@ -218,10 +218,20 @@ class DockerPlatform:
         cache = self.hf_cache or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
         cache.mkdir(parents=True, exist_ok=True)
         vols[str(cache.resolve())] = {"bind": CONTAINER_HF_HOME, "mode": "rw"}
-        if cfg.local_dataset_path:
-            data = Path(cfg.local_dataset_path).expanduser().resolve()
-            if data.exists() and ctx.run_dir.resolve() not in (data, *data.parents):
-                vols[str(data)] = {"bind": str(data), "mode": "ro"}
+        # a local dataset or model folder is visible at the same path as on the host; a relative one also under
+        # /workspace, where the job's working directory is
+        root = ctx.run_dir.resolve()
+        local_model = cfg.model_id if Path(cfg.model_id).expanduser().is_dir() else None
+        for raw in (cfg.local_dataset_path, local_model):
+            if not raw:
+                continue
+            path = Path(raw).expanduser()
+            host = path.resolve()
+            if not host.exists() or root in (host, *host.parents):
+                continue
+            vols.setdefault(str(host), {"bind": str(host), "mode": "ro"})
+            if not path.is_absolute() and ".." not in path.parts:
+                vols.setdefault(f"{host}/", {"bind": f"{WORKDIR}/{path.as_posix()}", "mode": "ro"})
         return vols
 
     def _device_requests(self, ctx: RunContext) -> list[docker.types.DeviceRequest]:
@@ -271,6 +281,10 @@ class DockerPlatform:
             kwargs["ipc_mode"] = "host"
         else:
             kwargs["shm_size"] = self.shm_size or default_shm_size()
+        if os.getuid() != 0:
+            # files written to the mounted output dir belong to the user, not root
+            kwargs["user"] = f"{os.getuid()}:{os.getgid()}"
+            kwargs["environment"]["HOME"] = "/tmp"
         if self.mem_limit:
             kwargs["mem_limit"] = self.mem_limit
             kwargs["memswap_limit"] = self.mem_limit

@@ -1,6 +1,7 @@
 """DockerPlatform against the real engine (CI starts it with .ci/docker-up.sh); skipped when no daemon answers."""
 
 import json
+import os
 import textwrap
 import uuid
 
@@ -42,6 +43,9 @@ JOB = textwrap.dedent('''
         print("HF_TOKEN present:", bool(tok), "offline:", os.environ.get("HF_HUB_OFFLINE"), flush=True)
         print("leaked value:", tok, flush=True)
         print("wandb:", os.environ.get("WANDB_MODE"), flush=True)
+    elif mode == "ls":
+        for path in sys.argv[2:]:
+            print("ls", path, sorted(os.listdir(path)), flush=True)
     elif mode == "sleep":
         print("sleeping", flush=True)
         time.sleep(120)
@@ -76,15 +80,17 @@ COPY . .
 
 
 def engine_or_skip():
+    """The engine, or a skip (a failure when TAO_REQUIRE_DOCKER=1, as in CI)."""
+    give_up = pytest.fail if os.environ.get("TAO_REQUIRE_DOCKER") == "1" else pytest.skip
     try:
         client = docker.from_env(timeout=10)
         client.ping()
     except docker.errors.DockerException as err:
-        pytest.skip(f"Docker daemon not reachable ({str(err)[:80]}); start it with .ci/docker-up.sh")
+        give_up(f"Docker daemon not reachable ({str(err)[:80]}); start it with .ci/docker-up.sh")
     try:
         client.images.get(BASE_IMAGE)
     except docker.errors.ImageNotFound:
-        pytest.skip(f"base image {BASE_IMAGE!r} missing; build it with .ci/docker-up.sh")
+        give_up(f"base image {BASE_IMAGE!r} missing; build it with .ci/docker-up.sh")
     return client
 
 
@@ -244,6 +250,24 @@ def test_credentials_pass_by_name_and_never_reach_logs(client, built):
     assert TOKEN not in log and TOKEN not in result.log_tail and TOKEN not in "\n".join(lines)
     assert "leaked value: [REDACTED]" in log
     assert TOKEN not in (ctx.run_dir / ".tao" / "creds.jsonl").read_text()
+
+
+def test_local_model_and_data_are_mounted(client, built, tmp_path):
+    ctx, record = built
+    model = tmp_path / "tiny-model"
+    data = tmp_path / "digits"
+    (model).mkdir()
+    (model / "config.json").write_text("{}")
+    (data / "train").mkdir(parents=True)
+    local = RunConfig(**{**ctx.config.model_dump(), "model_id": str(model), "local_dataset_path": str(data)})
+    ctx2 = RunContext(config=local, session=ctx.session, creds=ctx.creds)
+    client.images.get(record["image"]).tag("run-tiny-model", "latest")
+    try:
+        result = DockerPlatform(client, echo=None).run(ctx2, "prepare", ["python", "job.py", "ls", str(model), str(data)])
+    finally:
+        client.images.remove("run-tiny-model:latest")
+    log = result.log_path.read_text()
+    assert f"ls {model} ['config.json']" in log and f"ls {data} ['train']" in log
 
 
 def test_daemon_down(monkeypatch, tmp_path):
