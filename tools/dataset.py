@@ -576,25 +576,24 @@ def load_local_dataset(path: str | Path, fmt: str = "auto", task: str | None = N
 
 
 # ---------------------------------------------------------------- statistics
-def _image_size(v: Any) -> tuple[int, int] | None:
-    from PIL import Image
+def _image_info(v: Any) -> tuple[tuple[int, int], str] | None:
+    """(size, mode) of an image value: a PIL image, a path, bytes or a {bytes, path} dict."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
 
     if hasattr(v, "size") and hasattr(v, "mode"):
-        return tuple(v.size)
+        return tuple(v.size), v.mode
     if isinstance(v, dict) and (v.get("path") or v.get("bytes")):
-        v = v.get("path") if v.get("path") and Path(v["path"]).is_file() else v.get("bytes")
-    if isinstance(v, bytes):
-        import io
-
-        try:
-            with Image.open(io.BytesIO(v)) as im:
-                return im.size
-        except OSError:
-            return None
-    if isinstance(v, str) and Path(v).is_file():
-        size, _ = check_image(Path(v))
-        return size
-    return None
+        v = v.get("bytes") or v.get("path")
+    src = io.BytesIO(v) if isinstance(v, bytes) else v if isinstance(v, str) and Path(v).is_file() else None
+    if src is None:
+        return None
+    try:
+        with Image.open(src) as im:
+            return tuple(im.size), im.mode
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
 
 
 def _type_name(v: Any) -> str:
@@ -654,8 +653,10 @@ def summarize_rows(rows: list[dict[str, Any]], kinds: dict[str, str], types: dic
             info["mixed_types"] = dict(seen)
         kind = kinds.get(k)
         if kind in ("image", "mask") or seen.get("image") or seen.get("image-path"):
-            sizes = [s for s in (_image_size(v) for v in vals[:N_STATS]) if s]
-            if sizes:
+            infos = [i for i in (_image_info(v) for v in vals[:N_STATS]) if i]
+            sizes = [i[0] for i in infos]
+            if infos and kind != "mask" and k.lower() not in MASK_NAMES:
+                info["image_modes"] = sorted({i[1] for i in infos})
                 common = Counter(sizes).most_common(3)
                 info["image_sizes"] = {"width": _stats([w for w, _ in sizes]), "height": _stats([h for _, h in sizes]),
                                        "most_common": [f"{w}x{h}" for (w, h), _ in common]}
@@ -666,6 +667,11 @@ def summarize_rows(rows: list[dict[str, Any]], kinds: dict[str, str], types: dic
             info["boxes_per_sample"] = _stats(counts)
         cols[k] = info
     return cols
+
+
+def image_modes(columns: dict[str, Any]) -> list[str]:
+    """Every image mode seen in any column (L, RGB, RGBA, P ...)."""
+    return sorted({m for info in columns.values() for m in info.get("image_modes", [])})
 
 
 def label_counts(values: list[Any], names: list[str]) -> dict[str, int]:
@@ -869,6 +875,7 @@ def probe_local_dataset(path: str, fmt: str = "auto", task: str | None = None, n
         "columns": columns,
         "label_names": label_names,
         "label_counts": counts,
+        "image_modes": image_modes(columns),
         "issues": [i.as_dict() for i in scan.issues],
         "samples": samples,
         **scan.extra,
@@ -945,6 +952,7 @@ def probe_hub_dataset(dataset_id: str, config_name: str | None = None, token_pre
         "label_names": label_names,
         "label_counts": counts,
         "sampled_rows": len(rows),
+        "image_modes": image_modes(columns),
         "issues": [],
         "samples": [{k: _render(v) for k, v in r.items()} for r in rows[:n_samples]],
     }

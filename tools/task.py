@@ -1,0 +1,286 @@
+"""Step 1: task detection from model + dataset evidence, dataset recommendations, and the accept/reject verdict."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from typing import Any, get_args
+
+import yaml
+from pydantic import BaseModel, Field
+
+from tao_finetune.agent import gates
+from tao_finetune.agent.config import TaskType
+from tao_finetune.tools.base import NeedsUser, NoArgs, ToolError, tool
+from tao_finetune.tools.compat import apply_matches
+
+TASKS: tuple[str, ...] = get_args(TaskType)
+HEADS = (  # architecture suffix -> task
+    ("ForImageClassification", "image-classification"),
+    ("ForObjectDetection", "object-detection"),
+    ("ForSemanticSegmentation", "semantic-segmentation"),
+    ("ForImageTextToText", "image-text-to-text"),
+    ("ForVision2Seq", "image-text-to-text"),
+    ("ForVisualQuestionAnswering", "image-text-to-text"),
+    ("ForSequenceClassification", "text-classification"),
+)
+UNSUPPORTED_HEADS = (("ForCausalLM", "text-generation"), ("ForSpeechSeq2Seq", "speech recognition"), ("ForCTC", "speech recognition"),
+                     ("ForAudioClassification", "audio classification"), ("ForTokenClassification", "token classification"),
+                     ("ForQuestionAnswering", "extractive question answering"), ("ForMaskGeneration", "mask generation"),
+                     ("ForDepthEstimation", "depth estimation"), ("ForInstanceSegmentation", "instance segmentation"))
+PIPELINES = {
+    "image-classification": "image-classification", "object-detection": "object-detection",
+    "image-segmentation": "semantic-segmentation", "image-text-to-text": "image-text-to-text",
+    "visual-question-answering": "image-text-to-text", "image-to-text": "image-text-to-text",
+    "text-classification": "text-classification", "sentiment-analysis": "text-classification",
+    "zero-shot-classification": "text-classification",
+}
+# backbones whose checkpoints ship one head but that transformers also offers for another task
+ALSO = {
+    "segformer": {"semantic-segmentation", "image-classification"},
+    "mobilevit": {"semantic-segmentation", "image-classification"},
+    "mobilevitv2": {"semantic-segmentation", "image-classification"},
+    "beit": {"semantic-segmentation", "image-classification"},
+    "data2vec-vision": {"semantic-segmentation", "image-classification"},
+    "dpt": {"semantic-segmentation"},
+}
+VLM_TYPES = {"idefics3", "smolvlm", "idefics2", "llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl",
+             "paligemma", "gemma3", "mllama", "florence2", "blip-2", "instructblip", "internvl", "pixtral", "aya_vision"}
+TEXT_ENCODERS = {"bert", "roberta", "distilbert", "deberta", "deberta-v2", "electra", "xlm-roberta", "albert", "mpnet",
+                 "modernbert", "camembert", "ernie", "longformer", "funnel", "xlnet", "megatron-bert", "nomic_bert"}
+LORA_PARAMS = 70e9
+NO_DERIVATIVES = re.compile(r"(^|-)nd(-|$)")
+
+
+def model_tasks(facts: dict[str, Any]) -> tuple[list[str], list[str], str | None]:
+    """Tasks the model supports (strongest evidence first), the evidence lines, and an unsupported task if that is all it is."""
+    tasks: list[str] = []
+    evidence: list[str] = []
+    unsupported = None
+
+    def add(task: str, why: str) -> None:
+        if task not in tasks:
+            tasks.append(task)
+        evidence.append(f"{task}: {why}")
+
+    for arch in facts.get("architectures") or []:
+        for suffix, task in HEADS:
+            if arch.endswith(suffix):
+                add(task, f"architecture {arch}")
+        if arch.endswith("ForConditionalGeneration") and (facts.get("model_type") in VLM_TYPES or facts.get("vision_model_type")):
+            add("image-text-to-text", f"architecture {arch} with a vision tower")
+        for suffix, name in UNSUPPORTED_HEADS:
+            if arch.endswith(suffix) and not tasks:
+                unsupported = unsupported or f"{name} (architecture {arch})"
+    pt = facts.get("pipeline_tag")
+    if pt in PIPELINES:
+        add(PIPELINES[pt], f"pipeline_tag {pt}")
+    elif pt and not tasks:
+        unsupported = unsupported or f"{pt} (pipeline_tag)"
+    for tag in facts.get("tags") or []:
+        if tag in PIPELINES:
+            add(PIPELINES[tag], f"tag {tag}")
+    for cls in facts.get("card_classes") or []:
+        for suffix, task in HEADS:
+            if cls.endswith(suffix):
+                add(task, f"model card names {cls}")
+    for p in facts.get("card_pipelines") or []:
+        if p in PIPELINES:
+            add(PIPELINES[p], f"model card uses pipeline({p!r})")
+    mt = facts.get("model_type") or ""
+    if mt in VLM_TYPES:
+        add("image-text-to-text", f"model_type {mt} is a vision-language model")
+    for extra in sorted(ALSO.get(mt, ())):
+        if extra not in tasks:
+            tasks.append(extra)
+            evidence.append(f"{extra}: model_type {mt} also has a {extra} head in transformers (discovery path)")
+    if not tasks and mt in TEXT_ENCODERS:
+        tasks.append("text-classification")
+        evidence.append(f"text-classification: card silent on a head; {mt} is a text encoder, AutoModelForSequenceClassification adds one (discovery path)")
+    if not tasks and (facts.get("image_size") or facts.get("image_processor_type")) and mt and not facts.get("vision_model_type"):
+        tasks.append("image-classification")
+        evidence.append(f"image-classification: card silent on a head; {mt} is a vision backbone, AutoModelForImageClassification adds one (discovery path)")
+    if tasks:
+        unsupported = None
+    return tasks, evidence, unsupported
+
+
+def dataset_task(facts: dict[str, Any]) -> tuple[str | None, str]:
+    """The task a dataset's schema fits, with the evidence."""
+    cols = {k.lower(): v for k, v in (facts.get("columns") or {}).items()}
+    types = {k: str(v.get("type", "")) for k, v in cols.items()}
+    has_image = any(t in ("Image", "image", "image-path") or "image_sizes" in cols[k] for k, t in types.items())
+    images = [k for k, t in types.items() if t in ("Image", "image", "image-path") or "image_sizes" in cols[k]]
+    if "objects" in cols or any("boxes_per_sample" in v for v in cols.values()):
+        return "object-detection", "dataset has per-image boxes (objects column)"
+    if len(images) >= 2 or facts.get("mask_values") is not None or any(k in ("annotation", "mask", "segmentation") for k in images):
+        return "semantic-segmentation", f"dataset pairs images with masks ({', '.join(images)})"
+    if has_image and any(k in cols for k in ("question", "messages", "conversations", "answer", "caption", "multiple_choice_answer")):
+        return "image-text-to-text", "dataset pairs images with question/answer or chat text"
+    label_like = any(k in cols for k in ("label", "labels", "class", "category", "fine_label", "target")) or any(t.startswith("ClassLabel") for t in types.values())
+    if has_image and label_like:
+        return "image-classification", "dataset pairs images with one class label"
+    if not has_image and label_like and any("text_chars" in v for v in cols.values()):
+        return "text-classification", "dataset pairs text with a class label"
+    return None, "dataset schema fits no supported task"
+
+
+def detect_task(model_facts: dict[str, Any], dataset_facts: dict[str, Any] | None, user_task: str | None = None) -> tuple[str, list[str]]:
+    """Decide the task; raises ToolError for unsupported models and NeedsUser when model and dataset disagree."""
+    tasks, evidence, unsupported = model_tasks(model_facts)
+    notes = [f"task evidence (model): {e}" for e in evidence]
+    d_task, d_why = dataset_task(dataset_facts) if dataset_facts else (None, "")
+    if dataset_facts:
+        notes.append(f"task evidence (dataset): {d_task or 'none'} - {d_why}")
+    if user_task:
+        if user_task not in TASKS:
+            raise ToolError(f"task_type {user_task!r} is not supported; supported: {', '.join(TASKS)}")
+        if tasks and user_task not in tasks:
+            raise NeedsUser(
+                f"you asked for {user_task} but the model fits {', '.join(tasks)} ({'; '.join(evidence[:3])}); proceed anyway or change the model?",
+                "rerun with a model for that task, or with --task-type " + tasks[0],
+            )
+        return user_task, notes + [f"task {user_task}: given by the user"]
+    if unsupported and not tasks:
+        raise ToolError(f"unsupported task: the model is for {unsupported}; supported: {', '.join(TASKS)}")
+    if not tasks and not d_task:
+        raise NeedsUser(
+            f"cannot tell the task of {model_facts.get('model_id')!r}: no head class, pipeline tag or card hint",
+            "rerun with --task-type " + "|".join(TASKS),
+        )
+    if d_task and tasks and d_task not in tasks:
+        raise NeedsUser(
+            f"the model fits {', '.join(tasks)} but the dataset looks like {d_task} ({d_why}); which task?",
+            "rerun with --task-type <task>, or pick a dataset that matches the model",
+        )
+    task = d_task if d_task and (not tasks or d_task in tasks) else tasks[0]
+    return task, notes + [f"task {task}: chosen from {'model and dataset' if d_task and tasks else 'model' if tasks else 'dataset'} evidence"]
+
+
+# ---------------------------------------------------------------- recommendations
+def recommendations(task: str) -> list[dict[str, Any]]:
+    """The curated picks for a task."""
+    text = resources.files("tao_finetune.references").joinpath("dataset_recommendations.yaml").read_text()
+    return list(yaml.safe_load(text).get(task) or [])
+
+
+def needs_dataset(task: str) -> NeedsUser:
+    picks = recommendations(task)
+    lines = "; ".join(f"{p['id']} ({p['size']}, license {p['license']}): {p['why']}" for p in picks)
+    return NeedsUser(f"no dataset given; picks for {task}: {lines}", f"rerun with --dataset-id <one of: {', '.join(p['id'] for p in picks)}> or --local-dataset-path PATH")
+
+
+class RecommendArgs(BaseModel):
+    task_type: TaskType | None = Field(None, description="task to recommend for; default: the configured or detected task")
+
+
+@tool(step=1)
+def recommend_datasets(ctx, args: RecommendArgs) -> dict:
+    """List 3-5 curated Hub datasets (id, size, license, why) for the task. When the run has no dataset, the run stops here and asks the user to pick one."""
+    cfg = ctx.config
+    task = args.task_type or cfg.task_type
+    if not task:
+        if not cfg.model_facts:
+            raise ToolError("task unknown: call probe_model first (or pass task_type)")
+        task, notes = detect_task(cfg.model_facts, None)
+        for n in notes:
+            cfg.note(n)
+    if not cfg.dataset_id and not cfg.local_dataset_path:
+        cfg.task_type = task
+        ctx.save()
+        raise needs_dataset(task)
+    return {"task_type": task, "datasets": recommendations(task)}
+
+
+# ---------------------------------------------------------------- verdict
+def license_problems(model_facts: dict[str, Any], dataset_facts: dict[str, Any], push: bool) -> tuple[list[str], list[str]]:
+    """(reject reasons, warnings) from the model and dataset licenses."""
+    rejects, warns = [], []
+    for what, lic in (("model", model_facts.get("license")), ("dataset", (dataset_facts or {}).get("license"))):
+        if not isinstance(lic, str):
+            continue
+        low = lic.lower()
+        if NO_DERIVATIVES.search(low):
+            rejects.append(f"{what} license {lic!r} forbids derivatives (a fine-tuned model is one)")
+        elif "-nc" in low or "noncommercial" in low:
+            warns.append(f"{what} license {lic!r} is non-commercial: the fine-tuned model inherits that")
+        elif low in ("other", "unknown") and push:
+            warns.append(f"{what} license is {lic!r}: read its terms before pushing the fine-tuned model")
+    return rejects, warns
+
+
+def verdict(cfg: Any) -> dict[str, Any]:
+    """Accept or reject the run from config facts; reasons and warnings in plain words."""
+    mf, df = cfg.model_facts or {}, cfg.dataset_facts or {}
+    rejects, warns = license_problems(mf, df, cfg.push_to_hub)
+    n = mf.get("param_count") or 0
+    lora = cfg.hyperparameters.training_method == "lora"
+    if n >= 5 * LORA_PARAMS:
+        rejects.append(f"model has {n / 1e9:.0f}B parameters: too large to fine-tune on any single host here, even with LoRA")
+    elif n >= LORA_PARAMS and not lora:
+        rejects.append(f"model has {n / 1e9:.0f}B parameters: full fine-tuning needs 8x80 GB or more; use LoRA (--set training_method=lora)")
+    elif n >= 30e9 and not lora:
+        warns.append(f"model has {n / 1e9:.0f}B parameters: full fine-tuning needs several 80 GB GPUs; Step 2 checks the fit")
+    errors = [i["message"] for i in df.get("issues", []) if i["level"] == "error"]
+    rejects += [f"dataset unusable: {m}" for m in errors]
+    if mf.get("auto_map"):
+        warns.append("model needs trust_remote_code (custom code in its repo)")
+    return {"verdict": "reject" if rejects else "accept", "reasons": rejects, "warnings": warns}
+
+
+def qualify_config(cfg: Any) -> dict[str, Any]:
+    """Task, column check, verdict and compat walk over the probed facts; mutates cfg. Raises NeedsUser / ToolError."""
+    from tao_finetune.tools.dataset import check_dataset_for_task
+
+    if not cfg.model_facts:
+        raise ToolError("call probe_model first")
+    if not cfg.dataset_id and not cfg.local_dataset_path:
+        task, notes = detect_task(cfg.model_facts, None, cfg.task_type)
+        cfg.task_type = task
+        raise needs_dataset(task)
+    if not cfg.dataset_facts:
+        raise ToolError("call probe_dataset first")
+    user_task = cfg.task_type if "task_type" in cfg.user_set else None
+    task, notes = detect_task(cfg.model_facts, cfg.dataset_facts, user_task)
+    for n in notes:
+        cfg.note(n)
+    cfg.task_type = task
+    if task == "image-text-to-text" and "hyperparameters.training_method" not in cfg.user_set:
+        cfg.hyperparameters = cfg.hyperparameters.model_copy(update={"training_method": "lora"})
+        cfg.note("training_method lora: vision-language models are fine-tuned with LoRA by default")
+    v = verdict(cfg)
+    if v["verdict"] == "reject":
+        return {**v, "task_type": task}
+    renames, layout = check_dataset_for_task(cfg.dataset_facts, task)
+    cfg.column_renames = renames
+    cfg.dataset_facts = {**cfg.dataset_facts, "layout": layout}
+    if cfg.dataset_facts.get("label_names"):
+        cfg.label_names = list(cfg.dataset_facts["label_names"])
+    elif cfg.model_facts.get("label_names") and task in ("image-classification", "text-classification"):
+        cfg.label_names = list(cfg.model_facts["label_names"])
+    for w in v["warnings"]:
+        cfg.note(f"qualify warning: {w}")
+    if layout.get("planned_split"):
+        p = layout["planned_split"]
+        cfg.note(f"no eval split: prepare_data.py holds out {p['eval_fraction']:.0%} of {p['from']!r} with seed {p['seed']}")
+    matches = apply_matches(cfg, "probe")
+    return {**v, "task_type": task, "column_renames": renames, "layout": layout, "label_names": cfg.label_names[:30],
+            "num_labels": len(cfg.label_names), "applicable_workarounds": cfg.applicable_workarounds,
+            "workaround_fixes": {m["id"]: m["fix"] for m in matches}}
+
+
+@tool(step=1)
+def qualify(ctx, args: NoArgs) -> dict:
+    """Decide accept/reject from the probed model and dataset: detect the task (evidence to notes), verify dataset columns (renames recorded), walk compat rules, write the config.yaml skeleton and check gate 1. Call after probe_model and probe_dataset."""
+    try:
+        result = qualify_config(ctx.config)
+    finally:
+        ctx.save()
+    ctx.state.record("qualify", {"verdict": result["verdict"], "reasons": result["reasons"]})
+    ctx.save()
+    if result["verdict"] == "reject":
+        raise ToolError("rejected: " + "; ".join(result["reasons"]))
+    gate = gates.check(1, ctx.run_dir, ctx.state)
+    if not gate.met:
+        raise ToolError(f"gate 1 not met, missing: {', '.join(gate.missing)}")
+    return {**result, "gate1": "met"}
