@@ -1,0 +1,249 @@
+import json
+
+import huggingface_hub.constants as hf_constants
+import pytest
+import yaml
+
+from tao_finetune.agent import gates
+from tao_finetune.agent.config import RunConfig
+from tao_finetune.agent.context import RunContext
+from tao_finetune.agent.secrets import Credentials
+from tao_finetune.agent.session import SessionLog
+from tao_finetune.agent.state import RunState
+from tao_finetune.tools import hub
+from tao_finetune.tools.base import ToolError
+
+from servers.hub import USER, LocalHub
+
+FAKE_TOKEN = "hf_" + "abcdefghijklmnopqrstuvwxyzABCDEFGH"
+MODEL_ID = "acme/vit-tiny-demo"
+
+
+def call(t, ctx, **raw):
+    return t(ctx, t.validate(raw))
+
+
+@pytest.fixture
+def hub_server(tmp_path, monkeypatch):
+    server = LocalHub(tmp_path / "hub", token=FAKE_TOKEN).start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    # huggingface_hub reads these at import time; its first request also asks ENDPOINT for an agent registry.
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "ENDPOINT", server.url)
+    yield server
+    server.stop()
+
+
+def make_ctx(tmp_path, token=FAKE_TOKEN, **overrides):
+    cfg = RunConfig(
+        model_id=MODEL_ID,
+        dataset_id="acme/digits",
+        task_type="image-classification",
+        output_dir=str(tmp_path / "run"),
+        n_train=800,
+        n_eval=200,
+        applicable_workarounds=[],
+        ngc_image="nvcr.io/nvidia/pytorch:25.10-py3",
+        gpu_count=1,
+        gpu_name="NVIDIA H100 80GB HBM3",
+        driver_major=580,
+        vram_gb_per_gpu=80.0,
+        model_facts={"license": "apache-2.0"},
+        **overrides,
+    )
+    creds = Credentials({"HF_TOKEN": token} if token else {})
+    ctx = RunContext(cfg, SessionLog(cfg.out / "session.jsonl", creds), creds)
+    ctx.save()
+    run = ctx.run_dir
+    final = run / "checkpoints" / "final"
+    final.mkdir(parents=True)
+    (final / "config.json").write_text(json.dumps({"model_type": "vit", "architectures": ["ViTForImageClassification"]}))
+    (final / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      " + bytes(range(256)))
+    (final / "preprocessor_config.json").write_text("{}")
+    (final / "training_args.bin").write_bytes(b"pickle" + FAKE_TOKEN.encode())
+    reports = run / "reports"
+    (reports / "inference_samples").mkdir(parents=True)
+    (reports / "eval_results.json").write_text(json.dumps({"primary_metric": "accuracy", "accuracy": 0.91, "eval_loss": 0.3}))
+    (reports / "baseline_results.json").write_text(json.dumps({"primary_metric": "accuracy", "accuracy": 0.12}))
+    for i in range(5):
+        (reports / "inference_samples" / f"sample_{i}.json").write_text(json.dumps({"pred": "7", "label": "7"}))
+    (run / "Dockerfile").write_text("FROM nvcr.io/nvidia/pytorch:25.10-py3\nCOPY . /workspace\n")
+    (run / "requirements.txt").write_text("transformers>=5\ndatasets\n")
+    (run / ".env").write_text(f"HF_TOKEN={FAKE_TOKEN}\n")
+    (run / "logs").mkdir()
+    (run / "logs" / "train.log").write_text(f"token {FAKE_TOKEN}\n")
+    return ctx
+
+
+def repo_files(server, repo_id):
+    d = server.repo_dir(repo_id)
+    return {p: (d / p).read_bytes() for p in server.files(d)}
+
+
+def test_push_refused_when_push_to_hub_false(hub_server, tmp_path):
+    ctx = make_ctx(tmp_path, push_to_hub=False)
+    with pytest.raises(ToolError, match="push_to_hub is false"):
+        call(hub.hf_push, ctx)
+    assert hub_server.requests == []
+
+
+def test_push_refused_without_token(hub_server, tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN")
+    ctx = make_ctx(tmp_path, token=None)
+    with pytest.raises(ToolError, match="HF_TOKEN is not set"):
+        call(hub.hf_push, ctx)
+    assert hub_server.requests == []
+
+
+def test_push_one_commit_with_card_and_no_secret_anywhere(hub_server, tmp_path):
+    ctx = make_ctx(tmp_path)
+    out = call(hub.hf_push, ctx)
+    repo_id = f"{USER}/vit-tiny-demo-finetuned"
+    assert out["repo_id"] == repo_id
+    assert out["url"] == f"{hub_server.url}/{repo_id}"
+    assert hub_server.paths("GET").count("/api/whoami-v2") == 1
+    commits = [r for r in hub_server.requests if "/commit/" in r.path]
+    assert len(commits) == 1
+
+    files = repo_files(hub_server, repo_id)
+    assert set(files) == {
+        "README.md", "config.json", "model.safetensors", "preprocessor_config.json",
+        "results/eval_results.json", "results/baseline_results.json", "config.yaml", "Dockerfile", "requirements.txt",
+        *{f"inference_samples/sample_{i}.json" for i in range(5)},
+    }
+    assert files["model.safetensors"] == (ctx.run_dir / "checkpoints/final/model.safetensors").read_bytes()
+
+    card = files["README.md"].decode()
+    front = yaml.safe_load(card.split("---", 2)[1])
+    assert front["base_model"] == MODEL_ID and front["license"] == "apache-2.0" and front["datasets"] == ["acme/digits"]
+    assert front["model-index"][0]["results"][0]["metrics"][0] == {"type": "accuracy", "value": 0.91, "name": "accuracy"}
+    assert "| accuracy | 0.1200 | 0.9100 | +0.7900 |" in card
+    assert f'pipeline("image-classification", model="{repo_id}")' in card
+
+    state = RunState.load(ctx.run_dir)
+    assert state.records["hub"]["url"] == out["url"] and state.records["hub"]["commit"] == out["commit"]
+
+    token = FAKE_TOKEN.encode()
+    for path, data in files.items():
+        assert token not in data, path
+    for r in hub_server.requests:
+        assert token not in r.body, r.path
+        assert all(FAKE_TOKEN not in v for k, v in r.headers.items() if k.lower() != "authorization"), r.path
+    auth = [v for r in hub_server.requests for k, v in r.headers.items() if k.lower() == "authorization"]
+    assert auth and set(auth) == {f"Bearer {FAKE_TOKEN}"}
+    log = (ctx.run_dir / "session.jsonl").read_text()
+    assert FAKE_TOKEN not in log and '"kind": "hub_push"' in log
+    assert FAKE_TOKEN not in json.dumps(out)
+
+
+def test_secret_in_an_uploaded_file_refuses_the_push(hub_server, tmp_path):
+    ctx = make_ctx(tmp_path)
+    (ctx.run_dir / "Dockerfile").write_text(f"FROM x\nENV HF_TOKEN={FAKE_TOKEN}\n")
+    with pytest.raises(ToolError, match="refusing to push: Dockerfile") as err:
+        call(hub.hf_push, ctx)
+    assert FAKE_TOKEN not in str(err.value)
+    assert not any("/commit/" in p for p in hub_server.paths())
+    assert "hub" not in RunState.load(ctx.run_dir).records
+
+
+def test_configured_repo_skips_whoami(hub_server, tmp_path):
+    ctx = make_ctx(tmp_path, hf_model_repo="acme-org/digits-vit")
+    out = call(hub.hf_push, ctx)
+    assert out["repo_id"] == "acme-org/digits-vit"
+    assert "/api/whoami-v2" not in hub_server.paths()
+    assert "README.md" in repo_files(hub_server, "acme-org/digits-vit")
+
+
+def test_rejected_token_is_a_one_line_401(tmp_path, monkeypatch):
+    with LocalHub(tmp_path / "hub", token="hf_" + "Z" * 34) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+        monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(hf_constants, "ENDPOINT", server.url)
+        ctx = make_ctx(tmp_path)
+        with pytest.raises(ToolError) as err:
+            call(hub.hf_push, ctx)
+    msg = str(err.value)
+    assert "401" in msg and "\n" not in msg and FAKE_TOKEN not in msg
+
+
+def test_unreachable_hub_is_a_network_error(tmp_path, monkeypatch):
+    with LocalHub(tmp_path / "hub") as server:
+        dead = server.url
+    monkeypatch.setenv("HF_ENDPOINT", dead)
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "ENDPOINT", dead)
+    ctx = make_ctx(tmp_path)
+    with pytest.raises(ToolError, match="network error reaching the Hub"):
+        call(hub.hf_push, ctx)
+
+
+def test_token_from_env_file_only_is_used_and_not_left_in_environ(hub_server, tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN")
+    ctx = make_ctx(tmp_path)
+    call(hub.hf_push, ctx)
+    import os
+
+    assert "HF_TOKEN" not in os.environ
+
+
+def test_emitted_skill_is_complete_and_meets_gate6(hub_server, tmp_path):
+    ctx = make_ctx(tmp_path)
+    pushed = call(hub.hf_push, ctx)
+    out = call(hub.emit_rerun_skill, ctx)
+    assert out["written"] == "skills/run-vit-tiny-demo/SKILL.md"
+    text = (ctx.run_dir / out["written"]).read_text()
+    assert gates.check_skill_text(text) == []
+    _, front, body = text.split("---", 2)
+    meta = yaml.safe_load(front)
+    assert meta["name"] == "run-vit-tiny-demo" and meta["license"] == "Apache-2.0"
+    assert meta["metadata"]["hub_url"] == pushed["url"]
+    assert meta["metadata"]["baseline"] == "0.1200" and meta["metadata"]["finetuned"] == "0.9100"
+    assert meta["metadata"]["n_train"] == "800" and meta["metadata"]["image"] == "nvcr.io/nvidia/pytorch:25.10-py3"
+    assert "allowed-tools" in meta and len(meta["compatibility"]) <= 500
+    assert body.lstrip().startswith("<!-- Copyright (c) ") and "NVIDIA CORPORATION" in body.split("-->")[0]
+    assert "| accuracy | 0.1200 → 0.9100 (Δ +0.7900) |" in body
+    assert "docker build -t run-vit-tiny-demo:latest ." in body
+    assert f"tao-finetune run --config {ctx.run_dir / 'config.yaml'}" in body
+    assert gates.gate6(ctx.run_dir, RunState.load(ctx.run_dir)) == []
+
+
+def test_skill_without_push_says_not_pushed(tmp_path):
+    ctx = make_ctx(tmp_path, push_to_hub=False)
+    out = call(hub.emit_rerun_skill, ctx)
+    meta = yaml.safe_load((ctx.run_dir / out["written"]).read_text().split("---", 2)[1])
+    assert meta["metadata"]["hub_url"] == "not pushed"
+    assert gates.gate6(ctx.run_dir, ctx.state) == []
+
+
+def test_skill_with_a_leftover_placeholder_fails_and_writes_nothing(tmp_path):
+    ctx = make_ctx(tmp_path, push_to_hub=False)
+    with pytest.raises(ToolError, match="placeholders left: <todo>"):
+        call(hub.emit_rerun_skill, ctx, notes="Re-check <todo> before rerunning.")
+    assert not gates.skill_path(ctx.run_dir, ctx.config.model_dump()).exists()
+
+
+def test_template_checks():
+    values = {"a": "x"}
+    good = "---\nname: <a>\ndescription: d\nlicense: L\ncompatibility: c\nmetadata:\n  k: v\nallowed-tools: Read\n---\n<!-- Copyright (c) 2026, NVIDIA CORPORATION. -->\nbody <a>\n"
+    assert hub.fill_skill_template(good, values).startswith('---\nname: "x"')
+    with pytest.raises(ToolError, match="placeholders left: <unknown_field>"):
+        hub.fill_skill_template(good + "<unknown_field>\n", values)
+    with pytest.raises(ToolError, match="copyright"):
+        hub.fill_skill_template(good.replace("<!-- Copyright (c) 2026, NVIDIA CORPORATION. -->\n", ""), values)
+    with pytest.raises(ToolError, match="allowed-tools"):
+        hub.fill_skill_template(good.replace("allowed-tools: Read\n", ""), values)
+    with pytest.raises(ToolError, match="not valid YAML"):
+        hub.fill_skill_template(good.replace("description: d", "description: [d"), values)
+
+
+def test_shipped_template_fills_every_placeholder(tmp_path):
+    ctx = make_ctx(tmp_path, push_to_hub=False)
+    template = hub.read_reference_text("pipeline-skill-template.md")
+    names = {m[1:-1] for m in gates.PLACEHOLDER.findall(template)}
+    assert names and names <= set(hub.skill_values(ctx))

@@ -1,0 +1,482 @@
+"""Step 6: push the run to the Hugging Face Hub in one commit, and emit the rerun SKILL.md.
+
+huggingface_hub 2.4 API used (site-packages/huggingface_hub/hf_api.py): HfApi(endpoint=...).whoami(),
+create_repo(repo_id, exist_ok=True), create_commit(repo_id, operations=[CommitOperationAdd(...)],
+commit_message=...) -> CommitInfo(oid, commit_url, repo_url); errors.HfHubHTTPError(.response).
+The token is never passed: huggingface_hub reads HF_TOKEN from the environment (token=None).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import yaml
+from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+from pydantic import BaseModel, Field
+
+from tao_finetune.agent import gates
+from tao_finetune.agent.config import RunConfig, atomic_write_text
+from tao_finetune.agent.context import RunContext
+from tao_finetune.tools.base import NoArgs, ToolError, tool
+from tao_finetune.tools.research import hub_endpoint, read_reference_text
+
+try:  # huggingface_hub 2.x talks through httpx2; 1.x through httpx
+    import httpx2
+
+    NET_ERRORS: tuple[type[Exception], ...] = (HfHubHTTPError, OfflineModeIsEnabled, httpx.HTTPError, httpx2.HTTPError)
+except ImportError:  # pragma: no cover
+    NET_ERRORS = (HfHubHTTPError, OfflineModeIsEnabled, httpx.HTTPError)
+
+SKIP_NAMES = {"training_args.bin", "optimizer.pt", "scheduler.pt", "trainer_state.json", "session.jsonl"}
+SKIP_PATTERNS = (re.compile(r"^rng_state.*\.pth$"), re.compile(r".*\.log$"), re.compile(r"^\.env"))
+MAX_SCAN_BYTES = 5_000_000
+TASK_TITLES = {
+    "image-classification": "Image Classification",
+    "object-detection": "Object Detection",
+    "semantic-segmentation": "Image Segmentation",
+    "image-text-to-text": "Image-Text-to-Text",
+    "text-classification": "Text Classification",
+}
+PIPELINE_TAGS = {"semantic-segmentation": "image-segmentation"}
+
+
+def _skipped(rel: Path) -> bool:
+    if any(part.startswith(".") or part.startswith("checkpoint-") for part in rel.parts):
+        return True
+    return rel.name in SKIP_NAMES or any(p.match(rel.name) for p in SKIP_PATTERNS)
+
+
+def _files_under(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.rglob("*") if p.is_file() and not _skipped(p.relative_to(root)))
+
+
+def weights_dir(run_dir: Path) -> Path | None:
+    """checkpoints/merged (VLM LoRA) if present, else checkpoints/final, else None."""
+    for name in ("merged", "final"):
+        d = run_dir / "checkpoints" / name
+        if d.is_dir() and any(d.iterdir()):
+            return d
+    return None
+
+
+def upload_plan(run_dir: Path) -> list[tuple[str, Path]]:
+    """(path in repo, local file) for everything the push uploads besides the generated card."""
+    plan: list[tuple[str, Path]] = []
+    wdir = weights_dir(run_dir)
+    if wdir is not None:
+        plan += [(str(p.relative_to(wdir)), p) for p in _files_under(wdir)]
+    reports = run_dir / "reports"
+    for name in ("eval_results.json", "baseline_results.json"):
+        if (reports / name).is_file():
+            plan.append((f"results/{name}", reports / name))
+    for name in ("config.yaml", "Dockerfile", "requirements.txt"):
+        if (run_dir / name).is_file():
+            plan.append((name, run_dir / name))
+    samples = reports / "inference_samples"
+    plan += [(f"inference_samples/{p.relative_to(samples)}", p) for p in _files_under(samples)]
+    for name in ("report.pdf", "report.html"):
+        if (reports / name).is_file():
+            plan.append((f"reports/{name}", reports / name))
+    for p in _files_under(run_dir / "skills"):
+        plan.append((f"skills/{p.relative_to(run_dir / 'skills')}", p))
+    plan = [(repo_path, p) for repo_path, p in plan if repo_path.lower() != "readme.md"]
+    return plan
+
+
+def _text_of(path: Path) -> str | None:
+    """The file's text when it is small UTF-8 text, else None (binary weights, images)."""
+    if path.stat().st_size > MAX_SCAN_BYTES:
+        return None
+    data = path.read_bytes()
+    if b"\x00" in data:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _metrics(run_dir: Path) -> dict[str, Any]:
+    def load(name: str) -> dict:
+        try:
+            data = json.loads((run_dir / "reports" / name).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    ev, base = load("eval_results.json"), load("baseline_results.json")
+    name = ev.get("primary_metric") or base.get("primary_metric") or "metric"
+    ft, bl = gates.primary_metric(ev), gates.primary_metric({**base, "primary_metric": name}) if base else None
+    delta = ft - bl if ft is not None and bl is not None else None
+    return {"name": str(name), "finetuned": ft, "baseline": bl, "delta": delta}
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def _dataset_label(cfg: RunConfig) -> str:
+    if cfg.dataset_id:
+        return cfg.dataset_id + (f" ({cfg.dataset_config})" if cfg.dataset_config else "")
+    if cfg.local_dataset_path:
+        return f"local dataset {Path(cfg.local_dataset_path).name} ({cfg.local_dataset_format})"
+    return "unknown dataset"
+
+
+def _license(cfg: RunConfig) -> str:
+    facts = cfg.model_facts or {}
+    lic = facts.get("license") or (facts.get("card_data") or facts.get("cardData") or {}).get("license")
+    if not lic:
+        tags = [t for t in facts.get("tags", []) if isinstance(t, str) and t.startswith("license:")]
+        lic = tags[0].split(":", 1)[1] if tags else None
+    return str(lic) if lic else "other"
+
+
+def _hp_rows(cfg: RunConfig) -> list[tuple[str, str, str]]:
+    rows = [("n_epochs", str(cfg.n_epochs), _source_of(cfg, "n_epochs"))]
+    for name, value in cfg.hyperparameters.model_dump().items():
+        rows.append((name, str(value), _source_of(cfg, f"hyperparameters.{name}")))
+    if cfg.hyperparameters.training_method == "lora":
+        rows.append(("lora_r", str(cfg.lora_r), _source_of(cfg, "lora_r")))
+    return rows
+
+
+def _source_of(cfg: RunConfig, key: str) -> str:
+    entry = cfg.recipe.get(key)
+    if entry is None and key.startswith("hyperparameters."):
+        agg = cfg.recipe.get("hyperparameters")
+        name = key.split(".", 1)[1]
+        if agg is not None and isinstance(agg.value, dict) and name in agg.value:
+            entry = agg
+    if entry is None:
+        return "default"
+    return f"{entry.rank}: {entry.source}"
+
+
+def _cell(text: Any, limit: int = 160) -> str:
+    s = " ".join(str(text).split()).replace("|", "\\|").replace("<", "&lt;")
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _inference_snippet(cfg: RunConfig, repo_id: str) -> str:
+    task = cfg.task_type or "image-classification"
+    if task == "image-text-to-text":
+        return (
+            "```python\nfrom transformers import AutoModelForImageTextToText, AutoProcessor\n\n"
+            f'processor = AutoProcessor.from_pretrained("{repo_id}")\n'
+            f'model = AutoModelForImageTextToText.from_pretrained("{repo_id}")\n'
+            'messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the image?"}]}]\n'
+            "prompt = processor.apply_chat_template(messages, add_generation_prompt=True)\n"
+            'inputs = processor(text=prompt, images=[image], return_tensors="pt")\n'
+            "print(processor.batch_decode(model.generate(**inputs, max_new_tokens=32), skip_special_tokens=True)[0])\n```"
+        )
+    pipe_task = PIPELINE_TAGS.get(task, task)
+    arg = '"An example sentence."' if task == "text-classification" else '"path/to/image.jpg"'
+    return (
+        "```python\nfrom transformers import pipeline\n\n"
+        f'pipe = pipeline("{pipe_task}", model="{repo_id}")\n'
+        f"print(pipe({arg}))\n```"
+    )
+
+
+def model_card(cfg: RunConfig, run_dir: Path, repo_id: str, skill_rel: str | None) -> str:
+    """The README.md pushed with the model: YAML front matter (license, base_model, datasets, tags, model-index) and a body."""
+    m = _metrics(run_dir)
+    task = cfg.task_type or "image-classification"
+    front: dict[str, Any] = {"license": _license(cfg), "base_model": cfg.model_id}
+    if cfg.dataset_id:
+        front["datasets"] = [cfg.dataset_id]
+    front["tags"] = ["tao-finetune", task]
+    front["pipeline_tag"] = PIPELINE_TAGS.get(task, task)
+    front["metrics"] = [m["name"]]
+    if m["finetuned"] is not None:
+        ds = cfg.dataset_id or "local"
+        front["model-index"] = [{
+            "name": repo_id.split("/")[-1],
+            "results": [{
+                "task": {"type": front["pipeline_tag"], "name": TASK_TITLES.get(task, task)},
+                "dataset": {"name": ds, "type": ds},
+                "metrics": [{"type": m["name"], "value": round(m["finetuned"], 6), "name": m["name"]}],
+            }],
+        }]
+    dataset = _dataset_label(cfg)
+    hp = _table(("hyperparameter", "value", "source"), _hp_rows(cfg))
+    recipe_rows = [(s, cfg.recipe[s].value, cfg.recipe[s].rank, cfg.recipe[s].source) for s in gates.RECIPE_SLOTS if s in cfg.recipe and s != "hyperparameters"]
+    skill_line = (
+        f"The run can be repeated without new research with the rerun skill [`{skill_rel}`]({skill_rel})."
+        if skill_rel
+        else f"A rerun skill (`skills/run-{cfg.short_name}/SKILL.md`) is written to the run's output directory."
+    )
+    body = [
+        f"# {repo_id.split('/')[-1]}",
+        "",
+        f"[{cfg.model_id}]({hub_endpoint()}/{cfg.model_id}) fine-tuned for **{task}** on **{dataset}** "
+        f"({cfg.n_train} train / {cfg.n_eval} eval examples, {cfg.n_epochs:g} epochs) with tao-finetune.",
+        "",
+        "## Results",
+        "",
+        _table(("metric", "baseline", "fine-tuned", "Δ"),
+               [(m["name"], _num(m["baseline"]), _num(m["finetuned"]),
+                 "n/a" if m["delta"] is None else f"{m['delta']:+.4f}")]),
+        "",
+        "Full numbers: `results/eval_results.json` and `results/baseline_results.json`.",
+        "",
+        "## Training",
+        "",
+        hp,
+        "",
+    ]
+    if recipe_rows:
+        body += ["Recipe (each value with its source):", "", _table(("slot", "value", "rank", "source"), recipe_rows), ""]
+    body += [
+        "## How to use",
+        "",
+        _inference_snippet(cfg, repo_id),
+        "",
+        "## Reproduce",
+        "",
+        "`config.yaml`, `Dockerfile` and `requirements.txt` of the run are in this repo. " + skill_line,
+        "",
+    ]
+    return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n\n" + "\n".join(body)
+
+
+@contextmanager
+def _token_env(ctx: RunContext) -> Iterator[None]:
+    """Expose HF_TOKEN to huggingface_hub for the duration of the push when it came from the .env file."""
+    added = "HF_TOKEN" not in os.environ
+    if added:
+        os.environ.update(ctx.creds.env(["HF_TOKEN"]))
+    try:
+        yield
+    finally:
+        if added:
+            os.environ.pop("HF_TOKEN", None)
+
+
+def _hub_error(ctx: RunContext, err: Exception, what: str, repo_id: str | None) -> ToolError:
+    if isinstance(err, HfHubHTTPError):
+        status = err.response.status_code if err.response is not None else None
+        if status == 401:
+            return ToolError(f"{what}: the Hub rejected HF_TOKEN (401 unauthorized); check the token in ~/.config/tao/.env")
+        if status == 403:
+            return ToolError(f"{what}: HF_TOKEN has no write access to {repo_id!r} (403 forbidden); use a write token or set hf_model_repo")
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return ToolError(ctx.creds.redact(f"{what}: Hub error {status}: {first}"))
+    if isinstance(err, OfflineModeIsEnabled):
+        return ToolError(f"{what}: HF_HUB_OFFLINE is set, so the Hub cannot be reached")
+    return ToolError(f"{what}: network error reaching the Hub at {hub_endpoint()} ({type(err).__name__})")
+
+
+@tool(step=6)
+def hf_push(ctx: RunContext, args: NoArgs) -> dict:
+    """Push the fine-tuned model to the Hugging Face Hub in one commit: weights (merged or final), a generated model card with baseline -> fine-tuned metric, results, config.yaml, Dockerfile, requirements.txt, inference samples and reports; refuses when push_to_hub is false, HF_TOKEN is missing, or any file holds a secret."""
+    cfg = ctx.config
+    if not cfg.push_to_hub:
+        raise ToolError("push_to_hub is false in config.yaml: nothing is pushed (the rerun skill records 'not pushed')")
+    if not ctx.creds.present("HF_TOKEN"):
+        raise ToolError("HF_TOKEN is not set: add a write token to ~/.config/tao/.env, or set push_to_hub=false")
+    if weights_dir(ctx.run_dir) is None:
+        raise ToolError("no weights to push: checkpoints/final/ (or checkpoints/merged/) is missing or empty")
+    api = HfApi(endpoint=hub_endpoint())
+    with _token_env(ctx):
+        repo_id = cfg.hf_model_repo
+        if not repo_id:
+            try:
+                who = api.whoami()
+            except NET_ERRORS as err:
+                raise _hub_error(ctx, err, "whoami failed", None) from None
+            role = ((who.get("auth") or {}).get("accessToken") or {}).get("role")
+            if role == "read":
+                raise ToolError("HF_TOKEN is read-only: pushing needs a token with write access")
+            repo_id = f"{who['name']}/{cfg.short_name}-finetuned"
+        plan = upload_plan(ctx.run_dir)
+        skill_rel = next((rp for rp, _ in plan if rp.startswith("skills/") and rp.endswith("SKILL.md")), None)
+        card = model_card(cfg, ctx.run_dir, repo_id, skill_rel)
+        texts = {"README.md": card}
+        for repo_path, p in plan:
+            text = _text_of(p)
+            if text is not None:
+                texts[repo_path] = text
+        leaking = sorted(rp for rp, text in texts.items() if ctx.creds.redact(text) != text)
+        if leaking:
+            raise ToolError(f"refusing to push: {', '.join(leaking)} contain(s) a secret or token-like string; remove it and retry")
+        ops = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode())]
+        ops += [CommitOperationAdd(path_in_repo=rp, path_or_fileobj=str(p)) for rp, p in plan]
+        try:
+            api.create_repo(repo_id, repo_type="model", exist_ok=True)
+            info = api.create_commit(
+                repo_id,
+                ops,
+                commit_message=f"tao-finetune: {cfg.model_id} fine-tuned on {_dataset_label(cfg)}",
+                repo_type="model",
+            )
+        except NET_ERRORS as err:
+            raise _hub_error(ctx, err, f"push to {repo_id!r} failed", repo_id) from None
+    url = str(info.repo_url.url) if getattr(info, "repo_url", None) else f"{hub_endpoint()}/{repo_id}"
+    record = {"url": url, "repo_id": repo_id, "commit": info.oid, "commit_url": info.commit_url}
+    ctx.state.record("hub", record)
+    ctx.save()
+    ctx.session.event("hub_push", repo_id=repo_id, url=url, commit=info.oid, files=len(ops))
+    return {**record, "files": len(ops), "uploaded": [op.path_in_repo for op in ops][:40]}
+
+
+def _version() -> str:
+    try:
+        return metadata.version("tao-finetune")
+    except metadata.PackageNotFoundError:
+        return "dev"
+
+
+def _rerun_commands(cfg: RunConfig, out: Path) -> str:
+    short = cfg.short_name
+    if cfg.platform == "local":
+        run = "python"
+        lines = [f"cd {out}", "python -m pip install -r requirements.txt"]
+    else:
+        run = f'docker run --rm --gpus all --ipc=host -v "$PWD":/workspace -w /workspace run-{short}:latest python'
+        lines = [f"cd {out}", f"docker build -t run-{short}:latest ."]
+    train = "train.py"
+    if (cfg.gpu_count or 1) > 1 and cfg.platform != "local":
+        train = f"-m torch.distributed.run --nproc_per_node={cfg.gpu_count} train.py"
+    lines += [
+        f"{run} prepare_data.py",
+        f"{run} train.py --smoke --max_steps 1",
+    ]
+    if not cfg.skip_baseline:
+        lines.append(f"{run} run_eval.py --baseline")
+    lines.append(f"{run} {train}")
+    if gates.uses_lora_merge(cfg.model_dump()):
+        lines.append(f"{run} merge_lora.py")
+    lines += [f"{run} run_eval.py", f"{run} infer.py"]
+    agent = f"tao-finetune run --config {out / 'config.yaml'} --output-dir {out} --yes"
+    return (
+        "With the agent (resumes at the first unmet gate; the recorded recipe skips research):\n\n"
+        f"```bash\n{agent}\n```\n\nBy hand (script options are read from config.yaml):\n\n```bash\n" + "\n".join(lines) + "\n```"
+    )
+
+
+def skill_values(ctx: RunContext) -> dict[str, str]:
+    """Every placeholder of the rerun SKILL.md template, filled from the run."""
+    cfg, run_dir = ctx.config, ctx.run_dir
+    m = _metrics(run_dir)
+    hub = (ctx.state.records.get("hub") or {}).get("url") or "not pushed"
+    build = ctx.state.records.get("build") or {}
+    image = cfg.image or cfg.ngc_image or build.get("image") or (
+        "local Python environment" if cfg.platform == "local" else "not recorded"
+    )
+    if cfg.gpu_count and cfg.gpu_name:
+        hardware = f"{cfg.gpu_count} × {cfg.gpu_name}" + (f" ({cfg.vram_gb_per_gpu:g} GB)" if cfg.vram_gb_per_gpu else "")
+    else:
+        hardware = "CPU / not recorded"
+    if cfg.platform == "local":
+        compat = f"Python 3.11+ with the run's requirements.txt; original hardware {hardware}"
+    else:
+        driver = f"driver {cfg.driver_major}+" if cfg.driver_major else "a current driver"
+        compat = f"Linux with NVIDIA GPU(s) ({hardware}, {driver}), Docker and NVIDIA Container Toolkit; base image {image}"
+    dataset = _dataset_label(cfg)
+    recipe_rows = [
+        (slot, cfg.recipe[slot].value if slot in cfg.recipe else "not recorded",
+         cfg.recipe[slot].rank if slot in cfg.recipe else "-", cfg.recipe[slot].source if slot in cfg.recipe else "-")
+        for slot in gates.RECIPE_SLOTS
+    ]
+    name = "run-" + re.sub(r"[^a-z0-9-]+", "-", cfg.short_name).strip("-")
+    return {
+        "skill_name": name[:64],
+        "description": (
+            f"Rerun the {cfg.task_type} fine-tune of {cfg.model_id} on {dataset} "
+            f"({cfg.n_train}/{cfg.n_eval} subset, {cfg.n_epochs:g} epochs) with the recorded recipe and container. "
+            "Use to reproduce or retrain this model without new research."
+        )[:1024],
+        "compatibility": compat[:500],
+        "model_id": cfg.model_id,
+        "dataset": dataset,
+        "task_type": str(cfg.task_type),
+        "n_train": str(cfg.n_train),
+        "n_eval": str(cfg.n_eval),
+        "n_epochs": f"{cfg.n_epochs:g}",
+        "training_method": cfg.hyperparameters.training_method + (f" (r={cfg.lora_r})" if cfg.hyperparameters.training_method == "lora" else ""),
+        "image": str(image),
+        "hardware": hardware,
+        "metric_name": m["name"],
+        "baseline": "skipped" if cfg.skip_baseline else _num(m["baseline"]),
+        "finetuned": _num(m["finetuned"]),
+        "delta": "n/a" if m["delta"] is None else f"{m['delta']:+.4f}",
+        "hub_url": hub,
+        "generated_by": f"tao-finetune {_version()}",
+        "year": time.strftime("%Y", time.gmtime()),
+        "hyperparameters_table": _table(("hyperparameter", "value", "source"), _hp_rows(cfg)),
+        "recipe_table": _table(("slot", "value", "rank", "source"), recipe_rows),
+        "workarounds": ", ".join(cfg.applicable_workarounds or []) or "none",
+        "output_dir": str(cfg.out),
+        "rerun_commands": _rerun_commands(cfg, cfg.out),
+    }
+
+
+def fill_skill_template(template: str, values: dict[str, str]) -> str:
+    """Fill `<name>` placeholders (YAML-quoted in the front matter); raises ToolError if the result is incomplete."""
+    if not template.startswith("---"):
+        raise ToolError("skill template has no YAML front matter")
+    _, front, body = template.split("---", 2)
+
+    def fill(text: str, quote: bool) -> str:
+        def sub(m: re.Match[str]) -> str:
+            key = m.group(0)[1:-1]
+            if key not in values:
+                return m.group(0)
+            return json.dumps(values[key], ensure_ascii=False) if quote else values[key]
+
+        return gates.PLACEHOLDER.sub(sub, text)
+
+    text = "---" + fill(front, True) + "---" + fill(body, False)
+    problems = gates.check_skill_text(text)
+    try:
+        meta = yaml.safe_load(text.split("---", 2)[1])
+    except yaml.YAMLError as err:
+        problems.append(f"front matter is not valid YAML ({str(err).splitlines()[0]})")
+        meta = {}
+    if isinstance(meta, dict):
+        problems += [f"front matter {k}" for k in ("name", "description") if not meta.get(k)]
+        if not isinstance(meta.get("metadata"), dict):
+            problems.append("front matter metadata must be a mapping")
+    if problems:
+        raise ToolError("rerun SKILL.md is incomplete: " + "; ".join(problems))
+    return text
+
+
+class EmitSkillArgs(BaseModel):
+    notes: str = Field("", description="optional extra guidance appended to the skill (plain text; no <placeholders>)")
+
+
+@tool(step=6)
+def emit_rerun_skill(ctx: RunContext, args: EmitSkillArgs) -> dict:
+    """Write skills/run-<short>/SKILL.md from the pipeline template with every placeholder filled from the run (model, dataset, subset, epochs, hyperparameters, image, metric baseline -> fine-tuned, Hub URL, rerun commands); fails if a field, the copyright comment or a value is missing."""
+    template = read_reference_text("pipeline-skill-template.md")
+    text = fill_skill_template(template, skill_values(ctx))
+    if args.notes.strip():
+        text = text.rstrip("\n") + "\n\n## Notes from the run\n\n" + args.notes.strip() + "\n"
+        left = gates.check_skill_text(text)
+        if left:
+            raise ToolError("rerun SKILL.md is incomplete: " + "; ".join(left))
+    text = ctx.creds.redact(text)
+    path = gates.skill_path(ctx.run_dir, ctx.config.model_dump())
+    atomic_write_text(path, text)
+    ctx.session.event("skill", path=str(path.relative_to(ctx.run_dir)))
+    return {"written": str(path.relative_to(ctx.run_dir)), "hub_url": (ctx.state.records.get("hub") or {}).get("url") or "not pushed"}
