@@ -1,0 +1,584 @@
+# SPDX-FileCopyrightText: Copyright (c) 2026 NVIDIA CORPORATION & AFFILIATES. All rights reserved.
+# SPDX-License-Identifier: Apache-2.0
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+# http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Shared code of the generated project: config, cached data, model loading, the training loop, metrics.
+
+Only torch, transformers, numpy and PyYAML are needed here (the training image may lack `datasets`).
+API sources (transformers 5.x, checked against the installed 5.24 source):
+- https://huggingface.co/docs/transformers/main/en/model_doc/auto (from_pretrained: num_labels, id2label,
+  label2id, ignore_mismatched_sizes, attn_implementation) and transformers/modeling_utils.py
+- https://huggingface.co/docs/transformers/main/en/attention_interface (attn_implementation="sdpa")
+- https://huggingface.co/docs/transformers/main/en/main_classes/optimizer_schedules (get_scheduler)
+- https://docs.pytorch.org/docs/stable/generated/torch.optim.AdamW.html (fused=True on CUDA)
+- https://docs.pytorch.org/docs/stable/notes/ddp.html and torch.distributed.run (torchrun env vars)
+- https://docs.pytorch.org/docs/stable/amp.html (autocast bf16, GradScaler for fp16)
+- torch/utils/flop_counter.py (FlopCounterMode, used for the MFU estimate)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+ROOT = Path(os.environ.get("TAO_PROJECT_DIR") or Path.cwd()).resolve()
+DATA = ROOT / "data"
+REPORTS = ROOT / "reports"
+CKPT = ROOT / "checkpoints"
+LOGS = ROOT / "logs"
+METRICS = LOGS / "metrics.jsonl"
+SPLITS = ("train", "eval")
+# bf16 dense peak per GPU (datasheets); MFU is reported only for cards listed here
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "B200": 2250e12, "A100": 312e12,
+                   "L40S": 362e12, "L40": 181e12, "A10": 125e12, "L4": 121e12, "RTX 4090": 165e12}
+
+
+def load_config() -> dict:
+    """Read config.yaml from the project dir (the single source of truth)."""
+    return yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def hp(cfg: dict) -> dict:
+    """The hyperparameters section."""
+    return cfg.get("hyperparameters") or {}
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+def read_meta() -> dict:
+    """The data/meta.json written by prepare_data.py."""
+    path = DATA / "meta.json"
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: run prepare_data.py first")
+    return json.loads(path.read_text())
+
+
+def seed_all(seed: int) -> None:
+    """Seed python, numpy and torch."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------- data cache
+
+
+def save_split(split: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write one split as .npy arrays (memory-mapped at training time)."""
+    DATA.mkdir(parents=True, exist_ok=True)
+    for name, arr in arrays.items():
+        np.save(DATA / f"{split}_{name}.npy", arr)
+
+
+class CachedSplit:
+    """A split of the cache: memory-mapped arrays, batches gathered by index (no per-sample Python)."""
+
+    def __init__(self, split: str, fields: tuple[str, ...]):
+        self.arrays = {f: np.load(DATA / f"{split}_{f}.npy", mmap_mode="r") for f in fields}
+        self.n = len(self.arrays["labels"])
+
+    def __len__(self) -> int:
+        return self.n
+
+    def take(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        idx = np.sort(np.asarray(idx))
+        return {k: torch.from_numpy(np.ascontiguousarray(a[idx])) for k, a in self.arrays.items()}
+
+
+class Batches(torch.utils.data.Dataset):
+    """A list of index batches over a CachedSplit; item i is one whole batch."""
+
+    def __init__(self, split: CachedSplit, batches: list[np.ndarray]):
+        self.split, self.batches = split, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.split.take(self.batches[i])
+
+
+def num_workers(cfg: dict, device: torch.device, world: int) -> int:
+    """Data-loader workers: the configured number, or derived from CPUs (0 on CPU-only runs)."""
+    n = int(hp(cfg).get("dataloader_num_workers", -1))
+    if n >= 0:
+        return n
+    if device.type != "cuda":
+        return 0
+    return max(2, min(8, (os.cpu_count() or 2) // max(1, world)))
+
+
+def loader(split: CachedSplit, batches: list[np.ndarray], workers: int, pin: bool) -> torch.utils.data.DataLoader:
+    """A DataLoader that yields pre-gathered batches."""
+    kw = {"prefetch_factor": 4, "persistent_workers": False} if workers > 0 else {}
+    return torch.utils.data.DataLoader(Batches(split, batches), batch_size=None, shuffle=False,
+                                       num_workers=workers, pin_memory=pin, **kw)
+
+
+def eval_batches(n: int, batch_size: int) -> list[np.ndarray]:
+    """Sequential batches over n items."""
+    return [np.arange(i, min(n, i + batch_size)) for i in range(0, n, batch_size)]
+
+
+# ---------------------------------------------------------------- devices
+
+
+class Runtime:
+    """Device, distributed ranks and mixed precision for this process."""
+
+    def __init__(self, cfg: dict):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = torch.cuda.is_available()
+        if self.world > 1:
+            torch.distributed.init_process_group("nccl" if cuda else "gloo")
+        self.device = torch.device(f"cuda:{self.local_rank}" if cuda else "cpu")
+        if cuda:
+            torch.cuda.set_device(self.device)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+        precision = hp(cfg).get("precision", "auto")
+        if precision == "auto":
+            precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+        self.precision = precision
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.gpu_name = torch.cuda.get_device_name(self.device) if cuda else "cpu"
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.world > 1:
+            torch.distributed.destroy_process_group()
+
+    def peak_flops(self) -> float | None:
+        if self.device.type != "cuda" or self.amp_dtype is None:
+            return None
+        name = self.gpu_name.upper()
+        for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
+            if key in name:
+                return PEAK_BF16_FLOPS[key]
+        return None
+
+
+# ---------------------------------------------------------------- models
+
+
+def label_maps(meta: dict) -> dict:
+    names = meta["label_names"]
+    return {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+
+
+def load_model(auto_cls, source: str, meta: dict, fresh_head: bool = True):
+    """Load a classification model with the dataset's labels; SDPA where the architecture has it."""
+    kw = label_maps(meta)
+    if fresh_head:
+        kw["ignore_mismatched_sizes"] = True
+    attn = os.environ.get("TAO_ATTN_IMPLEMENTATION", "sdpa")
+    try:
+        return auto_cls.from_pretrained(source, attn_implementation=attn, **kw)
+    except ValueError as err:
+        if "attention implementation" not in str(err) and "attn_implementation" not in str(err):
+            raise
+        return auto_cls.from_pretrained(source, **kw)
+
+
+def final_dir() -> Path:
+    return CKPT / "final"
+
+
+def flops_per_sample(model, example: dict, rt: Runtime) -> float | None:
+    """Training FLOPs per sample: 3x the forward FLOPs counted on one sample."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    one = {k: v[:1].to(rt.device) for k, v in example.items() if k != "labels"}
+    try:
+        with torch.no_grad(), rt.autocast(), FlopCounterMode(display=False) as fc:
+            model(**one)
+    except (RuntimeError, TypeError, NotImplementedError):
+        return None
+    total = fc.get_total_flops()
+    return 3.0 * total if total else None
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def classification_metrics(preds: np.ndarray, labels: np.ndarray, num_labels: int) -> dict:
+    """Accuracy, macro-F1 and per-class F1."""
+    preds, labels = np.asarray(preds), np.asarray(labels)
+    acc = float((preds == labels).mean()) if len(labels) else 0.0
+    f1s = []
+    for c in range(num_labels):
+        tp = int(((preds == c) & (labels == c)).sum())
+        fp = int(((preds == c) & (labels != c)).sum())
+        fn = int(((preds != c) & (labels == c)).sum())
+        if tp + fp + fn == 0:
+            continue
+        f1s.append(2 * tp / (2 * tp + fp + fn))
+    return {"accuracy": acc, "macro_f1": float(np.mean(f1s)) if f1s else 0.0}
+
+
+def log_jsonl(path: Path, record: dict) -> None:
+    """Append one JSON line and flush (the platform reads this for progress)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(record, default=float) + "\n")
+        f.flush()
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def complete_checkpoints() -> list[Path]:
+    """Checkpoint dirs with a completion marker, oldest first."""
+    if not CKPT.is_dir():
+        return []
+    out = [p for p in CKPT.glob("step-*") if (p / "complete.json").is_file()]
+    return sorted(out, key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(model, optimizer, scheduler, scaler, step: int, keep: int) -> Path:
+    """Write checkpoints/step-N atomically (temp dir + rename + marker), keep the newest `keep`."""
+    target = CKPT / f"step-{step:07d}"
+    tmp = CKPT / f".tmp-step-{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+             "rng": torch.get_rng_state(), "scaler": scaler.state_dict() if scaler else None}
+    torch.save(state, tmp / "training_state.pt")
+    (tmp / "complete.json").write_text(json.dumps({"step": step, "time": time.time()}))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    for old in complete_checkpoints()[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def batch_plan(n: int, per_device: int, accum: int, world: int, rank: int, seed: int,
+               epochs: float, max_steps: int) -> tuple[int, int, callable]:
+    """Total optimizer steps, steps per epoch, and a function step -> list of this rank's micro-batches."""
+    per_device = max(1, min(per_device, n // world or 1))
+    micro_per_epoch = max(1, n // (per_device * world))
+    accum = max(1, min(accum, micro_per_epoch))
+    steps_per_epoch = max(1, micro_per_epoch // accum)
+    total = max_steps if max_steps and max_steps > 0 else max(1, math.ceil(epochs * steps_per_epoch))
+    perms: dict[int, np.ndarray] = {}
+
+    def micro_batches(step: int) -> list[np.ndarray]:
+        out = []
+        for k in range(accum):
+            m = step * accum + k
+            epoch, pos = divmod(m, steps_per_epoch * accum)
+            if epoch not in perms:
+                perms.clear()
+                perms[epoch] = np.random.default_rng(seed + epoch).permutation(n)
+            start = (pos * world + rank) * per_device
+            out.append(perms[epoch][start:start + per_device])
+        return out
+
+    return total, steps_per_epoch, micro_batches
+
+
+def train(task, argv: list[str] | None = None) -> int:
+    """The training loop shared by every task; `task` supplies model class, fields and input mapping."""
+    import argparse
+
+    from transformers import get_scheduler
+
+    ap = argparse.ArgumentParser(description="Fine-tune the model in config.yaml on the cached data.")
+    ap.add_argument("--smoke", action="store_true", help="run --max_steps steps (default 1) and write reports/smoke.json")
+    ap.add_argument("--max_steps", type=int, default=None, help="override hyperparameters.max_steps")
+    args = ap.parse_args(argv)
+    cfg = load_config()
+    h = hp(cfg)
+    meta = read_meta()
+    rt = Runtime(cfg)
+    smoke = args.smoke
+    max_steps = args.max_steps if args.max_steps is not None else (1 if smoke else int(h.get("max_steps", -1)))
+    metrics_path = LOGS / ("smoke_metrics.jsonl" if smoke else "metrics.jsonl")
+    started = time.time()
+    record: dict = {"passed": False, "max_steps": max_steps, "exception": None}
+    try:
+        result = _train(task, cfg, h, meta, rt, smoke, max_steps, metrics_path, get_scheduler)
+        record.update(result)
+        record["passed"] = bool(result["finite_loss"] and result["grad_norm_positive"])
+        code = 0 if (record["passed"] or not smoke) else 1
+    except Exception as err:  # the smoke report must record any failure before re-raising
+        record["exception"] = f"{type(err).__name__}: {err}"
+        if smoke and rt.main:
+            write_json(REPORTS / "smoke.json", {**record, "seconds": round(time.time() - started, 2)})
+        rt.close()
+        raise
+    if smoke and rt.main:
+        write_json(REPORTS / "smoke.json", {**record, "seconds": round(time.time() - started, 2)})
+        print(f"smoke {'PASSED' if record['passed'] else 'FAILED'}: loss={record.get('loss')} grad_norm={record.get('grad_norm')}")
+    rt.close()
+    return code
+
+
+def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics_path: Path, get_scheduler) -> dict:
+    seed = int(h.get("seed", cfg.get("seed", 42)))
+    seed_all(seed)
+    split = CachedSplit("train", task.FIELDS)
+    total, steps_per_epoch, micro_batches = batch_plan(
+        len(split), int(h.get("per_device_train_batch_size", 32)), int(h.get("gradient_accumulation_steps", 1)),
+        rt.world, rt.rank, seed, float(cfg.get("n_epochs", 3)), max_steps)
+    resume = None if smoke else (complete_checkpoints() or [None])[-1]
+    model = load_model(task.AUTO_CLASS, str(resume or cfg["model_id"]), meta, fresh_head=resume is None)
+    if h.get("gradient_checkpointing"):
+        model.gradient_checkpointing_enable()
+    model.to(rt.device)
+    if task.channels_last(model) and rt.device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+        meta["channels_last"] = True
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": float(h.get("weight_decay", 0.0))}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=float(h.get("learning_rate", 5e-5)), fused=rt.device.type == "cuda")
+    scheduler = get_scheduler(h.get("lr_scheduler_type", "linear"), optimizer,
+                              num_warmup_steps=int(float(h.get("warmup_ratio", 0.0)) * total), num_training_steps=total)
+    scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype == torch.float16 else None
+    start = 0
+    if resume is not None:
+        state = torch.load(resume / "training_state.pt", map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start = int(state["step"])
+    first = split.take(micro_batches(0)[0][:1])
+    fps = flops_per_sample(model, task.to_inputs(first, rt, meta, train=False), rt)
+    peak = rt.peak_flops()
+    net = model
+    if rt.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
+    if h.get("torch_compile") and not smoke:
+        net = torch.compile(net)
+    plan = [mb for s in range(start, total) for mb in micro_batches(s)]
+    accum = len(micro_batches(0))
+    workers = num_workers(cfg, rt.device, rt.world)
+    it = iter(loader(split, plan, workers, rt.device.type == "cuda"))
+    logging_steps = 1 if smoke else int(h.get("logging_steps", 10))
+    save_every = max(1, total // 5)
+    keep = 2
+    if rt.main:
+        log_jsonl(metrics_path, {"event": "resume" if start else "start", "step": start, "total_steps": total,
+                                 "steps_per_epoch": steps_per_epoch, "world_size": rt.world, "precision": rt.precision,
+                                 "device": rt.gpu_name, "workers": workers, "flops_per_sample": fps, "time": time.time()})
+    loss_sum = torch.zeros((), device=rt.device)
+    window_samples, window_start, logged_at = 0, time.perf_counter(), start
+    last = {"loss": None, "grad_norm": None}
+    total_samples, run_start = 0, time.perf_counter()
+    for step in range(start, total):
+        for k in range(accum):
+            batch = next(it)
+            inputs = task.to_inputs(batch, rt, meta, train=True)
+            sync = k == accum - 1 or rt.world == 1
+            ctx = net.no_sync() if (not sync and hasattr(net, "no_sync")) else _null()
+            with ctx:
+                with rt.autocast():
+                    loss = net(**inputs).loss / accum
+                (scaler.scale(loss) if scaler else loss).backward()
+            loss_sum += loss.detach()
+            n = int(batch["labels"].shape[0]) * rt.world
+            window_samples += n
+            total_samples += n
+        if scaler:
+            scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)  # 1.0 = the Trainer's max_grad_norm default
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        if done % logging_steps == 0 or done == total or step == start:
+            if rt.world > 1:
+                torch.distributed.all_reduce(loss_sum)
+                loss_sum /= rt.world
+            loss_val = float(loss_sum.item()) / max(1, done - logged_at)
+            logged_at = done
+            if rt.device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - window_start
+            sps = window_samples / dt if dt > 0 else None
+            rec = {"step": done, "total_steps": total, "epoch": round(done / steps_per_epoch, 4), "loss": loss_val,
+                   "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0], "samples_per_s": sps,
+                   "mfu": (sps * fps / (peak * rt.world)) if (sps and fps and peak) else None, "time": time.time()}
+            if rt.device.type == "cuda":
+                rec["max_memory_gb"] = torch.cuda.max_memory_allocated(rt.device) / 1e9
+            if rt.main:
+                log_jsonl(metrics_path, rec)
+            last = rec
+            loss_sum.zero_()
+            window_samples, window_start = 0, time.perf_counter()
+        if not smoke and done % save_every == 0 and done < total:
+            if rt.main:
+                save_checkpoint(model, optimizer, scheduler, scaler, done, keep)
+            rt.barrier()
+    runtime = time.perf_counter() - run_start
+    result = {"loss": last["loss"], "grad_norm": last["grad_norm"], "steps": total - start,
+              "finite_loss": last["loss"] is not None and math.isfinite(last["loss"]),
+              "grad_norm_positive": last["grad_norm"] is not None and math.isfinite(last["grad_norm"]) and last["grad_norm"] > 0}
+    if smoke:
+        result["step1"] = last
+        return result
+    if rt.main:
+        tmp = CKPT / ".tmp-final"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        task.save_processor(cfg, meta, tmp)
+        shutil.rmtree(final_dir(), ignore_errors=True)
+        os.replace(tmp, final_dir())
+        summary = {"total_steps": total, "resumed_from": start, "train_runtime_s": round(runtime, 2),
+                   "train_samples_per_s": total_samples / runtime if runtime > 0 else None, "final_loss": last["loss"],
+                   "mfu": last.get("mfu"), "precision": rt.precision, "device": rt.gpu_name, "world_size": rt.world}
+        write_json(REPORTS / "train_summary.json", summary)
+        log_jsonl(metrics_path, {"event": "done", **summary, "time": time.time()})
+    rt.barrier()
+    return result
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def predict(task, model, split: CachedSplit, meta: dict, rt: Runtime, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Predictions, top-1 probabilities, labels and mean loss over a cached split."""
+    model.eval()
+    preds, probs, labels, losses = [], [], [], []
+    for batch in loader(split, eval_batches(len(split), batch_size), 0, False):
+        inputs = task.to_inputs(batch, rt, meta, train=False)
+        with torch.no_grad(), rt.autocast():
+            out = model(**inputs)
+        p = out.logits.float().softmax(-1)
+        top = p.max(-1)
+        preds.append(top.indices.cpu().numpy())
+        probs.append(top.values.cpu().numpy())
+        labels.append(batch["labels"].numpy())
+        losses.append(float(out.loss) * len(batch["labels"]))
+    labels_arr = np.concatenate(labels)
+    return np.concatenate(preds), np.concatenate(probs), labels_arr, sum(losses) / max(1, len(labels_arr))
+
+
+def evaluate(task, argv: list[str] | None = None) -> int:
+    """run_eval.py: baseline (untrained head) or the fine-tuned checkpoints/final on the eval split."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Evaluate on the cached eval split.")
+    ap.add_argument("--baseline", action="store_true", help="evaluate model_id with an untrained head -> reports/baseline_results.json")
+    args = ap.parse_args(argv)
+    cfg = load_config()
+    h = hp(cfg)
+    meta = read_meta()
+    rt = Runtime(cfg)
+    seed_all(int(h.get("seed", 42)))
+    if args.baseline:
+        source, out = cfg["model_id"], REPORTS / "baseline_results.json"
+    else:
+        if not final_dir().is_dir():
+            raise SystemExit("checkpoints/final is missing: run train.py first")
+        source, out = str(final_dir()), REPORTS / "eval_results.json"
+    model = load_model(task.AUTO_CLASS, source, meta, fresh_head=args.baseline).to(rt.device)
+    split = CachedSplit("eval", task.FIELDS)
+    t0 = time.perf_counter()
+    preds, _, labels, loss = predict(task, model, split, meta, rt, int(h.get("per_device_eval_batch_size", 64)))
+    dt = time.perf_counter() - t0
+    res = {"primary_metric": "accuracy", **classification_metrics(preds, labels, len(meta["label_names"])),
+           "eval_loss": loss, "n_eval": int(len(labels)), "num_labels": len(meta["label_names"]),
+           "model": source, "baseline": args.baseline, "eval_runtime_s": round(dt, 3),
+           "eval_samples_per_s": len(labels) / dt if dt > 0 else None, "task": cfg.get("task_type")}
+    write_json(out, res)
+    print(json.dumps({k: res[k] for k in ("primary_metric", "accuracy", "macro_f1", "n_eval")}))
+    rt.close()
+    return 0
+
+
+def infer(task, argv: list[str] | None = None) -> int:
+    """infer.py: predict a few eval samples with checkpoints/final and write them to reports/inference_samples/."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Write prediction samples from checkpoints/final.")
+    ap.add_argument("--n", type=int, default=5, help="number of samples")
+    args = ap.parse_args(argv)
+    cfg = load_config()
+    meta = read_meta()
+    rt = Runtime(cfg)
+    if not final_dir().is_dir():
+        raise SystemExit("checkpoints/final is missing: run train.py first")
+    model = load_model(task.AUTO_CLASS, str(final_dir()), meta, fresh_head=False).to(rt.device)
+    split = CachedSplit("eval", task.FIELDS)
+    idx = np.random.default_rng(int(hp(cfg).get("seed", 42))).choice(len(split), size=min(args.n, len(split)), replace=False)
+    idx = np.sort(idx)
+    batch = split.take(idx)
+    inputs = task.to_inputs(batch, rt, meta, train=False)
+    model.eval()
+    with torch.no_grad(), rt.autocast():
+        probs = model(**inputs).logits.float().softmax(-1).cpu()
+    out_dir = REPORTS / "inference_samples"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    names = meta["label_names"]
+    summary = []
+    for j, i in enumerate(idx):
+        score, pred = probs[j].max(-1)
+        item = {"index": int(i), "true_label": names[int(batch["labels"][j])], "prediction": names[int(pred)],
+                "score": round(float(score), 4)}
+        item["file"] = task.write_sample(out_dir, j, i, batch, item, meta)
+        summary.append(item)
+    write_json(REPORTS / "inference_summary.json", {"samples": summary, "model": str(final_dir())})
+    print(json.dumps(summary))
+    rt.close()
+    return 0

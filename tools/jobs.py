@@ -1,0 +1,352 @@
+"""Steps 4-5 jobs: build the runtime, run prepare/smoke/baseline/train/eval/infer, watch training, apply playbook fixes."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field
+
+from tao_finetune.agent.context import RunContext
+from tao_finetune.agent.gates import N_SAMPLES, primary_metric
+from tao_finetune.tools.base import NeedsUser, NoArgs, ToolError, tool
+
+PLAYBOOK = Path(__file__).resolve().parent.parent / "references" / "error_playbook.yaml"
+Job = Literal["prepare", "smoke", "baseline", "eval", "infer", "train", "merge"]
+Trend = Literal["falling", "flat", "rising", "nan", "too_early"]
+SCRIPTS: dict[str, list[str]] = {
+    "prepare": ["prepare_data.py"],
+    "smoke": ["train.py", "--smoke"],
+    "baseline": ["run_eval.py", "--baseline"],
+    "train": ["train.py"],
+    "eval": ["run_eval.py"],
+    "infer": ["infer.py"],
+    "merge": ["merge_lora.py"],
+}
+METRICS = "logs/metrics.jsonl"
+MAX_SAME_ERROR = 3
+FLAT_MIN_STEP = 20
+
+
+def load_playbook(path: Path = PLAYBOOK) -> list[dict]:
+    """The playbook entries in match order."""
+    return list((yaml.safe_load(path.read_text()) or {}).get("entries") or [])
+
+
+def consult_playbook(log_text: str, entries: list[dict] | None = None) -> dict | None:
+    """The first playbook entry whose symptom regex matches the log, or None."""
+    for entry in entries if entries is not None else load_playbook():
+        if re.search(entry["symptom"], log_text, re.MULTILINE):
+            return entry
+    return None
+
+
+def _hp_key_user_set(ctx: RunContext, key: str) -> bool:
+    return key in ctx.config.user_set or f"hyperparameters.{key}" in ctx.config.user_set
+
+
+def _set_hparams(ctx: RunContext, fix_id: str, changes: dict[str, Any]) -> str:
+    """Change hyperparameters unless the user set them; restart training from scratch since the plan changed."""
+    hp = ctx.config.hyperparameters
+    blocked = [k for k in changes if _hp_key_user_set(ctx, k)]
+    if blocked:
+        now = ", ".join(f"{k}={getattr(hp, k)!r}" for k in blocked)
+        want = ", ".join(f"{k}={changes[k]!r}" for k in blocked)
+        raise NeedsUser(f"playbook fix {fix_id!r} would change values you set ({now} -> {want}). Apply it?",
+                        "answer yes to apply, or give other values with --set hyperparameters.<key>=<value>")
+    desc = ", ".join(f"{k} {getattr(hp, k)!r} -> {v!r}" for k, v in changes.items())
+    ctx.config.hyperparameters = hp.model_copy(update=changes)
+    ctx.config.note(f"playbook {fix_id}: {desc}")
+    reset_training(ctx.run_dir)
+    ctx.save()
+    return desc
+
+
+def reset_training(run_dir: Path) -> None:
+    """Drop step checkpoints and archive the metrics log (a changed plan cannot resume an old run)."""
+    import shutil
+
+    for p in (run_dir / "checkpoints").glob("step-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    metrics = run_dir / METRICS
+    if metrics.exists():
+        metrics.rename(metrics.with_name(f"metrics.{int(time.time() * 1000)}.jsonl"))
+
+
+def apply_fix(ctx: RunContext, fix: dict, attempt: int = 1) -> str | None:
+    """Apply a playbook entry's minimal change to config.yaml or the runtime env; returns what changed (None = nothing automatic)."""
+    action = fix.get("action", "advice")
+    fid = fix.get("id", "?")
+    hp = ctx.config.hyperparameters
+    if action == "oom":
+        if hp.per_device_train_batch_size > 1:
+            return _set_hparams(ctx, fid, {"per_device_train_batch_size": max(1, hp.per_device_train_batch_size // 2),
+                                           "gradient_accumulation_steps": hp.gradient_accumulation_steps * 2})
+        if not hp.gradient_checkpointing:
+            return _set_hparams(ctx, fid, {"gradient_checkpointing": True})
+        raise NeedsUser("out of memory at batch size 1 with gradient checkpointing on. Switch to LoRA "
+                        f"(r={ctx.config.lora_r}) or use a larger GPU?",
+                        "answer 'lora' to set hyperparameters.training_method=lora, or change the hardware")
+    if action == "lr_div10":
+        return _set_hparams(ctx, fid, {"learning_rate": hp.learning_rate / 10})
+    if action == "env":
+        path = ctx.run_dir / "meta" / "runtime_env.json"
+        env = json.loads(path.read_text()) if path.exists() else {}
+        new = {str(k): str(v) for k, v in (fix.get("env") or {}).items()}
+        if all(env.get(k) == v for k, v in new.items()):
+            return None
+        env.update(new)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(env, indent=1))
+        ctx.config.note(f"playbook {fid}: env {new}")
+        ctx.save()
+        return f"runtime env {new}"
+    if action == "requirements":
+        req = ctx.run_dir / "requirements.txt"
+        lines = req.read_text().splitlines() if req.exists() else []
+        pins = [p for p in fix.get("requirements") or [] if p not in lines]
+        if not pins:
+            return None
+        req.write_text("\n".join([*lines, *pins]) + "\n")
+        ctx.state.records["build"] = {**(ctx.state.records.get("build") or {}), "ok": False, "stale": "requirements changed"}
+        ctx.config.note(f"playbook {fid}: requirements {pins}")
+        ctx.save()
+        return f"requirements.txt += {pins}; run docker_build again"
+    if action == "ask":
+        raise NeedsUser(f"{fid}: {fix.get('fix', '')}", "fix the cause, then resume the run")
+    return None
+
+
+def _last_error_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", ln) or "Error:" in ln:
+            return ln[:160]
+    return lines[-1][:160] if lines else "no output"
+
+
+def handle_failure(ctx: RunContext, job: str, exit_code: int | None, log_text: str) -> None:
+    """Consult the playbook, count the error, apply the minimal fix; always raises (ToolError, or NeedsUser on the 3rd repeat)."""
+    text = ctx.creds.redact(log_text)
+    entry = consult_playbook(text)
+    key = f"{job}:{entry['id']}" if entry else f"{job}:{_last_error_line(text)}"
+    n = ctx.state.error_counts.get(key, 0) + 1
+    ctx.state.error_counts = {**ctx.state.error_counts, key: n}
+    ctx.save()
+    ctx.session.event("job_failed", job=job, exit_code=exit_code, key=key, count=n)
+    tail = text[-2000:]
+    if n >= MAX_SAME_ERROR:
+        raise NeedsUser(f"{job} failed {n} times with the same error ({key}); stopping as the playbook says.\n{tail[-800:]}",
+                        "fix the cause (or change the config with --set), then resume the run")
+    head = f"{job} failed (exit {exit_code}), attempt {n}/{MAX_SAME_ERROR - 1} for this error"
+    if entry is None:
+        raise ToolError(f"{head}; no playbook entry matches: {_last_error_line(text)!r}\n--- log tail ---\n{tail}")
+    change = apply_fix(ctx, entry, attempt=n)
+    todo = f"applied: {change}; run docker_run job={job} again" if change else "no automatic change; fix it with write_file, then run again"
+    raise ToolError(f"{head}; playbook {entry['id']}: {entry.get('fix', '')}; {todo}\n--- log tail ---\n{tail}")
+
+
+def _json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _platform(ctx: RunContext):
+    if ctx.platform is None:
+        raise ToolError("no execution platform configured for this run")
+    return ctx.platform
+
+
+@tool(step=4)
+def docker_build(ctx: RunContext, args: NoArgs) -> dict:
+    """Build the project's runtime (a Docker image, or a check of the local Python) and record it for gate 4."""
+    rec = _platform(ctx).build(ctx)
+    ctx.state.record("build", rec)
+    ctx.save()
+    if not rec.get("ok"):
+        raise ToolError(f"build failed: {ctx.creds.redact(str(rec.get('error') or rec.get('log_tail') or rec))[-1500:]}")
+    return {k: v for k, v in rec.items() if k != "log_tail"}
+
+
+class RunArgs(BaseModel):
+    job: Job = Field(description="prepare | smoke | baseline | train | eval | infer | merge (merge only for VLM LoRA)")
+    max_steps: int | None = Field(None, ge=1, description="smoke only: optimizer steps to run (default 1)")
+
+
+def _job_step(args: RunArgs) -> int:
+    return 4 if args.job in ("prepare", "smoke") else 5
+
+
+def command(ctx: RunContext, job: str, max_steps: int | None = None) -> list[str]:
+    """The argv for a job; training runs through torchrun when the run has several GPUs."""
+    script = list(SCRIPTS[job])
+    if job == "smoke" and max_steps:
+        script += ["--max_steps", str(max_steps)]
+    n = ctx.config.gpu_count or 0
+    if job == "train" and n > 1:
+        return ["torchrun", "--standalone", f"--nproc_per_node={n}", *script]
+    return ["python", *script]
+
+
+def _check_outputs(ctx: RunContext, job: str) -> dict:
+    run = ctx.run_dir
+    if job == "prepare":
+        meta = _json(run / "data" / "meta.json")
+        if not meta:
+            raise ToolError("prepare_data.py exited 0 but wrote no data/meta.json")
+        return {k: meta.get(k) for k in ("n_train", "n_eval", "columns")} | {"num_labels": len(meta.get("label_names", []))}
+    if job == "smoke":
+        smoke = _json(run / "reports" / "smoke.json")
+        if smoke.get("passed") is not True:
+            raise ToolError(f"smoke did not pass: {json.dumps(smoke)[:600]}")
+        return {k: smoke.get(k) for k in ("passed", "loss", "grad_norm", "finite_loss", "grad_norm_positive", "seconds")}
+    if job in ("baseline", "eval"):
+        name = "baseline_results.json" if job == "baseline" else "eval_results.json"
+        res = _json(run / "reports" / name)
+        if primary_metric(res) is None:
+            raise ToolError(f"reports/{name} has no numeric primary metric: {json.dumps(res)[:400]}")
+        return {k: v for k, v in res.items() if isinstance(v, (int, float, str)) and k != "model"}
+    if job == "infer":
+        d = run / "reports" / "inference_samples"
+        files = sorted(p.name for p in d.iterdir() if p.is_file()) if d.is_dir() else []
+        if len(files) < N_SAMPLES:
+            raise ToolError(f"reports/inference_samples/ has {len(files)} files, {N_SAMPLES} needed")
+        return {"samples": files[:N_SAMPLES], "summary": _json(run / "reports" / "inference_summary.json").get("samples")}
+    return {}
+
+
+@tool(step=5, step_for=_job_step)
+def docker_run(ctx: RunContext, args: RunArgs) -> dict:
+    """Run one project job (prepare, smoke, baseline, train detached, eval, infer, merge) on the platform and check its outputs."""
+    plat = _platform(ctx)
+    run = ctx.run_dir
+    script = run / SCRIPTS[args.job][0]
+    if not script.is_file():
+        raise ToolError(f"{script.name} is missing: render_scaffold or write_file it first")
+    if args.job != "prepare" and not (run / "data" / "meta.json").is_file():
+        raise ToolError("no prepared data (data/meta.json): run docker_run job=prepare first")
+    if args.job == "baseline" and ctx.config.skip_baseline:
+        return {"job": "baseline", "skipped": "skip_baseline is true"}
+    if args.job in ("train", "eval", "infer") and plat.status(ctx, "train").get("running"):
+        if args.job == "train":
+            return {"job": "train", "running": True, "next": "call train_status"}
+        raise ToolError("training is still running; call train_status until it is done")
+    if args.job in ("eval", "infer") and not (run / "checkpoints" / "final").is_dir():
+        raise ToolError("checkpoints/final is missing: docker_run job=train must finish first")
+    if args.job == "train" and (run / "checkpoints" / "final").is_dir() and training_progress(run).get("summary"):
+        return {"job": "train", "already_done": True, **training_progress(run)}
+    argv = command(ctx, args.job, args.max_steps)
+    ctx.session.event("job_start", job=args.job, argv=argv)
+    if args.job == "train":
+        res = plat.run(ctx, "train", argv, detach=True)
+        return {"job": "train", "started": True, "handle": res.handle, "argv": argv, "log": f"logs/{res.log_path.name}",
+                "next": "call train_status (wait_s up to 600) until state is done"}
+    try:
+        res = plat.run(ctx, args.job, argv)
+    except ToolError as err:  # platforms that check the exit themselves (Docker) raise with the log tail
+        handle_failure(ctx, args.job, None, str(err))
+    ctx.session.event("job_end", job=args.job, exit_code=res.exit_code)
+    if res.exit_code != 0:
+        extra = (run / "reports" / "smoke.json").read_text() if args.job == "smoke" and (run / "reports" / "smoke.json").exists() else ""
+        handle_failure(ctx, args.job, res.exit_code, res.log_tail + "\n" + extra)
+    try:
+        out = _check_outputs(ctx, args.job)
+    except ToolError as err:
+        handle_failure(ctx, args.job, res.exit_code, res.log_tail + "\n" + str(err))
+    return {"job": args.job, "exit_code": 0, "log": f"logs/{res.log_path.name}", **out}
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Records of the metrics log (partial last line ignored)."""
+    out = []
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return out
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def loss_trend(losses: list[float]) -> Trend:
+    """falling / flat / rising over the logged losses; nan when the latest is not finite."""
+    if any(not isinstance(x, (int, float)) or not math.isfinite(x) for x in losses[-3:]):
+        return "nan"
+    if len(losses) < 4:
+        return "too_early"
+    k = max(1, len(losses) // 3)
+    first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+    if last < first * 0.97:
+        return "falling"
+    if last > first * 1.1:
+        return "rising"
+    return "flat"
+
+
+def training_progress(run_dir: Path) -> dict:
+    """Step, total, latest loss/throughput and the loss trend from logs/metrics.jsonl."""
+    recs = read_metrics(run_dir / METRICS)
+    steps = [r for r in recs if "loss" in r and "step" in r and "event" not in r]
+    start = next((r for r in reversed(recs) if r.get("event") in ("start", "resume")), {})
+    done = next((r for r in reversed(recs) if r.get("event") == "done"), None)
+    last = steps[-1] if steps else {}
+    total = last.get("total_steps") or start.get("total_steps")
+    losses = [r["loss"] if r["loss"] is not None else float("nan") for r in steps]
+    out = {"step": last.get("step", start.get("step", 0)), "total_steps": total,
+           "progress": round(last.get("step", 0) / total, 3) if total else None,
+           "loss": last.get("loss"), "first_loss": losses[0] if losses else None, "trend": loss_trend(losses),
+           "grad_norm": last.get("grad_norm"), "lr": last.get("lr"), "samples_per_s": last.get("samples_per_s"),
+           "mfu": last.get("mfu"), "resumed_from": start.get("step") if start.get("event") == "resume" else None}
+    if done:
+        out["summary"] = {k: v for k, v in done.items() if k not in ("event", "time")}
+    return out
+
+
+class StatusArgs(BaseModel):
+    wait_s: int = Field(0, ge=0, le=600, description="block up to this many seconds until training ends (0 = report now)")
+
+
+@tool(step=5)
+def train_status(ctx: RunContext, args: StatusArgs) -> dict:
+    """Progress of the detached training: step/total, loss and its trend (falling/flat/NaN), throughput; stops a NaN or flat run and applies the playbook."""
+    plat = _platform(ctx)
+    deadline = time.monotonic() + args.wait_s
+    while True:
+        st = plat.status(ctx, "train")
+        prog = training_progress(ctx.run_dir)
+        if not st.get("started", st.get("exists", False)):
+            raise ToolError("training was not started: docker_run job=train")
+        if st.get("running"):
+            step = prog["step"] or 0
+            if prog["trend"] == "nan":
+                plat.stop(ctx, "train")
+                handle_failure(ctx, "train", None, f"loss: nan at step {step}")
+            if prog["trend"] == "flat" and step >= FLAT_MIN_STEP:
+                plat.stop(ctx, "train")
+                handle_failure(ctx, "train", None, f"TAO_FLAT_LOSS: loss {prog['first_loss']} -> {prog['loss']} by step {step}")
+            if time.monotonic() >= deadline:
+                return {"state": "running", **prog}
+            time.sleep(1.0)
+            continue
+        break
+    final = ctx.run_dir / "checkpoints" / "final"
+    if st.get("exit_code") == 0 and final.is_dir():
+        rec = {"state": "done", **prog}
+        ctx.state.record("train", {k: rec.get(k) for k in ("step", "total_steps", "loss", "first_loss", "samples_per_s", "mfu")})
+        ctx.save()
+        return {**rec, "next": "docker_run job=eval, then job=infer"}
+    if st.get("stopped"):
+        return {"state": "stopped", **prog, "next": "docker_run job=train resumes from the newest checkpoint"}
+    handle_failure(ctx, "train", st.get("exit_code"), st.get("log_tail", ""))
+    raise AssertionError("unreachable")

@@ -1,0 +1,277 @@
+"""Step 4 project generation: confined file writes, task scaffolds with compat fixes, the preflight summary."""
+
+from __future__ import annotations
+
+import json
+import platform as _platform
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field
+
+from tao_finetune.agent.config import atomic_write_text
+from tao_finetune.agent.context import RunContext
+from tao_finetune.tools.base import NoArgs, ToolError, tool
+
+HEADER = """\
+# SPDX-FileCopyrightText: Copyright (c) 2026 NVIDIA CORPORATION & AFFILIATES. All rights reserved.
+# SPDX-License-Identifier: Apache-2.0
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+# http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""
+REFERENCES = Path(__file__).resolve().parent.parent / "references"
+SCAFFOLDS = REFERENCES / "scaffolds"
+COMPAT_RULES = REFERENCES / "compat_rules.yaml"
+RENAMES = {"gitignore": ".gitignore"}
+SCAFFOLD_TASKS = ("image-classification", "text-classification")
+RUNTIME_ENV = "meta/runtime_env.json"
+PREFLIGHT_FIELDS = ("reference_urls", "dataset", "columns", "push_target", "wandb", "image", "hardware", "smoke")
+
+
+def has_header(text: str) -> bool:
+    """Whether a .py file starts with the Apache-2.0 copyright header (a shebang line may precede it)."""
+    if text.startswith("#!"):
+        text = text.split("\n", 1)[1] if "\n" in text else ""
+    return text.startswith(HEADER)
+
+
+def check_py(rel: str, text: str) -> None:
+    """Refuse a .py without the copyright header."""
+    if rel.endswith(".py") and not has_header(text):
+        raise ToolError(f"{rel!r} must start with the Apache-2.0 copyright header (tools/project.py HEADER); not written")
+
+
+class WriteFileArgs(BaseModel):
+    path: str = Field(description="path relative to the output dir, e.g. 'train.py' or 'meta/notes.md'")
+    content: str = Field(description="the full file content; a .py must begin with the Apache-2.0 copyright header")
+
+
+@tool(step=4)
+def write_file(ctx: RunContext, args: WriteFileArgs) -> dict:
+    """Write a file inside the output dir (absolute paths, '..' and symlink escapes are refused; a .py needs the copyright header)."""
+    target = ctx.confine(args.path)
+    if target.is_dir():
+        raise ToolError(f"{args.path!r} is a directory")
+    check_py(args.path, args.content)
+    atomic_write_text(target, args.content)
+    ctx.session.event("file_written", path=args.path, bytes=len(args.content.encode()))
+    return {"path": str(target.relative_to(ctx.run_dir.resolve())), "bytes": len(args.content.encode())}
+
+
+def load_compat_rules(path: Path = COMPAT_RULES) -> dict[str, dict]:
+    """Compat rules by id from references/compat_rules.yaml ({} when the file is absent)."""
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text()) or {}
+    if isinstance(data, dict) and "rules" in data:
+        data = data["rules"]
+    if isinstance(data, dict):
+        return {str(k): (v or {}) for k, v in data.items()}
+    return {str(r.get("id")): r for r in data if isinstance(r, dict) and r.get("id")}
+
+
+def compat_fixes(ids: list[str], rules: dict[str, dict]) -> dict[str, Any]:
+    """Collect the Dockerfile blocks, requirement pins and env vars of the applicable workarounds.
+
+    Rules use `fix: {kind: dockerfile|requirements|env|config, value: ...}` (references/compat_rules.yaml); the
+    scaffold reads `attn_implementation` from the TAO_ATTN_IMPLEMENTATION env var, so that config fix becomes env.
+    """
+    out: dict[str, Any] = {"dockerfile": [], "requirements": [], "env": {}, "applied": [], "other": []}
+    for wid in ids:
+        fix = (rules.get(wid) or {}).get("fix") or {}
+        kind, value = fix.get("kind"), fix.get("value")
+        applied = True
+        if kind == "dockerfile" and value:
+            out["dockerfile"].append(f"# {wid}\n{str(value).strip()}")
+        elif kind == "requirements" and value:
+            out["requirements"] += [value] if isinstance(value, str) else list(value)
+        elif kind == "env" and isinstance(value, dict):
+            out["env"].update({str(k): str(v) for k, v in value.items()})
+        elif kind == "config" and isinstance(value, dict) and "attn_implementation" in value:
+            out["env"]["TAO_ATTN_IMPLEMENTATION"] = str(value["attn_implementation"])
+        else:
+            applied = False
+        out["applied" if applied else "other"].append(wid)
+    return out
+
+
+def render_dockerfile(template: str, base_image: str, fixes: dict[str, Any]) -> str:
+    """Fill the base image and the compat blocks (deps -> compat -> code order is in the template)."""
+    blocks = list(fixes["dockerfile"])
+    if fixes["env"]:
+        blocks.append("ENV " + " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(fixes["env"].items())))
+    return template.replace("{base_image}", base_image).replace("{compat_blocks}", "\n".join(blocks) or "# (none)")
+
+
+def render_requirements(template: str, pins: list[str]) -> str:
+    """Append compat pins; a pin for a package already listed replaces that line."""
+    lines = template.rstrip("\n").splitlines()
+
+    def name(line: str) -> str:
+        for sep in ("==", ">=", "<=", "~=", "!=", "<", ">", "[", ";", " "):
+            line = line.split(sep)[0]
+        return line.strip().lower().replace("_", "-")
+
+    for pin in pins:
+        lines = [ln for ln in lines if ln.startswith("#") or name(ln) != name(pin)]
+        lines.append(pin)
+    return "\n".join(lines) + "\n"
+
+
+def base_image(ctx: RunContext) -> str:
+    """The image the Dockerfile starts from: the user's image, else the selected NGC image."""
+    cfg = ctx.config
+    img = cfg.image or cfg.ngc_image
+    if img:
+        return img
+    if cfg.platform == "local":
+        return f"python:{sys.version_info.major}.{sys.version_info.minor}-slim"
+    raise ToolError("no base image: ngc_image is not set (Step 2 select_image) and no 'image' was given")
+
+
+class RenderArgs(BaseModel):
+    overwrite: bool = Field(False, description="replace project files that already exist (default keeps them)")
+
+
+@tool(step=4)
+def render_scaffold(ctx: RunContext, args: RenderArgs) -> dict:
+    """Copy the tested scaffold for the task into the output dir, fill the Dockerfile base image and apply compat fixes."""
+    task = ctx.config.task_type
+    src = SCAFFOLDS / str(task)
+    if task not in SCAFFOLD_TASKS or not src.is_dir():
+        raise ToolError(f"no scaffold for task {task!r} (have {', '.join(SCAFFOLD_TASKS)}); write the files with write_file")
+    fixes = compat_fixes(list(ctx.config.applicable_workarounds or []), load_compat_rules())
+    image = base_image(ctx)
+    written, kept = [], []
+    files = [*sorted((SCAFFOLDS / "common").glob("*.py")), *sorted(p for p in src.iterdir() if p.is_file())]
+    for f in files:
+        rel = RENAMES.get(f.name, f.name)
+        text = f.read_text()
+        if rel == "Dockerfile":
+            text = render_dockerfile(text, image, fixes)
+        elif rel == "requirements.txt":
+            text = render_requirements(text, fixes["requirements"])
+        check_py(rel, text)
+        target = ctx.confine(rel)
+        if target.exists() and not args.overwrite:
+            kept.append(rel)
+            continue
+        atomic_write_text(target, text)
+        written.append(rel)
+    atomic_write_text(ctx.confine(RUNTIME_ENV), json.dumps(fixes["env"], indent=1))
+    if fixes["other"]:
+        ctx.config.note(f"workarounds not applied by the scaffold (config or code level): {', '.join(fixes['other'])}")
+    ctx.save()
+    ctx.session.event("scaffold_rendered", task=task, written=written, kept=kept, applied=fixes["applied"])
+    return {"task": task, "written": written, "kept": kept, "base_image": image, "applied_workarounds": fixes["applied"],
+            "not_applied": fixes["other"], "env": sorted(fixes["env"])}
+
+
+def _json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def preflight_fields(ctx: RunContext) -> dict[str, str]:
+    """The preflight summary's fields; a blank value means something is missing."""
+    cfg = ctx.config
+    run = ctx.run_dir
+    urls = list(cfg.research_sources) or sorted({s.source for s in cfg.recipe.values() if s.source})
+    meta = _json(run / "data" / "meta.json")
+    cols = meta.get("columns") or (cfg.dataset_facts or {}).get("columns") or []
+    renames = ", ".join(f"{k}->{v}" for k, v in cfg.column_renames.items())
+    columns = ", ".join(map(str, cols))
+    if columns and renames:
+        columns += f" (renamed {renames})"
+    if columns and meta.get("label_names"):
+        columns += f"; {len(meta['label_names'])} labels"
+    dataset = cfg.dataset_id or cfg.local_dataset_path or ""
+    if dataset and meta:
+        dataset += f" ({meta.get('n_train')} train / {meta.get('n_eval')} eval)"
+    if cfg.push_to_hub:
+        push = f"https://huggingface.co/{cfg.hf_model_repo}" if cfg.hf_model_repo else ""
+    else:
+        push = "disabled (push_to_hub: false)"
+    if cfg.wandb:
+        project = "WANDB_PROJECT set" if ctx.creds.present("WANDB_PROJECT") else ""
+        wandb = f"enabled ({project})" if project and ctx.creds.present("WANDB_API_KEY") else ""
+    else:
+        wandb = "disabled"
+    if cfg.platform == "local":
+        image = f"local python {_platform.python_version()} ({(ctx.state.records.get('build') or {}).get('python', sys.executable)})"
+    else:
+        image = cfg.image or cfg.ngc_image or ""
+    if cfg.gpu_count:
+        hardware = f"{cfg.gpu_count}x {cfg.gpu_name}, {cfg.vram_gb_per_gpu} GB each, driver {cfg.driver_major}"
+    elif cfg.allow_cpu and cfg.gpu_count == 0:
+        hardware = "CPU only (--allow-cpu)"
+    else:
+        hardware = ""
+    smoke = _json(run / "reports" / "smoke.json")
+    if smoke.get("passed") is True:
+        smoke_text = f"PASSED (loss {smoke.get('loss'):.4g}, grad_norm {smoke.get('grad_norm'):.4g} at step 1)"
+    else:
+        smoke_text = ""
+    return {"reference_urls": ", ".join(urls), "dataset": dataset, "columns": columns, "push_target": push,
+            "wandb": wandb, "image": image, "hardware": hardware, "smoke": smoke_text}
+
+
+def boxed(title: str, fields: dict[str, str], width: int = 100) -> str:
+    """A box-drawn summary: one 'key: value' line per field, long values wrapped."""
+    import textwrap
+
+    inner = width - 4
+    lines = []
+    for k, v in fields.items():
+        lines += textwrap.wrap(f"{k:<15} {v or '(BLANK)'}", inner, subsequent_indent=" " * 16) or [""]
+    top = f"┌─ {title} " + "─" * (width - len(title) - 5) + "┐"
+    body = [f"│ {ln:<{inner}} │" for ln in lines]
+    return "\n".join([top, *body, "└" + "─" * (width - 2) + "┘"])
+
+
+@tool(step=4)
+def preflight(ctx: RunContext, args: NoArgs) -> dict:
+    """Print the boxed PREFLIGHT summary (references, dataset, push target, wandb, image, hardware, smoke) and write meta/preflight.json; refuses if a field is blank."""
+    fields = preflight_fields(ctx)
+    text = boxed("PREFLIGHT", fields)
+    print(text)
+    blank = [k for k, v in fields.items() if not v]
+    if blank:
+        raise ToolError(f"preflight refused, blank fields: {', '.join(blank)}\n{text}")
+    atomic_write_text(ctx.confine("meta/preflight.json"), json.dumps(fields, indent=1))
+    atomic_write_text(ctx.confine("meta/preflight.txt"), text + "\n")
+    ctx.session.event("preflight", **fields)
+    return {"summary": text, "path": "meta/preflight.json"}
+
+
+def scaffold_files(task: str) -> list[Path]:
+    """The scaffold files rendered for a task (common + task-specific)."""
+    return [*sorted((SCAFFOLDS / "common").glob("*.py")), *sorted(p for p in (SCAFFOLDS / task).iterdir() if p.is_file())]
+
+
+def copy_scaffold(task: str, dest: Path, base: str = "python:3.11-slim") -> None:
+    """Copy a scaffold into a directory without a run context (benchmarks, tests)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    fixes = compat_fixes([], {})
+    for f in scaffold_files(task):
+        rel = RENAMES.get(f.name, f.name)
+        if rel == "Dockerfile":
+            (dest / rel).write_text(render_dockerfile(f.read_text(), base, fixes))
+        else:
+            shutil.copyfile(f, dest / rel)

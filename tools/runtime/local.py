@@ -1,0 +1,202 @@
+"""The local platform: each job is a process of this machine's Python (or a run venv), cwd = the output dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tao_finetune.agent.context import JobKind, JobResult, RunContext
+from tao_finetune.agent.secrets import KNOWN, SECRET_NAMES
+from tao_finetune.tools.base import ToolError
+
+TAIL_CHARS = 3000
+
+
+def tail(path: Path, chars: int = TAIL_CHARS) -> str:
+    """The last `chars` characters of a text file ('' if absent)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - chars))
+            return f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+class LocalPlatform:
+    """Runs jobs as subprocesses; detached jobs leave a pid file and an exit-code file in logs/."""
+
+    name = "local"
+
+    def __init__(self, python: str | None = None, extra_env: dict[str, str] | None = None):
+        self.python = python or sys.executable
+        self.extra_env = dict(extra_env or {})
+        self._procs: dict[str, subprocess.Popen] = {}
+
+    # ------------------------------------------------------------ helpers
+    def _logs(self, ctx: RunContext) -> Path:
+        d = ctx.run_dir / "logs"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def _env(self, ctx: RunContext) -> dict[str, str]:
+        base = {k: v for k, v in os.environ.items() if k not in SECRET_NAMES and k not in KNOWN}
+        runtime = ctx.run_dir / "meta" / "runtime_env.json"
+        if runtime.is_file():
+            base.update({str(k): str(v) for k, v in json.loads(runtime.read_text()).items()})
+        base.update(self.extra_env)
+        base.update(ctx.creds.env())
+        base.update({"PYTHONUNBUFFERED": "1", "TAO_PROJECT_DIR": str(ctx.run_dir.resolve())})
+        if not ctx.config.wandb:
+            base["WANDB_MODE"] = "disabled"
+        return base
+
+    def _argv(self, argv: list[str]) -> list[str]:
+        if not argv:
+            raise ToolError("empty command")
+        if argv[0] in ("python", "python3"):
+            return [self.python, *argv[1:]]
+        if argv[0] == "torchrun":
+            return [self.python, "-m", "torch.distributed.run", *argv[1:]]
+        return list(argv)
+
+    def _running(self, kind: str, pid: int) -> bool:
+        proc = self._procs.get(kind)
+        if proc is not None and proc.pid == pid:
+            return proc.poll() is None
+        return _alive(pid)
+
+    def _files(self, ctx: RunContext, kind: str) -> tuple[Path, Path, Path]:
+        d = self._logs(ctx)
+        return d / f"{kind}.log", d / f"{kind}.pid", d / f"{kind}.exit"
+
+    # ------------------------------------------------------------ protocol
+    def build(self, ctx: RunContext) -> dict:
+        """Check that the run's Python imports torch and transformers (and datasets for prepare_data.py)."""
+        code = ("import json, sys, torch, transformers\n"
+                "try:\n import datasets; dv = datasets.__version__\nexcept ImportError:\n dv = None\n"
+                "print(json.dumps({'python': sys.executable, 'python_version': sys.version.split()[0],"
+                " 'torch': torch.__version__, 'transformers': transformers.__version__, 'datasets': dv,"
+                " 'cuda': torch.cuda.is_available(), 'gpus': torch.cuda.device_count()}))")
+        log, _, _ = self._files(ctx, "build")
+        try:
+            proc = subprocess.run([self.python, "-c", code], capture_output=True, text=True, timeout=300,
+                                  env=self._env(ctx), cwd=ctx.run_dir)
+        except FileNotFoundError:
+            return {"ok": False, "platform": "local", "python": self.python, "error": f"python not found: {self.python!r}"}
+        log.write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["import failed"])[-1]
+            return {"ok": False, "platform": "local", "python": self.python, "error": ctx.creds.redact(last)}
+        info = json.loads(proc.stdout.strip().splitlines()[-1])
+        cfg = ctx.config
+        needs_datasets = bool(cfg.dataset_id) or cfg.local_dataset_format in ("arrow", "parquet")
+        ok = info["datasets"] is not None or not needs_datasets
+        rec = {"ok": bool(ok), "platform": "local", **info, "image": f"local:{info['python']}"}
+        if not ok:
+            rec["error"] = "prepare_data.py needs the datasets package: pip install datasets"
+        return rec
+
+    def run(self, ctx: RunContext, kind: JobKind, argv: list[str], detach: bool = False) -> JobResult:
+        """Run a job in the output dir; blocking unless detach, output to logs/<kind>.log."""
+        log, pid_file, exit_file = self._files(ctx, kind)
+        cmd = self._argv(argv)
+        if detach:
+            if self.status(ctx, kind).get("running"):
+                raise ToolError(f"job {kind!r} is already running; use train_status or stop it first")
+            exit_file.unlink(missing_ok=True)
+            wrapped = ["/bin/sh", "-c", 'trap "" HUP; "$@"; echo $? > "$TAO_EXIT_FILE"', "sh", *cmd]
+            env = {**self._env(ctx), "TAO_EXIT_FILE": str(exit_file)}
+            with log.open("ab") as out:
+                out.write(f"\n$ {' '.join(argv)}\n".encode())
+                proc = subprocess.Popen(wrapped, cwd=ctx.run_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+            self._procs[kind] = proc
+            pid_file.write_text(json.dumps({"pid": proc.pid, "argv": argv, "started": time.time()}))
+            return JobResult(kind, 0, log, "", detached=True, handle=str(proc.pid))
+        with log.open("wb") as out:
+            out.write(f"$ {' '.join(argv)}\n".encode())
+            out.flush()
+            code = subprocess.run(cmd, cwd=ctx.run_dir, env=self._env(ctx), stdout=out, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL).returncode
+        return JobResult(kind, code, log, ctx.creds.redact(tail(log)))
+
+    def status(self, ctx: RunContext, kind: JobKind) -> dict:
+        """running / exit_code / pid / log tail of a detached job."""
+        log, pid_file, exit_file = self._files(ctx, kind)
+        if not pid_file.exists():
+            return {"running": False, "exit_code": None, "started": False, "log_tail": ""}
+        info = json.loads(pid_file.read_text())
+        pid = int(info["pid"])
+        running = self._running(kind, pid)
+        code = None
+        if not running:
+            text = exit_file.read_text().strip() if exit_file.exists() else ""
+            proc = self._procs.get(kind)
+            if text.lstrip("-").isdigit():
+                code = int(text)
+            elif proc is not None and proc.pid == pid:
+                code = proc.returncode
+            else:
+                code = -1  # ended without an exit record: killed
+        return {"running": running, "exit_code": None if running else code, "pid": pid, "started": True,
+                "stopped": bool(info.get("stopped")), "log_tail": ctx.creds.redact(tail(log, 1500))}
+
+    def stop(self, ctx: RunContext, kind: JobKind) -> None:
+        """Stop a detached job: SIGTERM to its process group, SIGKILL after 10 s."""
+        _, pid_file, _ = self._files(ctx, kind)
+        if not pid_file.exists():
+            return
+        info = json.loads(pid_file.read_text())
+        pid = int(info["pid"])
+        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while self._running(kind, pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if not self._running(kind, pid):
+                break
+        info["stopped"] = time.time()
+        pid_file.write_text(json.dumps(info))
+
+
+def hardware_facts(path: Path | str = ".") -> dict:
+    """GPU count, name, VRAM and driver from nvidia-smi (empty GPU facts without one), plus free disk at path."""
+    facts: dict = {"gpu_count": 0, "gpu_name": None, "vram_gb_per_gpu": None, "driver_major": None,
+                   "free_disk_gb": round(shutil.disk_usage(path).free / 1e9, 1)}
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return facts
+    try:
+        out = subprocess.run([smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30)
+    except (subprocess.TimeoutExpired, OSError):
+        return facts
+    rows = [r.split(", ") for r in out.stdout.strip().splitlines() if r.count(",") >= 2] if out.returncode == 0 else []
+    if rows:
+        facts.update(gpu_count=len(rows), gpu_name=rows[0][0], vram_gb_per_gpu=round(float(rows[0][1]) / 1024, 1),
+                     driver_major=int(rows[0][2].split(".")[0]))
+    return facts
