@@ -27,7 +27,7 @@ from tao_finetune.tools.base import ToolError, tool
 
 REFERENCES = "tao_finetune.references"
 HP_NAMES = tuple(Hyperparameters.model_fields)
-SLOT_NAMES = (*RECIPE_SLOTS, *HP_NAMES, "n_epochs")
+SLOT_NAMES = (*RECIPE_SLOTS, *HP_NAMES)
 Slot = Literal[SLOT_NAMES]  # type: ignore[valid-type]
 AttemptSlot = Literal[("*", *SLOT_NAMES)]  # type: ignore[valid-type]
 HP_ALIASES = {
@@ -159,7 +159,7 @@ def html_blocks(html: str) -> list[str]:
     soup = BeautifulSoup(html, "html.parser")
     for el in soup(_DROP):
         el.decompose()
-    root = soup.find("article") or soup.find("main") or soup.body or soup
+    root = soup.select_one(".model-card-content") or soup.find("article") or soup.find("main") or soup.body or soup
     out = []
     for el in root.find_all(_BLOCKS):
         if el.find_parent(["pre", "table"]):
@@ -438,13 +438,10 @@ def _inherit_attempts(state: RunState, key: str) -> None:
 
 
 def _apply_value(cfg: RunConfig, key: str, value: Any) -> None:
-    """Write a validated hyperparameter (or n_epochs) into the config; raises ToolError when invalid."""
+    """Write a validated hyperparameter into the config; raises ToolError when invalid."""
     try:
-        if key == "n_epochs":
-            cfg.n_epochs = value
-        else:
-            name = key.removeprefix("hyperparameters.")
-            cfg.hyperparameters = Hyperparameters.model_validate({**cfg.hyperparameters.model_dump(), name: value})
+        name = key.removeprefix("hyperparameters.")
+        cfg.hyperparameters = Hyperparameters.model_validate({**cfg.hyperparameters.model_dump(), name: value})
     except ValidationError as err:
         e = err.errors()[0]
         raise ToolError(f"invalid value {value!r} for {key!r}: {e['msg']}") from None
@@ -452,10 +449,7 @@ def _apply_value(cfg: RunConfig, key: str, value: Any) -> None:
 
 def _check_value(key: str, value: Any) -> None:
     try:
-        if key == "n_epochs":
-            RunConfig.model_validate({"model_id": "x", "n_epochs": value})
-        else:
-            Hyperparameters.model_validate({key.removeprefix("hyperparameters."): value})
+        Hyperparameters.model_validate({key.removeprefix("hyperparameters."): value})
     except ValidationError as err:
         raise ToolError(f"invalid value {value!r} for {key!r}: {err.errors()[0]['msg']}") from None
 
@@ -463,7 +457,7 @@ def _check_value(key: str, value: Any) -> None:
 def _set_one(ctx: RunContext, key: str, value: Any, rank: str, source: str, reason: str) -> str:
     """Apply one recipe key through the authority order; hyperparameters also land in the config."""
     cfg = ctx.config
-    is_hp = key.startswith("hyperparameters.") or key == "n_epochs"
+    is_hp = key.startswith("hyperparameters.")
     if is_hp:
         if _user_owned(cfg, key):
             raise authority.AuthorityError(f"{key!r} was set by the user; a {rank} source cannot overwrite it")
@@ -510,7 +504,10 @@ def record_recipe(ctx: RunContext, args: RecordRecipeArgs) -> dict:
                 raise ToolError("slot 'hyperparameters' needs a non-empty dict of name -> value")
             for raw_name, v in args.value.items():
                 name = HP_ALIASES.get(raw_name, raw_name)
-                if name not in HP_NAMES and name != "n_epochs":
+                if name == "n_epochs":
+                    skipped[raw_name] = f"hint only: n_epochs is a run input (now {ctx.config.n_epochs:g}), changed by the user"
+                    continue
+                if name not in HP_NAMES:
                     skipped[raw_name] = "kept as a hint only (no config field)"
                     continue
                 try:

@@ -192,6 +192,7 @@ def test_user_values_are_never_overwritten(pages, ctx):
                value={"learning_rate": 3e-5, "batch_size": 64, "epochs": 3, "lr_scheduler_type": "cosine", "max_grad_norm": 1.0})
     assert set(out["skipped"]) == {"learning_rate", "epochs", "max_grad_norm"}
     assert out["skipped"]["max_grad_norm"].startswith("kept as a hint")
+    assert out["skipped"]["epochs"].startswith("hint only: n_epochs is a run input")
     cfg = load_config(ctx.run_dir / "config.yaml")
     assert cfg.hyperparameters.learning_rate == 1e-3 and cfg.n_epochs == 7
     assert cfg.hyperparameters.per_device_train_batch_size == 64
