@@ -88,7 +88,7 @@ class HostFacts:
     smi_banner: str | None = None
     nvcc_output: str | None = None
     ctk_output: str | None = None
-    gpu_smoke: tuple[bool, str] | None = None
+    gpu_smoke: tuple[bool | None, str] | None = None  # (None, why) = the smoke image was unavailable
     free_disk_gb: float | None = None
     disk_path: str = ""
 
@@ -245,6 +245,8 @@ def assess(
                 items.append(Item("gpu_runtime", "warn", "Docker lists no 'nvidia' runtime or CDI devices", RUNTIME_FIX))
         if facts.gpu_smoke is None:
             items.append(Item("gpu_smoke", "skip", "GPU smoke in a container not run"))
+        elif facts.gpu_smoke[0] is None:
+            items.append(Item("gpu_smoke", "warn", f"GPU smoke not run: {facts.gpu_smoke[1][:200]}", "rerun doctor with --smoke-image NAME (any local image)"))
         elif facts.gpu_smoke[0]:
             items.append(Item("gpu_smoke", "pass", f"container sees the GPU: {facts.gpu_smoke[1][:120]}"))
         else:
@@ -322,21 +324,37 @@ def _free_gb(path: Path) -> tuple[float | None, str]:
         return None, str(p)
 
 
-def gpu_smoke(client: Any, image: str) -> tuple[bool, str]:
-    """Run nvidia-smi -L in a container with all GPUs; (ok, output or error)."""
+def gpu_smoke(client: Any, image: str) -> tuple[bool | None, str]:
+    """Run nvidia-smi -L in a container with all GPUs; (ok, output or error), ok None when the image is unavailable."""
     import docker
+    import requests
 
     try:
-        out = client.containers.run(
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        try:
+            client.images.pull(image)
+        except docker.errors.DockerException as err:
+            return None, f"image {image!r} not available: {str(err)[:200]}"
+    except docker.errors.DockerException as err:
+        return None, str(err)[:200]
+    container = None
+    try:
+        container = client.containers.create(
             image,
             ["nvidia-smi", "-L"],
             device_requests=[docker.types.DeviceRequest(count=-1, capabilities=[["gpu", "utility"]])],
             network_mode="none",
-            remove=True,
         )
-    except docker.errors.DockerException as err:
+        container.start()
+        code = container.wait(timeout=120).get("StatusCode", -1)
+        out = container.logs().decode(errors="replace").strip()
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as err:
         return False, str(err)
-    return True, out.decode(errors="replace").strip()
+    finally:
+        if container is not None:
+            container.remove(force=True)
+    return code == 0, out
 
 
 def collect_facts(

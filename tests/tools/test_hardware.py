@@ -90,6 +90,12 @@ def test_no_container_toolkit_fails_and_smoke_error_names_the_runtime_fix():
     assert not hw.passed(list(items.values()))
 
 
+def test_unavailable_smoke_image_only_warns():
+    items = by_name(hw.assess(good_host(gpu_smoke=(None, "image 'ubuntu:24.04' not available: pull access denied"))))
+    assert items["gpu_smoke"].status == "warn" and "--smoke-image" in items["gpu_smoke"].fix
+    assert hw.passed(list(items.values()))
+
+
 def test_old_container_toolkit_fails():
     items = by_name(hw.assess(good_host(ctk_output="NVIDIA Container Toolkit CLI version 1.14.3\n")))
     assert items["container_toolkit"].status == "fail"
@@ -205,3 +211,18 @@ def test_doctor_exit_codes_and_lines(capsys, tmp_path):
     names = {i["name"] for i in json.loads(capsys.readouterr().out)["items"]}
     assert "credential WANDB_API_KEY" in names and "credential HF_TOKEN" not in names
     assert rc in (0, hw.DOCTOR_EXIT_FAIL)
+
+
+def test_gpu_smoke_on_a_daemon_without_gpu_runtime():
+    docker = pytest.importorskip("docker")
+    try:
+        client = docker.from_env(timeout=10)
+        client.images.get("tao-base:bookworm")
+    except docker.errors.DockerException:
+        pytest.skip("no Docker engine with tao-base:bookworm (start it with .ci/docker-up.sh)")
+    if "nvidia" in (client.info().get("Runtimes") or {}):
+        pytest.skip("this daemon has a GPU runtime")
+    ok, detail = hw.gpu_smoke(client, "tao-base:bookworm")
+    assert ok is False and "could not select device driver" in detail
+    item = by_name(hw.assess(good_host(gpu_smoke=(ok, detail))))["gpu_smoke"]
+    assert item.status == "fail" and item.fix == hw.RUNTIME_FIX
