@@ -364,12 +364,11 @@ class DockerPlatform:
         state = container.attrs.get("State", {})
         running = container.status == "running"
         follower = self._followers.get(name)
-        if follower is None or not follower.is_alive():
-            if not running or follower is None:
-                # no follower in this process (e.g. after a restart): rewrite the log from the daemon's copy
-                log_path.parent.mkdir(parents=True, exist_ok=True)
-                text = container.logs().decode("utf-8", errors="replace")
-                log_path.write_text(ctx.creds.redact(text))
+        if follower is None or (running and not follower.is_alive()):
+            # nothing in this process follows the job (e.g. after a restart): rewrite the log from the daemon's copy
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            text = container.logs().decode("utf-8", errors="replace")
+            log_path.write_text(ctx.creds.redact(text))
         out = {
             "name": name,
             "exists": True,
