@@ -686,12 +686,13 @@ def label_counts(values: list[Any], names: list[str]) -> dict[str, int]:
 
 # ---------------------------------------------------------------- column verification
 def _find(cols: dict[str, str], names: tuple[str, ...], want: str | None = None) -> list[str]:
+    """Columns for a role: named ones of the wanted type first, then other columns of that type, then other named ones."""
     lower = {c.lower(): c for c in cols}
-    hits = [lower[n] for n in names if n in lower]
-    if want:
-        typed = [c for c, t in cols.items() if want in t and c not in hits]
-        hits += typed
-    return hits
+    named = [lower[n] for n in names if n in lower]
+    if not want:
+        return named
+    typed = [c for c, t in cols.items() if want.lower() in str(t).lower()]
+    return [c for c in named if c in typed] + [c for c in typed if c not in named] + [c for c in named if c not in typed]
 
 
 def verify_columns(task: str, columns: dict[str, str], sample: dict[str, Any] | None = None) -> tuple[dict[str, str], dict[str, Any], list[Issue]]:
@@ -752,7 +753,7 @@ def verify_columns(task: str, columns: dict[str, str], sample: dict[str, Any] | 
                     layout["category_key"] = cat
     elif task == "semantic-segmentation":
         img = need("image", "image", IMAGE_NAMES, "Image")
-        mask_cols = [c for c in _find(columns, MASK_NAMES, "Image") if c != img]
+        mask_cols = [c for c in _find(columns, MASK_NAMES, "image") if c != img and "image" in str(columns[c]).lower()]
         if not mask_cols:
             issues.append(Issue("ask", "missing_mask_column", 1, f"no segmentation mask column among {sorted(columns)}"))
         else:
@@ -887,7 +888,7 @@ def _hub_dataset_error(dataset_id: str, err: Exception) -> ToolError:
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     text = str(err)
-    if isinstance(err, GatedRepoError) or "gated" in text.lower():
+    if isinstance(err, GatedRepoError):
         return ToolError(f"dataset {dataset_id!r} is gated: request access on its Hub page, then set HF_TOKEN")
     if isinstance(err, (DatasetNotFoundError, RepositoryNotFoundError, FileNotFoundError)) and not isinstance(err, OFFLINE_ERRORS):
         return ToolError(f"dataset {dataset_id!r} was not found on the Hub at {endpoint()} (check the id)")
@@ -938,6 +939,7 @@ def probe_hub_dataset(dataset_id: str, config_name: str | None = None, token_pre
     label_col = next((c for c, t in types.items() if t.startswith("ClassLabel")), None)
     label_names = list(features[label_col].names) if label_col else []
     counts = {first_split + " (sample)": label_counts([r[label_col] for r in rows], label_names)} if label_col else {}
+    columns = summarize_rows(rows, {}, types, label_names)
     return {
         "source": "hub",
         "dataset_id": dataset_id,
@@ -948,7 +950,7 @@ def probe_hub_dataset(dataset_id: str, config_name: str | None = None, token_pre
         "format": "hub",
         "format_evidence": f"datasets builder {type(builder).__name__}",
         "splits": split_sizes,
-        "columns": summarize_rows(rows, {}, types, label_names),
+        "columns": columns,
         "label_names": label_names,
         "label_counts": counts,
         "sampled_rows": len(rows),

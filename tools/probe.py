@@ -35,7 +35,13 @@ SIDE_FILES = ("preprocessor_config.json", "processor_config.json", "tokenizer_co
 AUTOMODEL = re.compile(r"\b(AutoModel(?:For[A-Za-z]+)?|[A-Z][A-Za-z0-9]+For[A-Z][A-Za-z]+)\b")
 PIPELINE = re.compile(r"pipeline\(\s*(?:task\s*=\s*)?[\"']([a-z\-]+)[\"']")
 TRUTHY = ("1", "true", "yes", "on")
-OFFLINE_ERRORS = (OfflineModeIsEnabled, httpx.ConnectError, httpx.TimeoutException, LocalEntryNotFoundError)
+try:  # huggingface_hub 2.x talks through httpx2
+    import httpx2
+
+    _NET_ERRORS: tuple[type[Exception], ...] = (httpx2.ConnectError, httpx2.TimeoutException)
+except ImportError:
+    _NET_ERRORS = ()
+OFFLINE_ERRORS = (OfflineModeIsEnabled, httpx.ConnectError, httpx.TimeoutException, LocalEntryNotFoundError, *_NET_ERRORS)
 
 
 def endpoint() -> str:

@@ -32,7 +32,7 @@ class Recorded:
 
     method: str
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # names lower-cased
     body: bytes = b""
 
 
@@ -214,7 +214,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         hub = self.server_hub
         body = self._body() if self.command in ("POST", "PUT") else b""
-        hub.record(Recorded(self.command, self.path, dict(self.headers.items()), body))
+        hub.record(Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
         token = self._auth()
         if token and hub.token and token != hub.token:
             return self._error(401, None, "Invalid credentials in Authorization header")

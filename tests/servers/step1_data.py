@@ -7,6 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 CLASSES = ["zero", "one", "two"]
@@ -152,3 +153,32 @@ def image_dataset(n_per_class: int = 4):
     rows = [{"img": digit_image(i), "labels": label} for label in range(3) for i in digits_of(label, n_per_class)]
     feats = datasets.Features({"img": datasets.Image(), "labels": datasets.ClassLabel(names=CLASSES)})
     return datasets.Dataset.from_list(rows, features=feats)
+
+
+FAKE_TOKEN = "hf_" + "Z" * 34
+
+
+@pytest.fixture
+def local_hub(tmp_path, monkeypatch):
+    """A LocalHub on 127.0.0.1 with HF_ENDPOINT pointing at it, a fresh HF_HOME, Xet off and no token."""
+    from servers.hub import serve_hub
+
+    with serve_hub(tmp_path / "hub-store") as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+        monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+        monkeypatch.delenv("HF_DATASETS_CACHE", raising=False)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        yield hub
+
+
+def digits_parquet(path: Path, n_per_class: int = 4) -> Path:
+    """A parquet file of digit images with image/label columns."""
+    import datasets
+
+    rows = [{"image": digit_image(i), "label": label} for label in range(3) for i in digits_of(label, n_per_class)]
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
+    datasets.Dataset.from_list(rows, features=feats).to_parquet(str(path))
+    return path
