@@ -297,8 +297,8 @@ def hf_push(ctx: RunContext, args: NoArgs) -> dict:
         raise ToolError("no weights to push: checkpoints/final/ (or checkpoints/merged/) is missing or empty")
     api = HfApi(endpoint=hub_endpoint())
     with _token_env(ctx):
-        repo_id = cfg.hf_model_repo
-        if not repo_id:
+        repo_id = cfg.hf_model_repo or f"{cfg.short_name}-finetuned"
+        if "/" not in repo_id:
             try:
                 who = api.whoami()
             except NET_ERRORS as err:
@@ -306,7 +306,7 @@ def hf_push(ctx: RunContext, args: NoArgs) -> dict:
             role = ((who.get("auth") or {}).get("accessToken") or {}).get("role")
             if role == "read":
                 raise ToolError("HF_TOKEN is read-only: pushing needs a token with write access")
-            repo_id = f"{who['name']}/{cfg.short_name}-finetuned"
+            repo_id = f"{who['name']}/{repo_id}"
         plan = upload_plan(ctx.run_dir)
         skill_rel = next((rp for rp, _ in plan if rp.startswith("skills/") and rp.endswith("SKILL.md")), None)
         card = model_card(cfg, ctx.run_dir, repo_id, skill_rel)

@@ -376,7 +376,7 @@ def fetch_docs(ctx: RunContext, args: FetchDocsArgs) -> dict:
         if args.query:
             outcome += f", {hits} passages mention {args.query!r}" if hits else f", nothing mentions {args.query!r}"
         _record_attempt(ctx, args.slots, page.url, outcome)
-        return {
+        out = {
             "url": page.url,
             "final_url": page.final_url,
             "saved": saved,
@@ -385,6 +385,9 @@ def fetch_docs(ctx: RunContext, args: FetchDocsArgs) -> dict:
             "matches": hits if args.query else None,
             "excerpt": ctx.creds.redact("\n\n".join(picked)),
         }
+        if args.query and not hits:
+            out["outline"] = [b for b in blocks if b.startswith("#")][:30]
+        return out
     raise ToolError("fetch failed: " + "; ".join(errors))
 
 

@@ -158,6 +158,21 @@ def test_configured_repo_skips_whoami(hub_server, tmp_path):
     assert "README.md" in repo_files(hub_server, "acme-org/digits-vit")
 
 
+def test_repo_name_without_namespace_gets_the_whoami_user(hub_server, tmp_path):
+    ctx = make_ctx(tmp_path, hf_model_repo="digits-vit")
+    assert call(hub.hf_push, ctx)["repo_id"] == f"{USER}/digits-vit"
+
+
+def test_forbidden_maps_to_no_write_access(tmp_path):
+    httpx2 = pytest.importorskip("httpx2")
+    from huggingface_hub.errors import HfHubHTTPError
+
+    ctx = make_ctx(tmp_path)
+    response = httpx2.Response(403, request=httpx2.Request("POST", "http://127.0.0.1/api/repos/create"))
+    err = hub._hub_error(ctx, HfHubHTTPError("403 Forbidden", response=response), "push failed", "acme/x")
+    assert str(err) == "push failed: HF_TOKEN has no write access to 'acme/x' (403 forbidden); use a write token or set hf_model_repo"
+
+
 def test_rejected_token_is_a_one_line_401(tmp_path, monkeypatch):
     with LocalHub(tmp_path / "hub", token="hf_" + "Z" * 34) as server:
         monkeypatch.setenv("HF_ENDPOINT", server.url)

@@ -69,6 +69,7 @@ def test_query_keeps_matching_blocks_with_their_heading(pages, ctx):
 def test_query_without_match_says_so(pages, ctx):
     out = call(research.fetch_docs, ctx, url=pages.url + DOCS, query="mean_iou", slots=["compute_metrics"])
     assert out["matches"] == 0 and out["excerpt"] == ""
+    assert out["outline"] == ["# Image classification", "## Preprocess", "## Evaluate", "## Train"]
     assert "nothing mentions 'mean_iou'" in ctx.state.live_attempts["compute_metrics"][0]["outcome"]
 
 
