@@ -1,0 +1,117 @@
+import argparse
+import json
+
+import pytest
+
+from servers import step1_data as D
+from servers.step1_data import local_hub  # noqa: F401
+from tao_finetune.tools.step1 import add_inspect_parser, inspect_command
+
+VLM_CONFIG = {"model_type": "idefics3", "architectures": ["Idefics3ForConditionalGeneration"],
+              "text_config": {"model_type": "llama", "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 32},
+              "vision_config": {"model_type": "idefics3_vision", "image_size": 64}}
+
+
+def inspect(capsys, *argv):
+    parser = argparse.ArgumentParser()
+    add_inspect_parser(parser.add_subparsers(dest="command"))
+    code = inspect_command(parser.parse_args(["inspect", *argv, "--json"]))
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    report = json.loads(out)
+    assert report["exit_code"] == code
+    return code, report
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "vit": D.save_vit(root / "vit"),
+        "detr": D.write_config(root / "detr", model_type="detr", architectures=["DetrForObjectDetection"], use_timm_backbone=False),
+        "segformer": D.write_config(root / "segformer", model_type="segformer", architectures=["SegformerForSemanticSegmentation"]),
+        "bert": D.write_config(root / "bert", model_type="bert", architectures=["BertForSequenceClassification"], hidden_size=32,
+                               num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, vocab_size=100),
+        "vlm": D.write_config(root / "vlm", **VLM_CONFIG),
+    }
+
+
+def vqa_jsonl(root):
+    (root / "imgs").mkdir(parents=True)
+    rows = []
+    for k in range(5):
+        D.digit_image(k).save(root / "imgs" / f"{k}.png")
+        rows.append({"image": f"imgs/{k}.png", "question": "which digit?", "answer": str(k)})
+    return D.jsonl(root / "train.jsonl", rows)
+
+
+@pytest.mark.parametrize(("model", "make", "fmt", "task", "n_labels", "splits"), [
+    ("vit", lambda p: D.imagefolder(p, splits=("train", "test")), "imagefolder", "image-classification", 3, {"train": 12, "test": 12}),
+    ("vit", lambda p: (D.image_dataset().to_parquet(str(p) + ".parquet"), p.with_suffix(".parquet"))[1], "parquet", "image-classification", 3, {"train": 12}),
+    ("vit", lambda p: (D.image_dataset().save_to_disk(str(p)), p)[1], "arrow", "image-classification", 3, {"train": 12}),
+    ("detr", lambda p: D.coco(p), "coco", "object-detection", 2, {"train": 6}),
+    ("detr", lambda p: D.voc_detection(p), "voc", "object-detection", 2, {"train": 4, "validation": 2}),
+    ("segformer", lambda p: D.voc_segmentation(p), "voc", "semantic-segmentation", 3, {"train": 6}),
+    ("bert", lambda p: D.jsonl(p / "train.jsonl", D.text_rows(string_labels=True)), "jsonl", "text-classification", 2, {"train": 12}),
+    ("bert", lambda p: D.csv_file(p / "train.csv", D.text_rows()), "csv", "text-classification", 2, {"train": 12}),
+    ("vlm", vqa_jsonl, "jsonl", "image-text-to-text", 0, {"train": 5}),
+])
+def test_inspect_accepts_every_format_and_task(capsys, tmp_path, models, model, make, fmt, task, n_labels, splits):
+    data = make(tmp_path / "data")
+    code, r = inspect(capsys, "--model-id", str(models[model]), "--local-dataset-path", str(data), "--output-dir", str(tmp_path / "run"))
+    assert code == 0, r["message"]
+    assert (r["verdict"], r["task_type"], r["gate1"]) == ("accept", task, "met")
+    assert r["dataset"]["format"] == fmt and r["dataset"]["splits"] == splits
+    assert len(r["dataset"]["label_names"]) == n_labels
+    assert isinstance(r["applicable_workarounds"], list)
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize(("model", "make", "code", "message"), [
+    ("vit", lambda p: D.imagefolder(p, bad=True), 0, "accepted"),
+    ("bert", lambda p: D.jsonl(p / "train.jsonl", D.text_rows(4) + [{"sentence": "x", "labels": "cat"}]), 3, "mixes value types"),
+    ("segformer", lambda p: D.voc_segmentation(p, missing_masks=1), 3, "have no mask"),
+    ("detr", lambda p: D.coco(p, n=2, orphans=9), 3, "point at image ids not in 'images'"),
+    ("bert", lambda p: (p.mkdir(), (p / "train.jsonl").write_text(""))[0], 2, "no usable rows"),
+    ("vit", lambda p: D.coco(p), 3, "the model fits image-classification but the dataset looks like object-detection"),
+    ("vit", lambda p: p / "missing", 2, "does not exist"),
+])
+def test_inspect_rejects_or_asks_on_broken_variants(capsys, tmp_path, models, model, make, code, message):
+    data = make(tmp_path / "data") or tmp_path / "data"
+    got, r = inspect(capsys, "--model-id", str(models[model]), "--local-dataset-path", str(data))
+    assert got == code and message in r["message"]
+
+
+def test_inspect_without_dataset_lists_picks(capsys, models):
+    code, r = inspect(capsys, "--model-id", str(models["detr"]))
+    assert code == 3 and "rishitdagli/cppe-5" in r["message"] and "--dataset-id" in r["how_to_answer"]
+
+
+def test_inspect_unknown_model_and_user_task(capsys, tmp_path, models, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, r = inspect(capsys, "--model-id", "org/not-cached", "--local-dataset-path", str(tmp_path))
+    assert code == 2 and "offline" in r["message"]
+    data = D.imagefolder(tmp_path / "d")
+    code, r = inspect(capsys, "--model-id", str(models["vit"]), "--local-dataset-path", str(data), "--task-type", "object-detection")
+    assert code == 3 and "you asked for object-detection" in r["message"]
+
+
+def test_inspect_hub_model_and_dataset(capsys, local_hub, tmp_path, models):
+    local_hub.add_repo("org/tiny-vit", models["vit"], pipeline_tag="image-classification")
+    D.digits_parquet(tmp_path / "train.parquet")
+    local_hub.add_repo("org/digits", {"data/train-00000-of-00001.parquet": (tmp_path / "train.parquet").read_bytes()}, "dataset")
+    code, r = inspect(capsys, "--model-id", "org/tiny-vit", "--dataset-id", "org/digits")
+    assert code == 0, r["message"]
+    assert r["model"]["source"] == "hub" and r["dataset"]["source"] == "hub"
+    assert r["task_type"] == "image-classification" and r["dataset"]["label_names"] == D.CLASSES
+    code, r = inspect(capsys, "--model-id", "org/absent", "--dataset-id", "org/digits")
+    assert code == 2 and "'org/absent' was not found on the Hub" in r["message"]
+
+
+def test_inspect_human_output(capsys, tmp_path, models):
+    parser = argparse.ArgumentParser()
+    add_inspect_parser(parser.add_subparsers(dest="command"))
+    code = inspect_command(parser.parse_args(["inspect", "--model-id", str(models["vit"]), "--local-dataset-path", str(D.imagefolder(tmp_path / "d", bad=True))]))
+    out = capsys.readouterr().out
+    assert code == 0
+    for line in ("verdict: accept", "task: image-classification", "dataset: format=imagefolder", "labels (3)", "issue [warn] corrupt_image x1", "applicable workarounds: ['ngc-entrypoint']"):
+        assert line in out
