@@ -40,6 +40,8 @@ HP_ALIASES = {
     "num_train_epochs": "n_epochs",
 }
 TEXT_TYPES = ("text/html", "application/xhtml+xml", "text/markdown", "text/x-markdown", "text/plain")
+# Raw files some servers (the Hub's /resolve/, object stores) send as application/octet-stream.
+TEXT_SUFFIXES = (".md", ".txt", ".py", ".rst", ".yaml", ".yml", ".json", ".ipynb", ".cfg", ".toml")
 EXCERPT_CHARS = 6000
 USER_AGENT = "tao-finetune/0.1 (+live recipe research)"
 
@@ -121,6 +123,9 @@ class Fetcher:
                 if r.status_code >= 400:
                     raise FetchError(f"HTTP {r.status_code} {r.reason_phrase}".strip(), r.status_code == 429 or r.status_code >= 500)
                 ctype = r.headers.get("content-type", "").split(";")[0].strip().lower()
+                suffix = "." + urlsplit(str(r.url)).path.rsplit(".", 1)[-1].lower() if "." in urlsplit(str(r.url)).path else ""
+                if ctype not in TEXT_TYPES and suffix in TEXT_SUFFIXES:
+                    ctype = "text/markdown" if suffix == ".md" else "text/plain"
                 if ctype not in TEXT_TYPES:
                     raise FetchError(f"not HTML or text (content-type {ctype or 'missing'!r})")
                 data, truncated = bytearray(), False
@@ -130,6 +135,8 @@ class Fetcher:
                         truncated = True
                         del data[self.max_bytes :]
                         break
+                if b"\x00" in data:
+                    raise FetchError("not HTML or text (binary content)")
                 body = bytes(data).decode(r.encoding or "utf-8", errors="replace")
                 return Page(url, str(r.url), r.status_code, ctype, body, truncated)
         except httpx.TooManyRedirects:

@@ -129,6 +129,8 @@ def default_routes() -> dict[str, Route]:
         "/slow": Route(body=b"<html><body><p>too late</p></body></html>", hang=True),
         "/weights.bin": Route(body=b"\x00\x01\x02" * 100, content_type="application/octet-stream"),
         "/flaky": Route(status=503, body=b"busy"),
+        "/raw/README.md": Route(body=README_MD.encode(), content_type="application/octet-stream"),
+        "/raw/blob.json": Route(body=b'{"a": 1}\x00\x01', content_type="application/octet-stream"),
     }
 
 

@@ -80,6 +80,13 @@ def test_markdown_readme_keeps_fences(pages, ctx):
     assert (ctx.run_dir / out["saved"] / "raw.md").is_file()
 
 
+def test_raw_text_file_sent_as_octet_stream_is_read(pages, ctx):
+    out = call(research.fetch_docs, ctx, url=pages.url + "/raw/README.md", query="learning rate")
+    assert "The learning rate we used was 3e-5." in out["excerpt"]
+    with pytest.raises(ToolError, match="binary content"):
+        call(research.fetch_docs, ctx, url=pages.url + "/raw/blob.json")
+
+
 def test_redirect_is_followed(pages, ctx):
     out = call(research.fetch_docs, ctx, url=pages.url + "/old/image_classification")
     assert out["final_url"] == pages.url + DOCS
@@ -286,3 +293,17 @@ def test_suggest_sources_in_priority_order(monkeypatch):
     assert prios == sorted(prios)
     text = RunConfig(model_id="x/y", task_type="text-classification")
     assert "sequence_classification" in research.suggest_sources(text)[2]
+
+
+def test_default_model_card_against_the_local_hub(ctx, tmp_path, monkeypatch):
+    from servers.hub import LocalHub
+    from servers.pages import README_MD
+
+    with LocalHub(tmp_path / "hub") as hub_server:
+        hub_server.add_repo(MODEL_ID, {"README.md": README_MD, "config.json": "{}"})
+        monkeypatch.setenv("HF_ENDPOINT", hub_server.url)
+        out = call(research.fetch_docs, ctx, query="learning rate", slots=["hyperparameters"])
+    assert out["url"] == f"{hub_server.url}/{MODEL_ID}/resolve/main/README.md"
+    assert "3e-5" in out["excerpt"]
+    outcomes = [a["outcome"] for a in ctx.state.live_attempts["hyperparameters"]]
+    assert outcomes[0].startswith("failed: HTTP 404") and outcomes[1].startswith("ok:")
