@@ -301,9 +301,10 @@ def test_default_model_card_against_the_local_hub(ctx, tmp_path, monkeypatch):
 
     with LocalHub(tmp_path / "hub") as hub_server:
         hub_server.add_repo(MODEL_ID, {"README.md": README_MD, "config.json": "{}"})
-        monkeypatch.setenv("HF_ENDPOINT", hub_server.url)
+        base = hub_server.url
+        monkeypatch.setenv("HF_ENDPOINT", base)
         out = call(research.fetch_docs, ctx, query="learning rate", slots=["hyperparameters"])
-    assert out["url"] == f"{hub_server.url}/{MODEL_ID}/resolve/main/README.md"
+    assert out["url"] == f"{base}/{MODEL_ID}/resolve/main/README.md"
     assert "3e-5" in out["excerpt"]
     outcomes = [a["outcome"] for a in ctx.state.live_attempts["hyperparameters"]]
     assert outcomes[0].startswith("failed: HTTP 404") and outcomes[1].startswith("ok:")
