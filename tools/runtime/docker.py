@@ -63,6 +63,11 @@ def default_shm_size() -> int:
     return int(min(16 * GIB, max(1 * GIB, total // 4)))
 
 
+def network_mode(kind: str, wandb: bool) -> str:
+    """Only prepare (Hub downloads) and, with wandb on, training (metrics upload) get the host network."""
+    return "host" if kind in NETWORKED_JOBS or (wandb and kind == "train") else "none"
+
+
 def multi_gpu_argv(argv: list[str], gpu_count: int | None) -> list[str]:
     """`python train.py ...` becomes `torchrun --nproc_per_node=N train.py ...` when N > 1."""
     if gpu_count and gpu_count > 1 and argv and Path(argv[0]).name in ("python", "python3"):
@@ -271,7 +276,7 @@ class DockerPlatform:
             working_dir=WORKDIR,
             environment=self._environment(ctx, kind),
             volumes=self._volumes(ctx),
-            network_mode="host" if kind in NETWORKED_JOBS else "none",
+            network_mode=network_mode(kind, cfg.wandb),
             device_requests=self._device_requests(ctx),
             labels={"tao-finetune.run": str(ctx.run_dir), "tao-finetune.kind": kind},
             init=True,  # signals reach python/torchrun, so stop() is prompt and workers are reaped

@@ -13,7 +13,14 @@ from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.secrets import Credentials
 from tao_finetune.agent.session import SessionLog
 from tao_finetune.tools.base import ToolError
-from tao_finetune.tools.runtime.docker import DockerPlatform, container_name, default_shm_size, image_tag, multi_gpu_argv
+from tao_finetune.tools.runtime.docker import (
+    DockerPlatform,
+    container_name,
+    default_shm_size,
+    image_tag,
+    multi_gpu_argv,
+    network_mode,
+)
 
 BASE_IMAGE = "tao-base-torch:cpu"
 TOKEN = "hf_" + "Zq7" * 12
@@ -287,3 +294,6 @@ def test_helpers():
     assert multi_gpu_argv(["python", "train.py", "--smoke"], 4) == ["torchrun", "--nproc_per_node=4", "train.py", "--smoke"]
     assert multi_gpu_argv(["python", "train.py"], 1) == ["python", "train.py"]
     assert 1024**3 <= default_shm_size() <= 16 * 1024**3
+    assert network_mode("prepare", wandb=False) == "host"
+    assert network_mode("train", wandb=False) == "none" and network_mode("train", wandb=True) == "host"
+    assert network_mode("eval", wandb=True) == "none"
