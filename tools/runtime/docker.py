@@ -295,9 +295,10 @@ class DockerPlatform:
             kwargs["memswap_limit"] = self.mem_limit
         log_path = ctx.run_dir / "logs" / f"{kind}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.write_text("")
         try:
             self._remove_stale(name, kind)
+            log_path.write_text("")
+            self._stop_marker(ctx, kind).unlink(missing_ok=True)
             container = self.client.containers.run(**kwargs)
         except ImageNotFound:
             raise ToolError(f"image {tag!r} not found: run docker_build first") from None
@@ -314,7 +315,7 @@ class DockerPlatform:
         ctx.session.event("container", job=kind, name=name, image=tag, argv=command, detach=detach)
         if detach:
             self._follow(ctx, container, kind, log_path)
-            return JobResult(kind=kind, exit_code=-1, log_path=log_path, detached=True, handle=name)
+            return JobResult(kind=kind, exit_code=0, log_path=log_path, detached=True, handle=name)
         self._stream(ctx, container.logs(stream=True, follow=True), kind, log_path)
         code = int(container.wait().get("StatusCode", -1))
         container.reload()
@@ -363,7 +364,8 @@ class DockerPlatform:
         try:
             container = self.client.containers.get(name)
         except NotFound:
-            return {"name": name, "exists": False, "running": False, "log_tail": ctx.creds.redact(_tail(log_path))}
+            return {"name": name, "exists": False, "started": False, "running": False, "exit_code": None,
+                    "log_tail": ctx.creds.redact(_tail(log_path))}
         except (DockerException, requests.exceptions.ConnectionError) as err:
             raise _daemon_error(err) from None
         state = container.attrs.get("State", {})
@@ -374,22 +376,38 @@ class DockerPlatform:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             text = container.logs().decode("utf-8", errors="replace")
             log_path.write_text(ctx.creds.redact(text))
+        code = None if running else int(state.get("ExitCode", -1))
         out = {
             "name": name,
             "exists": True,
+            "started": True,
             "running": running,
             "status": container.status,
+            "exit_code": code,
+            "stopped": self._stop_marker(ctx, kind).exists(),
             "log_tail": ctx.creds.redact(_tail(log_path, 20)),
         }
         if not running:
-            out["exit_code"] = int(state.get("ExitCode", -1))
-            out["oom_killed"] = bool(state.get("OOMKilled")) or out["exit_code"] == 137
+            out["oom_killed"] = bool(state.get("OOMKilled")) or (code == 137 and not out["stopped"])
         return out
+
+    @staticmethod
+    def _stop_marker(ctx: RunContext, kind: str) -> Path:
+        return ctx.run_dir / ".tao" / f"{kind}.stopped"
 
     def stop(self, ctx: RunContext, kind: JobKind) -> None:
         """Stop the job's container (kept, so its logs and exit code stay readable)."""
         try:
-            self.client.containers.get(container_name(kind)).stop(timeout=30)
+            container = self.client.containers.get(container_name(kind))
+        except NotFound:
+            return
+        except (DockerException, requests.exceptions.ConnectionError) as err:
+            raise _daemon_error(err) from None
+        marker = self._stop_marker(ctx, kind)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("stopped by the user or the agent\n")
+        try:
+            container.stop(timeout=30)
         except NotFound:
             return
         except (DockerException, requests.exceptions.ConnectionError) as err:

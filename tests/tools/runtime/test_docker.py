@@ -187,6 +187,7 @@ def test_detached_training_logs_and_wait(client, built):
     assert attrs["DeviceRequests"] in (None, [])
     status = platform.wait(ctx, "train", timeout=120)
     assert status["running"] is False and status["exit_code"] == 0 and status["oom_killed"] is False
+    assert status["started"] is True and status["stopped"] is False
     log = (ctx.run_dir / "logs" / "train.log").read_text()
     losses = [json.loads(line)["loss"] for line in log.splitlines() if line.startswith("{")]
     assert len(losses) == 6 and losses[-1] < losses[0] / 10
@@ -203,9 +204,11 @@ def test_stop_detached_job(client, built):
     platform.run(ctx, "train", ["python", "job.py", "sleep"], detach=True)
     with pytest.raises(ToolError, match="already running"):
         platform.run(ctx, "train", ["python", "job.py", "sleep"], detach=True)
+    assert platform.status(ctx, "train")["exit_code"] is None
     platform.stop(ctx, "train")
     status = platform.status(ctx, "train")
     assert status["running"] is False and status["exit_code"] != 0
+    assert status["stopped"] is True and status["oom_killed"] is False
     platform.stop(ctx, "eval")  # nothing to stop is not an error
 
 
