@@ -469,6 +469,13 @@ def scan_text_rows(root: Path, fmt: Literal["jsonl", "csv"]) -> Scan:
                         r[k] = str((f.parent / v).resolve())
                 rows.append(r)
         scan.splits[split] = rows
+    if fmt == "csv":  # csv has no types: numeric label ids come back as strings
+        for col in {k for rows in scan.splits.values() for r in rows[:1] for k in r if k.lower() in LABEL_NAMES}:
+            vals = [r.get(col) for rows in scan.splits.values() for r in rows]
+            if vals and all(isinstance(v, str) and re.fullmatch(r"-?\d+", v.strip()) for v in vals):
+                for rows in scan.splits.values():
+                    for r in rows:
+                        r[col] = int(r[col])
     image_cols = {k for rows in scan.splits.values() for r in rows[:50] for k, v in r.items() if _looks_like_image_path(v)}
     for col in image_cols:
         scan.kinds[col] = "image"
@@ -861,6 +868,9 @@ def probe_local_dataset(path: str, fmt: str = "auto", task: str | None = None, n
                 vals = {r.get(lab) for rows in scan.splits.values() for r in rows if r.get(lab) is not None}
                 if vals and all(isinstance(v, str) for v in vals):
                     label_names = sorted(vals)
+                elif vals and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in vals) and max(vals) < 10000:
+                    label_names = [str(i) for i in range(max(vals) + 1)]
+                    scan.extra["label_names_from"] = "integer label ids (no names in the data)"
         if scan.kinds.get("objects") == "objects" and label_names:
             for s, rows in scan.splits.items():
                 counts[s] = label_counts([c for r in rows for c in r["objects"]["category"]], label_names)

@@ -152,6 +152,9 @@ def test_jsonl_bad_lines_and_empty_files(tmp_path):
 def test_csv_numeric_labels_and_mixed(tmp_path):
     f = probe_local_dataset(str(D.csv_file(tmp_path / "a" / "data.csv", D.text_rows())))
     assert f["format"] == "csv" and f["splits"] == {"train": 12}
+    assert f["columns"]["labels"]["type"] == "int" and f["label_counts"]["train"] == {"0": 6, "1": 6}
+    renames, layout = check_dataset_for_task(f, "text-classification")
+    assert "label_string_to_id" not in layout and renames == {"sentence": "text", "labels": "label"}
     mixed = D.text_rows(4) + [{"sentence": "x", "labels": "dog"}]
     f = probe_local_dataset(str(D.csv_file(tmp_path / "b" / "data.csv", mixed)))
     assert kinds(f)["mixed_label_types"][0] == "ask"
