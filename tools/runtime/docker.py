@@ -7,6 +7,7 @@ OOM kills and logs can be read back.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -23,6 +24,7 @@ from tao_finetune.agent.context import JobKind, JobResult, RunContext
 from tao_finetune.tools.base import ToolError
 
 WORKDIR = "/workspace"
+RUNTIME_ENV = "meta/runtime_env.json"  # env vars of the applicable compat fixes (written by render_scaffold)
 CONTAINER_HF_HOME = "/root/.cache/huggingface"
 TRAIN_CONTAINER = "hft_train"
 NETWORKED_JOBS = {"prepare"}  # every other job runs with network_mode none
@@ -205,7 +207,14 @@ class DockerPlatform:
     def _environment(self, ctx: RunContext, kind: str) -> dict[str, str]:
         """Env for a job: credentials by name from ctx.creds, Hub and wandb switches; never logged."""
         cfg = ctx.config
-        env = {"PYTHONUNBUFFERED": "1", "HF_HOME": CONTAINER_HF_HOME}
+        env: dict[str, str] = {}
+        runtime = ctx.run_dir / RUNTIME_ENV
+        if runtime.is_file():
+            try:
+                env.update({str(k): str(v) for k, v in json.loads(runtime.read_text()).items()})
+            except (json.JSONDecodeError, AttributeError):
+                raise ToolError(f"{RUNTIME_ENV} is not a JSON object of environment variables") from None
+        env.update({"PYTHONUNBUFFERED": "1", "HF_HOME": CONTAINER_HF_HOME})
         names = ["HF_TOKEN"]
         if cfg.wandb:
             names += ["WANDB_API_KEY", "WANDB_PROJECT"]

@@ -49,7 +49,7 @@ JOB = textwrap.dedent('''
         tok = os.environ.get("HF_TOKEN", "")
         print("HF_TOKEN present:", bool(tok), "offline:", os.environ.get("HF_HUB_OFFLINE"), flush=True)
         print("leaked value:", tok, flush=True)
-        print("wandb:", os.environ.get("WANDB_MODE"), flush=True)
+        print("wandb:", os.environ.get("WANDB_MODE"), "compat:", os.environ.get("TAO_COMPAT_FLAG"), flush=True)
     elif mode == "ls":
         for path in sys.argv[2:]:
             print("ls", path, sorted(os.listdir(path)), flush=True)
@@ -252,11 +252,16 @@ def test_credentials_pass_by_name_and_never_reach_logs(client, built):
     ctx, _ = built
     creds = Credentials({"HF_TOKEN": TOKEN})
     ctx2 = RunContext(config=ctx.config, session=SessionLog(ctx.run_dir / ".tao" / "creds.jsonl", creds), creds=creds)
+    (ctx.run_dir / "meta").mkdir(exist_ok=True)
+    (ctx.run_dir / "meta" / "runtime_env.json").write_text('{"TAO_COMPAT_FLAG": "eager"}')
     lines = []
-    result = DockerPlatform(client, echo=lines.append).run(ctx2, "infer", ["python", "job.py", "creds"])
+    try:
+        result = DockerPlatform(client, echo=lines.append).run(ctx2, "infer", ["python", "job.py", "creds"])
+    finally:
+        (ctx.run_dir / "meta" / "runtime_env.json").unlink()
     log = result.log_path.read_text()
     assert "HF_TOKEN present: True offline: 1" in log
-    assert "wandb: disabled" in log
+    assert "wandb: disabled compat: eager" in log
     assert TOKEN not in log and TOKEN not in result.log_tail and TOKEN not in "\n".join(lines)
     assert "leaked value: [REDACTED]" in log
     assert TOKEN not in (ctx.run_dir / ".tao" / "creds.jsonl").read_text()
