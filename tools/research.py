@@ -26,7 +26,8 @@ from tao_finetune.agent.state import RunState
 from tao_finetune.tools.base import ToolError, tool
 
 REFERENCES = "tao_finetune.references"
-HP_NAMES = tuple(Hyperparameters.model_fields)
+# training_method is the user's choice (core rule: never substitute it); research may only suggest it.
+HP_NAMES = tuple(n for n in Hyperparameters.model_fields if n != "training_method")
 SLOT_NAMES = (*RECIPE_SLOTS, *HP_NAMES)
 Slot = Literal[SLOT_NAMES]  # type: ignore[valid-type]
 AttemptSlot = Literal[("*", *SLOT_NAMES)]  # type: ignore[valid-type]
@@ -514,6 +515,13 @@ def record_recipe(ctx: RunContext, args: RecordRecipeArgs) -> dict:
                 raise ToolError("slot 'hyperparameters' needs a non-empty dict of name -> value")
             for raw_name, v in args.value.items():
                 name = HP_ALIASES.get(raw_name, raw_name)
+                if name == "training_method":
+                    if v != ctx.config.hyperparameters.training_method:
+                        skipped[raw_name] = (
+                            f"not applied: the source suggests {v!r} but training_method is the user's choice "
+                            f"(now {ctx.config.hyperparameters.training_method!r}); ask the user before switching"
+                        )
+                    continue
                 if name == "n_epochs":
                     skipped[raw_name] = f"hint only: n_epochs is a run input (now {ctx.config.n_epochs:g}), changed by the user"
                     continue

@@ -308,3 +308,31 @@ def test_default_model_card_against_the_local_hub(ctx, tmp_path, monkeypatch):
     assert "3e-5" in out["excerpt"]
     outcomes = [a["outcome"] for a in ctx.state.live_attempts["hyperparameters"]]
     assert outcomes[0].startswith("failed: HTTP 404") and outcomes[1].startswith("ok:")
+
+
+@pytest.mark.parametrize("task", ["image-classification", "text-classification", "object-detection",
+                                  "semantic-segmentation", "image-text-to-text"])
+def test_reference_fallback_for_every_slot_meets_gate3(pages, ctx, task):
+    ctx.config.task_type = task
+    routes_gone = pages.url + "/gone"
+    with pytest.raises(ToolError):
+        call(research.fetch_docs, ctx, url=routes_gone)
+    rec = research.reference_recipe(task)
+    for slot in gates.RECIPE_SLOTS:
+        call(research.record_recipe, ctx, slot=slot, value=rec[slot], rank="reference", source=f"references/recipes.yaml#{task}")
+    call(research.write_recipe_notes, ctx)
+    assert gates.gate3(ctx.run_dir, ctx.state) == []
+    cfg = load_config(ctx.run_dir / "config.yaml")
+    assert cfg.hyperparameters.learning_rate == rec["hyperparameters"]["learning_rate"]
+    assert cfg.n_epochs == 3
+    assert all(cfg.recipe[s].reason == f"{routes_gone}: failed: HTTP 404 Not Found" for s in gates.RECIPE_SLOTS)
+    assert cfg.hyperparameters.training_method == "full"
+
+
+def test_training_method_is_never_switched_by_research(ctx):
+    out = call(research.record_recipe, ctx, slot="hyperparameters", rank="live", source="https://docs.example/vlm",
+               value={"learning_rate": 1e-4, "training_method": "lora"})
+    assert "ask the user" in out["skipped"]["training_method"]
+    assert ctx.config.hyperparameters.training_method == "full"
+    with pytest.raises(Exception):
+        research.record_recipe.validate({"slot": "training_method", "value": "lora", "rank": "live", "source": "https://x"})
