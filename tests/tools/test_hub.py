@@ -1,4 +1,5 @@
 import json
+import os
 
 import huggingface_hub.constants as hf_constants
 import pytest
@@ -202,8 +203,6 @@ def test_token_from_env_file_only_is_used_and_not_left_in_environ(hub_server, tm
     monkeypatch.delenv("HF_TOKEN")
     ctx = make_ctx(tmp_path)
     call(hub.hf_push, ctx)
-    import os
-
     assert "HF_TOKEN" not in os.environ
 
 

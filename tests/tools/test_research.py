@@ -11,7 +11,7 @@ from tao_finetune.agent.state import RunState
 from tao_finetune.tools import research
 from tao_finetune.tools.base import ToolError
 
-from servers.pages import MODEL_ID, Route, default_routes, serve_pages
+from servers.pages import MODEL_ID, default_routes, serve_pages
 
 DOCS = "/docs/transformers/tasks/image_classification"
 
@@ -130,17 +130,12 @@ def test_size_cap_truncates(pages, ctx, monkeypatch):
     assert len((ctx.run_dir / out["saved"] / "raw.html").read_text()) == 300
 
 
-def test_card_page_missing_falls_back_to_raw_readme(ctx):
+def test_card_page_missing_falls_back_to_raw_readme(ctx, monkeypatch):
     routes = default_routes()
     del routes[f"/{MODEL_ID}"]
     with serve_pages(routes) as server:
-        import os
-
-        os.environ["HF_ENDPOINT"] = server.url
-        try:
-            out = call(research.fetch_docs, ctx, slots=["model_class"])
-        finally:
-            del os.environ["HF_ENDPOINT"]
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        out = call(research.fetch_docs, ctx, slots=["model_class"])
     assert out["url"].endswith("/resolve/main/README.md")
     outcomes = [a["outcome"] for a in ctx.state.live_attempts["model_class"]]
     assert outcomes[0] == "failed: HTTP 404 Not Found" and outcomes[1].startswith("ok:")
