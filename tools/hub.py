@@ -345,27 +345,21 @@ def _version() -> str:
         return "dev"
 
 
-def _rerun_commands(cfg: RunConfig, out: Path) -> str:
+def _rerun_commands(ctx: RunContext) -> str:
+    """The agent command and the per-job commands (same argv as docker_run) that repeat the run."""
+    from tao_finetune.tools.jobs import command
+
+    cfg, out = ctx.config, ctx.config.out
     short = cfg.short_name
     if cfg.platform == "local":
-        run = "python"
-        lines = [f"cd {out}", "python -m pip install -r requirements.txt"]
+        prefix, lines = "", [f"cd {out}", "python -m pip install -r requirements.txt"]
     else:
-        run = f'docker run --rm --gpus all --ipc=host -v "$PWD":/workspace -w /workspace run-{short}:latest python'
+        prefix = f'docker run --rm --gpus all --ipc=host -v "$PWD":/workspace -w /workspace run-{short}:latest '
         lines = [f"cd {out}", f"docker build -t run-{short}:latest ."]
-    train = "train.py"
-    if (cfg.gpu_count or 1) > 1 and cfg.platform != "local":
-        train = f"-m torch.distributed.run --nproc_per_node={cfg.gpu_count} train.py"
-    lines += [
-        f"{run} prepare_data.py",
-        f"{run} train.py --smoke --max_steps 1",
-    ]
-    if not cfg.skip_baseline:
-        lines.append(f"{run} run_eval.py --baseline")
-    lines.append(f"{run} {train}")
-    if gates.uses_lora_merge(cfg.model_dump()):
-        lines.append(f"{run} merge_lora.py")
-    lines += [f"{run} run_eval.py", f"{run} infer.py"]
+    jobs = ["prepare", "smoke", *([] if cfg.skip_baseline else ["baseline"]), "train"]
+    jobs += ["merge"] if gates.uses_lora_merge(cfg.model_dump()) else []
+    jobs += ["eval", "infer"]
+    lines += [prefix + " ".join(command(ctx, job, 1 if job == "smoke" else None)) for job in jobs]
     agent = f"tao-finetune run --config {out / 'config.yaml'} --output-dir {out} --yes"
     return (
         "With the agent (resumes at the first unmet gate; the recorded recipe skips research):\n\n"
@@ -426,7 +420,7 @@ def skill_values(ctx: RunContext) -> dict[str, str]:
         "recipe_table": _table(("slot", "value", "rank", "source"), recipe_rows),
         "workarounds": ", ".join(cfg.applicable_workarounds or []) or "none",
         "output_dir": str(cfg.out),
-        "rerun_commands": _rerun_commands(cfg, cfg.out),
+        "rerun_commands": _rerun_commands(ctx),
     }
 
 
