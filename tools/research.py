@@ -9,6 +9,7 @@ import re
 import time
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -283,13 +284,21 @@ def _links(obj: Any, pattern: re.Pattern[str]) -> list[str]:
     return found
 
 
+def local_model_dir(model_id: str) -> Path | None:
+    """The folder when model_id names a local model rather than a Hub id."""
+    p = Path(model_id).expanduser()
+    return p if (p.is_absolute() or model_id.startswith(".")) and p.is_dir() else None
+
+
 def research_plan(cfg: RunConfig) -> list[dict[str, Any]]:
     """The Step 3 research list in priority order (1 model card ... 6 paper), each with a label and URL."""
-    card, raw = model_card_urls(cfg.model_id)
-    plan = [
-        {"priority": 1, "what": "model card", "url": card},
-        {"priority": 2, "what": "model repo README / example code", "url": raw},
-    ]
+    plan: list[dict[str, Any]] = []
+    if local_model_dir(cfg.model_id) is None:
+        card, raw = model_card_urls(cfg.model_id)
+        plan += [
+            {"priority": 1, "what": "model card", "url": card},
+            {"priority": 2, "what": "model repo README / example code", "url": raw},
+        ]
     facts = cfg.model_facts or {}
     for url in dict.fromkeys(_links(facts, re.compile(r"https?://github\.com/[\w.\-]+/[\w.\-]+[^\s)\]\"'>]*"))):
         plan.append({"priority": 3, "what": "author code", "url": url})
@@ -362,6 +371,11 @@ class FetchDocsArgs(BaseModel):
 @tool(step=3)
 def fetch_docs(ctx: RunContext, args: FetchDocsArgs) -> dict:
     """Fetch a live documentation page (model card, repo README, task guide, example script, paper) and return a compact excerpt; the page is saved under meta/sources/ and the attempt is logged for the named recipe slots."""
+    local = local_model_dir(ctx.config.model_id)
+    if not args.url and local is not None:
+        reason = "local model folder: there is no Hub model card; fetch the task guide or example script by URL"
+        _record_attempt(ctx, args.slots, (local / "README.md").as_uri(), f"failed: {reason}")
+        raise ToolError(f"fetch failed: {reason}")
     urls = [args.url] if args.url else list(model_card_urls(ctx.config.model_id))
     errors = []
     for url in urls:

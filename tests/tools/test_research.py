@@ -331,3 +331,16 @@ def test_training_method_is_never_switched_by_research(ctx):
     assert ctx.config.hyperparameters.training_method == "full"
     with pytest.raises(Exception):
         research.record_recipe.validate({"slot": "training_method", "value": "lora", "rank": "live", "source": "https://x"})
+
+
+def test_local_model_has_no_card_to_fetch(ctx, tmp_path, monkeypatch):
+    model = tmp_path / "model"
+    model.mkdir()
+    ctx.config.model_id = str(model)
+    monkeypatch.setattr(research, "FETCHER", research.Fetcher(timeout_s=0.01, attempts=1))
+    with pytest.raises(ToolError, match="local model folder"):
+        call(research.fetch_docs, ctx, slots=["collator"])
+    assert ctx.state.live_attempts["collator"][0]["url"] == (model / "README.md").as_uri()
+    call(research.record_recipe, ctx, slot="collator", value="DefaultDataCollator", rank="reference", source="references/recipes.yaml")
+    urls = research.suggest_sources(ctx.config)
+    assert urls[0] == "https://huggingface.co/docs/transformers/tasks/image_classification"
