@@ -17,7 +17,7 @@ from tao_finetune.agent.session import SessionLog
 from tao_finetune.agent.state import RunState
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_ASK, EXIT_GATE = 0, 1, 2, 3, 4
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 LLMS = ("anthropic", "autopilot", "replay")
 
 # (flag, config key, type) for every spec input that is a plain value

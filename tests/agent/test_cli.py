@@ -70,7 +70,7 @@ def test_hf_push_first_is_refused_and_nothing_is_pushed(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_" + "T" * 34)
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     out = tmp_path / "run"
-    with LocalHub(tmp_path / "hub") as hub, FakeAnthropic([tool_use("hf_push", {}, id="p1"), end_turn("ok")]) as api:
+    with LocalHub(tmp_path / "hub") as hub, FakeAnthropic([tool_use("hf_push", {}, id="p1"), end_turn("ok"), end_turn("ok"), end_turn("ok")]) as api:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
         code = main(["run", "--model-id", "org/tiny", "--dataset-id", "org/data", "--output-dir", str(out), "--platform", "local",
