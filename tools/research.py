@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, ValidationError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from tao_finetune.agent import authority
-from tao_finetune.agent.config import Hyperparameters, RunConfig, atomic_write_text
+from tao_finetune.agent.config import RANKS, Hyperparameters, RunConfig, atomic_write_text
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.gates import RECIPE_SLOTS
 from tao_finetune.agent.state import RunState
@@ -527,6 +527,9 @@ def record_recipe(ctx: RunContext, args: RecordRecipeArgs) -> dict:
         if key == "hyperparameters":
             if not isinstance(args.value, dict) or not args.value:
                 raise ToolError("slot 'hyperparameters' needs a non-empty dict of name -> value")
+            current = ctx.config.recipe.get(key)
+            if current is not None and RANKS[args.rank] > RANKS[current.rank]:
+                raise ToolError(f"'hyperparameters' already set from {current.rank} ({current.source}); a {args.rank} source cannot overwrite it")
             for raw_name, v in args.value.items():
                 name = HP_ALIASES.get(raw_name, raw_name)
                 if name == "training_method":

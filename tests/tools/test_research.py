@@ -344,3 +344,13 @@ def test_local_model_has_no_card_to_fetch(ctx, tmp_path, monkeypatch):
     call(research.record_recipe, ctx, slot="collator", value="DefaultDataCollator", rank="reference", source="references/recipes.yaml")
     urls = research.suggest_sources(ctx.config)
     assert urls[0] == "https://huggingface.co/docs/transformers/tasks/image_classification"
+
+
+def test_user_hyperparameters_section_refuses_research_before_touching_anything(ctx):
+    authority.user_recipe(ctx.config, ["hyperparameters"])
+    with pytest.raises(ToolError, match="already set from user"):
+        call(research.record_recipe, ctx, slot="hyperparameters", rank="live", source="https://docs.example/x",
+             value={"lr_scheduler_type": "linear"})
+    assert ctx.config.hyperparameters.lr_scheduler_type == "cosine"
+    with pytest.raises(ToolError, match="set by the user"):
+        call(research.record_recipe, ctx, slot="lr_scheduler_type", value="linear", rank="live", source="https://docs.example/x")
