@@ -37,6 +37,10 @@ fi
 
 if ! docker info >/dev/null 2>&1; then
     stage_start
+    pidfile=/var/run/docker.pid
+    if [ -f "$pidfile" ] && ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+        rm -f "$pidfile"  # left by a daemon that died; dockerd refuses to start over it
+    fi
     nohup dockerd --bridge=none --iptables=false --ip6tables=false >"$DOCKERD_LOG" 2>&1 &
     for _ in $(seq 1 60); do
         docker info >/dev/null 2>&1 && break
