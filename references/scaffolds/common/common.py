@@ -402,7 +402,7 @@ def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics
     workers = num_workers(cfg, rt.device, rt.world)
     it = iter(loader(split, plan, workers, rt.device.type == "cuda"))
     logging_steps = 1 if smoke else int(h.get("logging_steps", 10))
-    save_every = max(1, total // 5)
+    save_every = int(os.environ.get("TAO_SAVE_STEPS") or max(1, total // 5))  # 0 = only the final save
     keep = 2
     if rt.main:
         log_jsonl(metrics_path, {"event": "resume" if start else "start", "step": start, "total_steps": total,
@@ -457,7 +457,7 @@ def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics
             last = rec
             loss_sum.zero_()
             window_samples, window_start = 0, time.perf_counter()
-        if not smoke and done % save_every == 0 and done < total:
+        if not smoke and save_every and done % save_every == 0 and done < total:
             if rt.main:
                 save_checkpoint(model, optimizer, scheduler, scaler, done, keep)
             rt.barrier()
