@@ -24,6 +24,7 @@ class Action:
     when: Predicate | None = None
     once: bool = True
     may_fail: bool = False
+    repeats: int = 4
 
 
 def _none(ctx: RunContext) -> dict[str, Any]:
@@ -49,6 +50,10 @@ def _file(rel: str) -> Predicate:
     return lambda c: (c.run_dir / rel).exists()
 
 
+def _training(ctx: RunContext) -> bool:
+    return ctx.platform is not None and bool(ctx.platform.status(ctx, "train").get("running"))
+
+
 ACTIONS: tuple[Action, ...] = (
     Action(1, "probe_model", _none, done=lambda c: bool(c.config.model_facts)),
     Action(1, "recommend_datasets", _none, when=lambda c: c.config.dataset_source == "recommend"),
@@ -68,7 +73,9 @@ ACTIONS: tuple[Action, ...] = (
     _job("smoke", 4),
     Action(4, "preflight", _none, done=_file("meta/preflight.json")),
     Action(5, "docker_run", lambda c: {"job": "baseline"}, when=lambda c: not c.config.skip_baseline, done=_file("reports/baseline_results.json")),
-    Action(5, "docker_run", lambda c: {"job": "train"}, done=_file("checkpoints/final")),
+    Action(5, "docker_run", lambda c: {"job": "train"}, done=lambda c: _file("checkpoints/final")(c) or _training(c), once=False),
+    Action(5, "train_status", lambda c: {"wait_s": 600}, done=_file("checkpoints/final"), when=_training, once=False,
+           repeats=10_000),
     Action(5, "docker_run", lambda c: {"job": "eval"}, done=lambda c: gates.primary_metric(gates._json(c.run_dir / "reports/eval_results.json")) is not None),
     Action(5, "docker_run", lambda c: {"job": "infer"}),
     Action(6, "hf_push", _none, when=lambda c: c.config.push_to_hub, done=lambda c: bool((c.state.records.get("hub") or {}).get("url"))),
@@ -88,7 +95,6 @@ class AutopilotClient:
         self.succeeded: set[tuple[str, str]] = set()
         self.picks: dict[tuple[int, str], int] = {}
         self.n = 0
-        self.max_repeats = 4
 
     def _learn(self, messages: list[dict[str, Any]]) -> None:
         last = messages[-1] if messages else {}
@@ -115,7 +121,7 @@ class AutopilotClient:
             if act.may_fail and any(self.actions[j].tool == act.tool and a == args for j, a in self.calls.values()):
                 continue
             key = (i, json.dumps(args, sort_keys=True))
-            if self.picks.get(key, 0) >= self.max_repeats:
+            if self.picks.get(key, 0) >= act.repeats:
                 return None
             self.picks[key] = self.picks.get(key, 0) + 1
             return i, args

@@ -70,6 +70,14 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
 
 
+def leaf_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys of the leaves of a nested dict (a section is never a key of its own)."""
+    keys = []
+    for k, v in data.items():
+        keys += leaf_keys(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
+    return keys
+
+
 def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
     """Merge an existing run's config, --config, flags and --set; returns the config and the user-set keys."""
     data: dict[str, Any] = {}
@@ -83,9 +91,13 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
     data, set_keys = apply_overrides(data, args.sets)
     if not data.get("model_id"):
         raise ConfigError("a model is required: --model-id ORG/NAME (or model_id in --config)")
+    for key in ("local_dataset_path", "model_id"):
+        value = data.get(key)
+        if value and (key == "local_dataset_path" or value.startswith((".", "/", "~")) or Path(value).is_dir()):
+            data[key] = str(Path(value).expanduser().resolve())
     out = Path(data.get("output_dir") or build_config({"model_id": data["model_id"]}).output_dir).resolve()
     existing = out / "config.yaml"
-    user_keys = sorted(set(given) | set(set_keys) | set(data) - {"model_id"})
+    user_keys = sorted((set(leaf_keys(data)) | set(set_keys)) - {"model_id"})
     if existing.exists():
         prev = load_config(existing)
         if prev.model_id != data["model_id"]:

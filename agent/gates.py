@@ -156,10 +156,15 @@ def gate5(run_dir: Path, state: RunState) -> list[str]:
     return missing
 
 
+def skill_name(model_id: str) -> str:
+    """The rerun skill's name: run-<short name> in lower-case letters, digits and hyphens (Agent Skills naming)."""
+    short = model_id.rstrip("/").split("/")[-1].lower()
+    return ("run-" + re.sub(r"[^a-z0-9-]+", "-", short).strip("-"))[:64]
+
+
 def skill_path(run_dir: Path, cfg: dict) -> Path:
     """Where Step 6 writes the rerun skill."""
-    short = str(cfg.get("model_id", "model")).rstrip("/").split("/")[-1].lower()
-    return run_dir / "skills" / f"run-{short}" / "SKILL.md"
+    return run_dir / "skills" / skill_name(str(cfg.get("model_id", "model"))) / "SKILL.md"
 
 
 def check_skill_text(text: str) -> list[str]:

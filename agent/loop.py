@@ -202,7 +202,7 @@ class Agent:
                 raise
             self.ctx.session.event("user", question=q.question, answer=answer)
             out, is_error = f"The user answered: {answer}", False
-        text = out if isinstance(out, str) else json.dumps(out, default=str)
+        text = out if isinstance(out, str) else json.dumps(out, default=str, ensure_ascii=False)
         text = self.ctx.creds.redact(text)
         if len(text) > RESULT_LIMIT:
             text = text[:RESULT_LIMIT] + f"\n[... {len(text) - RESULT_LIMIT} characters cut]"

@@ -391,9 +391,8 @@ def skill_values(ctx: RunContext) -> dict[str, str]:
          cfg.recipe[slot].rank if slot in cfg.recipe else "-", cfg.recipe[slot].source if slot in cfg.recipe else "-")
         for slot in gates.RECIPE_SLOTS
     ]
-    name = "run-" + re.sub(r"[^a-z0-9-]+", "-", cfg.short_name).strip("-")
     return {
-        "skill_name": name[:64],
+        "skill_name": gates.skill_name(cfg.model_id),
         "description": (
             f"Rerun the {cfg.task_type} fine-tune of {cfg.model_id} on {dataset} "
             f"({cfg.n_train}/{cfg.n_eval} subset, {cfg.n_epochs:g} epochs) with the recorded recipe and container. "

@@ -83,3 +83,18 @@ def test_hf_push_first_is_refused_and_nothing_is_pushed(tmp_path, monkeypatch):
     events = [json.loads(line) for line in (out / "session.jsonl").read_text().splitlines()]
     assert any(e["kind"] == "refused" and e["name"] == "hf_push" for e in events)
     assert "T" * 34 not in (out / "session.jsonl").read_text()
+
+
+def test_user_keys_are_leaves_and_local_paths_absolute(tmp_path, monkeypatch):
+    from tao_finetune.agent.cli import config_from_args
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "model").mkdir()
+    args = build_parser().parse_args(["run", "--model-id", "./model", "--local-dataset-path", "data", "--set", "learning_rate=1e-4",
+                                      "--n-train", "50"])
+    cfg, keys = config_from_args(args)
+    assert keys == ["hyperparameters.learning_rate", "local_dataset_path", "n_train"]
+    assert cfg.model_id == str(tmp_path / "model") and cfg.local_dataset_path == str(tmp_path / "data")
+    args = build_parser().parse_args(["run", "--model-id", "org/name"])
+    assert config_from_args(args)[0].model_id == "org/name"
