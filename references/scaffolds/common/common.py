@@ -378,8 +378,8 @@ def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": float(h.get("weight_decay", 0.0))}, {"params": no_decay, "weight_decay": 0.0}],
         lr=float(h.get("learning_rate", 5e-5)), fused=rt.device.type == "cuda")
-    scheduler = get_scheduler(h.get("lr_scheduler_type", "linear"), optimizer,
-                              num_warmup_steps=int(float(h.get("warmup_ratio", 0.0)) * total), num_training_steps=total)
+    warmup = int(float(h.get("warmup_ratio", 0.0)) * total)
+    scheduler = get_scheduler(h.get("lr_scheduler_type", "linear"), optimizer, num_warmup_steps=warmup, num_training_steps=total)
     scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype == torch.float16 else None
     start = 0
     if resume is not None:
@@ -406,7 +406,7 @@ def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics
     keep = 2
     if rt.main:
         log_jsonl(metrics_path, {"event": "resume" if start else "start", "step": start, "total_steps": total,
-                                 "steps_per_epoch": steps_per_epoch, "world_size": rt.world, "precision": rt.precision,
+                                 "steps_per_epoch": steps_per_epoch, "warmup_steps": warmup, "world_size": rt.world, "precision": rt.precision,
                                  "device": rt.gpu_name, "workers": workers, "flops_per_sample": fps, "time": time.time()})
     loss_sum = torch.zeros((), device=rt.device)
     window_samples, window_start, logged_at = 0, time.perf_counter(), start

