@@ -1,0 +1,141 @@
+"""LocalPlatform: blocking and detached jobs, logs, exit codes, stop, env passing, the runtime check."""
+
+import json
+import sys
+import time
+
+import pytest
+
+from tao_finetune.agent.config import RunConfig
+from tao_finetune.agent.context import RunContext
+from tao_finetune.agent.secrets import Credentials
+from tao_finetune.agent.session import SessionLog
+from tao_finetune.tools.base import ToolError
+from tao_finetune.tools.runtime.local import LocalPlatform, hardware_facts, tail
+
+TOKEN = "hf_" + "L" * 30
+
+
+def make_ctx(tmp_path, **fields) -> RunContext:
+    cfg = RunConfig(model_id="acme/tiny", dataset_id="acme/data", output_dir=str(tmp_path / "run"), platform="local", **fields)
+    creds = Credentials({"HF_TOKEN": TOKEN})
+    ctx = RunContext(cfg, SessionLog(cfg.out / ".tao" / "session.jsonl", creds), creds, platform=LocalPlatform())
+    ctx.save()
+    return ctx
+
+
+def py(ctx, name, code):
+    (ctx.run_dir / name).write_text(code)
+
+
+def test_run_blocks_logs_and_returns_the_exit_code(tmp_path):
+    ctx = make_ctx(tmp_path)
+    py(ctx, "job.py", "import os, sys\nprint('cwd', os.getcwd())\nprint('oops', file=sys.stderr)\nsys.exit(3)\n")
+    res = ctx.platform.run(ctx, "prepare", ["python", "job.py"])
+    assert res.exit_code == 3 and not res.detached
+    log = (ctx.run_dir / "logs" / "prepare.log").read_text()
+    assert f"cwd {ctx.run_dir}" in log and "oops" in log and log.startswith("$ python job.py")
+    assert "oops" in res.log_tail
+
+
+def test_credentials_reach_the_job_by_name_but_never_the_log_tail(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "a" * 40)  # not in ctx.creds: must not leak through os.environ
+    ctx = make_ctx(tmp_path)
+    py(ctx, "job.py", "import os\nprint(os.environ.get('HF_TOKEN'), os.environ.get('WANDB_API_KEY'), os.environ['WANDB_MODE'])\n")
+    res = ctx.platform.run(ctx, "prepare", ["python", "job.py"])
+    assert res.exit_code == 0
+    assert TOKEN not in res.log_tail and "[REDACTED] None disabled" in res.log_tail
+
+
+def test_runtime_env_from_the_compat_fixes_is_applied(tmp_path):
+    ctx = make_ctx(tmp_path)
+    (ctx.run_dir / "meta").mkdir()
+    (ctx.run_dir / "meta" / "runtime_env.json").write_text(json.dumps({"TAO_ATTN_IMPLEMENTATION": "eager"}))
+    py(ctx, "job.py", "import os\nprint('attn', os.environ['TAO_ATTN_IMPLEMENTATION'], os.environ['TAO_PROJECT_DIR'])\n")
+    res = ctx.platform.run(ctx, "smoke", ["python", "job.py"])
+    assert f"attn eager {ctx.run_dir}" in res.log_tail
+
+
+def test_detached_job_status_and_exit_code(tmp_path):
+    ctx = make_ctx(tmp_path)
+    py(ctx, "job.py", "import pathlib, time\nwhile not pathlib.Path('go').exists():\n    time.sleep(0.05)\nprint('finished')\nraise SystemExit(7)\n")
+    res = ctx.platform.run(ctx, "train", ["python", "job.py"], detach=True)
+    assert res.detached and int(res.handle) > 0
+    st = ctx.platform.status(ctx, "train")
+    assert st["running"] and st["exit_code"] is None
+    with pytest.raises(ToolError, match="already running"):
+        ctx.platform.run(ctx, "train", ["python", "job.py"], detach=True)
+    (ctx.run_dir / "go").write_text("")
+    deadline = time.monotonic() + 30
+    while ctx.platform.status(ctx, "train")["running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    st = ctx.platform.status(ctx, "train")
+    assert st["exit_code"] == 7 and "finished" in st["log_tail"]
+    # another platform object (the agent restarted) reads the same state from the files
+    assert LocalPlatform().status(ctx, "train")["exit_code"] == 7
+
+
+def test_stop_kills_the_whole_process_group(tmp_path):
+    ctx = make_ctx(tmp_path)
+    py(ctx, "job.py", "import subprocess, sys, time\n"
+                      "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+                      "open('child.pid', 'w').write(str(child.pid))\ntime.sleep(60)\n")
+    ctx.platform.run(ctx, "train", ["python", "job.py"], detach=True)
+    pid_file = ctx.run_dir / "child.pid"
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    ctx.platform.stop(ctx, "train")
+    st = ctx.platform.status(ctx, "train")
+    assert not st["running"] and st["stopped"] and st["exit_code"] != 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            state = open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            break
+        if state in ("Z", "X"):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("child process survived stop()")
+
+
+def test_status_of_a_job_never_started(tmp_path):
+    ctx = make_ctx(tmp_path)
+    assert ctx.platform.status(ctx, "train") == {"running": False, "exit_code": None, "started": False, "log_tail": ""}
+    ctx.platform.stop(ctx, "train")
+
+
+def test_build_checks_the_python_environment(tmp_path):
+    ctx = make_ctx(tmp_path)
+    rec = ctx.platform.build(ctx)
+    assert rec["ok"] and rec["platform"] == "local" and rec["python"] == sys.executable
+    assert rec["transformers"].startswith("5.") and rec["datasets"]
+    bad = LocalPlatform(python=str(tmp_path / "no-python")).build(ctx)
+    assert bad["ok"] is False and "not found" in bad["error"]
+
+
+def test_build_reports_a_missing_package(tmp_path):
+    venv_py = tmp_path / "fakepy"
+    venv_py.write_text(f"#!/bin/sh\nexec {sys.executable} -S \"$@\"\n")
+    venv_py.chmod(0o755)
+    rec = LocalPlatform(python=str(venv_py)).build(make_ctx(tmp_path))
+    assert rec["ok"] is False and "No module named" in rec["error"]
+
+
+def test_torchrun_and_python_map_to_the_platform_python(tmp_path):
+    plat = LocalPlatform(python="/opt/py/bin/python")
+    assert plat._argv(["python", "train.py"]) == ["/opt/py/bin/python", "train.py"]
+    assert plat._argv(["torchrun", "--nproc_per_node=2", "train.py"])[:3] == ["/opt/py/bin/python", "-m", "torch.distributed.run"]
+
+
+def test_hardware_facts_without_a_gpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    facts = hardware_facts(tmp_path)
+    assert facts["gpu_count"] == 0 and facts["gpu_name"] is None and facts["free_disk_gb"] > 0
+
+
+def test_tail_of_a_missing_file(tmp_path):
+    assert tail(tmp_path / "none.log") == ""

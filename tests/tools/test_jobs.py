@@ -1,0 +1,253 @@
+"""The error playbook's decisions, the 3-strike rule, and docker_run / train_status against stub jobs on the LocalPlatform."""
+
+import json
+import textwrap
+
+import pytest
+
+from tao_finetune.agent.config import RunConfig
+from tao_finetune.agent.context import RunContext
+from tao_finetune.agent.secrets import Credentials
+from tao_finetune.agent.session import SessionLog
+from tao_finetune.tools import jobs
+from tao_finetune.tools.base import NeedsUser, NoArgs, ToolError
+from tao_finetune.tools.project import HEADER
+from tao_finetune.tools.runtime.local import LocalPlatform
+
+
+def make_ctx(tmp_path, **fields) -> RunContext:
+    cfg = RunConfig(model_id="acme/tiny", task_type="image-classification", dataset_id="acme/data",
+                    output_dir=str(tmp_path / "run"), platform="local", applicable_workarounds=[], **fields)
+    creds = Credentials({"HF_TOKEN": "hf_" + "s" * 30})
+    ctx = RunContext(cfg, SessionLog(cfg.out / ".tao" / "session.jsonl", creds), creds, platform=LocalPlatform())
+    ctx.save()
+    return ctx
+
+
+def script(ctx, name, body):
+    (ctx.run_dir / name).write_text(HEADER + textwrap.dedent(body))
+
+
+def prepared(ctx):
+    (ctx.run_dir / "data").mkdir(exist_ok=True)
+    (ctx.run_dir / "data" / "meta.json").write_text(json.dumps({"n_train": 4, "n_eval": 2, "columns": ["image", "label"],
+                                                               "label_names": ["a", "b"]}))
+
+
+def run(ctx, job, **kw):
+    return jobs.docker_run.fn(ctx, jobs.RunArgs(job=job, **kw))
+
+
+@pytest.mark.parametrize("log, expected", [
+    ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", "oom"),
+    ('{"step": 40, "loss": NaN, "grad_norm": 1.0}', "nan_loss"),
+    ("smoke FAILED: loss=nan grad_norm=nan", "nan_loss"),
+    ("A module that was compiled using NumPy 1.x cannot be run in\nNumPy 2.0.1 as it may crash.", "numpy2_abi"),
+    ("TypeError: scaled_dot_product_attention() got an unexpected keyword argument 'enable_gqa'", "sdpa_gqa"),
+    ("columns ['text'] missing after renames; columns are ['sentence', 'label']", "missing_columns"),
+    ("/opt/nvidia/nvidia_entrypoint.sh: line 67: exec: trainer: not found", "ngc_entrypoint"),
+])
+def test_consult_playbook_picks_the_entry(log, expected):
+    assert jobs.consult_playbook(log)["id"] == expected
+
+
+def test_consult_playbook_returns_none_for_unknown_errors():
+    assert jobs.consult_playbook("ValueError: something new") is None
+
+
+def test_oom_halves_the_batch_then_enables_checkpointing_then_asks(tmp_path):
+    ctx = make_ctx(tmp_path)
+    ctx.config.hyperparameters = ctx.config.hyperparameters.model_copy(update={"per_device_train_batch_size": 2})
+    oom = jobs.consult_playbook("CUDA out of memory")
+    assert "2 -> 1" in jobs.apply_fix(ctx, oom)
+    hp = ctx.config.hyperparameters
+    assert (hp.per_device_train_batch_size, hp.gradient_accumulation_steps, hp.gradient_checkpointing) == (1, 2, False)
+    jobs.apply_fix(ctx, oom)
+    assert ctx.config.hyperparameters.gradient_checkpointing is True
+    with pytest.raises(NeedsUser, match="LoRA"):
+        jobs.apply_fix(ctx, oom)
+    assert ctx.config.hyperparameters.training_method == "full"
+    saved = (ctx.run_dir / "config.yaml").read_text()
+    assert "gradient_checkpointing: true" in saved and "per_device_train_batch_size: 1" in saved
+
+
+def test_nan_divides_the_learning_rate_and_restarts_training(tmp_path):
+    ctx = make_ctx(tmp_path)
+    ckpt = ctx.run_dir / "checkpoints" / "step-0000010"
+    ckpt.mkdir(parents=True)
+    (ctx.run_dir / "logs").mkdir()
+    (ctx.run_dir / "logs" / "metrics.jsonl").write_text('{"step": 10, "loss": NaN}\n')
+    jobs.apply_fix(ctx, jobs.consult_playbook('"loss": NaN'))
+    assert ctx.config.hyperparameters.learning_rate == pytest.approx(5e-6)
+    assert not ckpt.exists() and not (ctx.run_dir / "logs" / "metrics.jsonl").exists()
+    assert any("nan_loss" in n for n in ctx.config.notes)
+
+
+def test_fixes_never_silently_override_user_set_values(tmp_path):
+    ctx = make_ctx(tmp_path, user_set=["hyperparameters.learning_rate"])
+    with pytest.raises(NeedsUser, match="learning_rate"):
+        jobs.apply_fix(ctx, jobs.consult_playbook("loss=nan"))
+    assert ctx.config.hyperparameters.learning_rate == 5e-5
+
+
+def test_env_fix_writes_the_runtime_env(tmp_path):
+    ctx = make_ctx(tmp_path)
+    fix = jobs.consult_playbook("enable_gqa unexpected keyword")
+    assert jobs.apply_fix(ctx, fix)
+    assert json.loads((ctx.run_dir / "meta" / "runtime_env.json").read_text()) == {"TAO_ATTN_IMPLEMENTATION": "eager"}
+    assert jobs.apply_fix(ctx, fix) is None
+
+
+def test_loss_trend():
+    assert jobs.loss_trend([2.3, 2.0, 1.5, 1.2, 0.9]) == "falling"
+    assert jobs.loss_trend([2.3, 2.31, 2.29, 2.3, 2.3, 2.31]) == "flat"
+    assert jobs.loss_trend([1.0, 1.5, 2.0, 3.0]) == "rising"
+    assert jobs.loss_trend([2.3, 2.0, float("nan")]) == "nan"
+    assert jobs.loss_trend([2.3, 2.0]) == "too_early"
+
+
+def test_command_uses_torchrun_for_multi_gpu_training(tmp_path):
+    ctx = make_ctx(tmp_path, gpu_count=4)
+    assert jobs.command(ctx, "train") == ["torchrun", "--standalone", "--nproc_per_node=4", "train.py"]
+    assert jobs.command(ctx, "smoke", 3) == ["python", "train.py", "--smoke", "--max_steps", "3"]
+    assert jobs.command(make_ctx(tmp_path / "one", gpu_count=1), "train") == ["python", "train.py"]
+
+
+def test_docker_run_step_depends_on_the_job():
+    assert jobs.docker_run.step_of(jobs.RunArgs(job="smoke")) == 4
+    assert jobs.docker_run.step_of(jobs.RunArgs(job="prepare")) == 4
+    assert jobs.docker_run.step_of(jobs.RunArgs(job="train")) == 5
+
+
+def test_docker_run_needs_prepared_data_and_the_script(tmp_path):
+    ctx = make_ctx(tmp_path)
+    with pytest.raises(ToolError, match="train.py is missing"):
+        run(ctx, "smoke")
+    script(ctx, "train.py", "print('x')\n")
+    with pytest.raises(ToolError, match="job=prepare"):
+        run(ctx, "smoke")
+
+
+SMOKE_NAN = """\
+import json, pathlib
+pathlib.Path("reports").mkdir(exist_ok=True)
+pathlib.Path("reports/smoke.json").write_text(json.dumps({"passed": False, "finite_loss": False, "loss": float("nan")}))
+print("smoke FAILED: loss=nan grad_norm=0.5")
+raise SystemExit(1)
+"""
+
+
+def test_a_failing_smoke_applies_the_playbook_and_asks_on_the_third_time(tmp_path):
+    ctx = make_ctx(tmp_path)
+    prepared(ctx)
+    script(ctx, "train.py", SMOKE_NAN)
+    with pytest.raises(ToolError) as first:
+        run(ctx, "smoke")
+    assert "nan_loss" in str(first.value) and "learning_rate" in str(first.value) and "attempt 1/2" in str(first.value)
+    assert ctx.config.hyperparameters.learning_rate == pytest.approx(5e-6)
+    with pytest.raises(ToolError):
+        run(ctx, "smoke")
+    with pytest.raises(NeedsUser, match="3 times"):
+        run(ctx, "smoke")
+    assert ctx.state.error_counts == {"smoke:nan_loss": 3}
+    assert ctx.config.hyperparameters.learning_rate == pytest.approx(5e-7)
+
+
+def test_an_unknown_failure_returns_the_log_tail_redacted(tmp_path, monkeypatch):
+    ctx = make_ctx(tmp_path)
+    prepared(ctx)
+    script(ctx, "run_eval.py", "import os\nprint('token', os.environ['HF_TOKEN'])\nraise ValueError('weird thing')\n")
+    with pytest.raises(ToolError) as err:
+        run(ctx, "baseline")
+    assert "weird thing" in str(err.value) and "hf_" + "s" * 30 not in str(err.value) and "[REDACTED]" in str(err.value)
+
+
+def test_docker_run_checks_outputs(tmp_path):
+    ctx = make_ctx(tmp_path)
+    prepared(ctx)
+    script(ctx, "run_eval.py", """\
+        import json, pathlib
+        pathlib.Path("reports").mkdir(exist_ok=True)
+        pathlib.Path("reports/baseline_results.json").write_text(json.dumps({"primary_metric": "accuracy", "accuracy": 0.5, "n_eval": 2}))
+        """)
+    assert run(ctx, "baseline")["accuracy"] == 0.5
+    ctx.config.skip_baseline = True
+    assert run(ctx, "baseline")["skipped"]
+    with pytest.raises(ToolError, match="checkpoints/final"):
+        run(ctx, "eval")
+
+
+TRAIN_STUB = """\
+import json, math, os, pathlib, sys, time
+losses = [float(x) for x in os.environ["STUB_LOSSES"].split(",")]
+log = pathlib.Path("logs/metrics.jsonl")
+log.parent.mkdir(exist_ok=True)
+def put(r):
+    with log.open("a") as f:
+        f.write(json.dumps(r) + "\\n")
+put({"event": "start", "step": 0, "total_steps": len(losses) * 10, "warmup_steps": 0})
+for i, loss in enumerate(losses):
+    put({"step": (i + 1) * 10, "total_steps": len(losses) * 10, "loss": loss, "grad_norm": 1.0, "lr": 1e-4, "samples_per_s": 100.0})
+if os.environ.get("STUB_HANG"):
+    time.sleep(120)
+final = pathlib.Path("checkpoints/final")
+final.mkdir(parents=True, exist_ok=True)
+(final / "model.safetensors").write_text("x")
+put({"event": "done", "total_steps": len(losses) * 10, "final_loss": losses[-1]})
+"""
+
+
+def training_ctx(tmp_path, losses, hang=False):
+    env = {"STUB_LOSSES": ",".join(map(str, losses)), **({"STUB_HANG": "1"} if hang else {})}
+    ctx = make_ctx(tmp_path)
+    ctx.platform = LocalPlatform(extra_env=env)
+    prepared(ctx)
+    script(ctx, "train.py", TRAIN_STUB)
+    return ctx
+
+
+def test_train_runs_detached_and_reports_done(tmp_path):
+    ctx = training_ctx(tmp_path, [2.3, 1.9, 1.5, 1.1, 0.8, 0.6])
+    started = run(ctx, "train")
+    assert started["started"] and started["handle"]
+    st = jobs.train_status.fn(ctx, jobs.StatusArgs(wait_s=60))
+    assert st["state"] == "done" and st["trend"] == "falling" and st["step"] == 60 and st["loss"] == 0.6
+    assert ctx.state.records["train"]["loss"] == 0.6
+    assert run(ctx, "train")["already_done"]
+
+
+def test_train_status_stops_a_nan_run_and_lowers_the_lr(tmp_path):
+    ctx = training_ctx(tmp_path, [2.3, 2.0, "nan"], hang=True)
+    run(ctx, "train")
+    with pytest.raises(ToolError, match="nan_loss"):
+        jobs.train_status.fn(ctx, jobs.StatusArgs(wait_s=60))
+    assert not ctx.platform.status(ctx, "train")["running"]
+    assert ctx.config.hyperparameters.learning_rate == pytest.approx(5e-6)
+
+
+def test_train_status_stops_a_flat_run(tmp_path):
+    ctx = training_ctx(tmp_path, [2.30] * 8, hang=True)
+    run(ctx, "train")
+    with pytest.raises(ToolError, match="collator"):
+        jobs.train_status.fn(ctx, jobs.StatusArgs(wait_s=60))
+    assert not ctx.platform.status(ctx, "train")["running"]
+    assert ctx.state.error_counts == {"train:flat_loss": 1}
+
+
+def test_train_status_reports_running_without_waiting(tmp_path):
+    ctx = training_ctx(tmp_path, [2.3, 2.1], hang=True)
+    run(ctx, "train")
+    assert run(ctx, "train")["running"]
+    script(ctx, "run_eval.py", "print('never runs')\n")
+    with pytest.raises(ToolError, match="still running"):
+        run(ctx, "eval")
+    st = jobs.train_status.fn(ctx, jobs.StatusArgs())
+    assert st["state"] == "running"
+    ctx.platform.stop(ctx, "train")
+    assert jobs.train_status.fn(ctx, jobs.StatusArgs())["state"] == "stopped"
+
+
+def test_docker_build_records_the_local_runtime(tmp_path):
+    ctx = make_ctx(tmp_path)
+    rec = jobs.docker_build.fn(ctx, NoArgs())
+    assert rec["ok"] and rec["platform"] == "local" and ctx.state.records["build"]["ok"]
