@@ -208,3 +208,15 @@ def test_prepare_reads_a_saved_hf_dataset_with_class_labels(tmp_path):
     meta = json.loads((ctx.run_dir / "data" / "meta.json").read_text())
     assert meta["label_names"] == ["neg", "pos"]
     assert np.load(ctx.run_dir / "data" / "eval_labels.npy").tolist().count(1) > 0
+
+
+def test_train_runs_under_torchrun_with_two_processes(tmp_path, digits):
+    ctx = make_ctx(tmp_path / "run", "image-classification", model_id=str(digits["model"]),
+                   local_dataset_path=str(digits["data"]), n_train=256, n_eval=64)
+    call(project.render_scaffold, ctx)
+    call(jobs.docker_run, ctx, job="prepare")
+    res = ctx.platform.run(ctx, "train", ["torchrun", "--standalone", "--nproc_per_node=2", "train.py", "--max_steps", "6"])
+    assert res.exit_code == 0, res.log_tail
+    recs = [json.loads(x) for x in (ctx.run_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert recs[0]["world_size"] == 2 and recs[-1]["event"] == "done" and recs[-1]["total_steps"] == 6
+    assert (ctx.run_dir / "checkpoints" / "final" / "model.safetensors").is_file()
