@@ -20,6 +20,7 @@ from tao_finetune.agent.state import RunState
 from tao_finetune.tools import jobs, project
 from tao_finetune.tools.base import NoArgs
 from tao_finetune.tools.runtime.local import LocalPlatform
+from servers.step1_data import local_hub  # noqa: F401  (fixture)
 
 REFS = Path(project.__file__).resolve().parent.parent / "references"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
@@ -220,3 +221,19 @@ def test_train_runs_under_torchrun_with_two_processes(tmp_path, digits):
     recs = [json.loads(x) for x in (ctx.run_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert recs[0]["world_size"] == 2 and recs[-1]["event"] == "done" and recs[-1]["total_steps"] == 6
     assert (ctx.run_dir / "checkpoints" / "final" / "model.safetensors").is_file()
+
+
+def test_prepare_loads_a_hub_dataset_through_hf_endpoint(tmp_path, digits, local_hub):
+    from servers import step1_data as D
+
+    D.digits_parquet(tmp_path / "train.parquet", n_per_class=6)
+    local_hub.add_repo("org/digits", {"data/train-00000-of-00001.parquet": (tmp_path / "train.parquet").read_bytes()}, "dataset")
+    ctx = make_ctx(tmp_path / "run", "image-classification", model_id=str(digits["model"]), dataset_id="org/digits",
+                   n_train=12, n_eval=6)
+    ctx.platform = LocalPlatform()
+    call(project.render_scaffold, ctx)
+    out = call(jobs.docker_run, ctx, job="prepare")
+    assert (out["n_train"], out["n_eval"], out["num_labels"]) == (12, 6, 3)
+    meta = json.loads((ctx.run_dir / "data" / "meta.json").read_text())
+    assert meta["label_names"] == D.CLASSES and meta["source"] == "org/digits"
+    assert np.load(ctx.run_dir / "data" / "train_pixel_values.npy").shape == (12, 3, 32, 32)
