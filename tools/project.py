@@ -156,14 +156,13 @@ def render_scaffold(ctx: RunContext, args: RenderArgs) -> dict:
     fixes = compat_fixes(list(ctx.config.applicable_workarounds or []), load_compat_rules())
     image = base_image(ctx)
     written, kept = [], []
-    files = [*sorted((SCAFFOLDS / "common").glob("*.py")), *sorted(p for p in src.iterdir() if p.is_file())]
-    for f in files:
+    for f in scaffold_files(str(task)):
         rel = RENAMES.get(f.name, f.name)
         text = f.read_text()
         if rel == "Dockerfile":
             text = render_dockerfile(text, image, fixes)
         elif rel == "requirements.txt":
-            text = render_requirements(text, fixes["requirements"])
+            text = render_requirements(text, [*fixes["requirements"], *(["wandb"] if ctx.config.wandb else [])])
         check_py(rel, text)
         target = ctx.confine(rel)
         if target.exists() and not args.overwrite:

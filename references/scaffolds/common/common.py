@@ -257,6 +257,31 @@ def classification_metrics(preds: np.ndarray, labels: np.ndarray, num_labels: in
     return {"accuracy": acc, "macro_f1": float(np.mean(f1s)) if f1s else 0.0}
 
 
+class Tracker:
+    """Weights & Biases logging when config.yaml has `wandb: true` (rank 0 only); the run URL goes to reports/wandb.json."""
+
+    def __init__(self, cfg: dict, rt: "Runtime", job: str):
+        self.run = None
+        if not cfg.get("wandb") or not rt.main or os.environ.get("WANDB_MODE") == "disabled":
+            return
+        try:
+            import wandb
+        except ImportError:
+            print("wandb is enabled in config.yaml but not installed; metrics stay in logs/metrics.jsonl")
+            return
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT"), name=f"{Path(cfg['model_id']).name}-{job}",
+                              config={"model_id": cfg["model_id"], "n_train": cfg.get("n_train"), **hp(cfg)})
+        write_json(REPORTS / "wandb.json", {"url": self.run.url, "project": os.environ.get("WANDB_PROJECT")})
+
+    def log(self, record: dict) -> None:
+        if self.run is not None and "step" in record and "event" not in record:
+            self.run.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "time"}, step=record["step"])
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+
+
 def log_jsonl(path: Path, record: dict) -> None:
     """Append one JSON line and flush (the platform reads this for progress)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -408,6 +433,7 @@ def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics
         log_jsonl(metrics_path, {"event": "resume" if start else "start", "step": start, "total_steps": total,
                                  "steps_per_epoch": steps_per_epoch, "warmup_steps": warmup, "world_size": rt.world, "precision": rt.precision,
                                  "device": rt.gpu_name, "workers": workers, "flops_per_sample": fps, "time": time.time()})
+    tracker = Tracker({} if smoke else cfg, rt, "train")
     loss_sum = torch.zeros((), device=rt.device)
     window_samples, window_start, logged_at = 0, time.perf_counter(), start
     last = {"loss": None, "grad_norm": None}
@@ -454,6 +480,7 @@ def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics
                 rec["max_memory_gb"] = torch.cuda.max_memory_allocated(rt.device) / 1e9
             if rt.main:
                 log_jsonl(metrics_path, rec)
+                tracker.log(rec)
             last = rec
             loss_sum.zero_()
             window_samples, window_start = 0, time.perf_counter()
@@ -462,6 +489,7 @@ def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics
                 save_checkpoint(model, optimizer, scheduler, scaler, done, keep)
             rt.barrier()
     runtime = time.perf_counter() - run_start
+    tracker.finish()
     result = {"loss": last["loss"], "grad_norm": last["grad_norm"], "steps": total - start,
               "finite_loss": last["loss"] is not None and math.isfinite(last["loss"]),
               "grad_norm_positive": last["grad_norm"] is not None and math.isfinite(last["grad_norm"]) and last["grad_norm"] > 0}
