@@ -139,7 +139,7 @@ def synthetic(model_dir: Path, steps: int, mode: str) -> dict:
         times.append(t0.elapsed_time(t1) / 1e3 / (steps // 3))
     per_step = statistics.median(times)
     out = {"samples_per_s": BATCH / per_step, "peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9}
-    del model, opt, x
+    model = opt = x = None
     torch.cuda.empty_cache()
     return out
 
