@@ -73,6 +73,8 @@ def user_recipe(cfg: RunConfig, keys: list[str]) -> None:
     """Mark user-set keys as rank-1 recipe values."""
     data = cfg.model_dump()
     for key in keys:
+        if key.startswith("recipe."):
+            continue
         node: Any = data
         for p in key.split("."):
             node = node.get(p) if isinstance(node, dict) else None

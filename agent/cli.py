@@ -74,7 +74,10 @@ def leaf_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys of the leaves of a nested dict (a section is never a key of its own)."""
     keys = []
     for k, v in data.items():
-        keys += leaf_keys(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
+        if not prefix and k == "recipe" and isinstance(v, dict):
+            keys += [f"recipe.{slot}" for slot in v]
+        else:
+            keys += leaf_keys(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
     return keys
 
 
@@ -309,7 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DEMO_SETTINGS = ["--n-epochs", "15", "--set", "learning_rate=1e-3", "--set", "per_device_train_batch_size=32", "--set", "warmup_ratio=0.05"]
+DEMO_SETTINGS = ["--n-epochs", "12", "--set", "learning_rate=1e-3", "--set", "per_device_train_batch_size=32", "--set", "warmup_ratio=0.05",
+                 "--set", "gradient_accumulation_steps=1", "--set", "lr_scheduler_type=cosine",
+                 "--set", "recipe.train_transforms=none: resize and normalise only (digits are not flip-invariant)"]
 
 
 def demo_command(args: argparse.Namespace) -> int:

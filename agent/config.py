@@ -155,6 +155,11 @@ def apply_overrides(data: dict[str, Any], sets: list[str]) -> tuple[dict[str, An
         key = key.strip().replace("-", "_")
         if key in Hyperparameters.model_fields and key not in RunConfig.model_fields:
             key = f"hyperparameters.{key}"
+        if key.startswith("recipe."):
+            slot = key.removeprefix("recipe.")
+            data.setdefault("recipe", {})[slot] = {"value": parse_value(raw), "rank": "user", "source": "user"}
+            keys.append(key)
+            continue
         parts = key.split(".")
         node = data
         for p in parts[:-1]:

@@ -79,3 +79,10 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
         save_config(RunConfig(model_id="org/other", output_dir=str(tmp_path)), path)
     assert path.read_text() == before
     assert not list(tmp_path.glob(".config.yaml.*"))
+
+
+def test_user_can_pin_a_recipe_slot():
+    data, keys = apply_overrides({"model_id": "m"}, ["recipe.train_transforms=none (digits are not flip-invariant)"])
+    cfg = build_config(data)
+    assert cfg.recipe["train_transforms"].rank == "user" and cfg.recipe["train_transforms"].value.startswith("none")
+    assert keys == ["recipe.train_transforms"]
