@@ -23,7 +23,8 @@ from tao_finetune.tools.runtime.local import LocalPlatform
 from servers.step1_data import local_hub  # noqa: F401  (fixture)
 
 REFS = Path(project.__file__).resolve().parent.parent / "references"
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+# one intra-op thread: on a shared 2-core box, torch's OpenMP threads spin against other processes (50x slower)
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +231,7 @@ def test_prepare_loads_a_hub_dataset_through_hf_endpoint(tmp_path, digits, local
     local_hub.add_repo("org/digits", {"data/train-00000-of-00001.parquet": (tmp_path / "train.parquet").read_bytes()}, "dataset")
     ctx = make_ctx(tmp_path / "run", "image-classification", model_id=str(digits["model"]), dataset_id="org/digits",
                    n_train=12, n_eval=6)
-    ctx.platform = LocalPlatform()
+    ctx.platform = LocalPlatform(extra_env={"OMP_NUM_THREADS": "1"})
     call(project.render_scaffold, ctx)
     out = call(jobs.docker_run, ctx, job="prepare")
     assert (out["n_train"], out["n_eval"], out["num_labels"]) == (12, 6, 3)
