@@ -42,8 +42,8 @@ def _recipe_slot(slot: str) -> Action:
     return Action(3, "record_recipe", args, done=lambda c: slot in c.config.recipe, once=False)
 
 
-def _job(job: str, step: int, **extra: Any) -> Action:
-    return Action(step, "docker_run", lambda c: {"job": job, **extra}, once=True)
+def _job(job: str, step: int, done: Predicate) -> Action:
+    return Action(step, "docker_run", lambda c: {"job": job}, done=done)
 
 
 def _file(rel: str) -> Predicate:
@@ -59,25 +59,25 @@ ACTIONS: tuple[Action, ...] = (
     Action(1, "recommend_datasets", _none, when=lambda c: c.config.dataset_source == "recommend"),
     Action(1, "probe_dataset", _none, done=lambda c: bool(c.config.dataset_facts)),
     Action(1, "check_compat", _none, done=lambda c: c.config.applicable_workarounds is not None),
-    Action(1, "qualify", _none, once=False),
+    Action(1, "qualify", _none, done=lambda c: gates.check(1, c.run_dir, c.state).met),
     Action(2, "audit_hardware", _none, done=lambda c: bool((c.state.records.get("audit") or {}).get("passed"))),
     Action(2, "select_image", _none, done=lambda c: bool(c.config.ngc_image), when=lambda c: c.config.platform == "docker"),
-    Action(2, "check_model_fit", _none),
+    Action(2, "check_model_fit", _none, done=lambda c: "model_fit" in c.state.records),
     Action(3, "fetch_docs", lambda c: {"slots": ["*"]}, done=lambda c: bool(c.state.live_attempts), may_fail=True),
     *(_recipe_slot(s) for s in gates.RECIPE_SLOTS),
     Action(3, "write_recipe_notes", lambda c: {"notes": "Autopilot run: scaffold defaults from references/recipes.yaml after the live attempts logged above."},
            done=_file("meta/recipe.md")),
     Action(4, "render_scaffold", _none, done=lambda c: all((c.run_dir / f).is_file() for f in gates.PROJECT_FILES)),
     Action(4, "docker_build", _none, done=lambda c: bool((c.state.records.get("build") or {}).get("ok"))),
-    _job("prepare", 4),
-    _job("smoke", 4),
+    _job("prepare", 4, _file("data/meta.json")),
+    _job("smoke", 4, lambda c: gates._json(c.run_dir / "reports/smoke.json").get("passed") is True),
     Action(4, "preflight", _none, done=_file("meta/preflight.json")),
     Action(5, "docker_run", lambda c: {"job": "baseline"}, when=lambda c: not c.config.skip_baseline, done=_file("reports/baseline_results.json")),
     Action(5, "docker_run", lambda c: {"job": "train"}, done=lambda c: _file("checkpoints/final")(c) or _training(c), once=False),
     Action(5, "train_status", lambda c: {"wait_s": 600}, done=_file("checkpoints/final"), when=_training, once=False,
            repeats=10_000),
     Action(5, "docker_run", lambda c: {"job": "eval"}, done=lambda c: gates.primary_metric(gates._json(c.run_dir / "reports/eval_results.json")) is not None),
-    Action(5, "docker_run", lambda c: {"job": "infer"}),
+    _job("infer", 5, lambda c: "reports/inference_samples/" not in " ".join(gates.gate5(c.run_dir, c.state))),
     Action(6, "hf_push", _none, when=lambda c: c.config.push_to_hub, done=lambda c: bool((c.state.records.get("hub") or {}).get("url"))),
     Action(6, "emit_rerun_skill", _none, done=lambda c: not gates.gate6(c.run_dir, c.state)),
 )
@@ -107,13 +107,13 @@ class AutopilotClient:
                     self.succeeded.add((self.actions[call[0]].tool, json.dumps(call[1], sort_keys=True)))
 
     def pick(self) -> tuple[int, dict[str, Any]] | None:
-        """The first action of the first unmet step that still has work."""
+        """The first action, up to the first unmet step, that still has work (a met gate does not skip its step's checks)."""
         ctx = self.ctx
         step = gates.first_unmet(ctx.run_dir, ctx.state)
         if step is None:
             return None
         for i, act in enumerate(self.actions):
-            if act.step != step or (act.when and not act.when(ctx)) or (act.done and act.done(ctx)):
+            if act.step > step or (act.when and not act.when(ctx)) or (act.done and act.done(ctx)):
                 continue
             args = act.args(ctx)
             if act.once and (act.tool, json.dumps(args, sort_keys=True)) in self.succeeded:

@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DEMO_SETTINGS = ["--n-epochs", "12", "--set", "learning_rate=1e-3", "--set", "per_device_train_batch_size=32", "--set", "warmup_ratio=0.05",
+DEMO_SETTINGS = ["--n-epochs", "30", "--set", "learning_rate=1e-3", "--set", "per_device_train_batch_size=32", "--set", "warmup_ratio=0.05",
                  "--set", "gradient_accumulation_steps=1", "--set", "lr_scheduler_type=cosine",
                  "--set", "recipe.train_transforms=none: resize and normalise only (digits are not flip-invariant)"]
 

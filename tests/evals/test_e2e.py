@@ -35,6 +35,25 @@ def test_demo_fine_tunes_digits_through_all_gates(tmp_path, capsys):
     assert "fallback to reference" in cfg
 
 
+def test_a_stopped_run_resumes_at_the_first_unmet_gate(tmp_path):
+    from tao_finetune.agent.cli import DEMO_SETTINGS
+    from tao_finetune.agent.demo import demo_inputs
+
+    inputs = demo_inputs(tmp_path / "inputs")
+    run = tmp_path / "run"
+    argv = ["run", "--model-id", inputs["model_id"], "--local-dataset-path", inputs["local_dataset_path"], "--output-dir", str(run),
+            "--llm", "autopilot", "--platform", "local", "--allow-cpu", "--no-push-to-hub", "--yes", "--quiet", *DEMO_SETTINGS,
+            "--set", "n_epochs=1"]
+    assert main([*argv, "--max-steps", "6"]) == 1
+    assert gates.first_unmet(run, RunState.load(run)) == 3
+    lines = (run / "session.jsonl").read_text().splitlines()
+    assert main(argv) == 0
+    second = [json.loads(x) for x in (run / "session.jsonl").read_text().splitlines()[len(lines):]]
+    called = [e["name"] for e in second if e["kind"] == "tool_call"]
+    assert called[0] == "fetch_docs" and not {"probe_model", "probe_dataset", "audit_hardware"} & set(called)
+    assert gates.first_unmet(run, RunState.load(run)) is None
+
+
 def sentiment_csv(root: Path, n: int = 240) -> Path:
     pos = ["great", "wonderful", "excellent", "lovely", "fantastic", "superb"]
     neg = ["terrible", "awful", "horrible", "boring", "dreadful", "poor"]
