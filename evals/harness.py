@@ -25,7 +25,7 @@ class Case:
     args: list[str]
     driver: str = "autopilot"
     replay: str | None = None
-    demo_inputs: bool = False
+    demo_inputs: bool = False  # build the demo model + digits and use the demo's settings
     expect: dict[str, Any] = field(default_factory=dict)
 
 
@@ -104,7 +104,7 @@ def score_run(case: Case, run_dir: Path, code: int, seconds: float) -> Score:
 
 def run_case(case: Case, out: Path) -> Score:
     """Run one case into out/<id> and score it."""
-    from tao_finetune.agent.cli import main
+    from tao_finetune.agent.cli import DEMO_SETTINGS, main
     from tao_finetune.agent.demo import demo_inputs
 
     run_dir = out / case.id
@@ -113,7 +113,7 @@ def run_case(case: Case, out: Path) -> Score:
         argv += ["--replay", case.replay]
     if case.demo_inputs:
         inputs = demo_inputs(out / "demo-inputs")
-        argv += ["--model-id", inputs["model_id"], "--local-dataset-path", inputs["local_dataset_path"]]
+        argv += ["--model-id", inputs["model_id"], "--local-dataset-path", inputs["local_dataset_path"], *DEMO_SETTINGS]
     t0 = time.monotonic()
     code = main(argv)
     return score_run(case, run_dir, code, time.monotonic() - t0)
