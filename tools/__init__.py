@@ -18,6 +18,7 @@ MODULES = (
     "project",
     "jobs",
     "hub",
+    "report",
 )
 
 
