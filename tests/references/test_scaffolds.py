@@ -3,6 +3,7 @@
 import csv
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -238,3 +239,18 @@ def test_prepare_loads_a_hub_dataset_through_hf_endpoint(tmp_path, digits, local
     meta = json.loads((ctx.run_dir / "data" / "meta.json").read_text())
     assert meta["label_names"] == D.CLASSES and meta["source"] == "org/digits"
     assert np.load(ctx.run_dir / "data" / "train_pixel_values.npy").shape == (12, 3, 32, 32)
+
+
+def test_flip_augmentation_follows_the_recipe_text(monkeypatch):
+    monkeypatch.syspath_prepend(str(REFS / "scaffolds" / "common"))
+    monkeypatch.syspath_prepend(str(REFS / "scaffolds" / "image-classification"))
+    try:
+        from prepare_data import wants_hflip
+
+        assert wants_hflip("Compose([RandomResizedCrop(size), RandomHorizontalFlip(), ToTensor()])")
+        assert wants_hflip("resize, random horizontal flip, normalise")
+        assert not wants_hflip("none: resize and normalise only (digits are not flip-invariant)")
+        assert not wants_hflip("Resize(size), CenterCrop(size), Normalize(mean, std)")
+    finally:  # the scaffold's modules have top-level names: keep them out of sys.modules
+        for name in ("prepare_data", "common", "sources"):
+            sys.modules.pop(name, None)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
+import re
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -127,6 +128,14 @@ def build_split(table, idx: np.ndarray, spec: dict) -> tuple[np.ndarray, list]:
     return pixels, labels
 
 
+def wants_hflip(train_transforms: str) -> bool:
+    """Random horizontal flips when the recipe's train transforms name one (and do not rule it out)."""
+    text = train_transforms.lower()
+    named = re.search(r"horizontal[\s_-]?flip|hflip", text)
+    refused = re.search(r"\b(no|not|without|none)\b[^.;]*flip", text)
+    return bool(named and not refused)
+
+
 def main() -> int:
     cfg = load_config()
     tables = open_splits(cfg)
@@ -142,7 +151,7 @@ def main() -> int:
     meta = {"task": "image-classification", "label_names": names, "columns": train_t.columns,
             "n_train": int(len(tr)), "n_eval": int(len(ev)), "height": spec["height"], "width": spec["width"],
             "image_mean": spec["image_mean"], "image_std": spec["image_std"], "processor": spec["processor"],
-            "hflip": "flip" in aug, "source": cfg.get("dataset_id") or cfg.get("local_dataset_path")}
+            "hflip": wants_hflip(aug), "source": cfg.get("dataset_id") or cfg.get("local_dataset_path")}
     write_json(DATA / "meta.json", meta)
     print(f"prepared {len(tr)} train / {len(ev)} eval images at {spec['height']}x{spec['width']}, {len(names)} classes")
     return 0
