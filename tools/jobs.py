@@ -350,5 +350,6 @@ def train_status(ctx: RunContext, args: StatusArgs) -> dict:
         return {**rec, "next": "docker_run job=eval, then job=infer"}
     if st.get("stopped"):
         return {"state": "stopped", **prog, "next": "docker_run job=train resumes from the newest checkpoint"}
-    handle_failure(ctx, "train", st.get("exit_code"), st.get("log_tail", ""))
+    oom = "\nOutOfMemoryError: the container was OOM-killed" if st.get("oom_killed") else ""
+    handle_failure(ctx, "train", st.get("exit_code"), st.get("log_tail", "") + oom)
     raise AssertionError("unreachable")
