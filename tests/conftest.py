@@ -10,5 +10,7 @@ os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ["WANDB_MODE"] = "disabled"
+# shared 2-core runners: more torch threads than free cores makes training spin (measured 50x slower)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.pop("HF_TOKEN", None)
 os.environ.pop("ANTHROPIC_API_KEY", None)
