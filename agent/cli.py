@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 
 from tao_finetune.agent import gates

@@ -58,7 +58,8 @@ def _config(run_dir: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A JSON object from a file, or {} when it is missing, malformed or not an object."""
     try:
         data = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -131,9 +132,9 @@ def gate4(run_dir: Path, state: RunState) -> list[str]:
     missing = [f for f in project_files(cfg) if not (run_dir / f).is_file()]
     if not (state.records.get("build") or {}).get("ok"):
         missing.append("image built")
-    if _json(run_dir / "reports" / "smoke.json").get("passed") is not True:
+    if read_json(run_dir / "reports" / "smoke.json").get("passed") is not True:
         missing.append("smoke passed")
-    pre = _json(run_dir / "meta" / "preflight.json")
+    pre = read_json(run_dir / "meta" / "preflight.json")
     if not pre:
         missing.append("preflight summary")
     else:
@@ -145,7 +146,7 @@ def gate5(run_dir: Path, state: RunState) -> list[str]:
     cfg = _config(run_dir)
     ckpt = run_dir / "checkpoints" / ("merged" if uses_lora_merge(cfg) else "final")
     missing = [] if ckpt.is_dir() and any(ckpt.iterdir()) else [f"checkpoints/{ckpt.name}/"]
-    if primary_metric(_json(run_dir / "reports" / "eval_results.json")) is None:
+    if primary_metric(read_json(run_dir / "reports" / "eval_results.json")) is None:
         missing.append("reports/eval_results.json with a numeric primary metric")
     if not cfg.get("skip_baseline") and not (run_dir / "reports" / "baseline_results.json").is_file():
         missing.append("reports/baseline_results.json")

@@ -74,7 +74,7 @@ def score_run(case: Case, run_dir: Path, code: int, seconds: float) -> Score:
     cost = sum(e.get("cost_usd", 0.0) for e in events if e["kind"] == "response")
 
     def metric(name: str) -> float | None:
-        return gates.primary_metric(gates._json(run_dir / "reports" / name))
+        return gates.primary_metric(gates.read_json(run_dir / "reports" / name))
 
     primary, baseline = metric("eval_results.json"), metric("baseline_results.json")
     exp, fails = case.expect, []

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, Field
 
 from tao_finetune.agent.context import RunContext
-from tao_finetune.agent.gates import N_SAMPLES, primary_metric
+from tao_finetune.agent.gates import N_SAMPLES, primary_metric, read_json
 from tao_finetune.tools.base import NeedsUser, NoArgs, ToolError, tool
 
 PLAYBOOK = Path(__file__).resolve().parent.parent / "references" / "error_playbook.yaml"
@@ -151,14 +151,6 @@ def handle_failure(ctx: RunContext, job: str, exit_code: int | None, log_text: s
     raise ToolError(f"{head}; playbook {entry['id']}: {entry.get('fix', '')}; {todo}\n--- log tail ---\n{tail}")
 
 
-def _json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _platform(ctx: RunContext):
     if ctx.platform is None:
         raise ToolError("no execution platform configured for this run")
@@ -199,18 +191,18 @@ def command(ctx: RunContext, job: str, max_steps: int | None = None) -> list[str
 def _check_outputs(ctx: RunContext, job: str) -> dict:
     run = ctx.run_dir
     if job == "prepare":
-        meta = _json(run / "data" / "meta.json")
+        meta = read_json(run / "data" / "meta.json")
         if not meta:
             raise ToolError("prepare_data.py exited 0 but wrote no data/meta.json")
         return {k: meta.get(k) for k in ("n_train", "n_eval", "columns")} | {"num_labels": len(meta.get("label_names", []))}
     if job == "smoke":
-        smoke = _json(run / "reports" / "smoke.json")
+        smoke = read_json(run / "reports" / "smoke.json")
         if smoke.get("passed") is not True:
             raise ToolError(f"smoke did not pass: {json.dumps(smoke)[:600]}")
         return {k: smoke.get(k) for k in ("passed", "loss", "grad_norm", "finite_loss", "grad_norm_positive", "seconds")}
     if job in ("baseline", "eval"):
         name = "baseline_results.json" if job == "baseline" else "eval_results.json"
-        res = _json(run / "reports" / name)
+        res = read_json(run / "reports" / name)
         if primary_metric(res) is None:
             raise ToolError(f"reports/{name} has no numeric primary metric: {json.dumps(res)[:400]}")
         return {k: v for k, v in res.items() if isinstance(v, (int, float, str)) and k != "model"}
@@ -219,7 +211,7 @@ def _check_outputs(ctx: RunContext, job: str) -> dict:
         files = sorted(p.name for p in d.iterdir() if p.is_file()) if d.is_dir() else []
         if len(files) < N_SAMPLES:
             raise ToolError(f"reports/inference_samples/ has {len(files)} files, {N_SAMPLES} needed")
-        return {"samples": files[:N_SAMPLES], "summary": _json(run / "reports" / "inference_summary.json").get("samples")}
+        return {"samples": files[:N_SAMPLES], "summary": read_json(run / "reports" / "inference_summary.json").get("samples")}
     return {}
 
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from tao_finetune.agent.config import atomic_write_text
 from tao_finetune.agent.context import RunContext
+from tao_finetune.agent.gates import read_json
 from tao_finetune.tools.base import NoArgs, ToolError, tool
 
 HEADER = """\
@@ -179,20 +180,12 @@ def render_scaffold(ctx: RunContext, args: RenderArgs) -> dict:
             "not_applied": fixes["other"], "env": sorted(fixes["env"])}
 
 
-def _json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def preflight_fields(ctx: RunContext) -> dict[str, str]:
     """The preflight summary's fields; a blank value means something is missing."""
     cfg = ctx.config
     run = ctx.run_dir
     urls = list(cfg.research_sources) or sorted({s.source for s in cfg.recipe.values() if s.source})
-    meta = _json(run / "data" / "meta.json")
+    meta = read_json(run / "data" / "meta.json")
     cols = meta.get("columns") or (cfg.dataset_facts or {}).get("columns") or []
     renames = ", ".join(f"{k}->{v}" for k, v in cfg.column_renames.items())
     columns = ", ".join(map(str, cols))
@@ -222,7 +215,7 @@ def preflight_fields(ctx: RunContext) -> dict[str, str]:
         hardware = "CPU only (--allow-cpu)"
     else:
         hardware = ""
-    smoke = _json(run / "reports" / "smoke.json")
+    smoke = read_json(run / "reports" / "smoke.json")
     if smoke.get("passed") is True:
         smoke_text = f"PASSED (loss {smoke.get('loss'):.4g}, grad_norm {smoke.get('grad_norm'):.4g} at step 1)"
     else:

@@ -61,8 +61,8 @@ def sample_html(folder: Path) -> str:
 
 def render_report(run_dir: Path, title: str) -> str:
     """The whole report page."""
-    ev = gates._json(run_dir / "reports" / "eval_results.json")
-    base = gates._json(run_dir / "reports" / "baseline_results.json")
+    ev = gates.read_json(run_dir / "reports" / "eval_results.json")
+    base = gates.read_json(run_dir / "reports" / "baseline_results.json")
     metric = ev.get("primary_metric")
     rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(base.get(k, '-')))}</td><td>{html.escape(str(v))}</td></tr>"
                    for k, v in ev.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
@@ -81,7 +81,7 @@ def write_report(ctx: RunContext, args: NoArgs) -> dict:
     """Write reports/report.html (loss curve, baseline vs fine-tuned metrics, inference samples) when emit_report is on."""
     if not ctx.config.emit_report:
         raise ToolError("emit_report is off in config.yaml; the report is opt-in")
-    if gates.primary_metric(gates._json(ctx.run_dir / "reports" / "eval_results.json")) is None:
+    if gates.primary_metric(gates.read_json(ctx.run_dir / "reports" / "eval_results.json")) is None:
         raise ToolError("no reports/eval_results.json with a primary metric yet: docker_run job=eval first")
     out = ctx.run_dir / "reports" / "report.html"
     atomic_write_text(out, render_report(ctx.run_dir, f"{ctx.config.model_id} fine-tune"))

@@ -15,7 +15,7 @@ from tao_finetune.agent.secrets import Credentials
 from tao_finetune.agent.session import SessionLog
 from tao_finetune.tools.base import NeedsUser, ToolError
 from tao_finetune.tools.dataset import probe_dataset_facts
-from tao_finetune.tools.probe import compact_model_facts, hub_env, probe_model_facts
+from tao_finetune.tools.probe import hub_env, probe_model_facts
 from tao_finetune.tools.task import qualify_config
 
 EXIT_ACCEPT, EXIT_REJECT, EXIT_ASK = 0, 2, 3

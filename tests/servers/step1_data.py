@@ -171,7 +171,11 @@ def local_hub(tmp_path, monkeypatch):
         monkeypatch.delenv("HF_DATASETS_CACHE", raising=False)
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         monkeypatch.delenv("HF_TOKEN", raising=False)
-        yield hub
+        from tao_finetune.tools.probe import hub_env
+
+        # huggingface_hub and datasets read these once at import, and tests start offline (tests/conftest.py)
+        with hub_env():
+            yield hub
 
 
 def digits_parquet(path: Path, n_per_class: int = 4) -> Path:
