@@ -350,12 +350,14 @@ def _rerun_commands(ctx: RunContext) -> str:
     from tao_finetune.tools.jobs import command
 
     cfg, out = ctx.config, ctx.config.out
-    short = cfg.short_name
     if cfg.platform == "local":
         prefix, lines = "", [f"cd {out}", "python -m pip install -r requirements.txt"]
     else:
-        prefix = f'docker run --rm --gpus all --ipc=host -v "$PWD":/workspace -w /workspace run-{short}:latest '
-        lines = [f"cd {out}", f"docker build -t run-{short}:latest ."]
+        from tao_finetune.tools.runtime.docker import default_shm_size, image_tag
+
+        tag, shm = image_tag(cfg.short_name), default_shm_size() // 2**30
+        prefix = f'docker run --rm --gpus all --shm-size={shm}g -v "$PWD":/workspace -w /workspace {tag} '
+        lines = [f"cd {out}", f"docker build -t {tag} ."]
     jobs = ["prepare", "smoke", *([] if cfg.skip_baseline else ["baseline"]), "train"]
     jobs += ["merge"] if gates.uses_lora_merge(cfg.model_dump()) else []
     jobs += ["eval", "infer"]
