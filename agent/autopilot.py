@@ -26,6 +26,11 @@ class Action:
     may_fail: bool = False
     repeats: int = 4
 
+    @property
+    def retry(self) -> bool:
+        """Job failures are retried: the error playbook changes the config before the next try."""
+        return self.tool in ("docker_run", "train_status")
+
 
 def _none(ctx: RunContext) -> dict[str, Any]:
     return {}
@@ -95,17 +100,23 @@ class AutopilotClient:
         self.calls: dict[str, tuple[int, dict[str, Any]]] = {}
         self.succeeded: set[tuple[str, str]] = set()
         self.picks: dict[tuple[int, str], int] = {}
+        self.failed: tuple[Action, str] | None = None
         self.n = 0
 
     def _learn(self, messages: list[dict[str, Any]]) -> None:
         last = messages[-1] if messages else {}
         if last.get("role") != "user" or not isinstance(last.get("content"), list):
             return
+        self.failed = None
         for block in last["content"]:
-            if block.get("type") == "tool_result" and not block.get("is_error"):
-                call = self.calls.get(block["tool_use_id"])
-                if call:
-                    self.succeeded.add((self.actions[call[0]].tool, json.dumps(call[1], sort_keys=True)))
+            call = self.calls.get(block.get("tool_use_id", ""))
+            if block.get("type") != "tool_result" or not call:
+                continue
+            act = self.actions[call[0]]
+            if not block.get("is_error"):
+                self.succeeded.add((act.tool, json.dumps(call[1], sort_keys=True)))
+            elif not (act.retry or act.may_fail):
+                self.failed = (act, str(block.get("content", "")).splitlines()[0][:500])
 
     def pick(self) -> tuple[int, dict[str, Any]] | None:
         """The first action, up to the first unmet step, that still has work (a met gate does not skip its step's checks)."""
@@ -130,6 +141,12 @@ class AutopilotClient:
 
     def create(self, *, system: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_tokens: int) -> LLMResponse:
         self._learn(messages)
+        if self.failed:
+            act, error = self.failed
+            self.n += 1
+            question = f"{act.tool} failed: {error}. The autopilot does not guess a fix; correct the input and re-run."
+            return LLMResponse([{"type": "tool_use", "id": f"toolu_auto_{self.n:04d}", "name": "ask_user", "input": {"question": question}}],
+                               "tool_use", "autopilot")
         picked = self.pick()
         if picked is None:
             step = gates.first_unmet(self.ctx.run_dir, self.ctx.state)

@@ -228,7 +228,7 @@ def run_command(args: argparse.Namespace) -> int:
         print(summary(run_dir, state))
     elif result.code == EXIT_ASK:
         console.print(f"[bold yellow]question[/]: {result.message}")
-        console.print(f"answer: re-run the same command with --answer \"...\" ({getattr(result, 'how_to_answer', '')})")
+        console.print(f"to answer: {getattr(result, 'how_to_answer', '') or 're-run the same command with --answer TEXT'}")
     else:
         console.print(f"[bold red]stopped[/]: {result.message}")
     return result.code

@@ -67,7 +67,7 @@ class AskUserArgs(BaseModel):
 @tool(step=0)
 def ask_user(ctx: RunContext, args: AskUserArgs) -> str:
     """Stop and ask the user a question (a decision you may not take yourself)."""
-    raise NeedsUser(args.question, "answer with --answer TEXT (or the flag it names) and re-run the same command")
+    raise NeedsUser(args.question, "re-run the same command with --answer TEXT (or with the flag the question names)")
 
 
 class SetConfigArgs(BaseModel):
