@@ -177,7 +177,7 @@ def summary(run_dir: Path, state: RunState) -> str:
     if metric and isinstance(ev.get(metric), (int, float)):
         b = base.get(metric)
         delta = f" (Δ {ev[metric] - b:+.4f})" if isinstance(b, (int, float)) else ""
-        lines.append(f"{metric}: {b if b is not None else 'n/a'} → {ev[metric]:.4f}{delta}")
+        lines.append(f"{metric}: {f'{b:.4f}' if isinstance(b, (int, float)) else 'n/a'} → {ev[metric]:.4f}{delta}")
     hub = (state.records.get("hub") or {}).get("url")
     lines.append(f"hub: {hub or 'not pushed'}")
     if (state.records.get("train") or {}).get("wandb_url"):

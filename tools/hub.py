@@ -219,6 +219,7 @@ def model_card(cfg: RunConfig, run_dir: Path, repo_id: str, skill_rel: str | Non
     dataset = _dataset_label(cfg)
     hp = _table(("hyperparameter", "value", "source"), _hp_rows(cfg))
     recipe_rows = [(s, cfg.recipe[s].value, cfg.recipe[s].rank, cfg.recipe[s].source) for s in gates.RECIPE_SLOTS if s in cfg.recipe and s != "hyperparameters"]
+    n_train, n_eval = used_sizes(cfg, run_dir)
     skill_line = (
         f"The run can be repeated without new research with the rerun skill [`{skill_rel}`]({skill_rel})."
         if skill_rel
@@ -228,7 +229,7 @@ def model_card(cfg: RunConfig, run_dir: Path, repo_id: str, skill_rel: str | Non
         f"# {repo_id.split('/')[-1]}",
         "",
         f"[{cfg.model_id}]({hub_endpoint()}/{cfg.model_id}) fine-tuned for **{task}** on **{dataset}** "
-        f"({cfg.n_train} train / {cfg.n_eval} eval examples, {cfg.n_epochs:g} epochs) with tao-finetune.",
+        f"({n_train} train / {n_eval} eval examples, {cfg.n_epochs:g} epochs) with tao-finetune.",
         "",
         "## Results",
         "",
@@ -338,6 +339,12 @@ def hf_push(ctx: RunContext, args: NoArgs) -> dict:
     return {**record, "files": len(ops), "uploaded": [op.path_in_repo for op in ops][:40]}
 
 
+def used_sizes(cfg: RunConfig, run_dir: Path) -> tuple[int, int]:
+    """Train/eval examples actually used (prepare_data's data/meta.json), else the requested subset sizes."""
+    meta = gates.read_json(run_dir / "data" / "meta.json")
+    return int(meta.get("n_train") or cfg.n_train), int(meta.get("n_eval") or cfg.n_eval)
+
+
 def _version() -> str:
     try:
         return metadata.version("tao-finetune")
@@ -393,19 +400,20 @@ def skill_values(ctx: RunContext) -> dict[str, str]:
          cfg.recipe[slot].rank if slot in cfg.recipe else "-", cfg.recipe[slot].source if slot in cfg.recipe else "-")
         for slot in gates.RECIPE_SLOTS
     ]
+    n_train, n_eval = used_sizes(cfg, run_dir)
     return {
         "skill_name": gates.skill_name(cfg.model_id),
         "description": (
             f"Rerun the {cfg.task_type} fine-tune of {cfg.model_id} on {dataset} "
-            f"({cfg.n_train}/{cfg.n_eval} subset, {cfg.n_epochs:g} epochs) with the recorded recipe and container. "
+            f"({n_train}/{n_eval} subset, {cfg.n_epochs:g} epochs) with the recorded recipe and container. "
             "Use to reproduce or retrain this model without new research."
         )[:1024],
         "compatibility": compat[:500],
         "model_id": cfg.model_id,
         "dataset": dataset,
         "task_type": str(cfg.task_type),
-        "n_train": str(cfg.n_train),
-        "n_eval": str(cfg.n_eval),
+        "n_train": str(n_train),
+        "n_eval": str(n_eval),
         "n_epochs": f"{cfg.n_epochs:g}",
         "training_method": cfg.hyperparameters.training_method + (f" (r={cfg.lora_r})" if cfg.hyperparameters.training_method == "lora" else ""),
         "image": str(image),

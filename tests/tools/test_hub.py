@@ -261,3 +261,16 @@ def test_shipped_template_fills_every_placeholder(tmp_path):
     template = hub.read_reference_text("pipeline-skill-template.md")
     names = {m[1:-1] for m in gates.PLACEHOLDER.findall(template)}
     assert names and names <= set(hub.skill_values(ctx))
+
+
+def test_card_and_skill_report_the_sizes_actually_used(tmp_path):
+    import json as _json
+
+    from tao_finetune.agent.config import RunConfig
+    from tao_finetune.tools.hub import used_sizes
+
+    cfg = RunConfig(model_id="org/m", dataset_id="d", output_dir=str(tmp_path))
+    assert used_sizes(cfg, tmp_path) == (10000, 1000)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "meta.json").write_text(_json.dumps({"n_train": 1438, "n_eval": 359}))
+    assert used_sizes(cfg, tmp_path) == (1438, 359)
