@@ -25,11 +25,12 @@ class Action:
     once: bool = True
     may_fail: bool = False
     repeats: int = 4
+    playbook: bool = True
 
     @property
     def retry(self) -> bool:
-        """Job failures are retried: the error playbook changes the config before the next try."""
-        return self.tool in ("docker_run", "train_status")
+        """Job failures are retried: the error playbook changes the config before the next try (playbook=False: it does not)."""
+        return self.playbook and self.tool in ("docker_run", "train_status")
 
 
 def _none(ctx: RunContext) -> dict[str, Any]:
@@ -55,6 +56,10 @@ def _file(rel: str) -> Predicate:
     return lambda c: (c.run_dir / rel).exists()
 
 
+def _project_files(ctx: RunContext) -> tuple[str, ...]:
+    return gates.PROJECT_FILES + (("tests/test_project.py",) if ctx.config.emit_unit_tests else ())
+
+
 def _training(ctx: RunContext) -> bool:
     return ctx.platform is not None and bool(ctx.platform.status(ctx, "train").get("running"))
 
@@ -72,10 +77,12 @@ ACTIONS: tuple[Action, ...] = (
     *(_recipe_slot(s) for s in gates.RECIPE_SLOTS),
     Action(3, "write_recipe_notes", lambda c: {"notes": "Autopilot run: scaffold defaults from references/recipes.yaml after the live attempts logged above."},
            done=_file("meta/recipe.md")),
-    Action(4, "render_scaffold", _none, done=lambda c: all((c.run_dir / f).is_file() for f in gates.PROJECT_FILES)),
+    Action(4, "render_scaffold", _none, done=lambda c: all((c.run_dir / f).is_file() for f in _project_files(c))),
     Action(4, "docker_build", _none, done=lambda c: bool((c.state.records.get("build") or {}).get("ok"))),
     _job("prepare", 4, _file("data/meta.json")),
     _job("smoke", 4, lambda c: gates.read_json(c.run_dir / "reports/smoke.json").get("passed") is True),
+    Action(4, "docker_run", lambda c: {"job": "tests"}, when=lambda c: c.config.emit_unit_tests, playbook=False,
+           done=lambda c: gates.read_json(c.run_dir / "reports/unit_tests.json").get("passed") is True),
     Action(4, "preflight", _none, done=_file("meta/preflight.json")),
     Action(5, "docker_run", lambda c: {"job": "baseline"}, when=lambda c: not c.config.skip_baseline, done=_file("reports/baseline_results.json")),
     Action(5, "docker_run", lambda c: {"job": "train"}, done=lambda c: _file("checkpoints/final")(c) or _training(c), once=False),

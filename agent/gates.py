@@ -134,6 +134,8 @@ def gate4(run_dir: Path, state: RunState) -> list[str]:
         missing.append("image built")
     if read_json(run_dir / "reports" / "smoke.json").get("passed") is not True:
         missing.append("smoke passed")
+    if cfg.get("emit_unit_tests") and read_json(run_dir / "reports" / "unit_tests.json").get("passed") is not True:
+        missing.append("unit tests passed (emit_unit_tests)")
     pre = read_json(run_dir / "meta" / "preflight.json")
     if not pre:
         missing.append("preflight summary")

@@ -12,16 +12,18 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field
 
+from tao_finetune.agent.config import atomic_write_text
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.gates import N_SAMPLES, primary_metric, read_json
 from tao_finetune.tools.base import NeedsUser, NoArgs, ToolError, tool
 
 PLAYBOOK = Path(__file__).resolve().parent.parent / "references" / "error_playbook.yaml"
-Job = Literal["prepare", "smoke", "baseline", "eval", "infer", "train", "merge"]
+Job = Literal["prepare", "smoke", "tests", "baseline", "eval", "infer", "train", "merge"]
 Trend = Literal["falling", "flat", "rising", "nan", "too_early"]
 SCRIPTS: dict[str, list[str]] = {
     "prepare": ["prepare_data.py"],
     "smoke": ["train.py", "--smoke"],
+    "tests": ["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/"],
     "baseline": ["run_eval.py", "--baseline"],
     "train": ["train.py"],
     "eval": ["run_eval.py"],
@@ -29,6 +31,7 @@ SCRIPTS: dict[str, list[str]] = {
     "merge": ["merge_lora.py"],
 }
 METRICS = "logs/metrics.jsonl"
+UNIT_TESTS = "reports/unit_tests.json"
 MAX_SAME_ERROR = 3
 FLAT_MIN_STEP = 50  # from-scratch models sit at chance for tens of steps; pretrained ones drop within 10-20
 
@@ -169,12 +172,13 @@ def docker_build(ctx: RunContext, args: NoArgs) -> dict:
 
 
 class RunArgs(BaseModel):
-    job: Job = Field(description="prepare | smoke | baseline | train | eval | infer | merge (merge only for VLM LoRA)")
+    job: Job = Field(description="prepare | smoke | tests (pytest tests/, only with emit_unit_tests) | baseline | train | eval | infer | "
+                                 "merge (merge only for VLM LoRA)")
     max_steps: int | None = Field(None, ge=1, description="smoke only: optimizer steps to run (default 1)")
 
 
 def _job_step(args: RunArgs) -> int:
-    return 4 if args.job in ("prepare", "smoke") else 5
+    return 4 if args.job in ("prepare", "smoke", "tests") else 5
 
 
 def command(ctx: RunContext, job: str, max_steps: int | None = None) -> list[str]:
@@ -215,11 +219,44 @@ def _check_outputs(ctx: RunContext, job: str) -> dict:
     return {}
 
 
+def pytest_summary(log_text: str) -> str:
+    """pytest's closing line ('3 passed in 4.1s', '1 failed, 2 passed in ...'), else the last line of the log."""
+    lines = [ln.strip(" =") for ln in log_text.strip().splitlines() if ln.strip(" =")]
+    for ln in reversed(lines):
+        if re.search(r"\b(passed|failed|errors?|skipped|no tests ran)\b.* in [\d.]+s", ln):
+            return ln[:200]
+    return lines[-1][:200] if lines else "no output"
+
+
+def run_unit_tests(ctx: RunContext, plat, argv: list[str]) -> dict:
+    """Run the project's tests/ and write reports/unit_tests.json; a failure is a ToolError with the log tail."""
+    if not any((ctx.run_dir / "tests").glob("test_*.py")):
+        raise ToolError("tests/ has no test_*.py: set emit_unit_tests and render_scaffold, or write_file tests/test_project.py")
+    try:
+        res = plat.run(ctx, "tests", argv)
+        code, text, log = res.exit_code, res.log_tail, f"logs/{res.log_path.name}"
+    except ToolError as err:  # platforms that check the exit themselves (Docker) raise with the log tail
+        code, text, log = None, str(err), "logs/tests.log"
+    text = ctx.creds.redact(text)
+    summary = pytest_summary(text)
+    passed = code == 0
+    atomic_write_text(ctx.run_dir / UNIT_TESTS, json.dumps({"passed": passed, "summary": summary, "exit_code": code}, indent=1))
+    ctx.session.event("job_end", job="tests", exit_code=code, passed=passed, summary=summary)
+    if not passed:
+        raise ToolError(f"unit tests failed (exit {code}): {summary}; fix the project code with write_file, then run "
+                        f"docker_run job=tests again\n--- log tail ---\n{text[-2000:]}")
+    return {"job": "tests", "exit_code": 0, "passed": True, "summary": summary, "log": log, "report": UNIT_TESTS}
+
+
 @tool(step=5, step_for=_job_step)
 def docker_run(ctx: RunContext, args: RunArgs) -> dict:
-    """Run one project job (prepare, smoke, baseline, train detached, eval, infer, merge) on the platform and check its outputs."""
+    """Run one project job (prepare, smoke, tests, baseline, train detached, eval, infer, merge) on the platform and check its outputs."""
     plat = _platform(ctx)
     run = ctx.run_dir
+    if args.job == "tests":
+        argv = command(ctx, "tests")
+        ctx.session.event("job_start", job="tests", argv=argv)
+        return run_unit_tests(ctx, plat, argv)
     script = run / SCRIPTS[args.job][0]
     if not script.is_file():
         raise ToolError(f"{script.name} is missing: render_scaffold or write_file it first")

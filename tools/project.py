@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform as _platform
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -38,6 +39,7 @@ SCAFFOLDS = REFERENCES / "scaffolds"
 COMPAT_RULES = REFERENCES / "compat_rules.yaml"
 RENAMES = {"gitignore": ".gitignore"}
 SCAFFOLD_TASKS = ("image-classification", "text-classification")
+UNIT_TESTS = "test_project.py"  # per task; rendered as tests/test_project.py only when emit_unit_tests is on
 RUNTIME_ENV = "meta/runtime_env.json"
 PREFLIGHT_FIELDS = ("reference_urls", "dataset", "columns", "push_target", "wandb", "image", "hardware", "smoke")
 
@@ -132,6 +134,18 @@ def render_requirements(template: str, pins: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def add_requirement(ctx: RunContext, package: str) -> bool:
+    """Append a package to an existing requirements.txt that does not name it; the built image is then stale."""
+    req = ctx.confine("requirements.txt")
+    lines = req.read_text().splitlines()
+    if any(re.match(rf"{re.escape(package)}\s*($|[=<>~!\[;])", ln.strip(), re.IGNORECASE) for ln in lines):
+        return False
+    atomic_write_text(req, "\n".join([*lines, package]) + "\n")
+    if ctx.state.records.get("build"):
+        ctx.state.records["build"] = {**ctx.state.records["build"], "ok": False, "stale": "requirements changed"}
+    return True
+
+
 def base_image(ctx: RunContext) -> str:
     """The image the Dockerfile starts from: the user's image, else the selected NGC image."""
     cfg = ctx.config
@@ -156,14 +170,18 @@ def render_scaffold(ctx: RunContext, args: RenderArgs) -> dict:
         raise ToolError(f"no scaffold for task {task!r} (have {', '.join(SCAFFOLD_TASKS)}); write the files with write_file")
     fixes = compat_fixes(list(ctx.config.applicable_workarounds or []), load_compat_rules())
     image = base_image(ctx)
+    tests = ctx.config.emit_unit_tests
+    extra = [*(["wandb"] if ctx.config.wandb else []), *(["pytest"] if tests else [])]
+    files = [(f, RENAMES.get(f.name, f.name)) for f in scaffold_files(str(task))]
+    if tests:
+        files.append((src / UNIT_TESTS, f"tests/{UNIT_TESTS}"))
     written, kept = [], []
-    for f in scaffold_files(str(task)):
-        rel = RENAMES.get(f.name, f.name)
+    for f, rel in files:
         text = f.read_text()
         if rel == "Dockerfile":
             text = render_dockerfile(text, image, fixes)
         elif rel == "requirements.txt":
-            text = render_requirements(text, [*fixes["requirements"], *(["wandb"] if ctx.config.wandb else [])])
+            text = render_requirements(text, [*fixes["requirements"], *extra])
         check_py(rel, text)
         target = ctx.confine(rel)
         if target.exists() and not args.overwrite:
@@ -171,6 +189,9 @@ def render_scaffold(ctx: RunContext, args: RenderArgs) -> dict:
             continue
         atomic_write_text(target, text)
         written.append(rel)
+    if tests and "requirements.txt" in kept and add_requirement(ctx, "pytest"):
+        kept.remove("requirements.txt")
+        written.append("requirements.txt")
     atomic_write_text(ctx.confine(RUNTIME_ENV), json.dumps(fixes["env"], indent=1))
     if fixes["other"]:
         ctx.config.note(f"workarounds not applied by the scaffold (config or code level): {', '.join(fixes['other'])}")
@@ -253,8 +274,9 @@ def preflight(ctx: RunContext, args: NoArgs) -> dict:
 
 
 def scaffold_files(task: str) -> list[Path]:
-    """The scaffold files rendered for a task (common + task-specific)."""
-    return [*sorted((SCAFFOLDS / "common").glob("*.py")), *sorted(p for p in (SCAFFOLDS / task).iterdir() if p.is_file())]
+    """The scaffold files rendered for a task (common + task-specific; the opt-in unit tests are not among them)."""
+    own = sorted(p for p in (SCAFFOLDS / task).iterdir() if p.is_file() and p.name != UNIT_TESTS)
+    return [*sorted((SCAFFOLDS / "common").glob("*.py")), *own]
 
 
 def copy_scaffold(task: str, dest: Path, base: str = "python:3.11-slim") -> None:
