@@ -236,7 +236,8 @@ def run_unit_tests(ctx: RunContext, plat, argv: list[str]) -> dict:
         res = plat.run(ctx, "tests", argv)
         code, text, log = res.exit_code, res.log_tail, f"logs/{res.log_path.name}"
     except ToolError as err:  # platforms that check the exit themselves (Docker) raise with the log tail
-        code, text, log = None, str(err), "logs/tests.log"
+        found = re.search(r"exited with code (-?\d+)", str(err))
+        code, text, log = int(found.group(1)) if found else None, str(err), "logs/tests.log"
     text = ctx.creds.redact(text)
     summary = pytest_summary(text)
     passed = code == 0
