@@ -153,6 +153,8 @@ def main() -> int:
     ap.add_argument("--models", default="vit-b16,convnext-t")
     ap.add_argument("--out", default=os.environ.get("OUT") or ".")
     ap.add_argument("--batch", type=int, default=BATCH, help="per-device batch (256 to compare with ANCHORS.md)")
+    ap.add_argument("--nproc", type=int, default=1, help="GPUs for the scaffold run (torchrun --nproc_per_node); figures are totals")
+    ap.add_argument("--no-synthetic", action="store_true", help="skip the synthetic reference loop")
     args = ap.parse_args()
     BATCH = args.batch
     import torch
@@ -181,15 +183,17 @@ def main() -> int:
                 cached = proj / "data"
             else:
                 shutil.copytree(cached, proj / "data")
-            wall = run([sys.executable, "train.py"], proj, env)
+            launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"] if args.nproc > 1 \
+                else [sys.executable]
+            wall = run([*launcher, "train.py"], proj, env)
             fig = scaffold_figures(proj)
-            row = {"model": name, "path": "scaffold train.py (cached uint8 shards, DataLoader workers)",
-                   "compiled": comp, **fig, "train_wall_s": round(wall, 1), "prepare_s": round(prep_s, 1),
+            row = {"model": name, "path": f"scaffold train.py (cached uint8 shards, DataLoader workers), {args.nproc} GPU",
+                   "compiled": comp, "gpus": args.nproc, **fig, "train_wall_s": round(wall, 1), "prepare_s": round(prep_s, 1),
                    "prepare_img_per_s": round(args.n_images / prep_s, 1),
-                   "vs_anchor": fig["samples_per_s"] / ANCHORS[name]}
+                   "vs_anchor": fig["samples_per_s"] / (ANCHORS[name] * args.nproc)}
             results["rows"].append(row)
             print(json.dumps(row), flush=True)
-        for mode in ("autocast", "pure_bf16") if torch.cuda.is_available() else ():
+        for mode in ("autocast", "pure_bf16") if torch.cuda.is_available() and not args.no_synthetic else ():
             fig = synthetic(model_dir, args.steps, mode)
             row = {"model": name, "path": f"synthetic tensors, {mode}, eager", "compiled": False, **fig,
                    "vs_anchor": fig["samples_per_s"] / ANCHORS[name]}
