@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -139,8 +140,6 @@ def make_client(args: argparse.Namespace, ctx):
         if not args.replay:
             raise ConfigError("--llm replay needs --replay SESSION.jsonl")
         return ReplayClient(args.replay)
-    import os
-
     from tao_finetune.agent.llm import AnthropicClient
 
     if not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):
