@@ -27,7 +27,8 @@ from tao_finetune.agent import gates
 from tao_finetune.agent.config import RunConfig, atomic_write_text
 from tao_finetune.agent.context import RunContext
 from tao_finetune.tools.base import NoArgs, ToolError, tool
-from tao_finetune.tools.research import hub_endpoint, read_reference_text
+from tao_finetune.tools.probe import endpoint
+from tao_finetune.tools.research import read_reference_text
 
 try:  # huggingface_hub 2.x talks through httpx2; 1.x through httpx
     import httpx2
@@ -228,7 +229,7 @@ def model_card(cfg: RunConfig, run_dir: Path, repo_id: str, skill_rel: str | Non
     body = [
         f"# {repo_id.split('/')[-1]}",
         "",
-        f"[{cfg.model_id}]({hub_endpoint()}/{cfg.model_id}) fine-tuned for **{task}** on **{dataset}** "
+        f"[{cfg.model_id}]({endpoint()}/{cfg.model_id}) fine-tuned for **{task}** on **{dataset}** "
         f"({n_train} train / {n_eval} eval examples, {cfg.n_epochs:g} epochs) with tao-finetune.",
         "",
         "## Results",
@@ -283,7 +284,7 @@ def _hub_error(ctx: RunContext, err: Exception, what: str, repo_id: str | None) 
         return ToolError(ctx.creds.redact(f"{what}: Hub error {status}: {first}"))
     if isinstance(err, OfflineModeIsEnabled):
         return ToolError(f"{what}: HF_HUB_OFFLINE is set, so the Hub cannot be reached")
-    return ToolError(f"{what}: network error reaching the Hub at {hub_endpoint()} ({type(err).__name__})")
+    return ToolError(f"{what}: network error reaching the Hub at {endpoint()} ({type(err).__name__})")
 
 
 @tool(step=6)
@@ -296,7 +297,7 @@ def hf_push(ctx: RunContext, args: NoArgs) -> dict:
         raise ToolError("HF_TOKEN is not set: add a write token to ~/.config/tao/.env, or set push_to_hub=false")
     if weights_dir(ctx.run_dir) is None:
         raise ToolError("no weights to push: checkpoints/final/ (or checkpoints/merged/) is missing or empty")
-    api = HfApi(endpoint=hub_endpoint())
+    api = HfApi(endpoint=endpoint())
     with _token_env(ctx):
         repo_id = cfg.hf_model_repo or f"{cfg.short_name}-finetuned"
         if "/" not in repo_id:
@@ -331,7 +332,7 @@ def hf_push(ctx: RunContext, args: NoArgs) -> dict:
             )
         except NET_ERRORS as err:
             raise _hub_error(ctx, err, f"push to {repo_id!r} failed", repo_id) from None
-    url = str(info.repo_url.url) if getattr(info, "repo_url", None) else f"{hub_endpoint()}/{repo_id}"
+    url = str(info.repo_url.url) if getattr(info, "repo_url", None) else f"{endpoint()}/{repo_id}"
     record = {"url": url, "repo_id": repo_id, "commit": info.oid, "commit_url": info.commit_url}
     ctx.state.record("hub", record)
     ctx.save()

@@ -46,7 +46,7 @@ OFFLINE_ERRORS = (OfflineModeIsEnabled, httpx.ConnectError, httpx.TimeoutExcepti
 
 def endpoint() -> str:
     """The Hub endpoint as the environment says now."""
-    return os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
 
 
 def offline() -> bool:

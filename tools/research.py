@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.gates import RECIPE_SLOTS
 from tao_finetune.agent.state import RunState
 from tao_finetune.tools.base import ToolError, tool
+from tao_finetune.tools.probe import endpoint
 
 REFERENCES = "tao_finetune.references"
 # training_method is the user's choice (core rule: never substitute it); research may only suggest it.
@@ -260,14 +260,9 @@ def slug(url: str) -> str:
     return f"{base or 'page'}-{hashlib.sha1(url.encode()).hexdigest()[:8]}"
 
 
-def hub_endpoint() -> str:
-    """The Hub endpoint (HF_ENDPOINT or huggingface.co), read at call time."""
-    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-
-
 def model_card_urls(model_id: str) -> tuple[str, str]:
     """The model card page and its raw README."""
-    base = f"{hub_endpoint()}/{model_id}"
+    base = f"{endpoint()}/{model_id}"
     return base, f"{base}/resolve/main/README.md"
 
 
