@@ -164,19 +164,13 @@ def echo_event(ev: dict[str, Any]) -> None:
 
 def summary(run_dir: Path, state: RunState) -> str:
     """The closing lines: metric baseline -> fine-tuned, URLs and paths."""
-    def load(name: str) -> dict:
-        try:
-            return json.loads((run_dir / "reports" / name).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
-
-    ev, base = load("eval_results.json"), load("baseline_results.json")
-    metric = ev.get("primary_metric")
+    ev = gates.read_json(run_dir / "reports" / "eval_results.json")
+    base = gates.read_json(run_dir / "reports" / "baseline_results.json")
+    value, b = gates.primary_metric(ev), gates.primary_metric({**base, "primary_metric": ev.get("primary_metric")})
     lines = []
-    if metric and isinstance(ev.get(metric), (int, float)):
-        b = base.get(metric)
-        delta = f" (Δ {ev[metric] - b:+.4f})" if isinstance(b, (int, float)) else ""
-        lines.append(f"{metric}: {f'{b:.4f}' if isinstance(b, (int, float)) else 'n/a'} → {ev[metric]:.4f}{delta}")
+    if value is not None:
+        delta = f" (Δ {value - b:+.4f})" if b is not None else ""
+        lines.append(f"{ev['primary_metric']}: {f'{b:.4f}' if b is not None else 'n/a'} → {value:.4f}{delta}")
     hub = (state.records.get("hub") or {}).get("url")
     lines.append(f"hub: {hub or 'not pushed'}")
     if (state.records.get("train") or {}).get("wandb_url"):
