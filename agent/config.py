@@ -58,6 +58,71 @@ class Hyperparameters(BaseModel):
     training_method: Literal["full", "lora"] = "full"
 
 
+class Columns(BaseModel):
+    """Which source column plays which role (after renames); None = the task does not use the role."""
+
+    model_config = ConfigDict(extra="forbid")
+    image: str | None = None
+    text: str | None = None
+    text_pair: str | None = None
+    label: str | None = None
+    objects: str | None = Field(None, description="object-detection: the column holding boxes + categories")
+    mask: str | None = Field(None, description="semantic-segmentation: the mask image column")
+    question: str | None = None
+    answer: str | None = None
+    evidence: dict[str, str] = Field(default_factory=dict, description="role -> why this column was chosen")
+
+
+class SplitPlan(BaseModel):
+    """How the source splits become the project's train and eval sets (Step 1 decides, prepare_data.py obeys)."""
+
+    model_config = ConfigDict(extra="forbid")
+    train_split: str | None = None
+    eval_split: str | None = Field(None, description="a source split used for eval; None = hold out eval_fraction of train")
+    eval_fraction: float = Field(0.1, gt=0, lt=1)
+    stratify_by: str | None = Field(None, description="column to stratify the hold-out by (the label for classification)")
+    seed: int = 42
+    n_train: int = Field(10000, ge=1, description="cap on training examples (a seeded subset when the split is larger)")
+    n_eval: int = Field(1000, ge=1, description="cap on eval examples")
+
+
+class LoraSpec(BaseModel):
+    """LoRA settings; target_modules None = derived from the loaded model's modules at run time."""
+
+    model_config = ConfigDict(extra="forbid")
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | None = None
+
+
+class ProjectSpec(BaseModel):
+    """Everything the generated project reads (config.yaml's `project:` section); Steps 1-3 fill it, code only reads it."""
+
+    model_config = ConfigDict(extra="forbid")
+    task_type: TaskType | None = None
+    model_id: str = ""
+    dataset_source: Literal["hf", "local"] | None = None
+    dataset_id: str | None = None
+    dataset_config: str | None = None
+    local_dataset_path: str | None = None
+    local_dataset_format: DatasetFormat = "auto"
+    columns: Columns = Field(default_factory=Columns)
+    column_renames: dict[str, str] = Field(default_factory=dict)
+    label_names: list[str] = Field(default_factory=list)
+    splits: SplitPlan = Field(default_factory=SplitPlan)
+    skip_files: list[str] = Field(default_factory=list, description="files Step 1 found unreadable; prepare_data.py skips exactly these")
+    image_size: int | None = Field(None, description="input resolution from the model's processor/config")
+    max_length: int | None = Field(None, description="text: token cap")
+    bbox_format: str | None = Field(None, description="object-detection: coco (xywh) | pascal_voc (xyxy) | ...")
+    ignore_index: int = Field(255, description="semantic-segmentation: label ignored by the loss and metrics")
+    reduce_labels: bool = Field(False, description="semantic-segmentation: background 0 dropped, labels shifted by -1")
+    training_method: Literal["full", "lora"] = "full"
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    recipe: dict[str, Any] = Field(default_factory=dict, description="slot -> value actually used (sources stay in RunConfig.recipe)")
+
+
 class RunConfig(BaseModel):
     """Every input of the spec with its default, plus what the steps record."""
 
@@ -103,6 +168,7 @@ class RunConfig(BaseModel):
     research_sources: list[str] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
     user_set: list[str] = Field(default_factory=list, description="dotted keys the user set explicitly")
+    project: ProjectSpec = Field(default_factory=ProjectSpec, description="the generated project's only input")
 
     @model_validator(mode="after")
     def _one_dataset(self) -> "RunConfig":
