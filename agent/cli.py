@@ -16,7 +16,9 @@ from tao_finetune.agent.config import ConfigError, RunConfig, apply_overrides, b
 from tao_finetune.agent.session import SessionLog
 from tao_finetune.agent.state import RunState
 
-EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_ASK, EXIT_GATE = 0, 1, 2, 3, 4
+from tao_finetune.agent.errors import ExitCode
+
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_ASK, EXIT_GATE = ExitCode.OK, ExitCode.BUG, ExitCode.BAD_INPUT, ExitCode.QUESTION, ExitCode.GATE_FAILED
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 LLMS = ("anthropic", "autopilot", "replay")
 

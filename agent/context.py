@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from tao_finetune.agent.config import RunConfig, save_config
+from tao_finetune.agent.errors import ToolError
 from tao_finetune.agent.state import RunState
 
 if TYPE_CHECKING:
@@ -73,8 +74,6 @@ class RunContext:
 
     def confine(self, rel: str) -> Path:
         """Resolve a path inside the run dir; refuses absolute paths, '..' and symlink escapes."""
-        from tao_finetune.tools.base import ToolError
-
         p = Path(rel)
         if p.is_absolute() or ".." in p.parts:
             raise ToolError(f"path {rel!r} must be relative to the output dir, without '..'")

@@ -12,44 +12,11 @@ from pydantic import BaseModel, ValidationError
 from tao_finetune.agent import gates
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.llm import LLMAuthError, LLMClient, LLMError, LLMResponse
-from tao_finetune.tools.base import NeedsUser, Tool, ToolError, format_validation_error
+from tao_finetune.agent.errors import AskUser, BadInput, Done, GateFailed, LimitReached, LoopExit, NeedsUser, ToolError  # noqa: F401
+from tao_finetune.tools.base import Tool, format_validation_error
 
 PROTECTED = ("model_id", "dataset_id", "local_dataset_path", "training_method")
 RESULT_LIMIT = 20_000
-
-
-class LoopExit(Exception):
-    """Ends the run with an exit code and a message."""
-
-    code = 1
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
-
-
-class Done(LoopExit):
-    code = 0
-
-
-class BadInput(LoopExit):
-    code = 2
-
-
-class GateFailed(LoopExit):
-    code = 4
-
-
-class LimitReached(LoopExit):
-    code = 1
-
-
-class AskUser(LoopExit):
-    code = 3
-
-    def __init__(self, question: str, how_to_answer: str = ""):
-        super().__init__(question)
-        self.how_to_answer = how_to_answer
 
 
 class InvalidArgs(ToolError):

@@ -8,23 +8,12 @@ from typing import TYPE_CHECKING, Any, Callable, get_type_hints
 
 from pydantic import BaseModel, ValidationError
 
+from tao_finetune.agent.errors import NeedsUser, ToolError  # noqa: F401  (re-exported: tools raise these)
+
 if TYPE_CHECKING:
     from tao_finetune.agent.context import RunContext
 
 Step = int  # 0 = any step, 1..6 = the spec's steps
-
-
-class ToolError(Exception):
-    """An expected failure: the message goes back to the model as an is_error tool result."""
-
-
-class NeedsUser(Exception):
-    """The agent must stop and ask the user; the run ends with exit code 3 and can be resumed."""
-
-    def __init__(self, question: str, how_to_answer: str = ""):
-        super().__init__(question)
-        self.question = question
-        self.how_to_answer = how_to_answer
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ def test_refusal_stops_the_run(ctx):
 def test_step_limit_and_cost_limit(ctx):
     many = [tool_call("fake_probe", {"text": "a"}) for _ in range(5)]
     result = Agent(ScriptedClient(many), ctx, STAND_INS, "system", Limits(max_steps=2)).run("go")
-    assert result.code == 1 and "step limit" in result.message
+    assert result.code == 5 and "step limit" in result.message
     with FakeAnthropic(SCRIPT) as server:
         result = Agent(client(server), ctx, STAND_INS, "system", Limits(max_cost_usd=0.001)).run("go")
     assert "cost limit" in result.message and len(server.requests) == 1
