@@ -221,6 +221,95 @@ def load_model(auto_cls, source: str, meta: dict, fresh_head: bool = True):
         return auto_cls.from_pretrained(source, **kw)
 
 
+# ---------------------------------------------------------------- LoRA (peft)
+# Sources: peft 0.21 (installed) peft/tuners/lora/config.py (LoraConfig: r, lora_alpha, lora_dropout, target_modules
+# matched as exact names or name suffixes, modules_to_save kept fully trainable), peft/peft_model.py (get_peft_model,
+# PeftModel.from_pretrained(..., is_trainable=True), merge_and_unload), https://huggingface.co/docs/peft/main/en/developer_guides/lora
+
+
+def lora_spec(cfg: dict) -> dict | None:
+    """LoRA settings {r, alpha, dropout, target_modules} when the run trains with LoRA, else None.
+
+    Reads config.yaml's `project:` section (ProjectSpec.training_method / .lora); when that section is not filled yet,
+    the run config itself (hyperparameters.training_method, lora_r), so both layouts of config.yaml work.
+    """
+    proj = cfg.get("project") if isinstance(cfg.get("project"), dict) and cfg["project"].get("model_id") else cfg
+    method = proj.get("training_method") if proj.get("training_method") == "lora" else hp(proj).get("training_method")
+    if method != "lora":
+        return None
+    lora = proj.get("lora") or {}
+    return {"r": int(lora.get("r") or proj.get("lora_r") or cfg.get("lora_r") or 16),
+            "alpha": int(lora.get("alpha") or 2 * int(lora.get("r") or proj.get("lora_r") or cfg.get("lora_r") or 16)),
+            "dropout": float(lora.get("dropout", 0.05)), "target_modules": lora.get("target_modules") or None}
+
+
+def derive_lora_targets(model, within: str | None = None) -> list[str]:
+    """LoRA targets read from the loaded model: every nn.Linear inside a repeated block (a numbered layer), optionally
+    only under the submodule `within` (e.g. a VLM's text model). Attention and MLP projections under whatever names
+    this transformers version gives them; heads, embeddings and connectors are never targeted."""
+    out = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, torch.nn.Linear) or (within and not name.startswith(within + ".")):
+            continue
+        if any(part.isdigit() for part in name.split(".")[:-1]):
+            out.append(name)
+    if not out:
+        raise SystemExit("no nn.Linear inside repeated layers: LoRA targets cannot be derived; set project.lora.target_modules")
+    return out
+
+
+def head_modules(model) -> list[str]:
+    """The task head(s): top-level children other than the backbone (base_model_prefix) that hold parameters."""
+    prefix = getattr(model, "base_model_prefix", "")
+    return [n for n, m in model.named_children() if n != prefix and any(True for _ in m.parameters())]
+
+
+def apply_lora(model, spec: dict, within: str | None = None, modules_to_save: list[str] | None = None):
+    """Wrap a model with LoRA adapters (targets from the spec, else derived); returns (peft model, summary)."""
+    from peft import LoraConfig, get_peft_model
+
+    derived = spec["target_modules"] is None
+    targets = list(spec["target_modules"]) if not derived else derive_lora_targets(model, within)
+    conf = LoraConfig(r=spec["r"], lora_alpha=spec["alpha"], lora_dropout=spec["dropout"], target_modules=targets,
+                      modules_to_save=modules_to_save or None)
+    model = get_peft_model(model, conf)
+    return model, lora_summary(model, targets, derived, modules_to_save)
+
+
+def lora_summary(model, targets: list[str], derived: bool, modules_to_save: list[str] | None) -> dict:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    leaves = sorted({t.rsplit(".", 1)[-1] for t in targets})
+    return {"trainable_params": int(trainable), "total_params": int(total), "trainable_share": trainable / max(1, total),
+            "target_modules": leaves, "n_target_modules": len(targets), "targets_derived": derived,
+            "modules_to_save": list(modules_to_save or [])}
+
+
+def load_train_model(task, cfg: dict, meta: dict, resume: Path | None):
+    """The model to train: full fine-tuning from model_id (or the resume checkpoint), or LoRA on model_id with the
+    classification head kept trainable (peft modules_to_save); a LoRA resume loads the saved adapter + head."""
+    spec = lora_spec(cfg)
+    if spec is None:
+        return load_model(task.AUTO_CLASS, str(resume or cfg["model_id"]), meta, fresh_head=resume is None)
+    base = load_model(task.AUTO_CLASS, cfg["model_id"], meta, fresh_head=True)
+    if resume is not None:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base, str(resume), is_trainable=True)
+    model, summary = apply_lora(base, spec, modules_to_save=head_modules(base))
+    write_json(REPORTS / "lora.json", {**summary, "r": spec["r"], "alpha": spec["alpha"], "dropout": spec["dropout"]})
+    print(f"LoRA r={spec['r']}: {summary['trainable_params']:,} of {summary['total_params']:,} parameters trainable "
+          f"(targets {summary['target_modules']}, head {summary['modules_to_save']})")
+    return model
+
+
+def export_model(model):
+    """What checkpoints/final holds: a LoRA model merged into plain transformers weights (loads without peft)."""
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model
+
+
 def final_dir() -> Path:
     return CKPT / "final"
 
@@ -389,7 +478,7 @@ def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics
         len(split), int(h.get("per_device_train_batch_size", 32)), int(h.get("gradient_accumulation_steps", 1)),
         rt.world, rt.rank, seed, float(cfg.get("n_epochs", 3)), max_steps)
     resume = None if smoke else (complete_checkpoints() or [None])[-1]
-    model = load_model(task.AUTO_CLASS, str(resume or cfg["model_id"]), meta, fresh_head=resume is None)
+    model = load_train_model(task, cfg, meta, resume)
     if h.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable()
     model.to(rt.device)
@@ -499,7 +588,7 @@ def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics
     if rt.main:
         tmp = CKPT / ".tmp-final"
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
+        export_model(model).save_pretrained(tmp)
         task.save_processor(cfg, meta, tmp)
         shutil.rmtree(final_dir(), ignore_errors=True)
         os.replace(tmp, final_dir())
