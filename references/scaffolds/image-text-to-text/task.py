@@ -1,0 +1,620 @@
+# SPDX-FileCopyrightText: Copyright (c) 2026 NVIDIA CORPORATION & AFFILIATES. All rights reserved.
+# SPDX-License-Identifier: Apache-2.0
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+# http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Image-text-to-text (VQA) specifics: config view, chat prompts through the model's processor, the answer-only-loss
+collator, the training loop, generation-based evaluation, LoRA merge and rendered samples.
+
+Sources (transformers 5.24 and peft 0.21, installed source checked):
+- https://huggingface.co/docs/transformers/main/en/tasks/image_text_to_text (AutoModelForImageTextToText,
+  AutoProcessor, processor.apply_chat_template with {"type": "image"} content, generate + batch_decode)
+- transformers/models/idefics3/processing_idefics3.py (Idefics3Processor: <image> expanded to image_seq_len tokens
+  between <fake_token_around_image>, images as one list per prompt, pixel_attention_mask) and
+  transformers/modeling_utils.py get_decoder (the text model LoRA is restricted to)
+- https://github.com/huggingface/smollm/blob/main/vision/finetuning/Smol_VLM_FT.ipynb (labels = input ids with pad and
+  image tokens at -100; here everything but the answer is -100)
+- peft/peft_model.py (get_peft_model, PeftModel.from_pretrained, merge_and_unload), peft/tuners/lora/config.py
+- https://visualqa.org/evaluation.html (answer normalisation, accuracy = min(1, matches / 3))
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import string
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import common
+from common import (CKPT, DATA, LOGS, REPORTS, Runtime, Tracker, batch_plan, complete_checkpoints, derive_lora_targets,
+                    hp, log_jsonl, lora_spec, lora_summary, read_meta, save_checkpoint, seed_all, write_json)
+
+AUTO_CLASS_NAME = "AutoModelForImageTextToText"
+MERGED = CKPT / "merged"
+PRIMARY = "exact_match"
+
+
+# ---------------------------------------------------------------- config
+
+
+def settings(cfg: dict) -> dict:
+    """The values this project reads, from config.yaml's `project:` section (ProjectSpec); while that section is not
+    filled yet (or when load_config already returned it), from the same-named run-config fields."""
+    proj = cfg.get("project") if isinstance(cfg.get("project"), dict) and cfg["project"].get("model_id") else None
+    src = proj if proj is not None else cfg
+    splits, cols, h = src.get("splits") or {}, src.get("columns") or {}, dict(hp(src))
+    method = "lora" if "lora" in (src.get("training_method"), h.get("training_method")) else "full"
+    out = {k: src.get(k) for k in ("model_id", "dataset_id", "dataset_config", "local_dataset_path", "local_dataset_format")}
+    out.update(
+        column_renames=dict(src.get("column_renames") or {}), label_names=[], hyperparameters=h,
+        n_train=int(splits.get("n_train", src.get("n_train", cfg.get("n_train", 10000)))),
+        n_eval=int(splits.get("n_eval", src.get("n_eval", cfg.get("n_eval", 1000)))),
+        n_epochs=float(src.get("n_epochs", cfg.get("n_epochs", 3))), training_method=method,
+        lora=dict(src.get("lora") or {}), lora_r=cfg.get("lora_r"), wandb=bool(cfg.get("wandb")),
+        columns={role: cols.get(role) or role for role in ("image", "question", "answer")})
+    if not out["model_id"]:
+        raise SystemExit("config.yaml has no model_id (project.model_id)")
+    return out
+
+
+def image_cap(model_id: str) -> int | None:
+    """The longest image edge the processor ever uses (images are stored no larger)."""
+    from transformers import AutoProcessor
+
+    try:
+        ip = AutoProcessor.from_pretrained(model_id).image_processor
+    except (OSError, ValueError, AttributeError):
+        return None
+    size = getattr(ip, "size", None) or {}
+    edge = size.get("longest_edge") if isinstance(size, dict) else getattr(size, "longest_edge", None)
+    return int(edge) if edge else None
+
+
+def answer_list(value) -> list[str]:
+    """Reference answers from a string, a list of strings, VQA answer dicts or a {'text': [...]} dict."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value.strip()] if value.strip() else []
+    if isinstance(value, dict):
+        return answer_list(value.get("text", value.get("answer")))
+    if isinstance(value, (list, tuple)):
+        out = []
+        for v in value:
+            out += answer_list(v)
+        return out
+    return [str(value)]
+
+
+# ---------------------------------------------------------------- metrics
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans({c: " " for c in string.punctuation})
+
+
+def normalize(text: str) -> str:
+    """Lower-case, punctuation and articles removed, whitespace collapsed (the VQA / SQuAD normalisation)."""
+    return " ".join(_ARTICLES.sub(" ", str(text).lower().translate(_PUNCT)).split())
+
+
+def score(preds: list[str], refs: list[list[str]]) -> dict:
+    """Normalised exact match against any reference, and VQA accuracy min(1, matching references / 3)."""
+    em, vqa = [], []
+    for p, rs in zip(preds, refs):
+        n = normalize(p)
+        hits = sum(n == normalize(r) for r in rs)
+        em.append(float(hits > 0))
+        vqa.append(min(1.0, hits / 3.0) if len(rs) >= 3 else float(hits > 0))
+    return {"exact_match": float(np.mean(em)) if em else 0.0, "vqa_accuracy": float(np.mean(vqa)) if vqa else 0.0}
+
+
+# ---------------------------------------------------------------- data
+
+
+def read_rows(split: str) -> list[dict]:
+    path = DATA / f"{split}.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: run prepare_data.py first")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_image(row: dict):
+    from PIL import Image
+
+    with Image.open(DATA / row["image"]) as img:
+        return img.convert("RGB")
+
+
+def user_turn(question: str) -> dict:
+    return {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+
+
+class Collator:
+    """Chat prompts through the model's own template and processor; train batches carry labels on the answer only."""
+
+    def __init__(self, processor, train: bool):
+        self.p, self.train = processor, train
+        tok = processor.tokenizer
+        eos = getattr(processor, "end_of_utterance_token", None) or tok.eos_token
+        self.eos_id = tok.convert_tokens_to_ids(eos) if eos else None
+
+    def prompt(self, question: str) -> str:
+        return self.p.apply_chat_template([user_turn(question)], add_generation_prompt=True)
+
+    def __call__(self, rows: list[dict]) -> dict:
+        images = [[load_image(r)] for r in rows]
+        prompts = [self.prompt(r["question"]) for r in rows]
+        if not self.train:
+            self.p.tokenizer.padding_side = "left"  # generation continues every prompt from its last token
+            return dict(self.p(text=prompts, images=images, padding=True, return_tensors="pt"))
+        fulls, tails = [], []
+        for r, prompt in zip(rows, prompts):
+            turns = [user_turn(r["question"]), {"role": "assistant", "content": [{"type": "text", "text": r["answers"][0]}]}]
+            full = self.p.apply_chat_template(turns)
+            if not full.startswith(prompt):
+                raise SystemExit("the chat template's answer turn does not extend its generation prompt; cannot mask the prompt")
+            fulls.append(full)
+            tails.append(full[len(prompt):])
+        self.p.tokenizer.padding_side = "right"
+        batch = dict(self.p(text=fulls, images=images, padding=True, return_tensors="pt"))
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        labels = torch.full_like(ids, -100)
+        for j, tail in enumerate(tails):
+            n = int(mask[j].sum())
+            seq = ids[j, :n].tolist()
+            tail_ids = self.p.tokenizer(tail, add_special_tokens=False)["input_ids"]
+            if tail_ids and seq[n - len(tail_ids):] == tail_ids:
+                start = n - len(tail_ids)
+            else:  # the answer merged with the prompt's last token: count the prompt's own tokens instead
+                start = len(self.p(text=[prompts[j]], images=[images[j]])["input_ids"][0])
+            stop = n
+            if self.eos_id is not None and self.eos_id in seq[start:]:
+                stop = start + seq[start:].index(self.eos_id) + 1  # the answer and its end-of-turn token
+            labels[j, start:stop] = ids[j, start:stop]
+        batch["labels"] = labels
+        return batch
+
+
+class BatchSet(torch.utils.data.Dataset):
+    """Item i is micro-batch i, collated (in loader workers when there are any)."""
+
+    def __init__(self, rows: list[dict], batches: list[np.ndarray], collate: Collator):
+        self.rows, self.batches, self.collate = rows, batches, collate
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.collate([self.rows[int(j)] for j in self.batches[i]])
+
+
+def make_loader(rows, batches, collate, workers: int, pin: bool) -> torch.utils.data.DataLoader:
+    kw = {"prefetch_factor": 4} if workers > 0 else {}
+    return torch.utils.data.DataLoader(BatchSet(rows, batches, collate), batch_size=None, shuffle=False,
+                                       num_workers=workers, pin_memory=pin, **kw)
+
+
+def to_device(batch: dict, rt: Runtime) -> dict:
+    return {k: v.to(rt.device, non_blocking=True) for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------- models
+
+
+def load_processor(source: str):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(source)
+
+
+def load_vlm(source: str, dtype=None):
+    """AutoModelForImageTextToText with SDPA where the architecture has it (TAO_ATTN_IMPLEMENTATION overrides)."""
+    from transformers import AutoModelForImageTextToText
+
+    kw = {"dtype": dtype} if dtype is not None else {}
+    attn = os.environ.get("TAO_ATTN_IMPLEMENTATION", "sdpa")
+    try:
+        return AutoModelForImageTextToText.from_pretrained(source, attn_implementation=attn, **kw)
+    except ValueError as err:
+        if "attention implementation" not in str(err) and "attn_implementation" not in str(err):
+            raise
+        return AutoModelForImageTextToText.from_pretrained(source, **kw)
+
+
+def text_model_name(model) -> str | None:
+    """The dotted name of the language model inside the VLM (LoRA targets are derived under it)."""
+    try:
+        dec = model.get_decoder()
+    except (AttributeError, NotImplementedError, ValueError):
+        return None
+    return next((n for n, m in model.named_modules() if m is dec and n), None)
+
+
+def train_model(cfg: dict, rt: Runtime, resume: Path | None):
+    """Full fine-tuning (fp32 master weights) or LoRA on the text model (base frozen in the autocast dtype)."""
+    spec = lora_spec(cfg)
+    if spec is None:
+        return load_vlm(str(resume or cfg["model_id"]), torch.float32), None
+    base = load_vlm(cfg["model_id"], rt.amp_dtype or torch.float32)
+    if hp(cfg).get("gradient_checkpointing"):
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if resume is not None:
+        model = PeftModel.from_pretrained(base, str(resume), is_trainable=True)
+        conf = model.peft_config["default"]
+        return model, lora_summary(model, sorted(conf.target_modules), False, None)
+    derived = spec["target_modules"] is None
+    targets = derive_lora_targets(base, text_model_name(base)) if derived else list(spec["target_modules"])
+    conf = LoraConfig(r=spec["r"], lora_alpha=spec["alpha"], lora_dropout=spec["dropout"], target_modules=targets)
+    model = get_peft_model(base, conf)
+    summary = {**lora_summary(model, targets, derived, None), "r": spec["r"], "alpha": spec["alpha"],
+               "dropout": spec["dropout"], "within": text_model_name(base)}
+    return model, summary
+
+
+def eval_model(source: str, rt: Runtime):
+    model = load_vlm(source, rt.amp_dtype or torch.float32).to(rt.device)
+    model.eval()
+    return model
+
+
+def max_new_tokens(processor, rows: list[dict]) -> int:
+    """Room for the longest training answer plus its end-of-turn token."""
+    tok = processor.tokenizer
+    longest = max((len(tok(a, add_special_tokens=False)["input_ids"]) for r in rows for a in r["answers"][:1]), default=8)
+    return int(min(64, longest + 2))
+
+
+def generate(model, processor, rows: list[dict], rt: Runtime, batch_size: int, new_tokens: int) -> list[str]:
+    """Greedy answers for rows, batch by batch (left-padded prompts)."""
+    collate = Collator(processor, train=False)
+    out: list[str] = []
+    for i in range(0, len(rows), batch_size):
+        batch = to_device(collate(rows[i:i + batch_size]), rt)
+        with torch.no_grad(), rt.autocast():
+            gen = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False)
+        new = gen[:, batch["input_ids"].shape[1]:]
+        out += [t.strip() for t in processor.batch_decode(new, skip_special_tokens=True)]
+    return out
+
+
+# ---------------------------------------------------------------- training
+
+
+def train(argv: list[str] | None = None) -> int:
+    """train.py: the training loop (resumable; --smoke runs N steps and writes reports/smoke.json)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Fine-tune the VLM in config.yaml on data/train.jsonl.")
+    ap.add_argument("--smoke", action="store_true", help="run --max_steps steps (default 1) and write reports/smoke.json")
+    ap.add_argument("--max_steps", type=int, default=None, help="override hyperparameters.max_steps")
+    args = ap.parse_args(argv)
+    cfg = settings(common.load_config())
+    h = hp(cfg)
+    rt = Runtime(cfg)
+    max_steps = args.max_steps if args.max_steps is not None else (1 if args.smoke else int(h.get("max_steps", -1)))
+    started = time.time()
+    record: dict = {"passed": False, "max_steps": max_steps, "exception": None}
+    try:
+        result = _train(cfg, h, rt, args.smoke, max_steps)
+        record.update(result)
+        record["passed"] = bool(result["finite_loss"] and result["grad_norm_positive"] and result["answer_tokens"] > 0)
+        code = 0 if (record["passed"] or not args.smoke) else 1
+    except Exception as err:  # the smoke report records any failure before re-raising
+        record["exception"] = f"{type(err).__name__}: {err}"
+        if args.smoke and rt.main:
+            write_json(REPORTS / "smoke.json", {**record, "seconds": round(time.time() - started, 2)})
+        rt.close()
+        raise
+    if args.smoke and rt.main:
+        write_json(REPORTS / "smoke.json", {**record, "seconds": round(time.time() - started, 2)})
+        print(f"smoke {'PASSED' if record['passed'] else 'FAILED'}: loss={record.get('loss')} grad_norm={record.get('grad_norm')}")
+    rt.close()
+    return code
+
+
+def _train(cfg: dict, h: dict, rt: Runtime, smoke: bool, max_steps: int) -> dict:
+    from transformers import get_scheduler
+
+    seed = int(h.get("seed", 42))
+    seed_all(seed)
+    rows = read_rows("train")
+    total, steps_per_epoch, micro_batches = batch_plan(
+        len(rows), int(h.get("per_device_train_batch_size", 4)), int(h.get("gradient_accumulation_steps", 1)),
+        rt.world, rt.rank, seed, float(cfg["n_epochs"]), max_steps)
+    resume = None if smoke else (complete_checkpoints() or [None])[-1]
+    processor = load_processor(cfg["model_id"])
+    model, lora = train_model(cfg, rt, resume)
+    if lora and rt.main and not smoke:
+        write_json(REPORTS / "lora.json", lora)
+    if lora:
+        print(f"LoRA r={lora.get('r')}: {lora['trainable_params']:,} of {lora['total_params']:,} parameters trainable "
+              f"({lora['n_target_modules']} modules {lora['target_modules']} under {lora.get('within')})")
+    if h.get("gradient_checkpointing") and lora is None:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    model.to(rt.device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": float(h.get("weight_decay", 0.0))}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=float(h.get("learning_rate", 1e-4)), fused=rt.device.type == "cuda")
+    warmup = int(float(h.get("warmup_ratio", 0.0)) * total)
+    scheduler = get_scheduler(h.get("lr_scheduler_type", "linear"), optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype == torch.float16 else None
+    start = 0
+    if resume is not None:
+        state = torch.load(resume / "training_state.pt", map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start = int(state["step"])
+    net = model
+    if rt.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
+    accum = len(micro_batches(0))
+    plan = [mb for s in range(start, total) for mb in micro_batches(s)]
+    workers = common.num_workers(cfg, rt.device, rt.world)
+    it = iter(make_loader(rows, plan, Collator(processor, train=True), workers, rt.device.type == "cuda"))
+    metrics_path = LOGS / ("smoke_metrics.jsonl" if smoke else "metrics.jsonl")
+    logging_steps = 1 if smoke else int(h.get("logging_steps", 10))
+    save_every = int(os.environ.get("TAO_SAVE_STEPS") or max(1, total // 5))
+    if rt.main:
+        log_jsonl(metrics_path, {"event": "resume" if start else "start", "step": start, "total_steps": total,
+                                 "steps_per_epoch": steps_per_epoch, "warmup_steps": warmup, "world_size": rt.world,
+                                 "precision": rt.precision, "device": rt.gpu_name, "workers": workers,
+                                 "training_method": "lora" if lora else "full",
+                                 "trainable_params": sum(p.numel() for p in params), "time": time.time()})
+    tracker = Tracker({} if smoke else cfg, rt, "train")
+    loss_sum = torch.zeros((), device=rt.device)
+    win_samples = win_tokens = 0
+    win_start, logged_at = time.perf_counter(), start
+    last = {"loss": None, "grad_norm": None}
+    total_samples = total_tokens = answer_tokens = 0
+    run_start = time.perf_counter()
+    for step in range(start, total):
+        for k in range(accum):
+            batch = next(it)
+            answer_tokens += int((batch["labels"] != -100).sum())
+            n_tok = int(batch["attention_mask"].sum())
+            batch = to_device(batch, rt)
+            sync = k == accum - 1 or rt.world == 1
+            ctx = net.no_sync() if (not sync and hasattr(net, "no_sync")) else common._null()
+            with ctx:
+                with rt.autocast():
+                    loss = net(**batch).loss / accum
+                (scaler.scale(loss) if scaler else loss).backward()
+            loss_sum += loss.detach()
+            n = int(batch["input_ids"].shape[0]) * rt.world
+            win_samples += n
+            total_samples += n
+            win_tokens += n_tok * rt.world
+            total_tokens += n_tok * rt.world
+        if scaler:
+            scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        if done % logging_steps == 0 or done == total or step == start:
+            if rt.world > 1:
+                torch.distributed.all_reduce(loss_sum)
+                loss_sum /= rt.world
+            loss_val = float(loss_sum.item()) / max(1, done - logged_at)
+            logged_at = done
+            if rt.device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - win_start
+            rec = {"step": done, "total_steps": total, "epoch": round(done / steps_per_epoch, 4), "loss": loss_val,
+                   "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
+                   "samples_per_s": win_samples / dt if dt > 0 else None, "tokens_per_s": win_tokens / dt if dt > 0 else None,
+                   "time": time.time()}
+            if rt.device.type == "cuda":
+                rec["max_memory_gb"] = torch.cuda.max_memory_allocated(rt.device) / 1e9
+            if rt.main:
+                log_jsonl(metrics_path, rec)
+                tracker.log(rec)
+            last = rec
+            loss_sum.zero_()
+            win_samples = win_tokens = 0
+            win_start = time.perf_counter()
+        if not smoke and save_every and done % save_every == 0 and done < total:
+            if rt.main:
+                save_checkpoint(model, optimizer, scheduler, scaler, done, 2)
+            rt.barrier()
+    runtime = time.perf_counter() - run_start
+    tracker.finish()
+    result = {"loss": last["loss"], "grad_norm": last["grad_norm"], "steps": total - start, "answer_tokens": answer_tokens,
+              "finite_loss": last["loss"] is not None and math.isfinite(last["loss"]),
+              "grad_norm_positive": last["grad_norm"] is not None and math.isfinite(last["grad_norm"]) and last["grad_norm"] > 0}
+    if smoke:
+        result["step1"] = last
+        return result
+    if rt.main:
+        tmp = CKPT / ".tmp-final"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)  # LoRA: the adapter (merge_lora.py merges it); full: the whole model
+        processor.save_pretrained(tmp)
+        shutil.rmtree(common.final_dir(), ignore_errors=True)
+        os.replace(tmp, common.final_dir())
+        summary = {"total_steps": total, "resumed_from": start, "train_runtime_s": round(runtime, 2),
+                   "train_samples_per_s": total_samples / runtime if runtime > 0 else None,
+                   "train_tokens_per_s": total_tokens / runtime if runtime > 0 else None, "final_loss": last["loss"],
+                   "max_memory_gb": last.get("max_memory_gb"), "precision": rt.precision, "device": rt.gpu_name,
+                   "world_size": rt.world, "training_method": "lora" if lora else "full",
+                   "trainable_params": sum(p.numel() for p in params)}
+        write_json(REPORTS / "train_summary.json", summary)
+        log_jsonl(metrics_path, {"event": "done", **summary, "time": time.time()})
+    rt.barrier()
+    return result
+
+
+# ---------------------------------------------------------------- merge, evaluation, samples
+
+
+def merge(argv: list[str] | None = None) -> int:
+    """merge_lora.py: base model + checkpoints/final adapter -> checkpoints/merged (plain transformers weights)."""
+    import argparse
+
+    argparse.ArgumentParser(description="Merge the LoRA adapter in checkpoints/final into checkpoints/merged.").parse_args(argv)
+    cfg = settings(common.load_config())
+    final = common.final_dir()
+    if lora_spec(cfg) is None:
+        print("training_method is full: checkpoints/final already holds plain weights; nothing to merge")
+        return 0
+    if not (final / "adapter_config.json").is_file():
+        raise SystemExit("checkpoints/final has no adapter_config.json: run train.py (LoRA) first")
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    base = load_vlm(cfg["model_id"])  # the checkpoint's own dtype
+    peft_model = PeftModel.from_pretrained(base, str(final))
+    check = Collator(load_processor(str(final)), train=True)([read_rows("eval")[0]])
+    check.pop("labels")
+    peft_model.eval()
+    with torch.no_grad():
+        before = peft_model(**check).logits.float()
+    merged = peft_model.merge_and_unload()
+    with torch.no_grad():
+        after = merged(**check).logits.float()
+    tmp = CKPT / ".tmp-merged"
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp)
+    load_processor(str(final)).save_pretrained(tmp)
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp)  # plain transformers, no peft
+    leftover = [n for n, _ in reloaded.named_parameters() if "lora_" in n]
+    if leftover:
+        raise SystemExit(f"merged checkpoint still holds LoRA weights: {leftover[:3]}")
+    shutil.rmtree(MERGED, ignore_errors=True)
+    os.replace(tmp, MERGED)
+    diff = float((before - after).abs().max())
+    report = {"base": cfg["model_id"], "adapter": str(final), "merged": str(MERGED), "max_abs_logit_diff": diff,
+              "params": sum(p.numel() for p in reloaded.parameters()), "class": type(reloaded).__name__}
+    write_json(REPORTS / "merge.json", report)
+    print(json.dumps(report))
+    return 0
+
+
+def evaluate(argv: list[str] | None = None) -> int:
+    """run_eval.py: zero-shot model_id (--baseline) or the fine-tuned model, scored by generation on the eval split."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Evaluate by generation on data/eval.jsonl.")
+    ap.add_argument("--baseline", action="store_true", help="zero-shot model_id -> reports/baseline_results.json")
+    args = ap.parse_args(argv)
+    cfg = settings(common.load_config())
+    h = hp(cfg)
+    rt = Runtime(cfg)
+    seed_all(int(h.get("seed", 42)))
+    source = cfg["model_id"] if args.baseline else str(tuned_source(cfg))
+    out = REPORTS / ("baseline_results.json" if args.baseline else "eval_results.json")
+    processor = load_processor(source)
+    model = eval_model(source, rt)
+    rows = read_rows("eval")
+    new_tokens = max_new_tokens(processor, read_rows("train"))
+    t0 = time.perf_counter()
+    preds = generate(model, processor, rows, rt, int(h.get("per_device_eval_batch_size", 16)), new_tokens)
+    dt = time.perf_counter() - t0
+    metrics = score(preds, [r["answers"] for r in rows])
+    with (REPORTS / ("baseline_predictions.jsonl" if args.baseline else "predictions.jsonl")).open("w") as f:
+        for r, p in zip(rows, preds):
+            f.write(json.dumps({"question": r["question"], "answers": r["answers"], "prediction": p}, ensure_ascii=False) + "\n")
+    res = {"primary_metric": PRIMARY, **metrics, "n_eval": len(rows), "model": source, "baseline": args.baseline,
+           "zero_shot": args.baseline, "max_new_tokens": new_tokens, "eval_runtime_s": round(dt, 3),
+           "eval_samples_per_s": len(rows) / dt if dt > 0 else None, "task": "image-text-to-text"}
+    write_json(out, res)
+    print(json.dumps({k: res[k] for k in ("primary_metric", "exact_match", "vqa_accuracy", "n_eval")}))
+    rt.close()
+    return 0
+
+
+def tuned_source(cfg: dict) -> Path:
+    """The fine-tuned weights: checkpoints/merged for LoRA runs, checkpoints/final for full fine-tuning."""
+    if lora_spec(cfg) is not None:
+        if not (MERGED / "config.json").is_file():
+            raise SystemExit("checkpoints/merged is missing: run merge_lora.py after train.py")
+        return MERGED
+    if not (common.final_dir() / "config.json").is_file():
+        raise SystemExit("checkpoints/final is missing: run train.py first")
+    return common.final_dir()
+
+
+def infer(argv: list[str] | None = None) -> int:
+    """infer.py: answer a few eval questions with the fine-tuned model; each sample shows image, question, reference, answer."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Write answered VQA samples from the fine-tuned model.")
+    ap.add_argument("--n", type=int, default=5, help="number of samples")
+    args = ap.parse_args(argv)
+    cfg = settings(common.load_config())
+    rt = Runtime(cfg)
+    source = str(tuned_source(cfg))
+    processor = load_processor(source)
+    model = eval_model(source, rt)
+    rows = read_rows("eval")
+    idx = np.sort(np.random.default_rng(int(hp(cfg).get("seed", 42))).choice(len(rows), size=min(args.n, len(rows)), replace=False))
+    chosen = [rows[int(i)] for i in idx]
+    preds = generate(model, processor, chosen, rt, len(chosen), max_new_tokens(processor, read_rows("train")))
+    out_dir = REPORTS / "inference_samples"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    summary = []
+    for j, (i, row, pred) in enumerate(zip(idx, chosen, preds)):
+        item = {"index": int(i), "image": row["image"], "question": row["question"], "reference": row["answers"][0],
+                "answer": pred, "correct": score([pred], [row["answers"]])["exact_match"] == 1.0}
+        item["file"] = write_sample(out_dir, j, int(i), row, item)
+        summary.append(item)
+    write_json(REPORTS / "inference_summary.json", {"samples": summary, "model": source})
+    print(json.dumps(summary))
+    rt.close()
+    return 0
+
+
+def write_sample(out_dir: Path, j: int, i: int, row: dict, item: dict) -> str:
+    """The image with the question, the reference and the model's answer drawn under it."""
+    import textwrap
+
+    from PIL import Image, ImageDraw
+
+    img = load_image(row)
+    scale = max(1, 256 // max(img.size))
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
+    if max(img.size) > 512:
+        img.thumbnail((512, 512))
+    width = max(img.width, 320)
+    lines = [("Q: " + item["question"], "black"), ("reference: " + item["reference"], "black"),
+             ("answer: " + (item["answer"] or "(empty)"), "darkgreen" if item["correct"] else "red")]
+    wrapped = [(w, c) for text, c in lines for w in textwrap.wrap(text, max(20, width // 7)) or [""]]
+    canvas = Image.new("RGB", (width, img.height + 8 + 16 * len(wrapped)), "white")
+    canvas.paste(img, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for k, (text, colour) in enumerate(wrapped):
+        draw.text((4, img.height + 4 + 16 * k), text, fill=colour)
+    name = f"sample_{j}_idx{i}.png"
+    canvas.save(out_dir / name)
+    return name
