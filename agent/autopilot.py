@@ -88,6 +88,8 @@ ACTIONS: tuple[Action, ...] = (
     Action(5, "docker_run", lambda c: {"job": "train"}, done=lambda c: _file("checkpoints/final")(c) or _training(c), once=False),
     Action(5, "train_status", lambda c: {"wait_s": 600}, done=_file("checkpoints/final"), when=_training, once=False,
            repeats=10_000),
+    Action(5, "docker_run", lambda c: {"job": "merge"}, when=lambda c: gates.uses_lora_merge(c.config.model_dump()),
+           done=_file("checkpoints/merged/config.json")),
     Action(5, "docker_run", lambda c: {"job": "eval"}, done=lambda c: gates.primary_metric(gates.read_json(c.run_dir / "reports/eval_results.json")) is not None),
     _job("infer", 5, lambda c: "reports/inference_samples/" not in " ".join(gates.gate5(c.run_dir, c.state))),
     Action(5, "write_report", _none, when=lambda c: c.config.emit_report, done=_file("reports/report.html")),

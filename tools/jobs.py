@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from tao_finetune.agent.config import atomic_write_text
 from tao_finetune.agent.context import RunContext
-from tao_finetune.agent.gates import N_SAMPLES, primary_metric, read_json
+from tao_finetune.agent.gates import N_SAMPLES, primary_metric, read_json, uses_lora_merge
 from tao_finetune.tools.base import NeedsUser, NoArgs, ToolError, tool
 
 PLAYBOOK = Path(__file__).resolve().parent.parent / "references" / "error_playbook.yaml"
@@ -210,6 +210,13 @@ def _check_outputs(ctx: RunContext, job: str) -> dict:
         if primary_metric(res) is None:
             raise ToolError(f"reports/{name} has no numeric primary metric: {json.dumps(res)[:400]}")
         return {k: v for k, v in res.items() if isinstance(v, (int, float, str)) and k != "model"}
+    if job == "merge":
+        merged = run / "checkpoints" / "merged"
+        if not uses_lora_merge(ctx.config.model_dump()):
+            return {"merged": False, "reason": "not a LoRA VLM run: checkpoints/final holds the plain weights"}
+        if not (merged / "config.json").is_file():
+            raise ToolError("merge_lora.py exited 0 but checkpoints/merged/config.json is missing")
+        return {"merged": "checkpoints/merged", **read_json(run / "reports" / "merge.json")}
     if job == "infer":
         d = run / "reports" / "inference_samples"
         files = sorted(p.name for p in d.iterdir() if p.is_file()) if d.is_dir() else []
@@ -269,8 +276,10 @@ def docker_run(ctx: RunContext, args: RunArgs) -> dict:
         if args.job == "train":
             return {"job": "train", "running": True, "next": "call train_status"}
         raise ToolError("training is still running; call train_status until it is done")
-    if args.job in ("eval", "infer") and not (run / "checkpoints" / "final").is_dir():
+    if args.job in ("eval", "infer", "merge") and not (run / "checkpoints" / "final").is_dir():
         raise ToolError("checkpoints/final is missing: docker_run job=train must finish first")
+    if args.job in ("eval", "infer") and uses_lora_merge(ctx.config.model_dump()) and not (run / "checkpoints" / "merged").is_dir():
+        raise ToolError("checkpoints/merged is missing: a LoRA VLM is evaluated merged; docker_run job=merge first")
     if args.job == "train" and (run / "checkpoints" / "final").is_dir() and training_progress(run).get("summary"):
         return {"job": "train", "already_done": True, **training_progress(run)}
     argv = command(ctx, args.job, args.max_steps)
