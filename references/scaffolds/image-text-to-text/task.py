@@ -259,7 +259,7 @@ def train_model(cfg: dict, rt: Runtime, resume: Path | None):
     if resume is not None:
         model = PeftModel.from_pretrained(base, str(resume), is_trainable=True)
         conf = model.peft_config["default"]
-        return model, lora_summary(model, sorted(conf.target_modules), False, None)
+        return model, {**lora_summary(model, sorted(conf.target_modules), False, None), "r": conf.r, "within": text_model_name(base)}
     derived = spec["target_modules"] is None
     targets = derive_lora_targets(base, text_model_name(base)) if derived else list(spec["target_modules"])
     conf = LoraConfig(r=spec["r"], lora_alpha=spec["alpha"], lora_dropout=spec["dropout"], target_modules=targets)
@@ -386,6 +386,8 @@ def _train(cfg: dict, h: dict, rt: Runtime, smoke: bool, max_steps: int) -> dict
                                  "training_method": "lora" if lora else "full",
                                  "trainable_params": sum(p.numel() for p in params), "time": time.time()})
     tracker = Tracker({} if smoke else cfg, rt, "train")
+    if resume is not None and state.get("rng") is not None:  # after every setup draw: dropout continues exactly
+        torch.set_rng_state(state["rng"])
     loss_sum = torch.zeros((), device=rt.device)
     win_samples = win_tokens = 0
     win_start, logged_at = time.perf_counter(), start
