@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,17 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
     return cfg, [k for k in user_keys if k != "output_dir"]
 
 
+def match_choice(choices: dict[str, dict[str, Any]], answer: str) -> dict[str, Any] | None:
+    """The overrides of the pending choice the answer names ('lora', 'yes, use LoRA'); None for a negated or other answer."""
+    words = re.findall(r"[a-z0-9_']+", answer.lower())
+    if not words or {"no", "not", "don't", "dont", "never"} & set(words):
+        return None
+    for key, overrides in choices.items():
+        if key.lower() in words:
+            return dict(overrides)
+    return None
+
+
 def make_platform(cfg: RunConfig):
     if cfg.platform == "local":
         from tao_finetune.tools.runtime.local import LocalPlatform
@@ -197,6 +209,14 @@ def run_command(args: argparse.Namespace) -> int:
     creds = Credentials.load(args.env_file)
     session = SessionLog(run_dir / "session.jsonl", creds, echo=None if args.quiet else echo_event)
     state = RunState.load(run_dir)
+    chosen = match_choice(state.pending_choices, args.answer) if args.answer else None
+    if chosen:  # the user agreed to a proposed change: it becomes their own --set, and the old training is void
+        from tao_finetune.tools.jobs import restart_training
+
+        args.sets = [*args.sets, *(f"{k}={v}" for k, v in chosen.items())]
+        cfg, user_keys = config_from_args(args)
+        gone = restart_training(run_dir)
+        state.pending_choices = {}
     user_recipe(cfg, user_keys)
     ctx = RunContext(cfg, session, creds, state, yes=args.yes or not sys.stdin.isatty())
     ctx.platform = make_platform(cfg)
@@ -213,6 +233,9 @@ def run_command(args: argparse.Namespace) -> int:
     if args.answer:
         resume += f"\nThe previous run asked: {state.pending_question!r}. The user's answer: {args.answer}"
         session.event("user", question=state.pending_question, answer=args.answer)
+    if chosen:
+        resume += f"\nApplied the user's choice: {', '.join(f'{k}={v}' for k, v in chosen.items())}; reset: {', '.join(gone) or 'nothing'}."
+        session.event("user_choice", answer=args.answer, applied=chosen, reset=gone)
         state.pending_question = None
     task = render("task.md", model_id=cfg.model_id, request=args.request or "(headless run; inputs are in config.yaml)", resume=resume)
     limits = Limits(max_steps=args.max_steps, max_cost_usd=args.max_cost, max_wall_s=args.max_hours * 3600)

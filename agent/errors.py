@@ -26,12 +26,17 @@ class ToolError(Exception):
 
 
 class NeedsUser(Exception):
-    """The agent must stop and ask the user; the run ends with exit code 3 and can be resumed."""
+    """The agent must stop and ask the user; the run ends with exit code 3 and can be resumed.
 
-    def __init__(self, question: str, how_to_answer: str = ""):
+    `choices` maps an answer word to the config overrides it stands for ({"lora": {"hyperparameters.training_method":
+    "lora"}}): `run --answer lora` applies them as if the user had passed --set (the run state keeps them meanwhile).
+    """
+
+    def __init__(self, question: str, how_to_answer: str = "", choices: dict[str, dict[str, object]] | None = None):
         super().__init__(question)
         self.question = question
         self.how_to_answer = how_to_answer
+        self.choices = dict(choices or {})
 
 
 class LoopExit(Exception):

@@ -56,6 +56,7 @@ class Agent:
         """Run until done, a question, a limit or an error; always returns the exit."""
         self.ctx.session.event("start", client=self.client.name, task=task, first_unmet=gates.first_unmet(self.ctx.run_dir, self.ctx.state))
         self.messages.append({"role": "user", "content": self.ctx.creds.redact(task)})
+        choices: dict = {}
         try:
             while True:
                 self.step()
@@ -63,10 +64,12 @@ class Agent:
             result = exit_
         except NeedsUser as q:
             result = AskUser(q.question, q.how_to_answer)
+            choices = q.choices
         finally:
             self.ctx.save()
         if isinstance(result, AskUser):
             self.ctx.state.pending_question = result.message
+            self.ctx.state.pending_choices = choices
             self.ctx.save()
         self.ctx.session.event("exit", code=result.code, message=result.message, steps=self.steps, cost_usd=round(self.cost, 4))
         return result

@@ -31,6 +31,7 @@ class RunState(BaseModel):
     live_attempts: dict[str, list[dict[str, str]]] = Field(default_factory=dict)
     error_counts: dict[str, int] = Field(default_factory=dict)
     pending_question: str | None = None
+    pending_choices: dict[str, dict[str, Any]] = Field(default_factory=dict, description="answer -> config overrides")
 
     @classmethod
     def load(cls, run_dir: Path) -> "RunState":

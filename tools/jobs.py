@@ -70,6 +70,31 @@ def _set_hparams(ctx: RunContext, fix_id: str, changes: dict[str, Any]) -> str:
     return desc
 
 
+LORA_CHOICE = {"lora": {"hyperparameters.training_method": "lora"}}
+# what a changed training method invalidates: step checkpoints (reset_training), weights, the smoke test, results
+STALE_AFTER_METHOD_CHANGE = ("checkpoints/final", "checkpoints/merged", "reports/smoke.json", "reports/eval_results.json",
+                             "reports/train_summary.json", "reports/lora.json", "reports/inference_samples",
+                             "reports/inference_summary.json", "meta/preflight.json", "meta/preflight.txt")
+
+
+def restart_training(run_dir: Path) -> list[str]:
+    """After the user switched the training method: drop what the old method produced, so smoke and training rerun."""
+    import shutil
+
+    reset_training(run_dir)
+    gone = []
+    for rel in STALE_AFTER_METHOD_CHANGE:
+        p = run_dir / rel
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink()
+        else:
+            continue
+        gone.append(rel)
+    return gone
+
+
 def reset_training(run_dir: Path) -> None:
     """Drop step checkpoints and archive the metrics log (a changed plan cannot resume an old run)."""
     import shutil
@@ -94,7 +119,8 @@ def apply_fix(ctx: RunContext, fix: dict, attempt: int = 1) -> str | None:
             return _set_hparams(ctx, fid, {"gradient_checkpointing": True})
         raise NeedsUser("out of memory at batch size 1 with gradient checkpointing on. Switch to LoRA "
                         f"(r={ctx.config.lora_r}) or use a larger GPU?",
-                        "answer 'lora' to set hyperparameters.training_method=lora, or change the hardware")
+                        "re-run with --answer lora to set hyperparameters.training_method=lora (training restarts), or change the hardware",
+                        choices=LORA_CHOICE)
     if action == "lr_div10":
         return _set_hparams(ctx, fid, {"learning_rate": hp.learning_rate / 10})
     if action == "env":

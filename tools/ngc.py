@@ -300,6 +300,7 @@ def check_model_fit(ctx: RunContext, args: NoArgs) -> dict:
             f"{cfg.model_id} needs about {need} GB for its bf16 weights alone, more than 60% of one "
             f"{cfg.gpu_name} ({cfg.vram_gb_per_gpu} GB -> {limit} GB). Recommended: LoRA (hyperparameters.training_method=lora). "
             "Switch to LoRA?",
-            "answer 'lora' to switch (--set training_method=lora), or keep full fine-tuning on more/larger GPUs",
+            "re-run with --answer lora to switch (or --set training_method=lora), or keep full fine-tuning on more/larger GPUs",
+            choices={"lora": {"hyperparameters.training_method": "lora"}},
         )
     return record
