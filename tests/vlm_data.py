@@ -26,8 +26,12 @@ WORDS = ("user assistant what which color is the shape this it shown of a ? : . 
          + list(COLOURS) + list(SHAPES))
 
 
-def tiny_smolvlm(path: Path, image_size: int = 32, hidden: int = 64, seed: int = 0) -> Path:
-    """Save a toy Idefics3 model + Idefics3Processor (image_seq_len 4) that load offline with Auto classes."""
+def tiny_smolvlm(path: Path, image_size: int = 32, hidden: int = 64, seed: int = 0, vision: dict | None = None,
+                 text: dict | None = None, patch: int = 8, scale_factor: int = 2, vocab_size: int | None = None) -> Path:
+    """Save a toy Idefics3 model + Idefics3Processor (image_seq_len 4) that load offline with Auto classes.
+
+    `vision` / `text` / `patch` / `scale_factor` / `vocab_size` override the toy sizes (evals/bench_vlm.py builds a
+    SmolVLM-256M-sized model this way)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil,
@@ -45,17 +49,17 @@ def tiny_smolvlm(path: Path, image_size: int = 32, hidden: int = 64, seed: int =
                                    additional_special_tokens=special[4:7])
     ip = Idefics3ImageProcessorPil(size={"longest_edge": image_size}, max_image_size={"longest_edge": image_size},
                                    do_image_splitting=False)
-    patch = 8
-    seq = (image_size // patch) ** 2 // 4
+    seq = (image_size // patch) ** 2 // (scale_factor ** 2)
     proc = Idefics3Processor(image_processor=ip, tokenizer=fast, image_seq_len=seq, chat_template=SMOLVLM_CHAT_TEMPLATE)
-    cfg = Idefics3Config(
-        vision_config=dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=image_size, patch_size=patch),
-        text_config=dict(model_type="llama", hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, vocab_size=len(fast), max_position_embeddings=256,
-                         pad_token_id=fast.pad_token_id, bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
-                         initializer_range=0.2),  # a frozen random lm_head at the default 0.02 caps every logit near 1
-        image_token_id=fast.convert_tokens_to_ids("<image>"), scale_factor=2, pad_token_id=fast.pad_token_id)
+    vision_cfg = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=2,
+                      **(vision or {}), image_size=image_size, patch_size=patch)
+    text_cfg = dict(model_type="llama", hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                    num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                    initializer_range=0.2,  # at hidden 64 a frozen random lm_head at the default 0.02 caps every logit near 1
+                    **(text or {}), vocab_size=max(vocab_size or 0, len(fast)),
+                    pad_token_id=fast.pad_token_id, bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id)
+    cfg = Idefics3Config(vision_config=vision_cfg, text_config=text_cfg, image_token_id=fast.convert_tokens_to_ids("<image>"),
+                         scale_factor=scale_factor, pad_token_id=fast.pad_token_id)
     torch.manual_seed(seed)
     model = Idefics3ForConditionalGeneration(cfg)
     model.generation_config.eos_token_id = fast.eos_token_id
@@ -83,7 +87,7 @@ def shape_image(colour: str, shape: str, rng: random.Random, size: int = 40):
     return img
 
 
-def shapes_vqa(root: Path, n: int = 160, seed: int = 0, kinds: tuple[str, ...] = ("colour",)) -> Path:
+def shapes_vqa(root: Path, n: int = 160, seed: int = 0, kinds: tuple[str, ...] = ("colour",), size: int = 40) -> Path:
     """root/train.jsonl (+ root/images/): image, query (a non-canonical question column), answer."""
     rng = random.Random(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
@@ -92,7 +96,7 @@ def shapes_vqa(root: Path, n: int = 160, seed: int = 0, kinds: tuple[str, ...] =
         colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
         kind = rng.choice(kinds)
         rel = f"images/{i:05d}.png"
-        shape_image(colour, shape, rng).save(root / rel)
+        shape_image(colour, shape, rng, size).save(root / rel)
         answer = colour if kind == "colour" else shape
         lines.append(json.dumps({"image": str(root / rel), "query": rng.choice(QUESTIONS[kind]), "answer": answer}))
     (root / "train.jsonl").write_text("\n".join(lines) + "\n")

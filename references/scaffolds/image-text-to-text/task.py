@@ -543,6 +543,7 @@ def evaluate(argv: list[str] | None = None) -> int:
     preds = generate(model, processor, rows, rt, int(h.get("per_device_eval_batch_size", 16)), new_tokens)
     dt = time.perf_counter() - t0
     metrics = score(preds, [r["answers"] for r in rows])
+    REPORTS.mkdir(parents=True, exist_ok=True)
     with (REPORTS / ("baseline_predictions.jsonl" if args.baseline else "predictions.jsonl")).open("w") as f:
         for r, p in zip(rows, preds):
             f.write(json.dumps({"question": r["question"], "answers": r["answers"], "prediction": p}, ensure_ascii=False) + "\n")
