@@ -108,6 +108,12 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
     given = {k: v for k, v in flags.items() if v is not None}
     data.update(given)
     data, set_keys = apply_overrides(data, args.sets)
+    for key in leaf_keys(data):
+        node: Any = data
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, str) and "\x00" in node:
+            raise ConfigError(f"{key} holds a NUL byte: {node[:60]!r}")
     if not data.get("model_id"):
         raise ConfigError("a model is required: --model-id ORG/NAME (or model_id in --config)")
     if not isinstance(data["model_id"], str) or not data["model_id"].strip() or "\x00" in data["model_id"]:
@@ -264,10 +270,7 @@ def run_command(args: argparse.Namespace) -> int:
         notes = [session.repaired]
         if lock.took_over is not None:
             notes.append(f"took over a stale lock of PID {lock.took_over.get('pid', '?')} (that process is gone)")
-        try:
-            return _run_locked(args, cfg, user_keys, creds, session, notes)
-        finally:
-            _ACTIVE.update(run_dir=None, session=None)
+        return _run_locked(args, cfg, user_keys, creds, session, notes)
 
 
 def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], creds, session: SessionLog, notes: list[str | None]) -> int:
@@ -528,6 +531,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"run": run_command, "status": status_command, "stop": stop_command}
+    try:
+        return _dispatch(args, handlers)
+    finally:
+        _ACTIVE.update(run_dir=None, session=None)
+
+
+def _dispatch(args: argparse.Namespace, handlers: dict[str, Any]) -> int:
     try:
         if args.command in handlers:
             return handlers[args.command](args)

@@ -99,6 +99,8 @@ class MalformedResponse(Exception):
 # i.e. above ~21k tokens, or above MODEL_NONSTREAMING_TOKENS for some models), and a stream keeps a long reply alive.
 STREAM_ABOVE_TOKENS = 8192
 REQUEST_TIMEOUT_S = 300.0  # per request (for a stream: the longest silence between two chunks)
+MAX_ATTEMPTS = 5  # per call, 429/5xx/529/timeouts/malformed bodies; all within the run's deadline
+WAIT_MAX_S = 30.0  # longest back-off between two attempts
 CHARS_PER_TOKEN = 3.0  # conservative: fewer characters per token means a higher projected cost
 
 
@@ -164,13 +166,13 @@ class AnthropicClient:
 
     name = "anthropic"
 
-    def __init__(self, model: str | None = None, max_attempts: int = 5, base_url: str | None = None, api_key: str | None = None, wait_max: float = 30.0,
-                 request_timeout: float = REQUEST_TIMEOUT_S, deadline: float | None = None):
+    def __init__(self, model: str | None = None, max_attempts: int | None = None, base_url: str | None = None, api_key: str | None = None,
+                 wait_max: float | None = None, request_timeout: float | None = None, deadline: float | None = None):
         self.model = model or os.environ.get("TAO_MODEL") or DEFAULT_MODEL
         self.client = anthropic.Anthropic(base_url=base_url, api_key=api_key, max_retries=0)
-        self.max_attempts = max_attempts
-        self.wait_max = wait_max
-        self.request_timeout = request_timeout
+        self.max_attempts = max_attempts or MAX_ATTEMPTS
+        self.wait_max = WAIT_MAX_S if wait_max is None else wait_max
+        self.request_timeout = request_timeout or REQUEST_TIMEOUT_S
         self.deadline = deadline
 
     def projected_cost(self, *, system: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_tokens: int) -> float:

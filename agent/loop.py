@@ -71,6 +71,8 @@ class Agent:
             result = AskUser(q.question, q.how_to_answer)
         except KeyboardInterrupt:
             result = Interrupted("interrupted (Ctrl-C); progress is saved: re-run the same command to resume")
+        except OSError as err:  # the machine, not the code: a full disk, a vanished folder
+            result = LoopExit(f"{err.strerror or err}{f': {err.filename}' if err.filename else ''}")
         except Exception as err:  # a bug: one line for the user, the traceback in a crash report
             result = LoopExit(f"internal error {err.__class__.__name__}: {' '.join(str(err).split())[:200]}; "
                               f"crash report: {crash_report(self.ctx.run_dir, err, self.ctx.creds.redact)}")

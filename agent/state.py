@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
-from tao_finetune.agent.config import atomic_write_text
+from tao_finetune.agent.config import ConfigError, atomic_write_text
 
 STATE_FILE = ".tao/state.json"
 
@@ -56,7 +56,7 @@ class RunState(BaseModel):
         except (ValueError, ValidationError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             reason = " ".join(str(err).split())[:120]
         except IsADirectoryError:
-            raise ValueError(f"{str(path)!r} is a directory, not the run state file: move it away") from None
+            raise ConfigError(f"{str(path)!r} is a directory, not the run state file: move it away") from None
         kept: dict[str, Any] = {}
         for name in cls.model_fields:
             if isinstance(raw, dict) and name in raw:

@@ -314,14 +314,16 @@ def read_metrics(path: Path) -> list[dict]:
     """Records of the metrics log (partial last line ignored)."""
     out = []
     try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
+        lines = path.read_bytes().decode(errors="replace").splitlines()
+    except (FileNotFoundError, IsADirectoryError):
         return out
     for line in lines:
         try:
-            out.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(rec, dict):
+            out.append(rec)
     return out
 
 
