@@ -631,7 +631,8 @@ INSPECT = [
     ("csv-header-only", "vit", lambda r: w(r / "train.csv", "image,label\n"), BAD, r"."),
     ("dataset-is-a-binary-file", "vit", lambda r: w(r / "data.bin", os.urandom(256)), BAD, r"."),
     ("missing-dataset", "vit", lambda r: r / "none", BAD, r"does not exist"),
-    ("missing-model", None, lambda r: D.imagefolder(r), BAD, r"."),
+    ("missing-model", None, lambda r: D.imagefolder(r), BAD, r"does not exist"),
+    ("output-dir-is-a-file", "vit", lambda r: (D.imagefolder(r), w(r.parent / "out", "x"))[0], BAD, r"--output-dir .* is a file"),
 ]
 
 
@@ -640,6 +641,8 @@ def test_inspect_rejects_in_one_line(request, capsys, tmp_path, model, make, cod
     data = make(tmp_path / "data")
     model_path = str(request.getfixturevalue(model)) if model else str(tmp_path / "no-model")
     task = ["--task-type", "semantic-segmentation"] if model == "segformer" else []
+    if (tmp_path / "out").is_file():
+        task += ["--output-dir", str(tmp_path / "out")]
     got, out, err = invoke(capsys, ["inspect", "--model-id", model_path, "--local-dataset-path", str(data), "--json", *task])
     assert "Traceback" not in out + err
     report = json.loads(out.strip().splitlines()[-1])
@@ -817,3 +820,54 @@ def test_exit_codes_are_the_documented_ones():
     for code in ("0", "1", "2", "3", "4", "5", "130"):
         assert re.search(rf"\|\s*{code}\s*\|", readme), f"exit code {code} missing from the README table"
     assert "tao-finetune stop" in readme and "Ctrl-C" in readme
+
+
+def test_ctrl_c_with_training_running_says_so_and_stop_ends_it(capsys, tmp_path, monkeypatch):
+    """The detached job keeps running after one Ctrl-C and the user is told; a second press (or `stop`) ends it."""
+    from tao_finetune.agent import cli, fakes
+    from tao_finetune.tools.runtime.local import LocalPlatform
+
+    run = existing_run(tmp_path)
+    plat = LocalPlatform()
+    ctx = ctx_for(run, plat)
+    plat.run(ctx, "train", ["python", "-c", "import time; time.sleep(60)"], detach=True)
+    try:
+        monkeypatch.setattr(fakes.ReplayClient, "create", lambda self, **kw: (_ for _ in ()).throw(KeyboardInterrupt()))
+        capsys.readouterr()
+        code, out, err = invoke(capsys, run_args(tmp_path, "--replay", str(replay_file(tmp_path, name="b.jsonl"))))
+        assert code == INT and "Traceback" not in err
+        assert f"still running: train (detached). Stop it with `tao-finetune stop {run}`" in err
+        assert plat.status(ctx, "train")["running"]
+        monkeypatch.setattr(cli.time, "sleep", lambda s: (_ for _ in ()).throw(KeyboardInterrupt()))  # the second press
+        cli.after_interrupt(ctx, interactive=True)
+        assert "stopped train" in capsys.readouterr().err
+        assert not plat.status(ctx, "train")["running"]
+    finally:
+        plat.stop(ctx, "train")
+
+
+def ctx_for(run: Path, plat):
+    from tao_finetune.agent.config import load_config
+    from tao_finetune.agent.context import RunContext
+
+    cfg = load_config(run / "config.yaml")
+    creds = Credentials({})
+    ctx = RunContext(cfg, SessionLog(run / "session.jsonl", creds), creds, platform=plat)
+    return ctx
+
+
+def test_stop_stops_a_running_job(capsys, tmp_path):
+    from tao_finetune.tools.runtime.local import LocalPlatform
+
+    run = existing_run(tmp_path)
+    plat = LocalPlatform()
+    ctx = ctx_for(run, plat)
+    plat.run(ctx, "train", ["python", "-c", "import time; time.sleep(60)"], detach=True)
+    try:
+        capsys.readouterr()
+        code, out, err = invoke(capsys, ["stop", str(run)])
+        assert code == OK and out.strip() == "stopped train" and not err
+        assert not plat.status(ctx, "train")["running"]
+        assert any("tao-finetune stop: stopped train" in e.get("text", "") for e in read_events(run / "session.jsonl"))
+    finally:
+        plat.stop(ctx, "train")
