@@ -523,7 +523,7 @@ def wait_for(pred, timeout=60.0):
     return False
 
 
-@pytest.mark.parametrize("how", ["sigint", "stop", "sigkill"])
+@pytest.mark.parametrize("how", ["sigint", "sigterm", "stop", "sigkill"])
 def test_a_real_run_interrupted_stopped_or_killed(capsys, tmp_path, how):
     """A run blocked on the API: SIGINT and `tao-finetune stop` end it with 130 and an exit event; after SIGKILL the next run takes over."""
     with FakeAnthropic([Hang(30)] * 4) as api:
@@ -532,6 +532,10 @@ def test_a_real_run_interrupted_stopped_or_killed(capsys, tmp_path, how):
             assert wait_for(lambda: len(api.requests) >= 1), proc.communicate(timeout=5)
             if how == "sigint":
                 proc.send_signal(signal.SIGINT)
+            elif how == "sigterm":
+                code, out, _ = invoke(capsys, ["status", "--output-dir", str(tmp_path / "o")])
+                assert f"running: the agent (PID {proc.pid})" in out
+                proc.terminate()
             elif how == "stop":
                 code, out, err = invoke(capsys, ["stop", str(tmp_path / "o"), "--wait-s", "20"])
                 assert code == OK and f"interrupted the agent (PID {proc.pid})" in out and "Traceback" not in out + err
