@@ -9,13 +9,13 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ValidationError
 
-from tao_finetune.agent import gates
+from tao_finetune.agent import gates, policy
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.llm import LLMAuthError, LLMClient, LLMError, LLMResponse
 from tao_finetune.agent.errors import AskUser, BadInput, Done, GateFailed, LimitReached, LoopExit, NeedsUser, ToolError  # noqa: F401
 from tao_finetune.tools.base import Tool, format_validation_error
 
-PROTECTED = ("model_id", "dataset_id", "local_dataset_path", "training_method")
+PROTECTED = ("model_id", "dataset_id", "local_dataset_path", "training_method")  # tool arguments that name a run input
 RESULT_LIMIT = 20_000
 
 
@@ -131,6 +131,10 @@ class Agent:
                               + ("" if res.met else f": missing {', '.join(res.missing)}"))
             all_met &= res.met
         self.ctx.save()
+        question = gates.learning_question(run_dir, state)
+        if question:
+            raise NeedsUser(question, "re-run the same command with --answer accept to keep this model, or change the recipe "
+                                      "(--set learning_rate=..., --set n_epochs=...) and re-run")
         if all_met:
             raise Done("all six gates met")
 
@@ -194,6 +198,7 @@ class Agent:
                 raise LoopExit(f"tool {name!r} got invalid arguments {n} times; last: {format_validation_error(err)}") from None
             raise InvalidArgs(f"invalid arguments for {name!r}:\n{format_validation_error(err)}\nFix the errors and try again.") from None
         self.retries.pop(name, None)
+        policy.check_config_untouched(self.ctx)
         step = tool.step_of(args)
         if step:
             block = gates.blocking(step, self.ctx.run_dir, self.ctx.state)
