@@ -156,9 +156,9 @@ def test_a_failing_smoke_applies_the_playbook_and_asks_on_the_third_time(tmp_pat
 def test_an_unknown_failure_returns_the_log_tail_redacted(tmp_path, monkeypatch):
     ctx = make_ctx(tmp_path)
     prepared(ctx)
-    script(ctx, "run_eval.py", "import os\nprint('token', os.environ['HF_TOKEN'])\nraise ValueError('weird thing')\n")
+    script(ctx, "prepare_data.py", "import os\nprint('token', os.environ['HF_TOKEN'])\nraise ValueError('weird thing')\n")
     with pytest.raises(ToolError) as err:
-        run(ctx, "baseline")
+        run(ctx, "prepare")
     assert "weird thing" in str(err.value) and "hf_" + "s" * 30 not in str(err.value) and "[REDACTED]" in str(err.value)
 
 
