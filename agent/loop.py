@@ -174,6 +174,10 @@ class Agent:
             self.ctx.session.event("user", question=q.question, answer=answer)
             out, is_error = f"The user answered: {answer}", False
         text = out if isinstance(out, str) else json.dumps(out, default=str, ensure_ascii=False)
+        if not is_error:
+            text, flags = policy.outside_result(name, out, text)
+            for flag in flags:
+                self.ctx.config.note(f"step 1: {flag}")
         text = self.ctx.creds.redact(text)
         if len(text) > RESULT_LIMIT:
             text = text[:RESULT_LIMIT] + f"\n[... {len(text) - RESULT_LIMIT} characters cut]"

@@ -134,7 +134,7 @@ DATA_OPEN = "<<<DATA"
 DATA_CLOSE = "<<<END DATA>>>"
 _INSTRUCTION = re.compile(
     r"(?i)\b(ignore|disregard|forget)\b.{0,40}\b(previous|prior|above|all|earlier)\b|\b(system prompt|you are now|new instructions?|"
-    r"call the tool|use the tool|tool_use|set_config|write_file|hf_push|push_to_hub|api[_ ]?key|hf_token|token)\b|</?\s*(system|instructions?)\s*>")
+    r"call the tool|use the tool|tool_use|set_config|write_file|hf_push|push_to_hub|api[_ ]?key|hf_token|access token)\b|</?\s*(system|instructions?)\s*>")
 
 
 def data_block(origin: str, text: str) -> str:
@@ -152,3 +152,35 @@ def looks_like_instruction(text: str) -> bool:
 def instruction_flags(names: list[str], what: str) -> list[str]:
     """One warning per outside name that reads like an instruction (for Step 1's report)."""
     return [f"{what} {n[:80]!r} reads like an instruction; treated as data only" for n in names if looks_like_instruction(n)]
+
+
+OUTSIDE_TOOLS: dict[str, str] = {
+    "probe_model": "model config and card on the Hub or in the model folder",
+    "probe_dataset": "dataset rows, column and label names",
+    "recommend_datasets": "dataset cards and names on the Hub",
+    "inspect": "model card and dataset rows",
+}
+
+
+def _names(obj: object, keys: tuple[str, ...]) -> list[str]:
+    out: list[str] = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k in keys:
+                out += [str(x) for x in (v if isinstance(v, list) else list(v) if isinstance(v, dict) else [v])]
+            out += _names(v, keys) if isinstance(v, (dict, list)) else []
+    elif isinstance(obj, list):
+        for v in obj:
+            out += _names(v, keys)
+    return out
+
+
+def outside_result(tool: str, out: object, text: str) -> tuple[str, list[str]]:
+    """A tool result that carries outside text, as a data block; plus flags for label/column names that read like instructions."""
+    origin = OUTSIDE_TOOLS.get(tool)
+    if origin is None:
+        return text, []
+    flags = instruction_flags(sorted(set(_names(out, ("label_names", "id2label", "card_classes")))), "label") + \
+        instruction_flags(sorted(set(_names(out, ("columns",)))), "column")
+    head = "".join(f"WARNING: {f}\n" for f in flags)
+    return head + data_block(f"{tool}: {origin}", text), flags

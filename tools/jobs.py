@@ -231,7 +231,7 @@ def docker_build(ctx: RunContext, args: NoArgs) -> dict:
     ctx.state.record("build", rec)
     ctx.save()
     if not rec.get("ok"):
-        raise ToolError(f"build failed: {ctx.creds.redact(str(rec.get('error') or rec.get('log_tail') or rec))[-1500:]}")
+        raise ToolError("build failed:\n" + policy.data_block("build log", ctx.creds.redact(str(rec.get('error') or rec.get('log_tail') or rec))[-1500:]))
     return {k: v for k, v in rec.items() if k != "log_tail"}
 
 
