@@ -48,6 +48,7 @@ class JobEvidence(BaseModel):
     started: float
     ended: float
     outputs: list[FileDigest] = Field(default_factory=list)
+    inputs: list[FileDigest] = Field(default_factory=list, description="the project sources the job ran (audit trail of job code)")
     facts: dict[str, Any] = Field(default_factory=dict, description="numbers the tool read from the outputs (losses, metric)")
 
 
@@ -160,11 +161,18 @@ def digest_files(run_dir: Path, paths: Iterable[Path]) -> list[FileDigest]:
     return out
 
 
+def project_sources(run_dir: Path) -> list[Path]:
+    """The generated project's code and build inputs (what a job runs)."""
+    top = [p for p in run_dir.glob("*") if p.suffix in (".py", ".txt", ".toml", ".cfg") or p.name == "Dockerfile"]
+    return top + list((run_dir / "tests").glob("*.py"))
+
+
 def record_job(state: RunState, run_dir: Path, job: str, argv: list[str], platform: str, image: str | None, exit_code: int,
                started: float, outputs: Iterable[Path], facts: dict[str, Any] | None = None) -> JobEvidence:
-    """Record a finished job with digests of what it produced (called by the job tools after checking the outputs)."""
+    """Record a finished job with digests of what it produced and of the code it ran (called by the job tools after checking the outputs)."""
     ev = JobEvidence(job=job, argv=list(argv), platform=platform, image=image, exit_code=exit_code, started=started,
-                     ended=time.time(), outputs=digest_files(run_dir, outputs), facts=dict(facts or {}))
+                     ended=time.time(), outputs=digest_files(run_dir, outputs), inputs=digest_files(run_dir, project_sources(run_dir)),
+                     facts=dict(facts or {}))
     state.evidence = {**state.evidence, job: ev}
     return ev
 
