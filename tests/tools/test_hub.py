@@ -245,6 +245,7 @@ def test_unreachable_hub_is_a_network_error(tmp_path, monkeypatch):
     ctx = make_ctx(tmp_path)
     with pytest.raises(ToolError, match="network error reaching the Hub"):
         call(hub.hf_push, ctx)
+    assert "Hub repo pushed" in gates.gate6(ctx.run_dir, RunState.load(ctx.run_dir))  # a failed push is a failed gate
 
 
 def test_token_from_env_file_only_is_used_and_not_left_in_environ(hub_server, tmp_path, monkeypatch):
