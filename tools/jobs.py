@@ -314,7 +314,7 @@ def run_unit_tests(ctx: RunContext, plat, argv: list[str]) -> dict:
         evidence(ctx, "tests", argv, started)
     if not passed:
         raise ToolError(f"unit tests failed (exit {code}): {summary}; fix the project code with write_file, then run "
-                        f"docker_run job=tests again\n" + policy.data_block(f"job log {log}", text[-2000:]))
+                        f"docker_run job=tests again\n--- log tail ---\n" + policy.data_block(f"job log {log}", text[-2000:]))
     return {"job": "tests", "exit_code": 0, "passed": True, "summary": summary, "log": log, "report": UNIT_TESTS}
 
 

@@ -229,7 +229,7 @@ class DockerPlatform:
         vols = {str(ctx.run_dir): {"bind": WORKDIR, "mode": "rw"}}
         cache = self.hf_cache or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
         # the caches only: HF_HOME also holds the user's `token` file, which a job must never see
-        for sub in ("hub", "datasets"):
+        for sub in ("hub", "datasets", "modules"):
             (cache / sub).mkdir(parents=True, exist_ok=True)
             vols[str((cache / sub).resolve())] = {"bind": f"{CONTAINER_HF_HOME}/{sub}", "mode": "rw"}
         # a local dataset or model folder is visible at the same path as on the host; a relative one also under
