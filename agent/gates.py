@@ -175,7 +175,7 @@ def learning_verdict(run_dir: Path, state: RunState) -> dict | None:
     """
     cfg = _config(run_dir)
     train, ev = state.evidence.get("train"), state.evidence.get("eval")
-    if train is None or ev is None:
+    if train is None or ev is None or (not cfg.get("skip_baseline") and "baseline" not in state.evidence):
         return None
     res = read_json(run_dir / "reports" / "eval_results.json")
     name = str(res.get("primary_metric") or "metric")

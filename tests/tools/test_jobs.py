@@ -348,3 +348,28 @@ def test_a_job_that_writes_its_credential_to_a_file_is_scrubbed_and_does_not_cou
         run(ctx, "prepare")
     assert "prepare" not in ctx.state.evidence
     assert leaks_under(token, ctx.run_dir) == []
+
+
+def test_the_loop_stops_on_a_model_that_did_not_learn_and_an_accepted_one_is_on_the_card(tmp_path):
+    from tao_finetune.agent import gates
+    from tao_finetune.agent.fakes import ScriptedClient, tool_call
+    from tao_finetune.agent.loop import Agent
+    from tao_finetune.tools import hub
+
+    ctx = training_ctx(tmp_path, [2.3, 2.3, 2.31, 2.3, 2.3, 2.3])
+    ctx.yes = True
+    ctx.platform.extra_env.update(STUB_ACC="0.52", STUB_BASE="0.5")
+    script(ctx, "run_eval.py", EVAL_STUB)
+    turns = [tool_call("docker_run", {"job": "train"}), tool_call("train_status", {"wait_s": 60}), tool_call("docker_run", {"job": "eval"}),
+             tool_call("docker_run", {"job": "baseline"})]
+    import dataclasses
+
+    ungated = [dataclasses.replace(t, step=0, step_for=None) for t in (jobs.docker_run, jobs.train_status)]  # steps 1-4 are not the point
+    result = Agent(ScriptedClient(turns), ctx, ungated, "s").run("go")
+    assert result.code == 3 and result.message.startswith(gates.LEARNING_MARK)  # asked only once the baseline was there too
+    assert "training loss did not fall (2.3 -> 2.3)" in result.message and '"margin": 0.0707' in result.message
+    assert ctx.state.pending_question == result.message
+    assert gates.accept_learning(ctx.state, ctx.run_dir, ctx.state.pending_question, "accept")
+    ctx.save()
+    card = hub.model_card(ctx.config, ctx.run_dir, "acme/tiny-ft", None)
+    assert "Accepted by the user without clear evidence of learning" in card and "training loss did not fall" in card
