@@ -68,6 +68,7 @@ def write_file(ctx: RunContext, args: WriteFileArgs) -> dict:
     """Write one source file of the generated project (*.py, Dockerfile, requirements.txt, tests/, README, configs it reads); reports/, checkpoints/, logs/, meta/, skills/, data/, .tao/, config.yaml and session.jsonl are refused (jobs and tools write those). A .py needs the copyright header."""
     policy.check_writable(args.path)
     target = ctx.confine(args.path)
+    policy.check_writable(str(target.relative_to(ctx.run_dir.resolve())))  # a symlink planted by a job cannot redirect the write
     if target.is_dir():
         raise ToolError(f"{args.path!r} is a directory")
     check_py(args.path, args.content)

@@ -72,6 +72,18 @@ def test_write_file_refuses_a_symlink_escape(tmp_path):
     assert list(outside.iterdir()) == []
 
 
+def test_write_file_refuses_a_symlink_into_a_tool_owned_path(tmp_path):
+    ctx = make_ctx(tmp_path)
+    before = (ctx.run_dir / "config.yaml").read_text()
+    os.symlink(ctx.run_dir / "config.yaml", ctx.run_dir / "settings.yaml")
+    (ctx.run_dir / "reports").mkdir()
+    os.symlink(ctx.run_dir / "reports", ctx.run_dir / "src")
+    for path in ("settings.yaml", "src/eval_results.json"):
+        with pytest.raises(ToolError, match="write_file refuses"):
+            write(ctx, path, "{}")
+    assert (ctx.run_dir / "config.yaml").read_text() == before and not (ctx.run_dir / "reports" / "eval_results.json").exists()
+
+
 def test_write_file_refuses_python_without_the_header(tmp_path):
     ctx = make_ctx(tmp_path)
     with pytest.raises(ToolError, match="copyright header"):
