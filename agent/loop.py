@@ -15,7 +15,7 @@ from tao_finetune.agent.llm import LLMAuthError, LLMClient, LLMError, LLMRespons
 from tao_finetune.agent.errors import AskUser, BadInput, Done, GateFailed, LimitReached, LoopExit, NeedsUser, ToolError  # noqa: F401
 from tao_finetune.tools.base import Tool, format_validation_error
 
-PROTECTED = ("model_id", "dataset_id", "local_dataset_path", "training_method")  # tool arguments that name a run input
+PROTECTED = policy.SUBSTITUTION_ARGS  # tool arguments that name a protected run input (agent/policy.py)
 RESULT_LIMIT = 20_000
 
 

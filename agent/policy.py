@@ -30,6 +30,8 @@ PROTECTED_KEYS = frozenset({
     "emit_progress_log", "emit_report", "emit_unit_tests",
 })
 """Config keys that are the user's inputs (or that would make a gate cheaper to pass): changing one is a question."""
+SUBSTITUTION_ARGS = ("model_id", "dataset_id", "local_dataset_path", "training_method")
+"""Tool arguments that name one of the protected identity inputs; the loop asks before a call that would change one."""
 
 
 def normalise_key(key: str) -> str:
