@@ -66,13 +66,20 @@ class WriteFileArgs(BaseModel):
 @tool(step=4)
 def write_file(ctx: RunContext, args: WriteFileArgs) -> dict:
     """Write one source file of the generated project (*.py, Dockerfile, requirements.txt, tests/, README, configs it reads); reports/, checkpoints/, logs/, meta/, skills/, data/, .tao/, config.yaml and session.jsonl are refused (jobs and tools write those). A .py needs the copyright header."""
+    if "\x00" in args.path or not args.path.strip():
+        raise ToolError(f"path {args.path[:80]!r} is empty or holds a NUL byte: give a relative path like 'train.py'")
+    if len(args.path.encode()) > 1024 or any(len(part.encode()) > 255 for part in Path(args.path).parts):
+        raise ToolError(f"path {args.path[:80]!r}... is too long (a name over 255 bytes or a path over 1024)")
     policy.check_writable(args.path)
     target = ctx.confine(args.path)
     policy.check_writable(str(target.relative_to(ctx.run_dir.resolve())))  # a symlink planted by a job cannot redirect the write
     if target.is_dir():
         raise ToolError(f"{args.path!r} is a directory")
     check_py(args.path, args.content)
-    atomic_write_text(target, args.content)
+    try:
+        atomic_write_text(target, args.content)
+    except OSError as err:  # a parent that is a file, a full disk, permissions
+        raise ToolError(f"cannot write {args.path!r}: {err.strerror or err}") from None
     ctx.session.event("file_written", path=args.path, bytes=len(args.content.encode()))
     return {"path": str(target.relative_to(ctx.run_dir.resolve())), "bytes": len(args.content.encode())}
 
