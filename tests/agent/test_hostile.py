@@ -141,7 +141,7 @@ def test_forged_evidence_and_state_files_never_make_a_gate_hold(run, hub, capsys
     assert result.code == 4 and "gate 4" in result.message
     assert (run.run_dir / "config.yaml").read_text() == before
     events = [json.loads(x) for x in (run.run_dir / "session.jsonl").read_text().splitlines()]
-    assert events[0]["kind"] == "start" and sum(e["kind"] == "tool_call" for e in events) == len(writes) + 3
+    assert "start" in [e["kind"] for e in events[:2]] and sum(e["kind"] == "tool_call" for e in events) == len(writes) + 3
     state = RunState.load(run.run_dir)
     assert state.evidence == {} and state.push is None and gates.first_unmet(run.run_dir, state) == 4
     assert_contained(run, server, hub, capsys, result)
