@@ -292,6 +292,9 @@ def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], 
     ctx.save()
     client = make_client(args, ctx)
     tools = all_tools()
+    if args.answer and gates.accept_learning(state, run_dir, state.pending_question, args.answer):
+        session.event("accepted", what="gate 5: model kept without clear evidence of learning", answer=args.answer)
+        ctx.save()
     first = gates.first_unmet(run_dir, state)
     if first is None:
         console.print("[green]all six gates already met[/]")
@@ -304,6 +307,7 @@ def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], 
         resume += f"\nThe previous run asked: {state.pending_question!r}. The user's answer: {args.answer}"
         session.event("user", question=state.pending_question, answer=args.answer)
         state.pending_question = None
+        ctx.save()
     task = render("task.md", model_id=cfg.model_id, request=args.request or "(headless run; inputs are in config.yaml)", resume=resume)
     limits = Limits(max_steps=args.max_steps, max_cost_usd=args.max_cost, max_wall_s=args.max_hours * 3600)
     ask = None if ctx.yes else prompt_user
