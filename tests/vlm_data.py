@@ -34,8 +34,12 @@ def tiny_smolvlm(path: Path, image_size: int = 32, hidden: int = 64, seed: int =
     SmolVLM-256M-sized model this way)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil,
-                              Idefics3Processor, PreTrainedTokenizerFast)
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor, PreTrainedTokenizerFast
+
+    try:  # transformers >= 5.2x names the PIL backend explicitly (the default one wants torchvision)
+        from transformers import Idefics3ImageProcessorPil as ImageProcessor
+    except ImportError:
+        from transformers import Idefics3ImageProcessor as ImageProcessor
 
     special = ["<unk>", "<|im_start|>", "<|im_end|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>",
                "<global-img>"] + [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
@@ -47,7 +51,7 @@ def tiny_smolvlm(path: Path, image_size: int = 32, hidden: int = 64, seed: int =
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<|im_start|>",
                                    eos_token="<end_of_utterance>", pad_token="<|im_end|>",
                                    additional_special_tokens=special[4:7])
-    ip = Idefics3ImageProcessorPil(size={"longest_edge": image_size}, max_image_size={"longest_edge": image_size},
+    ip = ImageProcessor(size={"longest_edge": image_size}, max_image_size={"longest_edge": image_size},
                                    do_image_splitting=False)
     seq = (image_size // patch) ** 2 // (scale_factor ** 2)
     proc = Idefics3Processor(image_processor=ip, tokenizer=fast, image_seq_len=seq, chat_template=SMOLVLM_CHAT_TEMPLATE)
