@@ -55,13 +55,13 @@ def tiny_smolvlm(path: Path, image_size: int = 32, hidden: int = 64, seed: int =
                                    do_image_splitting=False)
     seq = (image_size // patch) ** 2 // (scale_factor ** 2)
     proc = Idefics3Processor(image_processor=ip, tokenizer=fast, image_seq_len=seq, chat_template=SMOLVLM_CHAT_TEMPLATE)
-    vision_cfg = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=2,
-                      **(vision or {}), image_size=image_size, patch_size=patch)
-    text_cfg = dict(model_type="llama", hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                    num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                    initializer_range=0.2,  # at hidden 64 a frozen random lm_head at the default 0.02 caps every logit near 1
-                    **(text or {}), vocab_size=max(vocab_size or 0, len(fast)),
-                    pad_token_id=fast.pad_token_id, bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id)
+    vision_cfg = {"hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": 2, "num_attention_heads": 2,
+                  **(vision or {}), "image_size": image_size, "patch_size": patch}
+    text_cfg = {"model_type": "llama", "hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": 2,
+                "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 256,
+                "initializer_range": 0.2,  # at hidden 64 a frozen random lm_head at the default 0.02 caps every logit near 1
+                **(text or {}), "vocab_size": max(vocab_size or 0, len(fast)),
+                "pad_token_id": fast.pad_token_id, "bos_token_id": fast.bos_token_id, "eos_token_id": fast.eos_token_id}
     cfg = Idefics3Config(vision_config=vision_cfg, text_config=text_cfg, image_token_id=fast.convert_tokens_to_ids("<image>"),
                          scale_factor=scale_factor, pad_token_id=fast.pad_token_id)
     torch.manual_seed(seed)
