@@ -150,6 +150,7 @@ class RunConfig(BaseModel):
     platform: Platform = "docker"
     allow_cpu: bool = False
     image: str | None = Field(None, description="user-chosen container image; overrides NGC selection")
+    license: str | None = Field(None, description="license of the pushed model (Hub license id); default: the base model's")
 
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
