@@ -4,7 +4,7 @@ huggingface_hub 2.4 API used (site-packages/huggingface_hub/repocard.py, repocar
 ModelCardData(base_model, datasets, license, license_name, license_link, library_name, pipeline_tag, tags, metrics,
 model_name, eval_results=[EvalResult(task_type, dataset_type, dataset_name, metric_type, metric_value, ...)]);
 ModelCard(content) parses the front matter back (a model-index that does not parse raises ValueError);
-RepoCard.validate() POSTs the card to {ENDPOINT}/api/validate-yaml (400 -> ValueError);
+RepoCard.validate() POSTs the card to {ENDPOINT}/api/validate-yaml (400 -> ValueError; done here with httpx);
 model_index_to_eval_results(model_index) reads the metrics back as the Hub does.
 """
 
@@ -15,16 +15,16 @@ import re
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
 from tao_finetune.agent import gates
 from tao_finetune.agent.config import RunConfig
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.errors import NeedsUser, ToolError
-from tao_finetune.tools.probe import endpoint, hub_env, is_local_ref, split_card
+from tao_finetune.tools.probe import endpoint, is_local_ref, split_card
 
 # A Hub repo id: "name" (legacy canonical models) or "namespace/name"; letters, digits, '-', '_', '.'; no path syntax.
 HUB_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -357,13 +357,18 @@ def check_card(text: str, required_files: list[str] | None = None, uploaded: lis
 
 
 def validate_on_hub(card: ModelCard) -> str | None:
-    """The Hub's own YAML check (POST /api/validate-yaml); ValueError -> ToolError; None if done, else why skipped."""
+    """The Hub's own YAML check, as RepoCard.validate() does it (POST {endpoint}/api/validate-yaml; 400 = rejected).
+
+    Posted to endpoint() (the HF_ENDPOINT of now) rather than through card.validate(), which uses the endpoint
+    huggingface_hub read at import. 400 -> ToolError; any other answer or no answer -> the reason it was skipped.
+    """
     try:
-        with hub_env():
-            card.validate("model")
-    except ValueError as err:
-        raise ToolError(f"the Hub rejected the model card: {str(err).splitlines()[0][:300]}") from None
-    except HfHubHTTPError as err:
-        status = err.response.status_code if err.response is not None else None
-        return f"the Hub at {endpoint()} did not validate the card (HTTP {status}); checked locally only"
+        r = httpx.post(f"{endpoint()}/api/validate-yaml", json={"repoType": "model", "content": str(card)},
+                       headers={"Accept": "text/plain"}, timeout=30)
+    except httpx.HTTPError as err:
+        return f"the Hub at {endpoint()} could not validate the card ({type(err).__name__}); checked locally only"
+    if r.status_code == 400:
+        raise ToolError(f"the Hub rejected the model card: {r.text.strip().splitlines()[0][:300] if r.text.strip() else 'no reason given'}")
+    if r.status_code >= 300:
+        return f"the Hub at {endpoint()} did not validate the card (HTTP {r.status_code}); checked locally only"
     return None
