@@ -152,8 +152,9 @@ def gate5(run_dir: Path, state: RunState) -> list[str]:
         missing.append("reports/eval_results.json with a numeric primary metric")
     if not cfg.get("skip_baseline") and not (run_dir / "reports" / "baseline_results.json").is_file():
         missing.append("reports/baseline_results.json")
-    if cfg.get("emit_report") and not (run_dir / "reports" / "report.html").is_file():
-        missing.append("reports/report.html (emit_report)")
+    for name in ("report.html", "report.pdf"):
+        if cfg.get("emit_report") and not (run_dir / "reports" / name).is_file():
+            missing.append(f"reports/{name} (emit_report)")
     samples = run_dir / "reports" / "inference_samples"
     n = len([p for p in samples.iterdir() if p.is_file()]) if samples.is_dir() else 0
     if n < N_SAMPLES:
