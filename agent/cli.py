@@ -86,8 +86,13 @@ def leaf_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
 def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
     """Merge an existing run's config, --config, flags and --set; returns the config and the user-set keys."""
     data: dict[str, Any] = {}
+    file_keys: list[str] = []
     if args.config:
-        data = load_config(args.config).model_dump(exclude_defaults=True)
+        loaded = load_config(args.config)
+        data = loaded.model_dump(exclude_defaults=True)
+        # A run's own config.yaml (it records user_set/recipe): only what that run's user set is user input; recorded
+        # facts and researched values keep their rank and source. A hand-written config: every value in it is the user's.
+        file_keys = list(loaded.user_set) if (loaded.user_set or loaded.recipe) else leaf_keys(data)
     flags = {key: getattr(args, key) for _, key, _ in VALUE_FLAGS}
     flags.update({key: getattr(args, key) for _, key in BOOL_FLAGS})
     flags["push_to_hub"] = args.push_to_hub
@@ -102,7 +107,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
             data[key] = str(Path(value).expanduser().resolve())
     out = Path(data.get("output_dir") or build_config({"model_id": data["model_id"]}).output_dir).resolve()
     existing = out / "config.yaml"
-    user_keys = sorted((set(leaf_keys(data)) | set(set_keys)) - {"model_id"})
+    user_keys = sorted((set(file_keys) | set(leaf_keys(given)) | set(set_keys)) - {"model_id"})
     if existing.exists():
         prev = load_config(existing)
         if prev.model_id != data["model_id"]:
@@ -199,15 +204,15 @@ def run_command(args: argparse.Namespace) -> int:
     state = RunState.load(run_dir)
     user_recipe(cfg, user_keys)
     ctx = RunContext(cfg, session, creds, state, yes=args.yes or not sys.stdin.isatty())
-    ctx.platform = make_platform(cfg)
-    ctx.save()
-    client = make_client(args, ctx)
-    tools = all_tools()
     first = gates.first_unmet(run_dir, state)
-    if first is None:
+    if first is None:  # a finished run is never rewritten: nothing is saved before this point
         console.print("[green]all six gates already met[/]")
         print(summary(run_dir, state))
         return EXIT_OK
+    ctx.platform = make_platform(cfg)
+    client = make_client(args, ctx)
+    ctx.save()
+    tools = all_tools()
     system = render("system.md", **system_vars(ctx))
     resume = f"Steps 1-{first - 1} are done (their gates hold); continue at step {first} ({gates.STEP_NAMES[first]})." if first > 1 else "Start at step 1."
     if args.answer:

@@ -314,10 +314,13 @@ def _rerun_commands(ctx: RunContext) -> str:
     jobs += ["merge"] if gates.uses_lora_merge(cfg.model_dump()) else []
     jobs += ["eval", "infer"]
     lines += [prefix + " ".join(command(ctx, job, 1 if job == "smoke" else None)) for job in jobs]
-    agent = f"tao-finetune run --config {out / 'config.yaml'} --output-dir {out} --yes"
+    rerun = f"tao-finetune run --config {out / 'config.yaml'} --output-dir {out}-rerun --yes"
+    resume = f"tao-finetune run --config {out / 'config.yaml'} --output-dir {out} --yes"
     return (
-        "With the agent (resumes at the first unmet gate; the recorded recipe skips research):\n\n"
-        f"```bash\n{agent}\n```\n\nBy hand (script options are read from config.yaml):\n\n```bash\n" + "\n".join(lines) + "\n```"
+        "With the agent, into a new output dir (the recorded recipe and its sources are kept, so no new research; "
+        "needs ANTHROPIC_API_KEY, or add `--llm autopilot` to drive it without a model; the finished run is not touched):\n\n"
+        f"```bash\n{rerun}\n```\n\nTo resume this run in place instead (a finished run only prints its summary):\n\n"
+        f"```bash\n{resume}\n```\n\nBy hand (script options are read from config.yaml):\n\n```bash\n" + "\n".join(lines) + "\n```"
     )
 
 

@@ -250,7 +250,7 @@ def test_emitted_skill_is_complete_and_meets_gate6(hub_server, tmp_path):
     assert body.lstrip().startswith("<!-- Copyright (c) ") and "NVIDIA CORPORATION" in body.split("-->")[0]
     assert "| accuracy | 0.1200 → 0.9100 (Δ +0.7900) |" in body
     assert "docker build -t run-vit-tiny-demo:latest ." in body
-    assert f"tao-finetune run --config {ctx.run_dir / 'config.yaml'}" in body
+    assert f"tao-finetune run --config {ctx.run_dir / 'config.yaml'} --output-dir {ctx.run_dir}-rerun --yes" in body
     assert gates.gate6(ctx.run_dir, RunState.load(ctx.run_dir)) == []
 
 
