@@ -193,7 +193,8 @@ def _rerun_section(ctx: RunContext, repo_id: str, skill_rel: str | None) -> list
     cmds += [run + " ".join(command(ctx, job)) for job in jobs]
     lines = [
         "This repo holds the whole training project (`config.yaml` is its only input; `Dockerfile`, "
-        "`requirements.txt` and the scripts are the ones that produced these weights). To train again:",
+        "`requirements.txt` (pinned from the built image) and the scripts are the ones that produced these weights; "
+        "`PROJECT.md` explains each script). To train again:",
         "",
         "```bash",
         *cmds,

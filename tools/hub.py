@@ -95,7 +95,7 @@ def upload_plan(run_dir: Path) -> list[tuple[str, Path]]:
     for name in ("eval_results.json", "baseline_results.json", "train_summary.json", "inference_summary.json"):
         if (reports / name).is_file():
             plan.append((f"results/{name}", reports / name))
-    plan += [(str(p.relative_to(run_dir)), p) for p in project_files(run_dir)]
+    plan += [("PROJECT.md" if p.name == "README.md" else str(p.relative_to(run_dir)), p) for p in project_files(run_dir)]
     samples = reports / "inference_samples"
     plan += [(f"inference_samples/{p.relative_to(samples)}", p) for p in _files_under(samples)]
     for name in ("report.pdf", "report.html"):
