@@ -49,19 +49,36 @@ BOOL_FLAGS: list[tuple[str, str]] = [
 ]
 
 
+def field_help(key: str) -> tuple[str, list[str] | None]:
+    """Help text and choices for a run flag, from RunConfig's field description, default and Literal type."""
+    import typing
+
+    field = RunConfig.model_fields[key]
+    choices = None
+    for arg in (field.annotation, *typing.get_args(field.annotation)):
+        if typing.get_origin(arg) is typing.Literal:
+            choices = [str(c) for c in typing.get_args(arg)]
+    default = None if field.is_required() else field.default
+    shown = {True: "on", False: "off"}.get(default, default) if default is not None else None
+    text = (field.description or key.replace("_", " ")) + (f" (default: {shown})" if shown is not None and shown != "" else "")
+    return text.replace("%", "%%"), choices
+
+
 def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="fine-tune a model through the six gated steps (resumes an existing output dir)",
                        description="Fine-tune a Hugging Face model through the six gated steps. Re-running on the same output dir resumes at the first unmet gate.")
     for flag, key, typ in VALUE_FLAGS:
-        p.add_argument(flag, dest=key, type=typ, default=None, metavar=key.upper())
-    p.add_argument("--push-to-hub", dest="push_to_hub", action=argparse.BooleanOptionalAction, default=None, help="push the result to the Hub (default: on)")
+        help_, choices = field_help(key)
+        p.add_argument(flag, dest=key, type=typ, default=None, choices=choices, help=help_,
+                       metavar="{" + ",".join(choices) + "}" if choices else key.upper())
+    p.add_argument("--push-to-hub", dest="push_to_hub", action=argparse.BooleanOptionalAction, default=None, help=field_help("push_to_hub")[0])
     for flag, key in BOOL_FLAGS:
-        p.add_argument(flag, dest=key, action="store_true", default=None)
-    p.add_argument("--config", type=Path, help="a config.yaml to start from")
+        p.add_argument(flag, dest=key, action="store_true", default=None, help=field_help(key)[0])
+    p.add_argument("--config", type=Path, help="a config.yaml to start from (a finished run's config.yaml repeats that run)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="set any config value (repeatable), e.g. --set learning_rate=1e-4")
     p.add_argument("--llm", choices=LLMS, default="anthropic", help="who drives the run: the Anthropic API (default), the built-in autopilot (no key, no network), or a replay")
     p.add_argument("--model", dest="llm_model", default=None, help="Anthropic model id (default: TAO_MODEL or a current Sonnet-class model)")
-    p.add_argument("--replay", type=Path, help="session.jsonl to replay (with --llm replay)")
+    p.add_argument("--replay", type=Path, metavar="SESSION.jsonl", help="session.jsonl to replay (with --llm replay)")
     p.add_argument("--answer", default=None, help="your answer to the question a previous run stopped on")
     p.add_argument("--request", default="", help="the request in your own words (kept in the session log)")
     p.add_argument("--yes", action="store_true", help="never prompt; a question ends the run with exit code 3")
