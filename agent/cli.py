@@ -86,7 +86,8 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, default=250, help="model turns at most")
     p.add_argument("--max-cost", type=float, default=25.0, help="USD at most for model calls")
     p.add_argument("--max-hours", type=float, default=24.0, help="wall time at most")
-    p.add_argument("--quiet", action="store_true", help="print only the final summary")
+    p.add_argument("--quiet", action="store_true", help="print only the result (no live view, no job or build output)")
+    p.add_argument("--verbose", action="store_true", help="also print tool arguments and results, model text and job output")
 
 
 def leaf_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
@@ -143,14 +144,14 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
     return cfg, [k for k in user_keys if k != "output_dir"]
 
 
-def make_platform(cfg: RunConfig):
+def make_platform(cfg: RunConfig, echo=None):
     if cfg.platform == "local":
         from tao_finetune.tools.runtime.local import LocalPlatform
 
         return LocalPlatform()
     from tao_finetune.tools.runtime.docker import DockerPlatform
 
-    return DockerPlatform()
+    return DockerPlatform(echo=echo)
 
 
 def make_client(args: argparse.Namespace, ctx):
@@ -169,21 +170,6 @@ def make_client(args: argparse.Namespace, ctx):
     if not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):
         raise ConfigError("ANTHROPIC_API_KEY is not set: export it, or use --llm autopilot (no key, no network)")
     return AnthropicClient(model=args.llm_model)
-
-
-def echo_event(ev: dict[str, Any]) -> None:
-    kind = ev["kind"]
-    if kind == "tool_call":
-        console.print(f"[cyan]→ {ev['name']}[/] {json.dumps(ev['input'])[:160]}")
-    elif kind == "tool_result":
-        mark = "[red]✗[/]" if ev["is_error"] else "[green]✓[/]"
-        console.print(f"  {mark} {str(ev['content']).splitlines()[0][:200] if ev['content'] else ''}")
-    elif kind == "gate" and ev["met"]:
-        console.print(f"[bold green]gate {ev['step']} met[/] ({gates.STEP_NAMES[ev['step']]})")
-    elif kind == "response":
-        text = " ".join(b.get("text", "") for b in ev["content"] if b.get("type") == "text").strip()
-        if text:
-            console.print(f"[dim]{text[:400]}[/]")
 
 
 def summary(run_dir: Path, state: RunState) -> str:
@@ -217,7 +203,10 @@ def run_command(args: argparse.Namespace) -> int:
     run_dir = cfg.out
     run_dir.mkdir(parents=True, exist_ok=True)
     creds = Credentials.load(args.env_file)
-    session = SessionLog(run_dir / "session.jsonl", creds, echo=None if args.quiet else echo_event)
+    from tao_finetune.agent.console import LiveView
+
+    view = LiveView(console, run_dir, "quiet" if args.quiet else "verbose" if args.verbose else "normal")
+    session = SessionLog(run_dir / "session.jsonl", creds, echo=None if args.quiet else view.event)
     state = RunState.load(run_dir)
     user_recipe(cfg, user_keys)
     ctx = RunContext(cfg, session, creds, state, yes=args.yes or not sys.stdin.isatty())
@@ -226,7 +215,7 @@ def run_command(args: argparse.Namespace) -> int:
         console.print("[green]all six gates already met[/]")
         print(summary(run_dir, state))
         return EXIT_OK
-    ctx.platform = make_platform(cfg)
+    ctx.platform = make_platform(cfg, echo=None if args.quiet else view.job_output)
     client = make_client(args, ctx)
     ctx.save()
     tools = all_tools()
@@ -238,8 +227,10 @@ def run_command(args: argparse.Namespace) -> int:
         state.pending_question = None
     task = render("task.md", model_id=cfg.model_id, request=args.request or "(headless run; inputs are in config.yaml)", resume=resume)
     limits = Limits(max_steps=args.max_steps, max_cost_usd=args.max_cost, max_wall_s=args.max_hours * 3600)
-    ask = None if ctx.yes else (lambda q: console.input(f"[bold yellow]? {q}[/]\n> ") or None)
-    result = Agent(client, ctx, tools, system, limits, ask=ask).run(task)
+    ask = None if ctx.yes else (lambda q: view.ask(f"[bold yellow]? {q}[/]\n> ") or None)
+    view.step = first
+    with view:
+        result = Agent(client, ctx, tools, system, limits, ask=ask).run(task)
     if result.code == EXIT_OK:
         console.print(f"[bold green]done[/]: {result.message}")
         print(summary(run_dir, state))
@@ -293,10 +284,17 @@ def status_command(args: argparse.Namespace) -> int:
         res = gates.check(step, run_dir, state)
         rows[step] = {"name": gates.STEP_NAMES[step], "met": res.met, "missing": list(res.missing)}
     if args.json:
-        print(json.dumps({"gates": rows, "pending_question": state.pending_question}, indent=1))
+        from tao_finetune.agent.console import training_eta
+
+        print(json.dumps({"gates": rows, "training": training_eta(run_dir), "pending_question": state.pending_question}, indent=1))
     else:
         for step, r in rows.items():
             print(f"{'✅' if r['met'] else '❌'} step {step} {r['name']}" + ("" if r["met"] else f": missing {', '.join(r['missing'])}"))
+        from tao_finetune.agent.console import progress_line, training_eta
+
+        train = training_eta(run_dir)
+        if train and train.get("total"):
+            print(progress_line(train))
         if state.pending_question:
             print(f"pending question: {state.pending_question}")
     return EXIT_OK if all(r["met"] for r in rows.values()) else EXIT_GATE
