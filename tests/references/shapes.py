@@ -99,14 +99,17 @@ def segmentation_folders(root: Path, n: int = 60, size: int = 32, seed: int = 2,
 
 def tiny_detr(path: Path, names: list[str] = SHAPES, size: int = 64) -> Path:
     """A random-init DETR (2+2 layers, d_model 64) on a tiny ResNet backbone (no timm), with its image processor."""
+    import torch
     from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor, ResNetConfig
 
-    backbone = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 64], depths=[1, 1, 1, 1], layer_type="basic",
-                            out_features=["stage4"])
+    # two stages (stride 8): a 64 px image still gives an 8x8 feature map to localise on
+    backbone = ResNetConfig(embedding_size=16, hidden_sizes=[32, 64], depths=[1, 1], layer_type="basic", out_features=["stage2"])
     cfg = DetrConfig(backbone_config=backbone, use_timm_backbone=False, d_model=64, encoder_layers=2, decoder_layers=2,
                      encoder_ffn_dim=128, decoder_ffn_dim=128, encoder_attention_heads=4, decoder_attention_heads=4,
                      num_queries=10, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
-    DetrForObjectDetection(cfg).save_pretrained(path)
+    model = DetrForObjectDetection(cfg)
+    torch.nn.init.normal_(model.model.query_position_embeddings.weight)  # N(0, 1) as DETR's nn.Embedding: distinct queries
+    model.save_pretrained(path)
     DetrImageProcessor(size={"shortest_edge": size, "longest_edge": size}).save_pretrained(path)
     return path
 
