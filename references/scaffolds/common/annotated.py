@@ -17,7 +17,7 @@
 Every value comes from config.yaml's `project:` section (ProjectSpec). Local layouts read here, the same ones Step 1
 scans: COCO json (`images` + `annotations` + `categories`), Pascal VOC (Annotations/*.xml for boxes,
 SegmentationClass/ for masks, ImageSets/{Main,Segmentation}/<split>.txt), and [split/]images/ + masks/ folders with
-matching file stems. Hub ids, arrow and parquet go through sources.open_splits (`datasets`).
+matching file stems. Hub ids, arrow, parquet and json(l) rows are read with `datasets` (honours HF_ENDPOINT), the project's renames applied.
 Rows come out canonical: detection {"image", "boxes" (absolute xyxy pixels), "categories" (class ids)};
 segmentation {"image", "mask"}.
 Sources: https://cocodataset.org/#format-data (bbox = [x, y, width, height] in pixels),
@@ -36,8 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sources import EVAL_SPLITS, IMAGE_EXT, Table, open_splits
+from sources import IMAGE_EXT, Table
 
+EVAL_SPLITS = ("validation", "valid", "val", "test", "eval")
 SPLIT_NAMES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation", "val": "validation",
                "dev": "validation", "eval": "validation", "test": "test", "testing": "test"}
 MASK_DIRS = ("masks", "mask", "annotations", "labels", "segmentations")
@@ -244,17 +245,44 @@ def label_file_names(root: Path) -> list[str]:
 # ---------------------------------------------------------------- tables and the split plan
 
 
+def datasets_tables(p: dict) -> dict[str, Table]:
+    """Hub id (load_dataset), arrow (load_from_disk), parquet / json(l) files (load_dataset with data_files)."""
+    import datasets
+
+    renames = dict(p.get("column_renames") or {})
+    if p.get("dataset_id"):
+        dd = datasets.load_dataset(p["dataset_id"], p.get("dataset_config"))
+    else:
+        root = Path(p["local_dataset_path"]).expanduser()
+        fmt = p.get("local_dataset_format") or "auto"
+        if fmt == "arrow" or any((root / n).exists() for n in ("dataset_dict.json", "dataset_info.json", "state.json")):
+            dd = datasets.load_from_disk(str(root))
+        else:
+            ext = "parquet" if fmt == "parquet" or (fmt == "auto" and list(root.rglob("*.parquet"))) else "json"
+            files = p.get("data_files") or {}
+            if not files:
+                found = [root] if root.is_file() else sorted(root.rglob("*.parquet" if ext == "parquet" else "*.json*"))
+                for f in found:
+                    files.setdefault(split_of(f.stem) or "train", []).append(str(f))
+            if not files:
+                raise SystemExit(f"no {ext} files under {root}; set project.local_dataset_format")
+            dd = datasets.load_dataset(ext, data_files=files)
+    if hasattr(dd, "column_names") and not isinstance(dd.column_names, dict):
+        dd = {"train": dd}
+    return {k: Table(v, renames) for k, v in dd.items()}
+
+
 def open_annotated(p: dict, task: str) -> tuple[dict[str, Table], list[str], dict]:
     """All splits as Tables: canonical rows for local COCO / VOC / mask folders, source rows (renames applied) for Hub
-    ids, arrow, parquet and jsonl; plus the label names the layout defines and {"layout", "dropped" annotation counts}."""
+    ids, arrow, parquet and json(l); plus the label names the layout defines and {"layout", "dropped" annotation counts}."""
     path = p.get("local_dataset_path")
     fmt = p.get("local_dataset_format") or "auto"
     if p.get("dataset_id") or not path:
-        return open_splits(p), [], {"layout": "hub", "dropped": {}}
+        return datasets_tables(p), [], {"layout": "hub", "dropped": {}}
     root = Path(path).expanduser()
     layout = fmt if fmt in ("coco", "voc") else detect_layout(root) if fmt in ("auto", "imagefolder") else "other"
     if layout == "other":
-        return open_splits(p), [], {"layout": fmt, "dropped": {}}
+        return datasets_tables(p), [], {"layout": fmt, "dropped": {}}
     if task == "object-detection":
         if layout == "masks":
             raise SystemExit(f"{root} is an image + mask layout, not a detection dataset (COCO json or VOC Annotations/)")
@@ -272,25 +300,27 @@ def skipped(row: dict, skip: set[str]) -> bool:
 
 
 def plan(p: dict, tables: dict[str, Table]) -> tuple[Table, np.ndarray, Table, np.ndarray]:
-    """Train and eval rows per the project's split plan: named source splits, else a seeded hold-out of
-    eval_fraction of train; seeded subsets capped at n_train / n_eval."""
+    """Train and eval rows per the project's split plan: the named eval split, else int(eval_fraction * n + 0.5)
+    rows of train held out (seeded); each side a seeded subset capped at n_train / n_eval."""
     sp = p.get("splits") or {}
-    seed = int(sp.get("seed", (p.get("hyperparameters") or {}).get("seed", 42)))
+    rng = np.random.default_rng(int(sp.get("seed", (p.get("hyperparameters") or {}).get("seed", 42))))
     n_train, n_eval = int(sp.get("n_train") or 10000), int(sp.get("n_eval") or 1000)
-    rng = np.random.default_rng(seed)
     train_name = sp.get("train_split") or ("train" if "train" in tables else next(iter(tables)))
-    if train_name not in tables:
-        raise SystemExit(f"split {train_name!r} not in the dataset (splits: {sorted(tables)})")
-    train = tables[train_name]
     eval_name = sp.get("eval_split") or next((s for s in EVAL_SPLITS if s in tables and s != train_name), None)
-    if eval_name and eval_name not in tables:
-        raise SystemExit(f"eval split {eval_name!r} not in the dataset (splits: {sorted(tables)})")
+    for name in (train_name, eval_name):
+        if name and name not in tables:
+            raise SystemExit(f"split {name!r} is not in the dataset (splits: {sorted(tables)})")
+    train = tables[train_name]
+
+    def cap(idx: np.ndarray, n: int) -> np.ndarray:
+        return idx if len(idx) <= n else np.sort(rng.permutation(idx)[:n])
+
     if eval_name:
         ev_t = tables[eval_name]
-        return (train, np.sort(rng.permutation(len(train))[:n_train]), ev_t, np.sort(rng.permutation(len(ev_t))[:n_eval]))
+        return train, cap(np.arange(len(train)), n_train), ev_t, cap(np.arange(len(ev_t)), n_eval)
     perm = rng.permutation(len(train))
-    k = min(n_eval, max(1, int(round(len(train) * float(sp.get("eval_fraction") or 0.1)))))
-    return train, np.sort(perm[k:k + n_train]), train, np.sort(perm[:k])
+    k = max(1, int(float(sp.get("eval_fraction") or 0.1) * len(train) + 0.5))
+    return train, cap(np.sort(perm[k:]), n_train), train, cap(np.sort(perm[:k]), n_eval)
 
 
 # ---------------------------------------------------------------- images, processor, recipe
