@@ -239,13 +239,8 @@ def _scan_imagefolder_metadata(scan: Scan, dirs: dict[str, Path]) -> Scan:
 
 
 def _mask_labels(scan: Scan, root: Path) -> None:
-    """Label names for masks from a labels file, else from the values seen in a sample of masks."""
-    for name in LABEL_FILES:
-        for p in (root / name, root.parent / name):
-            if p.is_file():
-                scan.label_names = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
-                scan.extra["label_names_from"] = p.name
-                return
+    """Label names for masks from a labels file, else from the values seen in a sample of masks (sampled either way:
+    the values decide ignore index and label reduction)."""
     import numpy as np
     from PIL import Image
 
@@ -258,6 +253,12 @@ def _mask_labels(scan: Scan, root: Path) -> None:
         except (OSError, ValueError):
             continue
     scan.extra["mask_values"] = sorted(values)[:300]
+    for name in LABEL_FILES:
+        for p in (root / name, root.parent / name):
+            if p.is_file():
+                scan.label_names = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+                scan.extra["label_names_from"] = p.name
+                return
     ids = sorted(v for v in values if v != 255)
     scan.label_names = [f"class_{i}" for i in range(max(ids) + 1)] if ids else []
     if ids:
