@@ -123,12 +123,12 @@ class LiveView:
             self.live.__exit__(None, None, None)
             self.live = None
 
-    def ask(self, prompt: str) -> str:
-        """Read an answer with the live view paused (rich cannot redraw over an input line)."""
+    def paused(self, fn, *args):
+        """Call fn (e.g. a prompt) with the live view stopped: rich cannot redraw over an input line."""
         if self.live:
             self.live.stop()
         try:
-            return self.console.input(prompt)
+            return fn(*args)
         finally:
             if self.live:
                 self.live.start()

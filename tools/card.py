@@ -261,6 +261,10 @@ def build_card(ctx: RunContext, repo_id: str, uploaded: list[str]) -> ModelCard:
         f"**{m['name']}: {_fmt(m['baseline'], pct)} → {_fmt(m['finetuned'], pct)}** ({delta}) on {n_eval:,} held-out examples.",
         "",
     ]
+    from tao_finetune.tools.hub import acceptance_note
+
+    if note := acceptance_note(run_dir):
+        body += [note, ""]
     if base_note:
         body += [base_note, ""]
     body += [

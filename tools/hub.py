@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from tao_finetune.agent import gates
 from tao_finetune.agent.config import RunConfig, atomic_write_text
 from tao_finetune.agent.context import RunContext
+from tao_finetune.agent.state import PushRecord
 from tao_finetune.tools.base import NoArgs, ToolError, tool
 from tao_finetune.tools.probe import endpoint
 from tao_finetune.tools.research import read_reference_text
@@ -39,7 +40,11 @@ except ImportError:  # pragma: no cover
 
 SKIP_NAMES = {"training_args.bin", "optimizer.pt", "scheduler.pt", "trainer_state.json", "session.jsonl"}
 SKIP_PATTERNS = (re.compile(r"^rng_state.*\.pth$"), re.compile(r".*\.log$"), re.compile(r"^\.env"))
-MAX_SCAN_BYTES = 5_000_000
+# The push uploads an allow-list only: safetensors weights (never pickles: .bin/.pt/.pth/.pkl/.ckpt), the small
+# json/txt/model files a checkpoint needs to load, results, samples, the project's sources and the rerun skill.
+WEIGHT_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".tiktoken")
+SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".json", ".txt", ".md", ".html")
+SOURCE_NAMES = ("config.yaml", "Dockerfile", "requirements.txt")
 # what a Hub user needs to trust and repeat the run; the push refuses without them
 REQUIRED_FILES = ["config.json", "config.yaml", "results/eval_results.json"]
 
@@ -81,23 +86,23 @@ def project_files(run_dir: Path) -> list[Path]:
 
 
 def upload_plan(run_dir: Path) -> list[tuple[str, Path]]:
-    """(path in repo, local file) for everything the push uploads besides the generated card.
+    """(path in repo, local file) for everything the push uploads besides the generated card: an allow-list, no symlinks.
 
-    Weights at the root (so `from_pretrained(repo_id)` works); results/; the project (config.yaml, Dockerfile,
-    requirements.txt, the scripts, tests/) at the root as it was run; inference_samples/; reports/ (report,
-    training metrics log); skills/ (the rerun SKILL.md); PROGRESS.md when the run kept one.
+    Weights (safetensors + small json/txt files) at the root so `from_pretrained(repo_id)` works; results/; the project
+    as it was run (config.yaml, Dockerfile, requirements*.txt, the scripts, tests/, its README as PROJECT.md) at the root;
+    inference_samples/; reports/ (report, training metrics log, PROGRESS.md); skills/ (the rerun SKILL.md).
     """
     plan: list[tuple[str, Path]] = []
     wdir = weights_dir(run_dir)
     if wdir is not None:
-        plan += [(str(p.relative_to(wdir)), p) for p in _files_under(wdir)]
+        plan += [(str(p.relative_to(wdir)), p) for p in _files_under(wdir) if p.suffix.lower() in WEIGHT_SUFFIXES]
     reports = run_dir / "reports"
     for name in ("eval_results.json", "baseline_results.json", "train_summary.json", "inference_summary.json"):
         if (reports / name).is_file():
             plan.append((f"results/{name}", reports / name))
     plan += [("PROJECT.md" if p.name == "README.md" else str(p.relative_to(run_dir)), p) for p in project_files(run_dir)]
     samples = reports / "inference_samples"
-    plan += [(f"inference_samples/{p.relative_to(samples)}", p) for p in _files_under(samples)]
+    plan += [(f"inference_samples/{p.relative_to(samples)}", p) for p in _files_under(samples) if p.suffix.lower() in SAMPLE_SUFFIXES]
     for name in ("report.pdf", "report.html"):
         if (reports / name).is_file():
             plan.append((f"reports/{name}", reports / name))
@@ -106,27 +111,21 @@ def upload_plan(run_dir: Path) -> list[tuple[str, Path]]:
     if (run_dir / "PROGRESS.md").is_file():
         plan.append(("reports/PROGRESS.md", run_dir / "PROGRESS.md"))
     for p in _files_under(run_dir / "skills"):
-        plan.append((f"skills/{p.relative_to(run_dir / 'skills')}", p))
+        if p.name == "SKILL.md":
+            plan.append((f"skills/{p.relative_to(run_dir / 'skills')}", p))
     seen: set[str] = set()
     out = []
     for repo_path, p in plan:
-        if repo_path.lower() != "readme.md" and repo_path not in seen:
+        if repo_path.lower() != "readme.md" and repo_path not in seen and not p.is_symlink():
             seen.add(repo_path)
             out.append((repo_path, p))
     return out
 
 
-def _text_of(path: Path) -> str | None:
-    """The file's text when it is small UTF-8 text, else None (binary weights, images)."""
-    if path.stat().st_size > MAX_SCAN_BYTES:
-        return None
-    data = path.read_bytes()
-    if b"\x00" in data:
-        return None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+def secret_hits(ctx: RunContext, card: str, plan: list[tuple[str, Path]]) -> list[str]:
+    """Repo paths whose content holds a credential in any form (plain, base64, hex, reversed), text and binary files alike."""
+    hits = ["README.md"] if ctx.creds.leaks_in(card.encode()) else []
+    return hits + sorted(rp for rp, p in plan if ctx.creds.scan_file(p))
 
 
 def _metrics(run_dir: Path) -> dict[str, Any]:
@@ -197,6 +196,20 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
+def acceptance_note(run_dir: Path) -> str | None:
+    """The card's warning when the user accepted a model that did not clearly learn (gate 5), else None."""
+    from tao_finetune.agent.state import RunState
+
+    acc = RunState.load(run_dir).learning_accepted
+    if acc is None:
+        return None
+    ev = acc.evidence
+    facts = ", ".join(f"{k} {ev[k]}" for k in ("metric", "baseline", "finetuned", "margin", "first_loss", "last_loss") if ev.get(k) is not None)
+    why = "; ".join(ev.get("reasons") or []) or acc.what
+    return (f"> **Accepted by the user without clear evidence of learning.** {why}. Evidence: {facts}. "
+            f"The user answered {acc.answer!r} when tao-finetune asked whether to keep it.")
+
+
 @contextmanager
 def _token_env(ctx: RunContext) -> Iterator[None]:
     """Expose HF_TOKEN to huggingface_hub for the duration of the push when it came from the .env file."""
@@ -249,22 +262,22 @@ def hf_push(ctx: RunContext, args: NoArgs) -> dict:
                 raise ToolError("HF_TOKEN is read-only: pushing needs a token with write access")
             repo_id = f"{who['name']}/{repo_id}"
         plan = upload_plan(ctx.run_dir)
+        if not any(rp.endswith(".safetensors") for rp, _ in plan):
+            raise ToolError("no safetensors weights to push: the Hub push uploads weights as safetensors only (never pickled .bin/.pt)")
         card_obj = card.build_card(ctx, repo_id, [rp for rp, _ in plan])
         problems = card.check_card(str(card_obj), REQUIRED_FILES, [rp for rp, _ in plan])
         if problems:
             raise ToolError("model card not pushed: " + "; ".join(problems))
+        card_text = str(card_obj)
+        leaking = secret_hits(ctx, card_text, plan)
+        if leaking:
+            ctx.session.event("push_refused", files=leaking)
+            raise ToolError(f"refusing to push: {', '.join(leaking)} contain(s) a secret or token-like string (plain or encoded); "
+                            "remove it and retry")
         skipped = card.validate_on_hub(card_obj)
         if skipped:
             ctx.session.event("note", text=skipped)
-        texts = {"README.md": str(card_obj)}
-        for repo_path, p in plan:
-            text = _text_of(p)
-            if text is not None:
-                texts[repo_path] = text
-        leaking = sorted(rp for rp, text in texts.items() if ctx.creds.redact(text) != text)
-        if leaking:
-            raise ToolError(f"refusing to push: {', '.join(leaking)} contain(s) a secret or token-like string; remove it and retry")
-        ops = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=texts["README.md"].encode())]
+        ops = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card_text.encode())]
         ops += [CommitOperationAdd(path_in_repo=rp, path_or_fileobj=str(p)) for rp, p in plan]
         try:
             api.create_repo(repo_id, repo_type="model", exist_ok=True)
@@ -276,12 +289,22 @@ def hf_push(ctx: RunContext, args: NoArgs) -> dict:
             )
         except NET_ERRORS as err:
             raise _hub_error(ctx, err, f"push to {repo_id!r} failed", repo_id) from None
+        try:  # the Hub's own word: the repo's head must be the commit just made
+            confirmed = api.model_info(repo_id).sha
+        except NET_ERRORS as err:
+            raise _hub_error(ctx, err, f"pushed to {repo_id!r} but could not re-read it to confirm", repo_id) from None
     url = str(info.repo_url.url) if getattr(info, "repo_url", None) else f"{endpoint()}/{repo_id}"
+    push = PushRecord(repo_id=repo_id, url=url, commit=info.oid, commit_url=info.commit_url, confirmed_sha=confirmed,
+                      files=[op.path_in_repo for op in ops], at=time.time())
+    ctx.state.push = push
     record = {"url": url, "repo_id": repo_id, "commit": info.oid, "commit_url": info.commit_url}
-    ctx.state.record("hub", record)
+    if push.confirmed:
+        ctx.state.record("hub", record)
     ctx.save()
-    ctx.session.event("hub_push", repo_id=repo_id, url=url, commit=info.oid, files=len(ops))
-    return {**record, "files": len(ops), "uploaded": [op.path_in_repo for op in ops][:40]}
+    ctx.session.event("hub_push", repo_id=repo_id, url=url, commit=info.oid, confirmed=push.confirmed, files=len(ops))
+    if not push.confirmed:
+        raise ToolError(f"pushed to {repo_id!r}, but the Hub reports head {confirmed!r}, not the commit {info.oid!r}: push not confirmed")
+    return {**record, "confirmed": True, "files": len(ops), "uploaded": [op.path_in_repo for op in ops][:40]}
 
 
 def used_sizes(cfg: RunConfig, run_dir: Path) -> tuple[int, int]:
