@@ -122,6 +122,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
 
 
 def make_platform(cfg: RunConfig):
+    if cfg.platform == "slurm":
+        from tao_finetune.tools.runtime.slurm import SlurmPlatform
+
+        return SlurmPlatform()
     if cfg.platform == "local":
         from tao_finetune.tools.runtime.local import LocalPlatform
 
@@ -300,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", help="offline demo: a tiny ViT fine-tuned on real scikit-learn digits by the autopilot (no GPU, key or network)")
     dm.add_argument("--output-dir", type=Path, default=Path("./output/demo"))
     dm.add_argument("--inputs-dir", type=Path, default=Path("./output/demo-inputs"), help="where the demo model and data are written")
-    dm.add_argument("--platform", choices=("local", "docker"), default="local")
+    dm.add_argument("--platform", choices=("local", "docker", "slurm"), default="local")
     dm.add_argument("--image", default=None, help="base image for --platform docker")
     dm.set_defaults(handler=demo_command)
     return parser

@@ -423,8 +423,10 @@ def failure_question(items: list[Item]) -> str:
 def audit_hardware(ctx: RunContext, args: NoArgs) -> dict:
     """Check-only audit of this host (Docker, NVIDIA driver/CUDA, Container Toolkit, GPUs, disk, needed credentials); records gpu_count, gpu_name, driver_major, vram_gb_per_gpu."""
     cfg = ctx.config
-    facts = collect_facts(cfg.platform, disk_path=cfg.out, smoke_image=cfg.image or SMOKE_IMAGE)
     creds = needed_credentials(cfg.push_to_hub, bool(cfg.model_facts.get("gated")), cfg.wandb)
+    if cfg.platform == "slurm":
+        return _audit_slurm(ctx, creds)
+    facts = collect_facts(cfg.platform, disk_path=cfg.out, smoke_image=cfg.image or SMOKE_IMAGE)
     items = assess(
         facts,
         platform=cfg.platform,
@@ -451,6 +453,27 @@ def audit_hardware(ctx: RunContext, args: NoArgs) -> dict:
         "items": [f"{i.status} {i.name}: {i.detail}" for i in items if i.status != "skip"],
         **hardware_record(facts, cfg.allow_cpu),
     }
+
+
+def _audit_slurm(ctx: RunContext, creds: list[str]) -> dict:
+    """The slurm platform's audit: the cluster (sinfo/scontrol) instead of this host's GPUs; see tools/runtime/slurm.py."""
+    from tao_finetune.tools.runtime import slurm
+
+    cfg = ctx.config
+    facts = slurm.collect_slurm_facts(cfg, disk_path=cfg.out)
+    items, record = slurm.assess_slurm(facts, cfg, {n: ctx.creds.present(n) for n in creds}, min_disk_gb())
+    ok = passed(items)
+    values = slurm.slurm_hardware_record(facts, record, cfg)
+    for key, value in values.items():
+        setattr(cfg, key, value)
+    ctx.state.record("audit", {"passed": ok, "items": [asdict(i) for i in items], "slurm": record,
+                               "host": {"platform": "slurm", "container": record.get("container")}})
+    ctx.save()
+    ctx.session.event("audit", passed=ok, items=[f"{i.status} {i.name}" for i in items])
+    if not ok:
+        raise NeedsUser(failure_question(items), "Fix the cluster request (--set slurm.<key>=...) or the cluster, then resume the run; "
+                                                 "for a CPU-only run pass --allow-cpu.")
+    return {"passed": ok, "items": [f"{i.status} {i.name}: {i.detail}" for i in items if i.status != "skip"], **values}
 
 
 def add_doctor_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

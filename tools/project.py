@@ -152,7 +152,7 @@ def base_image(ctx: RunContext) -> str:
     img = cfg.image or cfg.ngc_image
     if img:
         return img
-    if cfg.platform == "local":
+    if cfg.platform in ("local", "slurm"):  # slurm: only a venv run gets here (container modes need an image)
         return f"python:{sys.version_info.major}.{sys.version_info.minor}-slim"
     raise ToolError("no base image: ngc_image is not set (Step 2 select_image) and no 'image' was given")
 
@@ -228,6 +228,9 @@ def preflight_fields(ctx: RunContext) -> dict[str, str]:
         wandb = "disabled"
     if cfg.platform == "local":
         image = f"local python {_platform.python_version()} ({(ctx.state.records.get('build') or {}).get('python', sys.executable)})"
+    elif cfg.platform == "slurm":
+        build = ctx.state.records.get("build") or {}
+        image = f"slurm {build.get('container', '?')}: {build.get('image') or cfg.image or cfg.ngc_image or ''}" if build.get("ok") else ""
     else:
         image = cfg.image or cfg.ngc_image or ""
     if cfg.gpu_count:
