@@ -295,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["inspect"].set_defaults(handler=inspect_command)
     add_doctor_parser(sub)
     sub.choices["doctor"].set_defaults(handler=doctor_command)
+    from tao_finetune.tools.k8s import add_render_k8s_parser
+
+    add_render_k8s_parser(sub)
     st = sub.add_parser("status", help="show which gates of a run dir hold")
     st.add_argument("--output-dir", type=Path, required=True)
     st.add_argument("--json", action="store_true")

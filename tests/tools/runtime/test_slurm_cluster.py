@@ -61,7 +61,7 @@ def small_ctx(tmp_path, **slurm_keys) -> RunContext:
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    """The offline demo's model and data fine-tuned by the autopilot with --platform slurm (3 epochs)."""
+    """The offline demo's model and data fine-tuned by the autopilot with --platform slurm (10 epochs)."""
     from tao_finetune.agent.demo import demo_inputs
 
     root = tmp_path_factory.mktemp("slurm-e2e")
@@ -69,7 +69,7 @@ def finished_run(tmp_path_factory):
     run = root / "run"
     argv = ["run", "--model-id", inputs["model_id"], "--local-dataset-path", inputs["local_dataset_path"], "--output-dir", str(run),
             "--llm", "autopilot", "--platform", "slurm", "--allow-cpu", "--no-push-to-hub", "--yes", "--quiet", *DEMO_SETTINGS,
-            "--n-epochs", "3", "--set", "slurm.time=00:20:00", "--set", "slurm.job_time=00:10:00"]
+            "--n-epochs", "10", "--set", "slurm.time=00:20:00", "--set", "slurm.job_time=00:10:00"]
     code = main(argv)
     return run, code
 
@@ -147,8 +147,8 @@ def test_a_cancelled_training_job_checkpoints_and_resumes(finished_run):
 def test_a_job_past_its_time_limit_is_requeued_and_resumes(finished_run):
     run, code = finished_run
     assert code == 0
-    # 1-minute limit, warning 40 s before it: the signal comes ~20 s in, long before 30 epochs are done
-    ctx = _reset_training(run, n_epochs=30, slurm_time="1", slurm_signal_s=40)
+    # 1-minute limit, warning 40 s before it: the signal comes ~20 s in, long before 20 epochs are done
+    ctx = _reset_training(run, n_epochs=20, slurm_time="1", slurm_signal_s=40)
     out = jobs.docker_run.fn(ctx, jobs.RunArgs(job="train"))
     job = out["handle"]
     _wait_for(lambda: slurm.query_job(job).restarts >= 1, 180, "the requeue")
