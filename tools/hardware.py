@@ -479,7 +479,7 @@ def _audit_slurm(ctx: RunContext, creds: list[str]) -> dict:
 def add_doctor_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `doctor`: the same audit, printed for a person."""
     p = subparsers.add_parser("doctor", help="check this host for GPU fine-tuning (check-only, installs nothing)")
-    p.add_argument("--platform", choices=["docker", "local"], default="docker")
+    p.add_argument("--platform", choices=["docker", "local", "slurm"], default="docker")
     p.add_argument("--allow-cpu", action="store_true", help="a host without GPU is not a failure")
     p.add_argument("--smoke-image", default=SMOKE_IMAGE, help="image for the in-container GPU smoke")
     p.add_argument("--config", type=Path, default=None, help="a run's config.yaml: check the credentials it needs")
@@ -508,8 +508,16 @@ def doctor_command(args: argparse.Namespace) -> int:
         allow_cpu = allow_cpu or cfg.allow_cpu
         names = needed_credentials(cfg.push_to_hub, bool(cfg.model_facts.get("gated")), cfg.wandb)
         creds = {n: c.present(n) for n in names}
-    facts = collect_facts(args.platform, smoke_image=args.smoke_image)
-    items = assess(facts, platform=args.platform, allow_cpu=allow_cpu, min_disk_gb=min_disk_gb(), credentials=creds)
+    if args.platform == "slurm":  # the cluster from this login node: sinfo/scontrol (tools/runtime/slurm.py)
+        from tao_finetune.agent.config import RunConfig
+        from tao_finetune.tools.runtime import slurm
+
+        run_cfg = cfg if args.config else RunConfig(model_id="doctor", platform="slurm")
+        run_cfg = run_cfg.model_copy(update={"allow_cpu": allow_cpu})
+        items, _ = slurm.assess_slurm(slurm.collect_slurm_facts(run_cfg), run_cfg, creds, min_disk_gb())
+    else:
+        facts = collect_facts(args.platform, smoke_image=args.smoke_image)
+        items = assess(facts, platform=args.platform, allow_cpu=allow_cpu, min_disk_gb=min_disk_gb(), credentials=creds)
     if args.json:
         print(json.dumps({"passed": passed(items), "items": [asdict(i) for i in items]}, indent=1))
     else:

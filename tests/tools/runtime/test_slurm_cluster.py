@@ -200,3 +200,10 @@ def test_a_gpu_request_on_the_gpu_less_node_fails_in_one_line(tmp_path):
     msg = str(err.value)
     assert "\n" not in msg and slurm.NO_CONFIG in msg
     assert "gpus_per_node=1" in msg and "have 0 GPU(s)" in msg
+
+
+def test_doctor_audits_the_cluster(capsys):
+    assert main(["doctor", "--platform", "slurm", "--allow-cpu", "--json"]) == 0
+    items = {i["name"]: i for i in json.loads(capsys.readouterr().out)["items"]}
+    assert items["slurm"]["status"] == "pass" and items["partition"]["status"] == "pass" and items["gpu"]["status"] == "warn"
+    assert main(["doctor", "--platform", "slurm"]) == 4  # no GPU partition and no --allow-cpu
