@@ -425,6 +425,7 @@ def train(task, argv: list[str] | None = None) -> int:
 
 
 def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics_path: Path, get_scheduler) -> dict:
+    preempt = PreemptFlag() if smoke else PreemptFlag().install()  # first: a signal during loading checkpoints at step 1
     seed = int(h.get("seed", cfg.get("seed", 42)))
     seed_all(seed)
     split = CachedSplit("train", task.FIELDS)
@@ -481,7 +482,6 @@ def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics
     window_samples, window_start, logged_at = 0, time.perf_counter(), start
     last = {"loss": None, "grad_norm": None}
     total_samples, run_start = 0, time.perf_counter()
-    preempt = PreemptFlag() if smoke else PreemptFlag().install()
     for step in range(start, total):
         for k in range(accum):
             batch = next(it)

@@ -147,8 +147,9 @@ def test_a_cancelled_training_job_checkpoints_and_resumes(finished_run):
 def test_a_job_past_its_time_limit_is_requeued_and_resumes(finished_run):
     run, code = finished_run
     assert code == 0
-    # 1-minute limit, warning 40 s before it: the signal comes ~20 s in, long before 20 epochs are done
-    ctx = _reset_training(run, n_epochs=20, slurm_time="1", slurm_signal_s=40)
+    # 1-minute limit, warning 10 s before it: slurmctld checks limits every 30 s, so the signal comes 20-50 s in,
+    # before 25 epochs (~1,100 steps) are done
+    ctx = _reset_training(run, n_epochs=25, slurm_time="1", slurm_signal_s=10)
     out = jobs.docker_run.fn(ctx, jobs.RunArgs(job="train"))
     job = out["handle"]
     _wait_for(lambda: slurm.query_job(job).restarts >= 1, 180, "the requeue")
@@ -162,7 +163,7 @@ def test_a_job_past_its_time_limit_is_requeued_and_resumes(finished_run):
     assert pre and pre[0]["signal"] == 15
     assert any(e["event"] == "resume" and e["step"] == pre[0]["step"] for e in ev)
     log = (run / "logs" / "train.log").read_text()
-    assert "time limit in 40s" in log and "restart 1" in log
+    assert "time limit in 10s" in log and "restart 1" in log
     assert slurm.query_job(job).state == "COMPLETED"
 
 
