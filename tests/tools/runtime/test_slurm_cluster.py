@@ -125,7 +125,7 @@ def _wait_for(pred, timeout: float, what: str) -> None:
 def test_a_cancelled_training_job_checkpoints_and_resumes(finished_run):
     run, code = finished_run
     assert code == 0
-    ctx = _reset_training(run, n_epochs=12)
+    ctx = _reset_training(run, n_epochs=6)
     out = jobs.docker_run.fn(ctx, jobs.RunArgs(job="train"))
     assert out["started"] and out["handle"].isdigit()
     _wait_for(lambda: (jobs.training_progress(run)["step"] or 0) >= 20, 240, "20 training steps")
@@ -153,15 +153,19 @@ def test_a_job_past_its_time_limit_is_requeued_and_resumes(finished_run):
     out = jobs.docker_run.fn(ctx, jobs.RunArgs(job="train"))
     job = out["handle"]
     _wait_for(lambda: slurm.query_job(job).restarts >= 1, 180, "the requeue")
-    # a requeued job waits ~2 min (BeginTime) before it may start again and would hit the 1-minute limit again:
-    # the test (root is SlurmUser here) lets it start now with room to finish; the requeue itself was the job's own
+    pre = [e for e in _events(run) if e["event"] == "preempted"]
+    assert pre and pre[0]["signal"] == 15, _events(run)
+    # to keep CI short the resumed run stops 20 steps after the checkpoint (config.yaml is read at each start), and,
+    # as a requeued job waits ~2 min (BeginTime) and would meet the 1-minute limit again, the test (root is SlurmUser
+    # here) lets it start now with room to finish; the requeue itself was the job's own
+    ctx.config.hyperparameters = ctx.config.hyperparameters.model_copy(update={"max_steps": pre[0]["step"] + 20})
+    ctx.save()
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now", "TimeLimit=10"], check=True, capture_output=True)
     done = jobs.train_status.fn(ctx, jobs.StatusArgs(wait_s=600))
     assert done["state"] == "done", done
     ev = _events(run)
-    pre = [e for e in ev if e["event"] == "preempted"]
-    assert pre and pre[0]["signal"] == 15
     assert any(e["event"] == "resume" and e["step"] == pre[0]["step"] for e in ev)
+    assert done["step"] == done["total_steps"] == pre[0]["step"] + 20
     log = (run / "logs" / "train.log").read_text()
     assert "time limit in 10s" in log and "restart 1" in log
     assert slurm.query_job(job).state == "COMPLETED"
