@@ -128,7 +128,7 @@ def test_a_cancelled_training_job_checkpoints_and_resumes(finished_run):
     ctx = _reset_training(run, n_epochs=6)
     out = jobs.docker_run.fn(ctx, jobs.RunArgs(job="train"))
     assert out["started"] and out["handle"].isdigit()
-    _wait_for(lambda: (jobs.training_progress(run)["step"] or 0) >= 20, 240, "20 training steps")
+    _wait_for(lambda: (jobs.training_progress(run)["step"] or 0) >= 20, 600, "20 training steps")
     ctx.platform.stop(ctx, "train")
     st = ctx.platform.status(ctx, "train")
     assert not st["running"] and st["stopped"] and st["exit_code"] == slurm.PREEMPTED_EXIT, st
@@ -152,7 +152,7 @@ def test_a_job_past_its_time_limit_is_requeued_and_resumes(finished_run):
     ctx = _reset_training(run, n_epochs=25, slurm_time="1", slurm_signal_s=10)
     out = jobs.docker_run.fn(ctx, jobs.RunArgs(job="train"))
     job = out["handle"]
-    _wait_for(lambda: slurm.query_job(job).restarts >= 1, 180, "the requeue")
+    _wait_for(lambda: slurm.query_job(job).restarts >= 1, 300, "the requeue")
     pre = [e for e in _events(run) if e["event"] == "preempted"]
     assert pre and pre[0]["signal"] == 15, _events(run)
     # to keep CI short the resumed run stops 20 steps after the checkpoint (config.yaml is read at each start), and,
