@@ -57,6 +57,7 @@ PREEMPTED_EXIT = 75  # the scaffold's exit code after a checkpoint on SIGTERM/SI
 POLL_S = 2.0
 PENDING_ECHO_S = 30.0
 CMD_TIMEOUT = 60
+CONTROLLER_PATIENCE_S = 900.0
 
 Echo = Callable[[str], None]
 
@@ -312,13 +313,17 @@ def _local_inputs(cfg: RunConfig) -> list[str]:
 # ---------------------------------------------------------------- the platform
 
 
+class ControllerTimeout(ToolError):
+    """A SLURM client command did not answer in time (a busy or restarting slurmctld); polling retries it."""
+
+
 def _run(argv: list[str], env: dict[str, str] | None = None, timeout: float = CMD_TIMEOUT) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
     except FileNotFoundError:
         raise ToolError(f"{argv[0]} not found: the slurm platform needs the SLURM client commands on PATH") from None
     except subprocess.TimeoutExpired:
-        raise ToolError(f"{argv[0]} did not answer in {timeout:.0f}s: is slurmctld reachable? (scontrol ping)") from None
+        raise ControllerTimeout(f"{argv[0]} did not answer in {timeout:.0f}s: is slurmctld reachable? (scontrol ping)") from None
 
 
 def accounting_enabled() -> bool:
@@ -498,9 +503,19 @@ class SlurmPlatform:
         """Poll until the job leaves the queue (PENDING reasons are echoed); scancel on Ctrl-C."""
         last, last_echo = "", 0.0
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        silent_since: float | None = None
         try:
             while True:
-                js = query_job(job_id)
+                try:
+                    js = query_job(job_id)
+                    silent_since = None
+                except ControllerTimeout as err:  # keep polling a slow controller for a while; the job runs on regardless
+                    silent_since = silent_since or time.monotonic()
+                    if time.monotonic() - silent_since > CONTROLLER_PATIENCE_S:
+                        raise ToolError(f"SLURM job {job_id} ({kind}): {err} for {CONTROLLER_PATIENCE_S:.0f}s") from None
+                    self._echo(f"[{kind}] {err}; retrying")
+                    time.sleep(self.poll_s)
+                    continue
                 if js.state and not js.active:
                     return js
                 if js.state == "" and deadline is None:
@@ -595,7 +610,11 @@ class SlurmPlatform:
         log = ctx.run_dir / "logs" / f"{kind}.log"
         if not rec.get("job_id"):
             return {"running": False, "exit_code": None, "started": False, "log_tail": ""}
-        js = query_job(str(rec["job_id"]))
+        try:
+            js = query_job(str(rec["job_id"]))
+        except ControllerTimeout as err:  # not an ended job: report it as still running and let the caller poll again
+            return {"running": True, "started": True, "job_id": rec["job_id"], "slurm_state": "UNKNOWN", "reason": str(err),
+                    "exit_code": None, "stopped": False, "log_tail": ctx.creds.redact(tail(log, 1500))}
         stopped = (ctx.run_dir / ".tao" / f"{kind}.stopped").exists()
         running = js.active
         if running and kind not in self._followers:

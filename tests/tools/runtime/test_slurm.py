@@ -249,3 +249,29 @@ def test_apptainer_is_detected_when_pyxis_is_absent():
 
 def test_mem_mb():
     assert slurm.mem_mb("64G") == 65536 and slurm.mem_mb("500M") == 500 and slurm.mem_mb("2048") == 2048 and slurm.mem_mb("x") == 0
+
+
+def test_a_slow_controller_is_polled_again_not_taken_for_a_failure(tmp_path, monkeypatch):
+    from tao_finetune.agent.context import RunContext
+    from tao_finetune.agent.secrets import Credentials
+    from tao_finetune.agent.session import SessionLog
+
+    answers = [slurm.ControllerTimeout("squeue did not answer in 60s"), slurm.ControllerTimeout("again"),
+               slurm.JobState("7", "COMPLETED", exit_code=0)]
+
+    def fake_query(job_id):
+        a = answers.pop(0)
+        if isinstance(a, Exception):
+            raise a
+        return a
+
+    monkeypatch.setattr(slurm, "query_job", fake_query)
+    c = cfg(tmp_path)
+    ctx = RunContext(c, SessionLog(c.out / "session.jsonl", Credentials({})), Credentials({}))
+    seen = []
+    plat = slurm.SlurmPlatform(echo=seen.append, poll_s=0.01)
+    assert plat.wait(ctx, "eval", "7").state == "COMPLETED" and sum("retrying" in s for s in seen) == 2
+    plat._save_record(ctx, "train", {"job_id": "8"})
+    answers[:] = [slurm.ControllerTimeout("scontrol did not answer in 60s")]
+    st = plat.status(ctx, "train")
+    assert st["running"] and st["slurm_state"] == "UNKNOWN" and st["exit_code"] is None
