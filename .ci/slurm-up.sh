@@ -84,7 +84,7 @@ chmod 0400 /etc/munge/munge.key
 chmod 0711 /run/munge
 if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
     rm -f /run/munge/munge.socket.2.lock
-    su -s /bin/sh munge -c "munged" 2>/dev/null || munged --force
+    su -s /bin/sh munge -c "munged --force" 2>/dev/null || munged --force
 fi
 stage_end config+munge
 
