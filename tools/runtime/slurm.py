@@ -36,9 +36,10 @@ from typing import Callable
 
 from tao_finetune.agent.config import RunConfig, SlurmSpec, atomic_write_text
 from tao_finetune.agent.context import JobKind, JobResult, RunContext
+from tao_finetune.agent.policy import job_credentials
 from tao_finetune.agent.secrets import KNOWN, SECRET_NAMES
 from tao_finetune.tools.base import ToolError
-from tao_finetune.tools.runtime.local import tail
+from tao_finetune.tools.runtime.local import redact_log, tail
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
           "SUSPENDED", "STAGE_OUT", "SIGNALING", "RESV_DEL_HOLD", "STOPPED", "SPECIAL_EXIT"}
@@ -68,14 +69,6 @@ def _stderr(line: str) -> None:
 
 
 # ---------------------------------------------------------------- pure parts (unit-tested on recorded outputs)
-
-
-def job_credentials(cfg: RunConfig) -> list[str]:
-    """The credential names a job needs: HF_TOKEN (gated models/datasets), wandb's when wandb is on.
-
-    The one place that selects what a SLURM job receives; swap it for the shared per-job allow-list when that exists.
-    """
-    return ["HF_TOKEN", *(["WANDB_API_KEY", "WANDB_PROJECT"] if cfg.wandb else [])]
 
 
 def resolve_gpus(cfg: RunConfig) -> int:
@@ -298,7 +291,7 @@ def render_script(cfg: RunConfig, kind: str, argv: list[str], run_dir: Path, *, 
     else:
         body += [*launch, "code=$?"]
     body += ['echo "[tao] exit $code"', 'exit "$code"']
-    return Script("\n".join(head + [""] + body) + "\n", nodes, gpus, job_credentials(cfg))
+    return Script("\n".join(head + [""] + body) + "\n", nodes, gpus, list(job_credentials(kind, cfg.wandb)))
 
 
 def _local_inputs(cfg: RunConfig) -> list[str]:
@@ -594,6 +587,7 @@ class SlurmPlatform:
         finally:
             follower.stop()
             self._followers.pop(kind, None)
+        redact_log(ctx, log)  # the job wrote its log itself: remove every credential form
         text = ctx.creds.redact(tail(log))
         code = js.exit_code if js.exit_code is not None else -1
         evidence = js.evidence()
@@ -621,6 +615,8 @@ class SlurmPlatform:
             self._follow(ctx, kind, log, log.stat().st_size if log.exists() else 0)
         if not running and kind in self._followers:
             self._followers.pop(kind).stop()
+        if not running:
+            redact_log(ctx, log)
         text = ctx.creds.redact(tail(log, 1500))
         out = {"running": running, "started": True, "job_id": rec["job_id"], "slurm_state": js.state or "UNKNOWN",
                "stopped": stopped, "restarts": js.restarts}

@@ -56,7 +56,7 @@ def test_the_training_script_requests_what_config_yaml_says(tmp_path):
         assert want in lines, want
     assert "trap tao_requeue USR1" in s.text and 'scontrol requeue "$SLURM_JOB_ID"' in s.text
     assert "--standalone --nproc_per_node=8 train.py" in s.text
-    assert s.nodes == 1 and s.gpus == 8 and s.credentials == ["HF_TOKEN"]
+    assert s.nodes == 1 and s.gpus == 8 and s.credentials == []
 
 
 def test_other_jobs_use_one_node_one_gpu_no_requeue_and_the_job_time(tmp_path):
@@ -74,9 +74,10 @@ def test_cpu_runs_request_no_gpu(tmp_path):
     assert "--gres" not in s.text and "srun --nodes=1 --ntasks-per-node=1 --kill-on-bad-exit=1 /opt/venv/bin/python train.py &" in s.text
 
 
-def test_wandb_credentials_are_named_only_when_wandb_is_on(tmp_path):
-    assert slurm.job_credentials(cfg(tmp_path)) == ["HF_TOKEN"]
-    assert slurm.job_credentials(cfg(tmp_path, wandb=True)) == ["HF_TOKEN", "WANDB_API_KEY", "WANDB_PROJECT"]
+def test_each_job_names_the_credentials_of_the_shared_policy(tmp_path):
+    assert render(cfg(tmp_path), "prepare", ("python", "prepare_data.py")).credentials == ["HF_TOKEN"]
+    assert render(cfg(tmp_path), "eval", ("python", "run_eval.py")).credentials == []
+    assert render(cfg(tmp_path, wandb=True)).credentials == ["WANDB_API_KEY", "WANDB_PROJECT"]
 
 
 def test_container_modes(tmp_path):

@@ -175,14 +175,16 @@ def test_credentials_reach_the_job_by_name_never_in_the_script(tmp_path, monkeyp
     monkeypatch.setenv("WANDB_API_KEY", "w" * 40)  # not this run's credential: must not reach the job
     ctx = small_ctx(tmp_path)
     (ctx.run_dir / "job.py").write_text("import os\nprint('token', len(os.environ.get('HF_TOKEN', '')), os.environ.get('WANDB_API_KEY'),"
-                                        " os.environ['HF_HUB_OFFLINE'], os.getcwd())\n")
-    res = ctx.platform.run(ctx, "eval", ["python", "job.py"])
+                                        " os.environ.get('HF_HUB_OFFLINE'), os.getcwd())\n")
+    res = ctx.platform.run(ctx, "prepare", ["python", "job.py"])  # prepare: the job that downloads (agent/policy.py)
     assert res.exit_code == 0, res.log_tail
-    assert f"token {len(TOKEN)} None 1 {ctx.run_dir}" in res.log_tail
-    script = (ctx.run_dir / ".tao" / "slurm" / "eval.sbatch").read_text()
+    assert f"token {len(TOKEN)} None " in res.log_tail and str(ctx.run_dir) in res.log_tail
+    script = (ctx.run_dir / ".tao" / "slurm" / "prepare.sbatch").read_text()
     assert TOKEN not in script and "HF_TOKEN" not in script
     sub = [json.loads(x) for x in (ctx.run_dir / "session.jsonl").read_text().splitlines() if '"slurm_submit"' in x]
     assert sub[-1]["export"] == "ALL,HF_TOKEN"
+    res = ctx.platform.run(ctx, "eval", ["python", "job.py"])  # eval gets no credential at all
+    assert res.exit_code == 0 and "token 0 None 1" in res.log_tail
 
 
 def test_a_failed_job_returns_its_exit_code_and_log(tmp_path):
