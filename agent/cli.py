@@ -69,7 +69,9 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, default=250, help="model turns at most")
     p.add_argument("--max-cost", type=float, default=25.0, help="USD at most for model calls")
     p.add_argument("--max-hours", type=float, default=24.0, help="wall time at most")
-    p.add_argument("--quiet", action="store_true", help="print only the final summary")
+    p.add_argument("--quiet", action="store_true", help="print only the final summary (with --json: only the JSON result)")
+    p.add_argument("--json", action="store_true", help="print one JSON result on stdout (status, exit code, gates, metrics, paths, Hub URL, tokens, cost); "
+                   "it is also written to OUTPUT_DIR/result.json")
 
 
 def leaf_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
@@ -204,6 +206,7 @@ def run_command(args: argparse.Namespace) -> int:
     client = make_client(args, ctx)
     tools = all_tools()
     first = gates.first_unmet(run_dir, state)
+    args.outcome = {"run_dir": run_dir, "message": "all six gates already met"}
     if first is None:
         console.print("[green]all six gates already met[/]")
         print(summary(run_dir, state))
@@ -218,6 +221,7 @@ def run_command(args: argparse.Namespace) -> int:
     limits = Limits(max_steps=args.max_steps, max_cost_usd=args.max_cost, max_wall_s=args.max_hours * 3600)
     ask = None if ctx.yes else (lambda q: console.input(f"[bold yellow]? {q}[/]\n> ") or None)
     result = Agent(client, ctx, tools, system, limits, ask=ask).run(task)
+    args.outcome = {"run_dir": run_dir, "message": result.message, "how": getattr(result, "how_to_answer", "") or None}
     if result.code == EXIT_OK:
         console.print(f"[bold green]done[/]: {result.message}")
         print(summary(run_dir, state))
@@ -323,10 +327,55 @@ def demo_command(args: argparse.Namespace) -> int:
     return main(argv)
 
 
+LAST_RESULT: "RunResult | None" = None  # the last run's result in this process (read by tao_finetune.run())
+
+
+def run_with_result(args: argparse.Namespace) -> int:
+    """`run`, then its RunResult: written to result.json, printed as JSON with --json, a usage line otherwise."""
+    import contextlib
+    import time
+
+    from tao_finetune.agent.result import RunResult, build_result, write_result
+
+    global LAST_RESULT
+    LAST_RESULT = None
+    t0 = time.monotonic()
+    quiet_json = args.json and args.quiet
+    if quiet_json:
+        console.quiet = True
+    sink = open(os.devnull, "w") if quiet_json else sys.stderr
+    code, message = EXIT_ERROR, ""
+    try:
+        with contextlib.redirect_stdout(sink) if args.json else contextlib.nullcontext():
+            code = run_command(args)
+    except ConfigError as err:
+        code, message = EXIT_BAD_INPUT, str(err)
+        if not args.json:
+            raise
+        console.print(f"[red]error:[/] {err}")
+    finally:
+        console.quiet = False
+        if sink is not sys.stderr:
+            sink.close()
+    outcome = getattr(args, "outcome", None)
+    if outcome:
+        result = build_result(outcome["run_dir"], code, outcome.get("message", ""), outcome.get("how"), time.monotonic() - t0)
+        write_result(result)
+        if result.usage.turns and not args.json and not args.quiet and args.llm != "autopilot":
+            console.print(f"usage: {result.usage.line()}")
+    else:
+        result = RunResult(status="bad_input" if code == EXIT_BAD_INPUT else "error", exit_code=code, message=message,
+                           output_dir=str(args.output_dir or ""), wall_s=round(time.monotonic() - t0, 2))
+    LAST_RESULT = result
+    if args.json:
+        print(result.model_dump_json(indent=1))
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"run": run_command, "status": status_command}
+    handlers = {"run": run_with_result, "status": status_command}
     try:
         if args.command in handlers:
             return handlers[args.command](args)
