@@ -284,6 +284,30 @@ def status_command(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r["met"] for r in rows.values()) else EXIT_GATE
 
 
+def replay_command(args: argparse.Namespace) -> int:
+    from tao_finetune.agent.prompts import render
+    from tao_finetune.agent.replay import ReplayError, replay
+    from tao_finetune.tools import all_tools
+
+    session = args.session.expanduser().resolve()
+    out = (args.output_dir or session.parent.with_name(session.parent.name + "-replay")).expanduser().resolve()
+    try:
+        report = replay(session, out, args.mode, tools=all_tools(), platform_factory=make_platform,
+                        system_for=lambda ctx: render("system.md", **system_vars(ctx)), env_file=args.env_file.expanduser())
+    except ReplayError as err:
+        console.print(f"[red]error:[/] {err}")
+        return EXIT_BAD_INPUT
+    for i, (code, rec) in enumerate(zip(report.exit_codes, report.recorded_exit_codes), start=1):
+        print(f"invocation {i}/{report.segments}: exit {code} (recorded {rec if rec is not None else 'none'})")
+    for d in report.divergences:
+        print(f"DIVERGENCE {d.line()}")
+    if not report.divergences:
+        print(f"no divergence ({args.mode} replay in {out})")
+    if report.divergences and args.strict:
+        return ExitCode.DIVERGED
+    return report.exit_code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tao-finetune", description="Fine-tune Hugging Face models on local NVIDIA GPUs, gated step by step.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -298,6 +322,16 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show which gates of a run dir hold")
     st.add_argument("--output-dir", type=Path, required=True)
     st.add_argument("--json", action="store_true")
+    rp = sub.add_parser("replay", help="replay a recorded session.jsonl and report where it departs from the recording",
+                        description="Replay every invocation recorded in a session log (inputs are taken from the log). "
+                                    "--mode model serves the recorded model turns and runs the tools; --mode full also serves "
+                                    "the recorded tool outcomes (nothing runs). The first divergence of each invocation is reported.")
+    rp.add_argument("session", type=Path, help="the session.jsonl to replay")
+    rp.add_argument("--mode", choices=("model", "full"), default="model", help="model: tools run for real (default); full: nothing runs")
+    rp.add_argument("--output-dir", type=Path, default=None, help="where the replay runs (default: <session folder>-replay); emptied first")
+    rp.add_argument("--strict", action="store_true", help="a divergence exits with code 6")
+    rp.add_argument("--env-file", type=Path, default=Path("~/.config/tao/.env"), help="credentials for tools that need them (model mode)")
+    rp.set_defaults(handler=replay_command)
     from tao_finetune.evals.harness import add_eval_parser
 
     add_eval_parser(sub)

@@ -17,6 +17,15 @@ from tao_finetune.tools.base import Tool, format_validation_error
 
 PROTECTED = ("model_id", "dataset_id", "local_dataset_path", "training_method")
 RESULT_LIMIT = 20_000
+SESSION_FORMAT = 2  # session.jsonl event format (docs: agent/replay.py); 2 = start carries the config, responses a request digest
+
+
+def request_digest(messages: list[dict[str, Any]], run_dir: Any) -> str:
+    """A digest of the conversation sent to the model, with the run dir's path abstracted (replays compare it)."""
+    import hashlib
+
+    text = json.dumps(messages, sort_keys=True, ensure_ascii=False, default=str).replace(str(run_dir), "<run>")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class InvalidArgs(ToolError):
@@ -54,7 +63,8 @@ class Agent:
 
     def run(self, task: str) -> LoopExit:
         """Run until done, a question, a limit or an error; always returns the exit."""
-        self.ctx.session.event("start", client=self.client.name, task=task, first_unmet=gates.first_unmet(self.ctx.run_dir, self.ctx.state))
+        self.ctx.session.event("start", v=SESSION_FORMAT, client=self.client.name, task=task, config=self.ctx.config.model_dump(mode="json"),
+                               first_unmet=gates.first_unmet(self.ctx.run_dir, self.ctx.state))
         self.messages.append({"role": "user", "content": self.ctx.creds.redact(task)})
         try:
             while True:
@@ -92,7 +102,7 @@ class Agent:
         except LLMError as err:
             raise LoopExit(str(err)) from None
         self.cost += resp.cost
-        self.ctx.session.event("response", step=self.steps, content=resp.content, stop_reason=resp.stop_reason, model=resp.model,
+        self.ctx.session.event("response", step=self.steps, request_sha=request_digest(self.messages, self.ctx.run_dir), content=resp.content, stop_reason=resp.stop_reason, model=resp.model,
                                usage=vars(resp.usage), cost_usd=round(resp.cost, 6))
         return resp
 
@@ -149,9 +159,10 @@ class Agent:
         if self.nudges >= self.limits.max_nudges:
             raise GateFailed(f"gate {step} ({gates.STEP_NAMES[step]}) not met: missing {', '.join(res.missing)}")
         self.nudges += 1
-        self.messages.append({"role": "user", "content": (
-            f"The run is not finished: gate {step} ({gates.STEP_NAMES[step]}) is missing {', '.join(res.missing)}. "
-            "Continue with the tools, or call ask_user if you need a decision.")})
+        text = (f"The run is not finished: gate {step} ({gates.STEP_NAMES[step]}) is missing {', '.join(res.missing)}. "
+                "Continue with the tools, or call ask_user if you need a decision.")
+        self.ctx.session.event("nudge", text=text)
+        self.messages.append({"role": "user", "content": text})
 
     def call(self, use: dict[str, Any]) -> dict[str, Any]:
         """Execute one tool_use and return its tool_result block."""
