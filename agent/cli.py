@@ -69,6 +69,10 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, default=250, help="model turns at most")
     p.add_argument("--max-cost", type=float, default=25.0, help="USD at most for model calls")
     p.add_argument("--max-hours", type=float, default=24.0, help="wall time at most")
+    p.add_argument("--stop-before-step", type=int, choices=range(2, 7), default=None, metavar="N",
+                   help="stop (exit 0) once the gates of steps 1..N-1 hold, e.g. 4 to plan without building or training")
+    p.add_argument("--system-prompt", type=Path, default=None, metavar="FILE",
+                   help="a system prompt file to use instead of prompts/system.md (same variables, rendered strictly; for prompt evals)")
     p.add_argument("--quiet", action="store_true", help="print only the final summary (with --json: only the JSON result)")
     p.add_argument("--json", action="store_true", help="print one JSON result on stdout (status, exit code, gates, metrics, paths, Hub URL, tokens, cost); "
                    "it is also written to OUTPUT_DIR/result.json")
@@ -211,14 +215,15 @@ def run_command(args: argparse.Namespace) -> int:
         console.print("[green]all six gates already met[/]")
         print(summary(run_dir, state))
         return EXIT_OK
-    system = render("system.md", **system_vars(ctx))
+    system = render("system.md", **system_vars(ctx)) if not args.system_prompt else render_prompt_file(args.system_prompt, system_vars(ctx))
     resume = f"Steps 1-{first - 1} are done (their gates hold); continue at step {first} ({gates.STEP_NAMES[first]})." if first > 1 else "Start at step 1."
     if args.answer:
         resume += f"\nThe previous run asked: {state.pending_question!r}. The user's answer: {args.answer}"
         session.event("user", question=state.pending_question, answer=args.answer)
         state.pending_question = None
     task = render("task.md", model_id=cfg.model_id, request=args.request or "(headless run; inputs are in config.yaml)", resume=resume)
-    limits = Limits(max_steps=args.max_steps, max_cost_usd=args.max_cost, max_wall_s=args.max_hours * 3600)
+    limits = Limits(max_steps=args.max_steps, max_cost_usd=args.max_cost, max_wall_s=args.max_hours * 3600,
+                    stop_before_step=args.stop_before_step)
     ask = None if ctx.yes else (lambda q: console.input(f"[bold yellow]? {q}[/]\n> ") or None)
     result = Agent(client, ctx, tools, system, limits, ask=ask).run(task)
     args.outcome = {"run_dir": run_dir, "message": result.message, "how": getattr(result, "how_to_answer", "") or None}
@@ -231,6 +236,20 @@ def run_command(args: argparse.Namespace) -> int:
     else:
         console.print(f"[bold red]stopped[/]: {result.message}")
     return result.code
+
+
+def render_prompt_file(path: Path, variables: dict[str, Any]) -> str:
+    """Render a user-supplied system prompt file strictly (a ConfigError names what does not match)."""
+    from tao_finetune.agent.prompts import PromptError, render_text
+
+    try:
+        text = path.expanduser().read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--system-prompt {str(path)!r} cannot be read: {err.__class__.__name__}") from None
+    try:
+        return render_text(text, variables)
+    except PromptError as err:
+        raise ConfigError(f"--system-prompt {str(path)!r}: {err.args[0]}") from None
 
 
 def reference_index() -> str:
@@ -332,9 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--strict", action="store_true", help="a divergence exits with code 6")
     rp.add_argument("--env-file", type=Path, default=Path("~/.config/tao/.env"), help="credentials for tools that need them (model mode)")
     rp.set_defaults(handler=replay_command)
-    from tao_finetune.evals.harness import add_eval_parser
+    from tao_finetune.evals.harness import add_eval_parser, eval_command
 
     add_eval_parser(sub)
+    sub.choices["eval"].set_defaults(handler=lambda a: eval_command(a, main))
     dm = sub.add_parser("demo", help="offline demo: a tiny ViT fine-tuned on real scikit-learn digits by the autopilot (no GPU, key or network)")
     dm.add_argument("--output-dir", type=Path, default=Path("./output/demo"))
     dm.add_argument("--inputs-dir", type=Path, default=Path("./output/demo-inputs"), help="where the demo model and data are written")
@@ -344,9 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DEMO_SETTINGS = ["--n-epochs", "30", "--set", "learning_rate=1e-3", "--set", "per_device_train_batch_size=32", "--set", "warmup_ratio=0.05",
-                 "--set", "gradient_accumulation_steps=1", "--set", "lr_scheduler_type=cosine",
-                 "--set", "recipe.train_transforms=none: resize and normalise only (digits are not flip-invariant)"]
+from tao_finetune.agent.demo import DEMO_SETTINGS  # noqa: E402  (re-exported)
 
 
 def demo_command(args: argparse.Namespace) -> int:

@@ -42,6 +42,7 @@ class Limits:
     max_tokens: int = 8192
     max_tokens_cap: int = 32768
     max_nudges: int = 2
+    stop_before_step: int | None = None  # end (exit 0) once every gate before this step holds
 
 
 class Agent:
@@ -143,6 +144,9 @@ class Agent:
         self.ctx.save()
         if all_met:
             raise Done("all six gates met")
+        stop = self.limits.stop_before_step
+        if stop and all(gates.check(s, run_dir, state).met for s in range(1, stop)):
+            raise Done(f"stopped before step {stop} ({gates.STEP_NAMES[stop]}) as asked: gates 1-{stop - 1} hold")
 
     def progress(self, line: str) -> None:
         """Append to PROGRESS.md when the user asked for the journal."""
