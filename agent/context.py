@@ -61,6 +61,7 @@ class RunContext:
     state: RunState = field(default_factory=RunState)
     platform: Platform | None = None
     yes: bool = False
+    deadline: float | None = None  # time.monotonic() when --max-hours runs out; tools that wait stop there
 
     @property
     def run_dir(self) -> Path:
@@ -70,6 +71,9 @@ class RunContext:
         """Persist config.yaml and the run state atomically."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.config, self.run_dir / "config.yaml")
+        from tao_finetune.agent.policy import file_sha256
+
+        self.state.config_sha256 = file_sha256(self.run_dir / "config.yaml")  # checked before every tool call (policy)
         self.state.save(self.run_dir)
 
     def confine(self, rel: str) -> Path:

@@ -1,6 +1,6 @@
 """Replaying a recorded session (session.jsonl) and reporting where the replay departs from the recording.
 
-Session format (version 2, one JSON object per line, appended as the run goes; every line has `t` and `kind`):
+Session format (agent/session.py FORMAT_VERSION 2, one JSON object per line, appended as the run goes; every line has `t` and `kind`):
 - `user` {question, answer}: an answer given with --answer (before the `start` it belongs to) or at a prompt;
 - `start` {v, client, task, config, first_unmet}: one invocation of `run` begins; `task` is the first user message
   and `config` the RunConfig it started from;
@@ -132,7 +132,7 @@ def load_segments(path: Path) -> list[Segment]:
         raise ReplayError(f"session log {str(path)!r} records no run (no 'start' event)")
     old = [s.index + 1 for s in segments if not isinstance(s.start.get("config"), dict)]
     if old:
-        raise ReplayError(f"session log {str(path)!r} is format 1 (no config in its start events): replay it with "
+        raise ReplayError(f"session log {str(path)!r} is format version 1 (no config in its start events): replay it with "
                           "`tao-finetune run --llm replay --replay FILE` and the original flags")
     return segments
 
@@ -190,11 +190,10 @@ class FullReplayAgent(Agent):
         if result.get("is_error"):
             text = str(result.get("content", ""))
             raise (InvalidArgs if text.startswith("invalid arguments for") else ToolError)(text)
-        content = result.get("content")
-        try:
-            return json.loads(content) if isinstance(content, str) and content[:1] in "{[" else content
-        except json.JSONDecodeError:
-            return content
+        return str(result.get("content", ""))
+
+    def result_text(self, name: str, out: Any, is_error: bool) -> str:
+        return out if isinstance(out, str) else super().result_text(name, out, is_error)  # the recorded text, verbatim
 
     def tool_error(self, name: str, message: str) -> str:
         return message  # the recording already holds what the same-error rule decided

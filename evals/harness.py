@@ -25,6 +25,7 @@ from typing import Any, Callable
 import yaml
 
 from tao_finetune.agent import gates
+from tao_finetune.agent.config import ConfigError
 from tao_finetune.agent.result import usage_of
 from tao_finetune.agent.session import read_events
 from tao_finetune.agent.state import RunState
@@ -34,7 +35,7 @@ EXPECT_KEYS = {"exit_code", "gates_met", "gates_unmet", "min_primary_metric", "b
 DRIVERS = ("autopilot", "replay", "anthropic")
 
 
-class CaseError(ValueError):
+class CaseError(ConfigError):
     """A case file that cannot be used (one line)."""
 
 
@@ -107,37 +108,37 @@ class Score:
 def parse_case(data: Any, source: Path) -> Case:
     """Validate one case mapping; unknown keys and unknown expectations are errors."""
     if not isinstance(data, dict):
-        raise CaseError(f"{source.name}: a case must be a mapping")
+        raise CaseError(f"eval case {source.name!r}: the file must hold a mapping")
     known = {f.name for f in fields(Case)}
     extra = sorted(set(data) - known)
     if extra:
-        raise CaseError(f"{source.name}: unknown key(s) {', '.join(extra)} (known: {', '.join(sorted(known))})")
+        raise CaseError(f"eval case {source.name!r}: unknown key(s) {', '.join(extra)} (known: {', '.join(sorted(known))})")
     bad = sorted(set(data.get("expect") or {}) - EXPECT_KEYS)
     if bad:
-        raise CaseError(f"{source.name}: unknown expectation(s) {', '.join(bad)} (known: {', '.join(sorted(EXPECT_KEYS))})")
+        raise CaseError(f"eval case {source.name!r}: unknown expectation(s) {', '.join(bad)} (known: {', '.join(sorted(EXPECT_KEYS))})")
     if "id" not in data or "args" not in data:
-        raise CaseError(f"{source.name}: a case needs 'id' and 'args'")
+        raise CaseError(f"eval case {source.name!r}: a case needs 'id' and 'args'")
     if data.get("driver", "autopilot") not in DRIVERS:
-        raise CaseError(f"{source.name}: driver must be one of {', '.join(DRIVERS)}")
+        raise CaseError(f"eval case {source.name!r}: driver must be one of {', '.join(DRIVERS)}")
     if data.get("replay"):
         data = {**data, "replay": str((source.parent / data["replay"]).resolve())}
     try:
         return Case(**data)
     except TypeError as err:
-        raise CaseError(f"{source.name}: {err}") from None
+        raise CaseError(f"eval case {source.name!r}: {err}") from None
 
 
 def load_cases(folder: Path | None = None) -> list[Case]:
     """Read every cases/*.yaml (the packaged ones by default)."""
     root = folder or Path(str(resources.files("tao_finetune.evals").joinpath("cases")))
     if not root.is_dir():
-        raise CaseError(f"no cases folder {str(root)!r}")
+        raise CaseError(f"--cases-dir {str(root)!r} is not a folder of case YAML files")
     cases = []
     for path in sorted(root.glob("*.yaml")):
         try:
             data = yaml.safe_load(path.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise CaseError(f"{path.name}: not valid YAML ({str(err).splitlines()[0][:100]})") from None
+        except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
+            raise CaseError(f"eval case {path.name!r}: not valid YAML ({str(err).splitlines()[0][:100]})") from None
         cases.append(parse_case(data, path))
     ids = [c.id for c in cases]
     dup = sorted({i for i in ids if ids.count(i) > 1})

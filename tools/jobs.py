@@ -12,9 +12,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field
 
+from tao_finetune.agent import policy
 from tao_finetune.agent.config import atomic_write_text
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.gates import N_SAMPLES, primary_metric, read_json
+from tao_finetune.agent.state import files_since, record_job
 from tao_finetune.tools.base import NeedsUser, NoArgs, ToolError, tool
 
 PLAYBOOK = Path(__file__).resolve().parent.parent / "references" / "error_playbook.yaml"
@@ -34,6 +36,9 @@ METRICS = "logs/metrics.jsonl"
 UNIT_TESTS = "reports/unit_tests.json"
 MAX_SAME_ERROR = 3
 FLAT_MIN_STEP = 50  # from-scratch models sit at chance for tens of steps; pretrained ones drop within 10-20
+FLAT_MIN_POINTS = 8  # logged losses needed before a trend is judged
+FLAT_MIN_FRACTION = 0.5  # a small model trained from scratch can sit at chance for 120-180 steps (issue 10): judge late
+SIGNIFICANCE = 2.0  # a change counts when it exceeds this many standard errors of the loss's own noise
 
 
 def load_playbook(path: Path = PLAYBOOK) -> list[dict]:
@@ -50,7 +55,7 @@ def consult_playbook(log_text: str, entries: list[dict] | None = None) -> dict |
 
 
 def _hp_key_user_set(ctx: RunContext, key: str) -> bool:
-    return key in ctx.config.user_set or f"hyperparameters.{key}" in ctx.config.user_set
+    return policy.user_owns(ctx.config, f"hyperparameters.{key}")
 
 
 def _set_hparams(ctx: RunContext, fix_id: str, changes: dict[str, Any]) -> str:
@@ -147,11 +152,76 @@ def handle_failure(ctx: RunContext, job: str, exit_code: int | None, log_text: s
         raise NeedsUser(f"{job} failed {n} times with the same error ({key}); stopping as the playbook says.\n{tail[-800:]}",
                         "fix the cause (or change the config with --set), then resume the run")
     head = f"{job} failed (exit {exit_code}), attempt {n}/{MAX_SAME_ERROR - 1} for this error"
+    block = policy.data_block(f"{job} job log", tail)
     if entry is None:
-        raise ToolError(f"{head}; no playbook entry matches: {_last_error_line(text)!r}\n--- log tail ---\n{tail}")
+        raise ToolError(f"{head}; no playbook entry matches: {_last_error_line(text)!r}\n--- log tail ---\n{block}")
     change = apply_fix(ctx, entry, attempt=n)
+    if change and job == "train":
+        ctx.state.record("train_change", f"playbook {entry['id']}: {change}")
+        ctx.save()
     todo = f"applied: {change}; run docker_run job={job} again" if change else "no automatic change; fix it with write_file, then run again"
-    raise ToolError(f"{head}; playbook {entry['id']}: {entry.get('fix', '')}; {todo}\n--- log tail ---\n{tail}")
+    raise ToolError(f"{head}; playbook {entry['id']}: {entry.get('fix', '')}; {todo}\n--- log tail ---\n{block}")
+
+
+def job_outputs(run_dir: Path, job: str) -> list[Path]:
+    """The files a job's evidence digests: what the gates read (results, checkpoint weights, samples)."""
+    def under(rel: str) -> list[Path]:
+        d = run_dir / rel
+        return [p for p in d.rglob("*") if p.is_file()] if d.is_dir() else []
+
+    if job == "prepare":
+        return [run_dir / "data" / "meta.json"]
+    if job == "smoke":
+        return [run_dir / "reports" / "smoke.json"]
+    if job == "tests":
+        return [run_dir / UNIT_TESTS]
+    if job in ("baseline", "eval"):
+        return [run_dir / "reports" / ("baseline_results.json" if job == "baseline" else "eval_results.json")]
+    if job == "infer":
+        return [*under("reports/inference_samples"), run_dir / "reports" / "inference_summary.json"]
+    if job == "train":
+        return under("checkpoints/final")
+    if job == "merge":
+        return under("checkpoints/merged")
+    return []
+
+
+def sweep_credentials(ctx: RunContext, since: float) -> list[str]:
+    """After a job: scrub every credential (any encoding) from files it wrote in the run dir; returns the paths scrubbed."""
+    if not ctx.creds.forms():
+        return []
+    hit = []
+    for p in files_since(ctx.run_dir, since):
+        try:
+            if ctx.creds.scan_file(p):
+                ctx.creds.scrub_file(p)
+                hit.append(str(p.relative_to(ctx.run_dir)))
+        except OSError:
+            continue
+    if hit:
+        ctx.session.event("credential_scrubbed", files=hit)
+    return hit
+
+
+def evidence(ctx: RunContext, job: str, argv: list[str], started: float, exit_code: int = 0, facts: dict | None = None) -> None:
+    """Sweep the job's files for credentials, then record what it ran and the digests of what it produced."""
+    leaked = sweep_credentials(ctx, started)
+    if leaked:
+        ctx.save()
+        raise ToolError(f"the {job} job wrote a credential into {', '.join(leaked)}; the value was scrubbed and the job's outputs "
+                        "do not count. Job code must never read or print credentials.")
+    image = (ctx.state.records.get("build") or {}).get("image")
+    record_job(ctx.state, ctx.run_dir, job, argv, getattr(ctx.platform, "name", "?"), image, exit_code, started,
+               job_outputs(ctx.run_dir, job), facts)
+    ctx.save()
+
+
+def _forget(ctx: RunContext, job: str) -> None:
+    """A job that starts again voids its old evidence (and training voids what was measured on the old checkpoint)."""
+    drop = {job} | ({"eval", "infer", "merge"} if job == "train" else set())
+    if drop & set(ctx.state.evidence):
+        ctx.state.evidence = {k: v for k, v in ctx.state.evidence.items() if k not in drop}
+        ctx.save()
 
 
 def _platform(ctx: RunContext):
@@ -167,7 +237,7 @@ def docker_build(ctx: RunContext, args: NoArgs) -> dict:
     ctx.state.record("build", rec)
     ctx.save()
     if not rec.get("ok"):
-        raise ToolError(f"build failed: {ctx.creds.redact(str(rec.get('error') or rec.get('log_tail') or rec))[-1500:]}")
+        raise ToolError("build failed:\n" + policy.data_block("build log", ctx.creds.redact(str(rec.get('error') or rec.get('log_tail') or rec))[-1500:]))
     return {k: v for k, v in rec.items() if k != "log_tail"}
 
 
@@ -192,6 +262,19 @@ def command(ctx: RunContext, job: str, max_steps: int | None = None) -> list[str
     return ["python", *script]
 
 
+def task_metrics(task: str) -> tuple[str, ...]:
+    """What a task's eval results must report: the recipe's primary_metric, then its `metrics` (references/recipes.yaml)."""
+    from tao_finetune.tools.research import reference_recipe
+
+    try:
+        rec = reference_recipe(task)
+    except KeyError:
+        return ()
+    if not rec.get("metrics"):
+        return ()
+    return (rec["primary_metric"], *[m for m in rec["metrics"] if m != rec["primary_metric"]])
+
+
 def _check_outputs(ctx: RunContext, job: str) -> dict:
     run = ctx.run_dir
     if job == "prepare":
@@ -209,6 +292,11 @@ def _check_outputs(ctx: RunContext, job: str) -> dict:
         res = read_json(run / "reports" / name)
         if primary_metric(res) is None:
             raise ToolError(f"reports/{name} has no numeric primary metric: {json.dumps(res)[:400]}")
+        want = task_metrics(str(ctx.config.task_type))
+        if want and (res.get("primary_metric") != want[0] or any(k not in res for k in want)):
+            raise ToolError(f"reports/{name} must name primary_metric {want[0]!r} and report {', '.join(want)} for "
+                            f"{ctx.config.task_type} (references/recipes.yaml); it has primary_metric "
+                            f"{res.get('primary_metric')!r} and keys {sorted(res)[:20]}")
         return {k: v for k, v in res.items() if isinstance(v, (int, float, str)) and k != "model"}
     if job == "infer":
         d = run / "reports" / "inference_samples"
@@ -232,6 +320,8 @@ def run_unit_tests(ctx: RunContext, plat, argv: list[str]) -> dict:
     """Run the project's tests/ and write reports/unit_tests.json; a failure is a ToolError with the log tail."""
     if not any((ctx.run_dir / "tests").glob("test_*.py")):
         raise ToolError("tests/ has no test_*.py: set emit_unit_tests and render_scaffold, or write_file tests/test_project.py")
+    _forget(ctx, "tests")
+    started = time.time()
     try:
         res = plat.run(ctx, "tests", argv)
         code, text, log = res.exit_code, res.log_tail, f"logs/{res.log_path.name}"
@@ -243,9 +333,12 @@ def run_unit_tests(ctx: RunContext, plat, argv: list[str]) -> dict:
     passed = code == 0
     atomic_write_text(ctx.run_dir / UNIT_TESTS, json.dumps({"passed": passed, "summary": summary, "exit_code": code}, indent=1))
     ctx.session.event("job_end", job="tests", exit_code=code, passed=passed, summary=summary)
+    sweep_credentials(ctx, started)
+    if passed:
+        evidence(ctx, "tests", argv, started)
     if not passed:
         raise ToolError(f"unit tests failed (exit {code}): {summary}; fix the project code with write_file, then run "
-                        f"docker_run job=tests again\n--- log tail ---\n{text[-2000:]}")
+                        f"docker_run job=tests again\n--- log tail ---\n" + policy.data_block(f"job log {log}", text[-2000:]))
     return {"job": "tests", "exit_code": 0, "passed": True, "summary": summary, "log": log, "report": UNIT_TESTS}
 
 
@@ -274,23 +367,41 @@ def docker_run(ctx: RunContext, args: RunArgs) -> dict:
     if args.job == "train" and (run / "checkpoints" / "final").is_dir() and training_progress(run).get("summary"):
         return {"job": "train", "already_done": True, **training_progress(run)}
     argv = command(ctx, args.job, args.max_steps)
+    _forget(ctx, args.job)
+    started = time.time()
     ctx.session.event("job_start", job=args.job, argv=argv)
     if args.job == "train":
+        ctx.state.record("train_job", {"argv": argv, "started": started})
+        ctx.save()
+        metrics = run / METRICS
+        prev = ctx.state.records.get("train_attempt") or {}
+        attempt = {"n": int(prev.get("n") or 0) + 1, "metrics_offset": metrics.stat().st_size if metrics.exists() else 0,
+                   "started": time.time(), "changed": ctx.state.records.pop("train_change", None)}
         res = plat.run(ctx, "train", argv, detach=True)
-        return {"job": "train", "started": True, "handle": res.handle, "argv": argv, "log": f"logs/{res.log_path.name}",
-                "next": "call train_status (wait_s up to 600) until state is done"}
+        ctx.state.record("train_attempt", attempt)
+        ctx.save()
+        ctx.session.event("train_attempt", **attempt)
+        out = {"job": "train", "started": True, "attempt": attempt["n"], "handle": res.handle, "argv": argv, "log": f"logs/{res.log_path.name}",
+               "next": "call train_status (wait_s up to 600) until state is done"}
+        if attempt["changed"]:
+            out["changed_since_last_attempt"] = attempt["changed"]
+        return out
     try:
         res = plat.run(ctx, args.job, argv)
     except ToolError as err:  # platforms that check the exit themselves (Docker) raise with the log tail
+        sweep_credentials(ctx, started)
         handle_failure(ctx, args.job, None, str(err))
     ctx.session.event("job_end", job=args.job, exit_code=res.exit_code)
     if res.exit_code != 0:
+        sweep_credentials(ctx, started)
         extra = (run / "reports" / "smoke.json").read_text() if args.job == "smoke" and (run / "reports" / "smoke.json").exists() else ""
         handle_failure(ctx, args.job, res.exit_code, res.log_tail + "\n" + extra)
     try:
         out = _check_outputs(ctx, args.job)
     except ToolError as err:
+        sweep_credentials(ctx, started)
         handle_failure(ctx, args.job, res.exit_code, res.log_tail + "\n" + str(err))
+    evidence(ctx, args.job, argv, started)
     return {"job": args.job, "exit_code": 0, "log": f"logs/{res.log_path.name}", **out}
 
 
@@ -298,46 +409,107 @@ def read_metrics(path: Path) -> list[dict]:
     """Records of the metrics log (partial last line ignored)."""
     out = []
     try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
+        lines = path.read_bytes().decode(errors="replace").splitlines()
+    except (FileNotFoundError, IsADirectoryError):
         return out
     for line in lines:
         try:
-            out.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(rec, dict):
+            out.append(rec)
     return out
 
 
-def loss_trend(losses: list[float]) -> Trend:
-    """falling / flat / rising over the logged losses; nan when the latest is not finite."""
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def trend_evidence(losses: list[float], steps: list[int] | None = None) -> dict:
+    """The loss trend with its evidence: a smoothed start vs a smoothed end, compared with the loss's own noise.
+
+    Smoothing is a mean over a window of a quarter of the points (at least 2). The noise is estimated from
+    point-to-point differences (std(diff)/sqrt(2), which a steady trend barely affects), so the standard error of the
+    change between the two windows is noise*sqrt(2/k). falling: the end is lower by more than SIGNIFICANCE standard
+    errors and by at least 0.5 %; rising: higher by as much and by more than 10 %; flat otherwise. The slope (per 100
+    steps, least squares over the newer half) is reported as evidence.
+    """
+    steps = steps if steps is not None and len(steps) == len(losses) else list(range(len(losses)))
+    out: dict[str, Any] = {"points": len(losses), "steps_seen": (steps[-1] - steps[0]) if steps else 0}
     if any(not isinstance(x, (int, float)) or not math.isfinite(x) for x in losses[-3:]):
-        return "nan"
-    if len(losses) < 4:
-        return "too_early"
-    k = max(1, len(losses) // 3)
-    first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
-    if last < first * 0.98:
-        return "falling"
-    if last > first * 1.1:
-        return "rising"
-    return "flat"
+        return {**out, "trend": "nan"}
+    xs = [float(x) for x in losses if isinstance(x, (int, float)) and math.isfinite(x)]
+    if len(xs) < 4:
+        return {**out, "trend": "too_early"}
+    k = max(2, len(xs) // 4)
+    first, last = _mean(xs[:k]), _mean(xs[-k:])
+    diffs = [b - a for a, b in zip(xs, xs[1:])]
+    dm = _mean(diffs)
+    noise = max(math.sqrt(_mean([(d - dm) ** 2 for d in diffs]) / 2), 1e-4 * abs(first), 1e-8)
+    se = noise * math.sqrt(2 / k)
+    half = list(zip(steps[-len(xs):], xs))[len(xs) // 2:]
+    sx, sy = _mean([a for a, _ in half]), _mean([b for _, b in half])
+    var = sum((a - sx) ** 2 for a, _ in half)
+    slope = sum((a - sx) * (b - sy) for a, b in half) / var if var else 0.0
+    drop = first - last
+    if drop > SIGNIFICANCE * se and drop > 0.005 * abs(first):
+        trend: Trend = "falling"
+    elif -drop > SIGNIFICANCE * se and -drop > 0.1 * abs(first):
+        trend = "rising"
+    else:
+        trend = "flat"
+    return {**out, "trend": trend, "first_smoothed": round(first, 5), "last_smoothed": round(last, 5), "window": k,
+            "noise": round(noise, 5), "change_in_se": round(drop / se, 2), "slope_per_100_steps": round(slope * 100, 6)}
 
 
-def training_progress(run_dir: Path) -> dict:
-    """Step, total, latest loss/throughput and the loss trend from logs/metrics.jsonl."""
-    recs = read_metrics(run_dir / METRICS)
+def loss_trend(losses: list[float]) -> Trend:
+    """falling / flat / rising over the logged losses (see trend_evidence); nan when the latest is not finite."""
+    return trend_evidence(losses)["trend"]
+
+
+def flat_after(total: int | None, warmup: int, steps_per_epoch: int | None) -> int:
+    """The first step at which a flat loss may stop training: past warm-up, past the first epoch, past half the run."""
+    return max(FLAT_MIN_STEP, warmup + FLAT_MIN_STEP, int(steps_per_epoch or 0), math.ceil((total or 0) * FLAT_MIN_FRACTION))
+
+
+def read_metrics_since(path: Path, offset: int = 0) -> list[dict]:
+    """Records of the metrics log from a byte offset (an attempt's own records); offset 0 when the log was replaced."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return []
+    if offset <= 0 or offset > size:
+        return read_metrics(path)
+    with path.open("rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    out = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def training_progress(run_dir: Path, since: int = 0) -> dict:
+    """Step, total, latest loss/throughput and the loss trend (with evidence) from logs/metrics.jsonl, from byte `since` on."""
+    recs = [r for r in read_metrics_since(run_dir / METRICS, since) if isinstance(r, dict)]
     steps = [r for r in recs if "loss" in r and "step" in r and "event" not in r]
     start = next((r for r in reversed(recs) if r.get("event") in ("start", "resume")), {})
     done = next((r for r in reversed(recs) if r.get("event") == "done"), None)
     last = steps[-1] if steps else {}
     total = last.get("total_steps") or start.get("total_steps")
-    losses = [r["loss"] if r["loss"] is not None else float("nan") for r in steps]
+    losses = [r["loss"] if isinstance(r["loss"], (int, float)) else float("nan") for r in steps]
     warmup = int(start.get("warmup_steps") or 0)
+    evidence = trend_evidence(losses, [int(r["step"]) for r in steps] if all(isinstance(r["step"], int) for r in steps) else None)
     out = {"step": last.get("step", start.get("step", 0)), "total_steps": total,
-           "flat_after": max(FLAT_MIN_STEP, warmup + FLAT_MIN_STEP, (total or 0) // 3),
+           "flat_after": flat_after(total, warmup, start.get("steps_per_epoch")),
            "progress": round(last.get("step", 0) / total, 3) if total else None,
-           "loss": last.get("loss"), "first_loss": losses[0] if losses else None, "trend": loss_trend(losses),
+           "loss": last.get("loss"), "first_loss": losses[0] if losses else None, "trend": evidence["trend"], "trend_evidence": evidence,
            "grad_norm": last.get("grad_norm"), "lr": last.get("lr"), "samples_per_s": last.get("samples_per_s"),
            "mfu": last.get("mfu"), "resumed_from": start.get("step") if start.get("event") == "resume" else None}
     if done:
@@ -354,9 +526,13 @@ def train_status(ctx: RunContext, args: StatusArgs) -> dict:
     """Progress of the detached training: step/total, loss and its trend (falling/flat/NaN), throughput; stops a NaN or flat run and applies the playbook."""
     plat = _platform(ctx)
     deadline = time.monotonic() + args.wait_s
+    run_ends = ctx.deadline is not None and ctx.deadline < deadline
+    if run_ends:
+        deadline = ctx.deadline  # the run's --max-hours ends the wait too
+    since = int((ctx.state.records.get("train_attempt") or {}).get("metrics_offset") or 0)
     while True:
         st = plat.status(ctx, "train")
-        prog = training_progress(ctx.run_dir)
+        prog = training_progress(ctx.run_dir, since)
         if not st.get("started", st.get("exists", False)):
             raise ToolError("training was not started: docker_run job=train")
         if st.get("running"):
@@ -364,10 +540,18 @@ def train_status(ctx: RunContext, args: StatusArgs) -> dict:
             if prog["trend"] == "nan":
                 plat.stop(ctx, "train")
                 handle_failure(ctx, "train", None, f"loss: nan at step {step}")
-            if prog["trend"] == "flat" and step >= prog["flat_after"]:
+            ev = prog["trend_evidence"]
+            if prog["trend"] == "flat" and step >= prog["flat_after"] and ev["points"] >= FLAT_MIN_POINTS:
                 plat.stop(ctx, "train")
-                handle_failure(ctx, "train", None, f"TAO_FLAT_LOSS: loss {prog['first_loss']} -> {prog['loss']} by step {step}")
+                handle_failure(ctx, "train", None, (
+                    f"TAO_FLAT_LOSS: smoothed loss {ev['first_smoothed']} -> {ev['last_smoothed']} over {ev['steps_seen']} steps "
+                    f"({ev['points']} points, window {ev['window']}; change {ev['change_in_se']} standard errors of its noise "
+                    f"{ev['noise']}, {SIGNIFICANCE} needed; slope {ev['slope_per_100_steps']}/100 steps) by step {step}, "
+                    f"judged after step {prog['flat_after']} (warm-up, first epoch and half the run are past)"))
             if time.monotonic() >= deadline:
+                if run_ends:
+                    return {"state": "running", **prog, "note": "the run's wall-time limit (--max-hours) is reached; training keeps "
+                                                                "running detached: `tao-finetune stop DIR` stops it, re-running resumes"}
                 return {"state": "running", **prog}
             time.sleep(1.0)
             continue
@@ -376,6 +560,12 @@ def train_status(ctx: RunContext, args: StatusArgs) -> dict:
     if st.get("exit_code") == 0 and final.is_dir():
         rec = {"state": "done", **prog}
         ctx.state.record("train", {k: rec.get(k) for k in ("step", "total_steps", "loss", "first_loss", "samples_per_s", "mfu")})
+        if "train" not in ctx.state.evidence:
+            job = ctx.state.records.get("train_job") or {}
+            full = training_progress(ctx.run_dir)  # the whole training of this plan (a resumed attempt continues the log)
+            facts = {"first_loss": full.get("first_loss"), "last_loss": full.get("loss"), "trend": full.get("trend"),
+                     "trend_evidence": full.get("trend_evidence"), "step": full.get("step"), "total_steps": full.get("total_steps")}
+            evidence(ctx, "train", list(job.get("argv") or command(ctx, "train")), float(job.get("started") or 0.0), 0, facts)
         ctx.save()
         return {**rec, "next": "docker_run job=eval, then job=infer"}
     if st.get("stopped"):

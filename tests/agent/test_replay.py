@@ -118,7 +118,7 @@ def test_a_log_that_ends_early_and_a_torn_line(recorded, tmp_path, capsys):
 
 @pytest.mark.parametrize("content,needle", [(None, "no session log"), ("not json\n{}\n", "line 1 is not JSON"),
                                             ('{"kind": "note", "t": 1}\n', "no 'start' event"),
-                                            ('{"kind": "start", "task": "x"}\n', "format 1")])
+                                            ('{"kind": "start", "task": "x"}\n', "format version 1")])
 def test_bad_session_files_are_one_line_errors(tmp_path, capsys, content, needle):
     path = tmp_path / "session.jsonl"
     if content is not None:

@@ -20,7 +20,7 @@ def test_packaged_cases_load():
     ({"id": "x", "args": [], "expectations": {}}, "unknown key(s) expectations"),
     ({"id": "x", "args": [], "driver": "gpt"}, "driver must be one of"),
     ({"args": []}, "needs 'id' and 'args'"),
-    (["not", "a", "mapping"], "must be a mapping"),
+    (["not", "a", "mapping"], "must hold a mapping"),
 ])
 def test_bad_cases_are_rejected_with_one_line(tmp_path, data, needle, capsys):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
