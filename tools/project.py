@@ -39,7 +39,7 @@ REFERENCES = Path(__file__).resolve().parent.parent / "references"
 SCAFFOLDS = REFERENCES / "scaffolds"
 COMPAT_RULES = REFERENCES / "compat_rules.yaml"
 RENAMES = {"gitignore": ".gitignore"}
-SCAFFOLD_TASKS = ("image-classification", "text-classification")
+SCAFFOLD_TASKS = ("image-classification", "text-classification", "object-detection", "semantic-segmentation")
 UNIT_TESTS = "test_project.py"  # per task; rendered as tests/test_project.py only when emit_unit_tests is on
 RUNTIME_ENV = "meta/runtime_env.json"
 PREFLIGHT_FIELDS = ("reference_urls", "dataset", "columns", "push_target", "wandb", "image", "hardware", "smoke")
@@ -70,8 +70,8 @@ def write_file(ctx: RunContext, args: WriteFileArgs) -> dict:
         raise ToolError(f"path {args.path[:80]!r} is empty or holds a NUL byte: give a relative path like 'train.py'")
     if len(args.path.encode()) > 1024 or any(len(part.encode()) > 255 for part in Path(args.path).parts):
         raise ToolError(f"path {args.path[:80]!r}... is too long (a name over 255 bytes or a path over 1024)")
+    target = ctx.confine(args.path)  # absolute paths, '..' and escapes first: their message names the real problem
     policy.check_writable(args.path)
-    target = ctx.confine(args.path)
     policy.check_writable(str(target.relative_to(ctx.run_dir.resolve())))  # a symlink planted by a job cannot redirect the write
     if target.is_dir():
         raise ToolError(f"{args.path!r} is a directory")
