@@ -558,6 +558,7 @@ def train_status(ctx: RunContext, args: StatusArgs) -> dict:
                     f"{ev['noise']}, {SIGNIFICANCE} needed; slope {ev['slope_per_100_steps']}/100 steps) by step {step}, "
                     f"judged after step {prog['flat_after']} (warm-up, first epoch and half the run are past)"))
             if time.monotonic() >= deadline:
+                prog = {**prog, **{k: st[k] for k in ("job_id", "slurm_state", "pending_reason") if st.get(k)}}  # SLURM: why it waits
                 if run_ends:
                     return {"state": "running", **prog, "note": "the run's wall-time limit (--max-hours) is reached; training keeps "
                                                                 "running detached: `tao-finetune stop DIR` stops it, re-running resumes"}
