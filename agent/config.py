@@ -169,7 +169,7 @@ class RunConfig(BaseModel):
     emit_report: bool = Field(False, description="write reports/report.html and reports/report.pdf")
     emit_unit_tests: bool = Field(False, description="render tests/test_project.py and require it to pass (gate 4)")
     wandb: bool = Field(False, description="log training to Weights & Biases (needs WANDB_API_KEY, else offline)")
-    platform: Platform = Field("docker", description="where jobs run: docker containers or the local Python")
+    platform: Platform = Field("docker", description="where jobs run: docker containers, the local Python or a SLURM cluster")
     allow_cpu: bool = Field(False, description="allow a run without an NVIDIA GPU (small models only)")
     image: str | None = Field(None, description="user-chosen container image; overrides NGC selection")
     license: str | None = Field(None, description="license of the pushed model (Hub license id); default: the base model's")
