@@ -72,6 +72,20 @@ class Scan:
             self.issues.append(Issue(level, kind, count, message))
 
 
+def require_datasets():
+    """The `datasets` module; it is an optional extra (Hub datasets, parquet/arrow folders), so say how to get it."""
+    try:
+        import datasets
+    except ModuleNotFoundError as err:
+        if err.name != "datasets":
+            raise ToolError(f"the 'datasets' package failed to import: {err}") from None
+        raise ToolError("this dataset needs the 'datasets' package, which the core install leaves out: "
+                        "pip install 'tao-finetune[datasets]' (or the [train] extra)") from None
+    except ImportError as err:
+        raise ToolError(f"the 'datasets' package failed to import: {err}") from None
+    return datasets
+
+
 def split_of(name: str) -> str | None:
     """The canonical split a file or folder name points at, if any."""
     low = name.lower()
@@ -242,13 +256,8 @@ def _scan_imagefolder_metadata(scan: Scan, dirs: dict[str, Path]) -> Scan:
 
 
 def _mask_labels(scan: Scan, root: Path) -> None:
-    """Label names for masks from a labels file, else from the values seen in a sample of masks."""
-    for name in LABEL_FILES:
-        for p in (root / name, root.parent / name):
-            if p.is_file():
-                scan.label_names = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
-                scan.extra["label_names_from"] = p.name
-                return
+    """Label names for masks from a labels file, else from the values seen in a sample of masks (sampled either way:
+    the values decide ignore index and label reduction)."""
     import numpy as np
     from PIL import Image
 
@@ -261,6 +270,12 @@ def _mask_labels(scan: Scan, root: Path) -> None:
         except (OSError, ValueError, Image.DecompressionBombError):
             continue
     scan.extra["mask_values"] = sorted(values)[:300]
+    for name in LABEL_FILES:
+        for p in (root / name, root.parent / name):
+            if p.is_file():
+                scan.label_names = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+                scan.extra["label_names_from"] = p.name
+                return
     ids = sorted(v for v in values if v != 255)
     scan.label_names = [f"class_{i}" for i in range(max(ids) + 1)] if ids else []
     if ids:
@@ -494,7 +509,7 @@ def scan_text_rows(root: Path, fmt: Literal["jsonl", "csv"]) -> Scan:
 
 def scan_with_datasets(root: Path, fmt: Literal["parquet", "arrow"]) -> Scan:
     """Parquet and arrow are read by `datasets` itself."""
-    import datasets
+    datasets = require_datasets()
     import pyarrow as pa
 
     scan = Scan(fmt, "")
@@ -546,7 +561,7 @@ def scan_local(path: str | Path, fmt: str = "auto", task: str | None = None) -> 
 
 
 def _features(scan: Scan, rows: list[dict[str, Any]]):
-    import datasets
+    datasets = require_datasets()
 
     feats: dict[str, Any] = {}
     for col, kind in scan.kinds.items():
@@ -567,7 +582,7 @@ def _features(scan: Scan, rows: list[dict[str, Any]]):
 
 def load_local_dataset(path: str | Path, fmt: str = "auto", task: str | None = None):
     """Load a local dataset into a `datasets.DatasetDict` (images as Image features, labels as ClassLabel); unreadable items are skipped."""
-    import datasets
+    datasets = require_datasets()
 
     scan = scan_local(path, fmt, task)
     errors = [i for i in scan.issues if i.level == "error"]
@@ -636,7 +651,7 @@ def _stats(values: list[int | float]) -> dict[str, Any]:
 
 def feature_types(features: Any) -> dict[str, str]:
     """Column -> short type string from datasets Features."""
-    import datasets
+    datasets = require_datasets()
 
     out = {}
     for k, f in features.items():
@@ -794,6 +809,40 @@ def verify_columns(task: str, columns: dict[str, str], sample: dict[str, Any] | 
     return renames, layout, issues
 
 
+# ---------------------------------------------------------------- detection / segmentation decisions
+BACKGROUND_NAMES = ("background", "bg", "_background_", "void", "unlabeled", "unlabelled", "none", "other")
+
+
+def annotation_plan(facts: Any, task: str | None) -> dict[str, Any]:
+    """Step 1's decisions for the generated project, from the probed data: the box format (object detection) and,
+    for segmentation, the ignore index and whether labels are reduced (0 = unlabelled background dropped, ids shifted
+    by -1: when the label names do not name a background and the masks use 0 plus 1..N for N names). Returns
+    ProjectSpec fields plus a `reason`; {} for other tasks."""
+    get = facts.get if isinstance(facts, dict) else (lambda k, d=None: getattr(facts, k, d))
+    if task == "object-detection":
+        fmt = str(get("bbox_format") or "coco").lower()
+        return {"bbox_format": "pascal_voc" if fmt.startswith(("pascal", "voc", "xyxy")) else fmt.split()[0],
+                "reason": f"boxes as {get('bbox_format') or 'coco xywh (the Hub object-detection layout)'}"}
+    if task != "semantic-segmentation":
+        return {}
+    names = [str(n) for n in get("label_names") or []]
+    values = sorted({int(v) for v in get("mask_values") or []})
+    ignore = 255
+    ids = [v for v in values if v != ignore]
+    from_file = bool(names) and "mask values" not in str(get("label_names_from") or "")
+    named_bg = bool(names) and names[0].strip().lower() in BACKGROUND_NAMES
+    reduce = from_file and not named_bg and bool(ids) and ids[0] == 0 and max(ids) == len(names)
+    if reduce:
+        why = f"masks use 0..{max(ids)} but the {len(names)} label names have no background: 0 is ignored, ids shift by -1"
+    elif named_bg:
+        why = f"label 0 is {names[0]!r}, a class of its own"
+    else:
+        why = "mask values are the class ids" + (f" (0..{max(ids)})" if ids else "")
+    if ignore in values:
+        why += f"; {ignore} marks void pixels (ignored)"
+    return {"ignore_index": ignore, "reduce_labels": reduce, "reason": why}
+
+
 # ---------------------------------------------------------------- splits
 def plan_splits(split_sizes: dict[str, int | None], task: str | None) -> dict[str, Any]:
     """Which splits train and evaluate; a seeded split of train when there is no eval split."""
@@ -912,7 +961,7 @@ def _hub_dataset_error(dataset_id: str, err: Exception) -> ToolError:
 
 def probe_hub_dataset(dataset_id: str, config_name: str | None = None, token_present: bool = False, n_samples: int = 3) -> dict[str, Any]:
     """Facts about a Hub dataset through `datasets`: builder info, features, splits and sizes, streamed sample rows."""
-    import datasets
+    datasets = require_datasets()
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
