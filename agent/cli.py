@@ -208,6 +208,8 @@ def run_command(args: argparse.Namespace) -> int:
         console.print("[green]all six gates already met[/]")
         print(summary(run_dir, state))
         return EXIT_OK
+    if first <= 5 and hasattr(ctx.platform, "prewarm"):
+        ctx.platform.prewarm(ctx)  # the job runner imports torch and creates the CUDA context while Steps 1-3 run
     system = render("system.md", **system_vars(ctx))
     resume = f"Steps 1-{first - 1} are done (their gates hold); continue at step {first} ({gates.STEP_NAMES[first]})." if first > 1 else "Start at step 1."
     if args.answer:
