@@ -23,15 +23,19 @@ API sources (transformers 5.x, checked against the installed 5.24 source):
 - https://docs.pytorch.org/docs/stable/generated/torch.optim.AdamW.html (fused=True on CUDA)
 - https://docs.pytorch.org/docs/stable/notes/ddp.html and torch.distributed.run (torchrun env vars)
 - https://docs.pytorch.org/docs/stable/amp.html (autocast bf16, GradScaler for fp16)
-- torch/utils/flop_counter.py (FlopCounterMode, used for the MFU estimate)
+- torch/utils/flop_counter.py (FlopCounterMode, used for the MFU estimate; counted once in the smoke job, never in train)
+- transformers/modeling_utils.py PreTrainedModel.save_pretrained(state_dict=...) (saves a given CPU copy; tied weights
+  are dropped from it by the model's own rules), https://docs.pytorch.org/docs/stable/backends.html (cudnn.benchmark)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -62,11 +66,24 @@ def hp(cfg: dict) -> dict:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically."""
+    """Write JSON atomically (a failed write, e.g. a full disk, leaves the previous file as it was)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=1, default=float))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_json_file(path: Path) -> dict:
+    """A JSON object from a file, {} when it is absent or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def read_meta() -> dict:
@@ -164,7 +181,8 @@ class Runtime:
             torch.cuda.set_device(self.device)
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-            torch.backends.cudnn.benchmark = True
+            # cuDNN autotuning costs seconds per new shape (~9 s on ConvNeXt-T's first step): only long runs turn it on
+            torch.backends.cudnn.benchmark = False
         precision = hp(cfg).get("precision", "auto")
         if precision == "auto":
             precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
@@ -294,29 +312,172 @@ def log_jsonl(path: Path, record: dict) -> None:
 
 
 def complete_checkpoints() -> list[Path]:
-    """Checkpoint dirs with a completion marker, oldest first."""
+    """Checkpoint dirs with a completion marker, oldest first (not yet verified: see resumable_checkpoint)."""
     if not CKPT.is_dir():
         return []
-    out = [p for p in CKPT.glob("step-*") if (p / "complete.json").is_file()]
+    out = [p for p in CKPT.glob("step-*") if (p / "complete.json").is_file() and p.name.split("-")[1].isdigit()]
     return sorted(out, key=lambda p: int(p.name.split("-")[1]))
 
 
-def save_checkpoint(model, optimizer, scheduler, scaler, step: int, keep: int) -> Path:
-    """Write checkpoints/step-N atomically (temp dir + rename + marker), keep the newest `keep`."""
+def file_digest(path: Path) -> str:
+    """sha256 of a file, read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_checkpoint(ckpt: Path) -> str | None:
+    """None if the checkpoint is whole (marker present, every file it lists has its recorded sha256), else why not."""
+    try:
+        marker = json.loads((ckpt / "complete.json").read_text())
+    except (OSError, ValueError) as err:
+        return f"completion marker unreadable ({type(err).__name__})"
+    files = marker.get("files")
+    if not isinstance(files, dict) or not files:
+        return "completion marker lists no file digests"
+    for name, digest in files.items():
+        f = ckpt / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if file_digest(f) != digest:
+            return f"{name} does not match its digest"
+    return None
+
+
+def resumable_checkpoint(log=print) -> Path | None:
+    """The newest checkpoint that verifies, falling back to older ones; a broken one is reported and skipped."""
+    for ckpt in reversed(complete_checkpoints()):
+        why = verify_checkpoint(ckpt)
+        if why is None:
+            return ckpt
+        log(f"checkpoint {ckpt.name} skipped: {why}")
+    return None
+
+
+def _cpu_copy(obj, memo: dict):
+    """A CPU copy of a (nested) state dict; tensors that share storage stay shared (tied weights)."""
+    if isinstance(obj, torch.Tensor):
+        key = (obj.untyped_storage().data_ptr(), obj.storage_offset(), tuple(obj.shape), tuple(obj.stride()), obj.dtype)
+        if key not in memo:
+            memo[key] = obj.detach().to("cpu", copy=True)
+        return memo[key]
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v, memo) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v, memo) for v in obj)
+    return obj
+
+
+def snapshot(model, optimizer, scheduler, scaler, step: int) -> dict:
+    """Everything a step checkpoint holds, copied to CPU now (the GPU keeps training while it is written)."""
+    memo: dict = {}
+    model_state = _cpu_copy(model.state_dict(), memo) if hasattr(model, "save_pretrained") else None
+    state = {"optimizer": _cpu_copy(optimizer.state_dict(), memo), "scheduler": scheduler.state_dict(), "step": step,
+             "rng": torch.get_rng_state(), "scaler": scaler.state_dict() if scaler else None}
+    return {"model_state": model_state, "training_state": state, "step": step}
+
+
+def write_checkpoint(model, snap: dict, keep: int) -> Path:
+    """Write checkpoints/step-N from a snapshot: temp dir, sha256 of every file in the completion marker, rename.
+
+    Older checkpoints are pruned only after the new one is complete, so a failed write (a full disk) leaves them and
+    every result as they were; the temp dir is removed and the error re-raised."""
+    step = snap["step"]
     target = CKPT / f"step-{step:07d}"
     tmp = CKPT / f".tmp-step-{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
-    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-             "rng": torch.get_rng_state(), "scaler": scaler.state_dict() if scaler else None}
-    torch.save(state, tmp / "training_state.pt")
-    (tmp / "complete.json").write_text(json.dumps({"step": step, "time": time.time()}))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp, state_dict=snap["model_state"])
+        torch.save(snap["training_state"], tmp / "training_state.pt")
+        files = {p.name: file_digest(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        marker = tmp / "complete.json"
+        marker.write_text(json.dumps({"step": step, "time": time.time(), "files": files}))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     for old in complete_checkpoints()[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def save_checkpoint(model, optimizer, scheduler, scaler, step: int, keep: int) -> Path:
+    """Write checkpoints/step-N now (blocking); see write_checkpoint."""
+    return write_checkpoint(model, snapshot(model, optimizer, scheduler, scaler, step), keep)
+
+
+class CheckpointWriter:
+    """Step checkpoints written by a background thread from a CPU snapshot taken at the step boundary.
+
+    One save in flight at a time (a new one waits for the previous); a failed save (e.g. ENOSPC) is logged as a
+    `checkpoint_failed` event, the previous checkpoints stay, and training goes on."""
+
+    def __init__(self, model, keep: int, metrics_path: Path, background: bool = True):
+        self.model, self.keep, self.metrics_path, self.background = model, keep, metrics_path, background
+        self.thread: threading.Thread | None = None
+        self.saved: list[int] = []
+        self.failed: list[str] = []
+
+    def _write(self, snap: dict) -> None:
+        t0 = time.perf_counter()
+        try:
+            write_checkpoint(self.model, snap, self.keep)
+        except Exception as err:  # noqa: BLE001  (a failed save must not kill the run; the event says why)
+            msg = f"{type(err).__name__}: {err}"
+            self.failed.append(msg)
+            print(f"checkpoint step-{snap['step']:07d} not written ({msg}); previous checkpoints kept", flush=True)
+            log_jsonl(self.metrics_path, {"event": "checkpoint_failed", "step": snap["step"], "error": msg, "time": time.time()})
+            return
+        self.saved.append(snap["step"])
+        log_jsonl(self.metrics_path, {"event": "checkpoint", "step": snap["step"], "seconds": round(time.perf_counter() - t0, 3),
+                                      "time": time.time()})
+
+    def save(self, optimizer, scheduler, scaler, step: int) -> None:
+        self.wait()
+        snap = snapshot(self.model, optimizer, scheduler, scaler, step)
+        if not self.background or snap["model_state"] is None:
+            self._write(snap)
+            return
+        self.thread = threading.Thread(target=self._write, args=(snap,), name=f"ckpt-{step}", daemon=False)
+        self.thread.start()
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+
+
+def save_cadence(h: dict, total: int) -> tuple[int | None, float]:
+    """(every N steps, or None) and (every S seconds): TAO_SAVE_STEPS / hyperparameters.save_steps pin a step cadence
+    (0 = only the final save); otherwise a checkpoint is due every TAO_SAVE_SECONDS / save_seconds (600 s) of training,
+    so a run shorter than that writes none and a long one loses at most that much on a crash."""
+    steps = os.environ.get("TAO_SAVE_STEPS") or h.get("save_steps")
+    if steps not in (None, ""):
+        return int(steps), 0.0
+    return None, float(os.environ.get("TAO_SAVE_SECONDS") or h.get("save_seconds") or 600.0)
+
+
+def write_final(model, task, cfg: dict, meta: dict) -> Path:
+    """checkpoints/final via a temp dir; an existing final is replaced only once the new one is whole."""
+    tmp = CKPT / ".tmp-final"
+    old = CKPT / ".old-final"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        task.save_processor(cfg, meta, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if final_dir().exists():
+        os.replace(final_dir(), old)
+    os.replace(tmp, final_dir())
+    shutil.rmtree(old, ignore_errors=True)
+    return final_dir()
 
 
 def batch_plan(n: int, per_device: int, accum: int, world: int, rank: int, seed: int,
@@ -388,7 +549,7 @@ def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics
     total, steps_per_epoch, micro_batches = batch_plan(
         len(split), int(h.get("per_device_train_batch_size", 32)), int(h.get("gradient_accumulation_steps", 1)),
         rt.world, rt.rank, seed, float(cfg.get("n_epochs", 3)), max_steps)
-    resume = None if smoke else (complete_checkpoints() or [None])[-1]
+    resume = None if smoke else resumable_checkpoint()
     model = load_model(task.AUTO_CLASS, str(resume or cfg["model_id"]), meta, fresh_head=resume is None)
     if h.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable()
@@ -414,8 +575,13 @@ def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics
         if scaler and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start = int(state["step"])
-    first = split.take(micro_batches(0)[0][:1])
-    fps = flops_per_sample(model, task.to_inputs(first, rt, meta, train=False), rt)
+    if rt.device.type == "cuda":
+        torch.backends.cudnn.benchmark = bool(h.get("cudnn_benchmark", total - start >= 2000))
+    if smoke:  # counted once here, off the training job's clock
+        first = split.take(micro_batches(0)[0][:1])
+        fps = flops_per_sample(model, task.to_inputs(first, rt, meta, train=False), rt)
+    else:
+        fps = read_json_file(REPORTS / "smoke.json").get("flops_per_sample")
     peak = rt.peak_flops()
     net = model
     if rt.world > 1:
@@ -427,8 +593,8 @@ def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics
     workers = num_workers(cfg, rt.device, rt.world)
     it = iter(loader(split, plan, workers, rt.device.type == "cuda"))
     logging_steps = 1 if smoke else int(h.get("logging_steps", 10))
-    save_every = int(os.environ.get("TAO_SAVE_STEPS") or max(1, total // 5))  # 0 = only the final save
-    keep = 2
+    save_every, save_seconds = save_cadence(h, total)
+    writer = CheckpointWriter(model, keep=2, metrics_path=metrics_path, background=rt.device.type == "cuda")
     if rt.main:
         log_jsonl(metrics_path, {"event": "resume" if start else "start", "step": start, "total_steps": total,
                                  "steps_per_epoch": steps_per_epoch, "warmup_steps": warmup, "world_size": rt.world, "precision": rt.precision,
@@ -438,6 +604,7 @@ def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics
     window_samples, window_start, logged_at = 0, time.perf_counter(), start
     last = {"loss": None, "grad_norm": None}
     total_samples, run_start = 0, time.perf_counter()
+    last_save = run_start
     for step in range(start, total):
         for k in range(accum):
             batch = next(it)
@@ -484,28 +651,42 @@ def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics
             last = rec
             loss_sum.zero_()
             window_samples, window_start = 0, time.perf_counter()
-        if not smoke and save_every and done % save_every == 0 and done < total:
-            if rt.main:
-                save_checkpoint(model, optimizer, scheduler, scaler, done, keep)
-            rt.barrier()
+        if not smoke and done < total:
+            if save_every is not None:
+                due = bool(save_every) and done % save_every == 0
+            else:  # time-based: rank 0's clock decides for every rank
+                due = time.perf_counter() - last_save >= save_seconds
+                if rt.world > 1:
+                    flag = torch.tensor([1.0 if due else 0.0], device=rt.device)
+                    torch.distributed.broadcast(flag, 0)
+                    due = bool(flag.item())
+            if due:
+                if rt.main:
+                    writer.save(optimizer, scheduler, scaler, done)
+                last_save = time.perf_counter()
+                rt.barrier()
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize()
     runtime = time.perf_counter() - run_start
+    writer.wait()
     tracker.finish()
     result = {"loss": last["loss"], "grad_norm": last["grad_norm"], "steps": total - start,
               "finite_loss": last["loss"] is not None and math.isfinite(last["loss"]),
               "grad_norm_positive": last["grad_norm"] is not None and math.isfinite(last["grad_norm"]) and last["grad_norm"] > 0}
     if smoke:
         result["step1"] = last
+        result["flops_per_sample"] = fps
         return result
     if rt.main:
-        tmp = CKPT / ".tmp-final"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        task.save_processor(cfg, meta, tmp)
-        shutil.rmtree(final_dir(), ignore_errors=True)
-        os.replace(tmp, final_dir())
+        try:
+            write_final(model, task, cfg, meta)
+        except OSError as err:
+            raise SystemExit(f"could not write checkpoints/final ({type(err).__name__}: {err}); "
+                             f"the step checkpoints and earlier results are kept") from None
         summary = {"total_steps": total, "resumed_from": start, "train_runtime_s": round(runtime, 2),
                    "train_samples_per_s": total_samples / runtime if runtime > 0 else None, "final_loss": last["loss"],
-                   "mfu": last.get("mfu"), "precision": rt.precision, "device": rt.gpu_name, "world_size": rt.world}
+                   "mfu": last.get("mfu"), "precision": rt.precision, "device": rt.gpu_name, "world_size": rt.world,
+                   "checkpoints_saved": writer.saved, "checkpoints_failed": writer.failed}
         write_json(REPORTS / "train_summary.json", summary)
         log_jsonl(metrics_path, {"event": "done", **summary, "time": time.time()})
     rt.barrier()
@@ -523,22 +704,41 @@ class _null:
 # ---------------------------------------------------------------- evaluation
 
 
+_DEVICE_CACHE: dict = {}
+DEVICE_CACHE_BYTES = 4 << 30
+
+
+def device_batches(split: CachedSplit, rt: Runtime, batch_size: int):
+    """The split's batches, moved to the device once and kept for this process's later jobs (under the persistent
+    job runner the baseline eval, the final eval and infer share them); splits over 4 GiB are streamed instead."""
+    batches = eval_batches(len(split), batch_size)
+    size = sum(a.nbytes for a in split.arrays.values())
+    if size > DEVICE_CACHE_BYTES:
+        return (split.take(b) for b in batches)
+    stamp = tuple((str(a.filename), os.stat(a.filename).st_mtime_ns) for a in split.arrays.values() if getattr(a, "filename", None))
+    key = (stamp, batch_size, str(rt.device))
+    if key not in _DEVICE_CACHE:
+        _DEVICE_CACHE.clear()
+        _DEVICE_CACHE[key] = [{k: v.to(rt.device, non_blocking=True) for k, v in split.take(b).items()} for b in batches]
+    return _DEVICE_CACHE[key]
+
+
 def predict(task, model, split: CachedSplit, meta: dict, rt: Runtime, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Predictions, top-1 probabilities, labels and mean loss over a cached split."""
     model.eval()
     preds, probs, labels, losses = [], [], [], []
-    for batch in loader(split, eval_batches(len(split), batch_size), 0, False):
+    for batch in device_batches(split, rt, batch_size):
         inputs = task.to_inputs(batch, rt, meta, train=False)
         with torch.no_grad(), rt.autocast():
             out = model(**inputs)
-        p = out.logits.float().softmax(-1)
-        top = p.max(-1)
-        preds.append(top.indices.cpu().numpy())
-        probs.append(top.values.cpu().numpy())
-        labels.append(batch["labels"].numpy())
-        losses.append(float(out.loss) * len(batch["labels"]))
-    labels_arr = np.concatenate(labels)
-    return np.concatenate(preds), np.concatenate(probs), labels_arr, sum(losses) / max(1, len(labels_arr))
+        top = out.logits.float().softmax(-1).max(-1)
+        preds.append(top.indices)
+        probs.append(top.values)
+        labels.append(batch["labels"])
+        losses.append(out.loss.float() * len(batch["labels"]))  # stays on the device: one transfer at the end
+    labels_arr = torch.cat(labels).cpu().numpy()
+    loss = float(torch.stack(losses).sum()) / max(1, len(labels_arr))
+    return torch.cat(preds).cpu().numpy(), torch.cat(probs).cpu().numpy(), labels_arr, loss
 
 
 def evaluate(task, argv: list[str] | None = None) -> int:
