@@ -280,7 +280,7 @@ def fit(num_parameters: int, vram_gb: float) -> tuple[float, float, bool]:
 def check_model_fit(ctx: RunContext, args: NoArgs) -> dict:
     """Check that the model's bf16 weights (2 bytes per parameter) fit in 60% of one GPU's memory; recommends LoRA otherwise."""
     cfg = ctx.config
-    params = cfg.model_facts.get("num_parameters")
+    params = cfg.model_facts.get("num_parameters") or cfg.model_facts.get("param_count")
     if not cfg.gpu_count:
         cfg.note("model-fit check skipped: CPU run (no GPU)")
         ctx.state.record("model_fit", {"skipped": "cpu"})

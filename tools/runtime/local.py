@@ -213,8 +213,10 @@ class LocalPlatform:
     # ------------------------------------------------------------ protocol
     def build(self, ctx: RunContext) -> dict:
         """Check that the run's Python imports torch and transformers (and datasets for prepare_data.py)."""
-        code = ("import json, sys, torch, transformers\n"
-                "try:\n import datasets; dv = datasets.__version__\nexcept ImportError:\n dv = None\n"
+        cfg = ctx.config
+        needs_datasets = bool(cfg.dataset_id) or cfg.local_dataset_format in ("arrow", "parquet")
+        probe = "try:\n import datasets; dv = datasets.__version__\nexcept ImportError:\n dv = None\n" if needs_datasets else "dv = None\n"
+        code = ("import json, sys, torch, transformers\n" + probe +
                 "print(json.dumps({'python': sys.executable, 'python_version': sys.version.split()[0],"
                 " 'torch': torch.__version__, 'transformers': transformers.__version__, 'datasets': dv,"
                 " 'cuda': torch.cuda.is_available(), 'gpus': torch.cuda.device_count()}))")
@@ -237,8 +239,6 @@ class LocalPlatform:
             last = (stderr.strip().splitlines() or ["import failed"])[-1]
             return {"ok": False, "platform": "local", "python": self.python, "error": ctx.creds.redact(last)}
         info = json.loads(stdout.strip().splitlines()[-1])
-        cfg = ctx.config
-        needs_datasets = bool(cfg.dataset_id) or cfg.local_dataset_format in ("arrow", "parquet")
         ok = info["datasets"] is not None or not needs_datasets
         rec = {"ok": bool(ok), "platform": "local", **info, "image": f"local:{info['python']}"}
         if not ok:
