@@ -186,10 +186,7 @@ def summary(run_dir: Path, state: RunState) -> str:
 def run_command(args: argparse.Namespace) -> int:
     from tao_finetune.agent.authority import user_recipe
     from tao_finetune.agent.context import RunContext
-    from tao_finetune.agent.loop import Agent, Limits
-    from tao_finetune.agent.prompts import render
     from tao_finetune.agent.secrets import Credentials
-    from tao_finetune.tools import all_tools
 
     cfg, user_keys = config_from_args(args)
     run_dir = cfg.out
@@ -201,15 +198,19 @@ def run_command(args: argparse.Namespace) -> int:
     ctx = RunContext(cfg, session, creds, state, yes=args.yes or not sys.stdin.isatty())
     ctx.platform = make_platform(cfg)
     ctx.save()
+    first = gates.first_unmet(run_dir, state)
+    if first is not None and first <= 5 and hasattr(ctx.platform, "prewarm"):
+        ctx.platform.prewarm(ctx)  # the job runner imports torch and creates the CUDA context while Steps 1-3 run
+    from tao_finetune.agent.loop import Agent, Limits  # the API client's imports: after the job runner started
+    from tao_finetune.agent.prompts import render
+    from tao_finetune.tools import all_tools
+
     client = make_client(args, ctx)
     tools = all_tools()
-    first = gates.first_unmet(run_dir, state)
     if first is None:
         console.print("[green]all six gates already met[/]")
         print(summary(run_dir, state))
         return EXIT_OK
-    if first <= 5 and hasattr(ctx.platform, "prewarm"):
-        ctx.platform.prewarm(ctx)  # the job runner imports torch and creates the CUDA context while Steps 1-3 run
     system = render("system.md", **system_vars(ctx))
     resume = f"Steps 1-{first - 1} are done (their gates hold); continue at step {first} ({gates.STEP_NAMES[first]})." if first > 1 else "Start at step 1."
     if args.answer:

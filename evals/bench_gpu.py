@@ -159,7 +159,8 @@ def run_ours(model_dir: Path, data: Path, out: Path, env: dict, epochs: int, wor
            "--local-dataset-format", "imagefolder", "--llm", "autopilot", "--platform", "local", "--no-push-to-hub", "--yes",
            "--quiet", "--output-dir", str(out), "--n-train", str(N_TRAIN), "--n-eval", "904", "--n-epochs", str(epochs),
            "--set", f"per_device_train_batch_size={BATCH}", "--set", f"per_device_eval_batch_size={BATCH}",
-           "--set", "precision=bf16", "--set", f"dataloader_num_workers={workers}", "--set", "logging_steps=8"]
+           "--set", "precision=bf16", "--set", f"dataloader_num_workers={workers}", "--set", "logging_steps=8",
+           "--set", "gradient_accumulation_steps=1", "--set", "learning_rate=5e-5"]
     if not cuda_available():
         cmd.append("--allow-cpu")
     with GpuBusy() as busy:

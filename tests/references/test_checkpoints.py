@@ -142,3 +142,23 @@ def test_killed_training_resumes_from_the_newest_checkpoint_that_verifies(tmp_pa
     log = (ctx.run_dir / "logs" / "train.log").read_text()
     assert f"checkpoint step-{steps[-1]:07d} skipped: model.safetensors does not match its digest" in log
     assert done["step"] == done["total_steps"] and (ckpts / "final" / "model.safetensors").is_file()
+
+
+def test_prefetcher_yields_the_planned_batches_in_order_and_reraises(common, tmp_path):
+    import numpy as np
+
+    common.save_split("train", {"pixel_values": np.arange(40 * 3, dtype=np.uint8).reshape(40, 3), "labels": np.arange(40)})
+    split = common.CachedSplit("train", ("pixel_values", "labels"))
+    plan = [np.array([5, 1, 7]), np.array([0, 2]), np.array([39])]
+    pf = common.Prefetcher(split, plan, pin=False, depth=1)
+    got = list(pf)
+    assert [b["labels"].tolist() for b in got] == [[1, 5, 7], [0, 2], [39]]  # take() sorts within a batch
+    assert got[0]["pixel_values"].tolist() == [[3, 4, 5], [15, 16, 17], [21, 22, 23]]
+    bad = common.Prefetcher(split, [np.array([0]), np.array([99])], pin=False)
+    assert next(bad)["labels"].tolist() == [0]
+    with pytest.raises(IndexError):
+        next(bad)
+    slow = common.Prefetcher(split, [np.array([i]) for i in range(40)], pin=False, depth=2)
+    next(slow)
+    slow.close()  # an early stop ends the thread instead of leaving it blocked on a full queue
+    assert not slow.thread.is_alive()

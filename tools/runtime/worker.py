@@ -60,23 +60,62 @@ def _purge_project_modules(root: str) -> None:
     STATE["py_mtimes"] = now
 
 
+def _model_module(root: str) -> str | None:
+    """transformers.models.<type>.modeling_<type> for a local model_id in the run's config.yaml (else None)."""
+    try:
+        import yaml
+
+        with open(os.path.join(root, "config.yaml")) as f:
+            model_id = str((yaml.safe_load(f) or {}).get("model_id") or "")
+        with open(os.path.join(model_id, "config.json")) as f:
+            kind = str(json.load(f).get("model_type") or "").replace("-", "_")
+    except (OSError, ValueError, ImportError, AttributeError):
+        return None
+    return f"transformers.models.{kind}.modeling_{kind}" if kind.isidentifier() else None
+
+
 def prewarm() -> dict:
-    """Import the training stack and create the CUDA context (plus a cuBLAS handle) before the first job."""
+    """Import the training stack (with the run's model module) and create the CUDA context, cuBLAS and cuDNN handles
+    before the first job; CUDA starts in a thread while transformers imports."""
+    import importlib
+    import threading
+
     t0 = time.perf_counter()
     info: dict = {}
     try:
         import numpy  # noqa: F401
         import torch
-        import transformers
-        from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification, get_scheduler  # noqa: F401
 
+        def cuda() -> None:
+            try:
+                if not torch.cuda.is_available():
+                    return
+                x = torch.ones(64, 64, device="cuda", requires_grad=True)
+                img = torch.ones(2, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
+                conv = torch.nn.Conv2d(3, 8, 3).cuda().to(memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    ((x @ x).sum() + conv(img).float().sum()).backward()
+                torch.cuda.synchronize()
+                info["cuda"] = torch.cuda.get_device_name(0)
+            except Exception as err:  # noqa: BLE001  (the job that needs CUDA reports it in its own log)
+                info["cuda_error"] = f"{type(err).__name__}: {err}"
+
+        th = threading.Thread(target=cuda, name="cuda-init")
+        th.start()
+        import transformers
+        from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, get_scheduler  # noqa: F401
+        import transformers.modeling_utils  # noqa: F401
+
+        module = _model_module(os.getcwd())
+        if module:
+            try:
+                importlib.import_module(module)
+                info["model_module"] = module
+            except ImportError:
+                pass
+        th.join()
         info.update(torch=torch.__version__, transformers=transformers.__version__)
-        if torch.cuda.is_available():
-            x = torch.ones(64, 64, device="cuda")
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                (x @ x).sum().item()
-            info["cuda"] = torch.cuda.get_device_name(0)
-    except Exception as err:  # a broken stack shows up in the job that needs it, with its own log
+    except Exception as err:  # noqa: BLE001  (a broken stack shows up in the job that needs it, with its own log)
         info["error"] = f"{type(err).__name__}: {err}"
     info["seconds"] = round(time.perf_counter() - t0, 2)
     return info

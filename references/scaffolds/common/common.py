@@ -142,7 +142,8 @@ class Batches(torch.utils.data.Dataset):
 
 
 def num_workers(cfg: dict, device: torch.device, world: int) -> int:
-    """Data-loader workers: the configured number, or derived from CPUs (0 on CPU-only runs)."""
+    """Data-loader workers: the configured number, or derived from CPUs (0 on CPU-only runs). Training reads the
+    cache with one prefetch thread when this is > 0 (see Prefetcher), in the loop itself when 0."""
     n = int(hp(cfg).get("dataloader_num_workers", -1))
     if n >= 0:
         return n
@@ -156,6 +157,62 @@ def loader(split: CachedSplit, batches: list[np.ndarray], workers: int, pin: boo
     kw = {"prefetch_factor": 4, "persistent_workers": False} if workers > 0 else {}
     return torch.utils.data.DataLoader(Batches(split, batches), batch_size=None, shuffle=False,
                                        num_workers=workers, pin_memory=pin, **kw)
+
+
+class Prefetcher:
+    """Batches of the cache gathered (and pinned) by one background thread, `depth` ahead of the training loop.
+
+    The cache needs no decoding, only a memory-mapped gather (numpy releases the GIL for it), so a thread keeps up with
+    the GPU; worker processes would each be forked from a process holding a CUDA context and a model (tens of ms each,
+    paid at every job start). Iterate it; close() stops the thread early (an exception in the loop)."""
+
+    def __init__(self, split: CachedSplit, batches: list[np.ndarray], pin: bool, depth: int = 8):
+        import queue
+
+        self.split, self.batches, self.pin = split, batches, pin
+        self.q: "queue.Queue" = queue.Queue(depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
+        self.thread.start()
+
+    def _put(self, item) -> bool:
+        import queue
+
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for b in self.batches:
+                batch = self.split.take(b)
+                if self.pin:
+                    batch = {k: v.pin_memory() for k, v in batch.items()}
+                if not self._put(batch):
+                    return
+            self._put(StopIteration())
+        except BaseException as err:  # noqa: BLE001  (re-raised in the training loop)
+            self._put(err)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        item = self.q.get()
+        if isinstance(item, StopIteration):
+            self.q.put(item)
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
 
 
 def eval_batches(n: int, batch_size: int) -> list[np.ndarray]:
@@ -591,7 +648,7 @@ def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics
     plan = [mb for s in range(start, total) for mb in micro_batches(s)]
     accum = len(micro_batches(0))
     workers = num_workers(cfg, rt.device, rt.world)
-    it = iter(loader(split, plan, workers, rt.device.type == "cuda"))
+    it = Prefetcher(split, plan, pin=rt.device.type == "cuda") if workers > 0 else iter(loader(split, plan, 0, False))
     logging_steps = 1 if smoke else int(h.get("logging_steps", 10))
     save_every, save_seconds = save_cadence(h, total)
     writer = CheckpointWriter(model, keep=2, metrics_path=metrics_path, background=rt.device.type == "cuda")
@@ -605,66 +662,72 @@ def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics
     last = {"loss": None, "grad_norm": None}
     total_samples, run_start = 0, time.perf_counter()
     last_save = run_start
-    for step in range(start, total):
-        for k in range(accum):
-            batch = next(it)
-            inputs = task.to_inputs(batch, rt, meta, train=True)
-            sync = k == accum - 1 or rt.world == 1
-            ctx = net.no_sync() if (not sync and hasattr(net, "no_sync")) else _null()
-            with ctx:
-                with rt.autocast():
-                    loss = net(**inputs).loss / accum
-                (scaler.scale(loss) if scaler else loss).backward()
-            loss_sum += loss.detach()
-            n = int(batch["labels"].shape[0]) * rt.world
-            window_samples += n
-            total_samples += n
-        if scaler:
-            scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)  # 1.0 = the Trainer's max_grad_norm default
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        done = step + 1
-        if done % logging_steps == 0 or done == total or step == start:
-            if rt.world > 1:
-                torch.distributed.all_reduce(loss_sum)
-                loss_sum /= rt.world
-            loss_val = float(loss_sum.item()) / max(1, done - logged_at)
-            logged_at = done
-            if rt.device.type == "cuda":
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - window_start
-            sps = window_samples / dt if dt > 0 else None
-            rec = {"step": done, "total_steps": total, "epoch": round(done / steps_per_epoch, 4), "loss": loss_val,
-                   "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0], "samples_per_s": sps,
-                   "mfu": (sps * fps / (peak * rt.world)) if (sps and fps and peak) else None, "time": time.time()}
-            if rt.device.type == "cuda":
-                rec["max_memory_gb"] = torch.cuda.max_memory_allocated(rt.device) / 1e9
-            if rt.main:
-                log_jsonl(metrics_path, rec)
-                tracker.log(rec)
-            last = rec
-            loss_sum.zero_()
-            window_samples, window_start = 0, time.perf_counter()
-        if not smoke and done < total:
-            if save_every is not None:
-                due = bool(save_every) and done % save_every == 0
-            else:  # time-based: rank 0's clock decides for every rank
-                due = time.perf_counter() - last_save >= save_seconds
+    try:
+        for step in range(start, total):
+            for k in range(accum):
+                batch = next(it)
+                inputs = task.to_inputs(batch, rt, meta, train=True)
+                sync = k == accum - 1 or rt.world == 1
+                ctx = net.no_sync() if (not sync and hasattr(net, "no_sync")) else _null()
+                with ctx:
+                    with rt.autocast():
+                        loss = net(**inputs).loss / accum
+                    (scaler.scale(loss) if scaler else loss).backward()
+                loss_sum += loss.detach()
+                n = int(batch["labels"].shape[0]) * rt.world
+                window_samples += n
+                total_samples += n
+            if scaler:
+                scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)  # 1.0 = the Trainer's max_grad_norm default
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            done = step + 1
+            if done % logging_steps == 0 or done == total or step == start:
                 if rt.world > 1:
-                    flag = torch.tensor([1.0 if due else 0.0], device=rt.device)
-                    torch.distributed.broadcast(flag, 0)
-                    due = bool(flag.item())
-            if due:
+                    torch.distributed.all_reduce(loss_sum)
+                    loss_sum /= rt.world
+                loss_val = float(loss_sum.item()) / max(1, done - logged_at)
+                logged_at = done
+                if rt.device.type == "cuda":
+                    torch.cuda.synchronize()
+                dt = time.perf_counter() - window_start
+                sps = window_samples / dt if dt > 0 else None
+                rec = {"step": done, "total_steps": total, "epoch": round(done / steps_per_epoch, 4), "loss": loss_val,
+                       "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0], "samples_per_s": sps,
+                       "mfu": (sps * fps / (peak * rt.world)) if (sps and fps and peak) else None, "time": time.time()}
+                if rt.device.type == "cuda":
+                    rec["max_memory_gb"] = torch.cuda.max_memory_allocated(rt.device) / 1e9
                 if rt.main:
-                    writer.save(optimizer, scheduler, scaler, done)
-                last_save = time.perf_counter()
-                rt.barrier()
+                    log_jsonl(metrics_path, rec)
+                    tracker.log(rec)
+                last = rec
+                loss_sum.zero_()
+                window_samples, window_start = 0, time.perf_counter()
+            if not smoke and done < total:
+                if save_every is not None:
+                    due = bool(save_every) and done % save_every == 0
+                else:  # time-based: rank 0's clock decides for every rank
+                    due = time.perf_counter() - last_save >= save_seconds
+                    if rt.world > 1 and done % logging_steps:
+                        due = False  # ranks agree only at logging steps (no extra sync per step)
+                    elif rt.world > 1:
+                        flag = torch.tensor([1.0 if due else 0.0], device=rt.device)
+                        torch.distributed.broadcast(flag, 0)
+                        due = bool(flag.item())
+                if due:
+                    if rt.main:
+                        writer.save(optimizer, scheduler, scaler, done)
+                    last_save = time.perf_counter()
+                    rt.barrier()
+    finally:
+        if isinstance(it, Prefetcher):
+            it.close()
     if rt.device.type == "cuda":
         torch.cuda.synchronize()
     runtime = time.perf_counter() - run_start
