@@ -248,6 +248,7 @@ def main() -> int:
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--no-ours", action="store_true")
     ap.add_argument("--ceiling-steps", type=int, default=30)
+    ap.add_argument("--ckpt-steps", type=int, default=0, help="also run ours with a step checkpoint every N steps (TAO_SAVE_STEPS)")
     ap.add_argument("--out", default=os.environ.get("OUT") or ".")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (run dirs, logs)")
     args = ap.parse_args()
@@ -278,6 +279,12 @@ def main() -> int:
         if not args.no_ours:
             row["ours"] = run_ours(model_dir, data, work / f"ours_{name}", env, args.epochs, args.workers)
             print(json.dumps({"model": name, "ours": row["ours"]}), flush=True)
+        if args.ckpt_steps and not args.no_ours:  # the same run with intermediate checkpoints (async saves)
+            ck = run_ours(model_dir, data, work / f"ckpt_{name}", {**env, "TAO_SAVE_STEPS": str(args.ckpt_steps)}, args.epochs, args.workers)
+            row["ours_with_checkpoints"] = {k: ck.get(k) for k in ("exit_code", "img_s", "steady_img_s", "train_runtime_s", "wall_s")}
+            summ = work / f"ckpt_{name}" / "reports" / "train_summary.json"
+            row["ours_with_checkpoints"]["saved"] = json.loads(summ.read_text()).get("checkpoints_saved") if summ.is_file() else None
+            print(json.dumps({"model": name, "ours_with_checkpoints": row["ours_with_checkpoints"]}), flush=True)
         if torch.cuda.is_available():
             row["ceiling_img_s"] = synthetic(model_dir, args.ceiling_steps, "autocast")["samples_per_s"]
         results["rows"].append(row)
@@ -303,6 +310,9 @@ def main() -> int:
                           fmt(o.get("steady_img_s"), ",.0f"), fmt(c, ",.0f"), fmt(o.get("img_s") / c if c and o.get("img_s") else None, ".0%"),
                           fmt(p.get("wall_s"), ".1f"), fmt(o.get("wall_s"), ".1f"), fmt(wall, ".2f"), fmt(p.get("gpu_busy"), ".0%"),
                           fmt(o.get("gpu_busy"), ".0%"), fmt(o.get("gpu_busy_train"), ".0%")]))
+        if r.get("ours_with_checkpoints"):
+            ck = r["ours_with_checkpoints"]
+            print(f"  ours with step checkpoints {ck.get('saved')}: {fmt(ck.get('img_s'), ',.0f')} img/s over the job, wall {fmt(ck.get('wall_s'), '.1f')} s")
         if o.get("tools_s"):
             print(f"  ours per tool (s): {json.dumps(o['tools_s'])}")
         print(f"  accuracy: peer {fmt(p.get('accuracy'), '.3f')}, ours {fmt(o.get('baseline'), '.3f')} -> {fmt(o.get('accuracy'), '.3f')}")
