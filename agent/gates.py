@@ -55,7 +55,10 @@ def _config(run_dir: Path) -> dict:
     path = run_dir / "config.yaml"
     if not path.exists():
         return {}
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return {}
     if text not in _PARSED:
         try:
             data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
@@ -71,7 +74,7 @@ def read_json(path: Path) -> dict:
     """A JSON object from a file, or {} when it is missing, malformed or not an object."""
     try:
         data = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (OSError, ValueError):  # missing, a directory, not UTF-8, not JSON
         return {}
     return data if isinstance(data, dict) else {}
 

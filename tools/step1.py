@@ -112,6 +112,9 @@ def inspect_command(args: argparse.Namespace) -> int:
         data.update(task_type=args.task_type, user_set=["task_type"])
     try:
         if args.output_dir:
+            from tao_finetune.agent.cli import check_output_dir
+
+            check_output_dir(args.output_dir.resolve())
             report = _run(data, args.output_dir.resolve())
         else:
             with tempfile.TemporaryDirectory(prefix="tao-inspect-") as tmp:

@@ -83,10 +83,17 @@ def _imagefolder(root: Path) -> dict[str, list[dict]]:
 
 
 def _read_text_file(path: Path, fmt: str) -> list[dict]:
+    """Rows of a CSV/JSONL file; relative image paths in it are resolved against the file's own folder (as Step 1 reads them)."""
     if fmt == "csv":
         with path.open(newline="") as f:
-            return list(csv.DictReader(f))
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            rows = list(csv.DictReader(f))
+    else:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for r in rows:
+        for k, v in r.items():
+            if isinstance(v, str) and Path(v).suffix.lower() in IMAGE_EXT and not Path(v).is_absolute():
+                r[k] = str((path.parent / v).resolve())
+    return rows
 
 
 def _files(root: Path, ext: str) -> dict[str, Path]:
