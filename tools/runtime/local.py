@@ -53,7 +53,7 @@ def _alive(pid: int) -> bool:
 
 
 class LocalPlatform:
-    """Runs jobs as subprocesses; detached jobs leave a pid file and an exit-code file in logs/."""
+    """Runs jobs in the run's persistent worker (or as subprocesses); detached jobs leave a pid file and an exit-code file in logs/."""
 
     name = "local"
 
@@ -151,8 +151,11 @@ class LocalPlatform:
 
     def prewarm(self, ctx: RunContext) -> bool:
         """Start the run's worker now and let it import torch/transformers and create the CUDA context while the
-        agent works on Steps 1-3; False when the worker is off or could not start."""
-        if not self.persistent:
+        agent works on Steps 1-3; False when the worker is off, could not start, or this is no GPU host (there the
+        worker starts with the first job instead: on a small CPU box a parallel import only competes with the agent).
+        TAO_PREWARM=1 / 0 forces it on or off."""
+        forced = os.environ.get("TAO_PREWARM", "")
+        if not self.persistent or forced == "0" or (forced != "1" and not gpu_host()):
             return False
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
         w = self._get_worker(ctx)
@@ -325,6 +328,11 @@ class LocalPlatform:
             self._worker, self._worker_job = None, None
         info["stopped"] = time.time()
         pid_file.write_text(json.dumps(info))
+
+
+def gpu_host() -> bool:
+    """An NVIDIA driver is present (device nodes or nvidia-smi), without running anything."""
+    return any(Path(p).exists() for p in ("/dev/nvidiactl", "/dev/nvidia0")) or shutil.which("nvidia-smi") is not None
 
 
 def hardware_facts(path: Path | str = ".") -> dict:

@@ -163,8 +163,11 @@ def test_jobs_share_one_warm_worker_with_separate_logs_and_exit_codes(tmp_path):
     assert e.exit_code == 0 and e.log_tail.split("pid ")[1].split()[0] != pa
 
 
-def test_prewarm_starts_the_worker_and_plain_subprocess_mode_still_works(tmp_path):
+def test_prewarm_starts_the_worker_and_plain_subprocess_mode_still_works(tmp_path, monkeypatch):
     ctx = make_ctx(tmp_path)
+    monkeypatch.setenv("TAO_PREWARM", "0")
+    assert not ctx.platform.prewarm(ctx)  # off: the first job starts the worker
+    monkeypatch.setenv("TAO_PREWARM", "1")  # on a GPU host this is the default
     assert ctx.platform.prewarm(ctx)
     py(ctx, "job.py", "import sys\nprint('torch' in sys.modules)\n")
     assert ctx.platform.run(ctx, "prepare", ["python", "job.py"]).log_tail.strip().endswith("True")
