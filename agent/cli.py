@@ -296,6 +296,10 @@ def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], 
 
     client = make_client(args, ctx)
     tools = all_tools()
+    if args.answer and gates.accept_learning(state, run_dir, state.pending_question, args.answer):
+        session.event("accepted", what="gate 5: model kept without clear evidence of learning", answer=args.answer)
+        ctx.save()
+    first = gates.first_unmet(run_dir, state)
     if first is None:
         console.print("[green]all six gates already met[/]")
         session.event("exit", code=int(EXIT_OK), message="all six gates already met", steps=0, cost_usd=0.0)
@@ -307,6 +311,7 @@ def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], 
         resume += f"\nThe previous run asked: {state.pending_question!r}. The user's answer: {args.answer}"
         session.event("user", question=state.pending_question, answer=args.answer)
         state.pending_question = None
+        ctx.save()
     task = render("task.md", model_id=cfg.model_id, request=args.request or "(headless run; inputs are in config.yaml)", resume=resume)
     limits = Limits(max_steps=args.max_steps, max_cost_usd=args.max_cost, max_wall_s=args.max_hours * 3600)
     ask = None if ctx.yes else prompt_user
@@ -418,17 +423,22 @@ def status_command(args: argparse.Namespace) -> int:
     state = RunState.load(run_dir, repair=False)  # read-only: a damaged state is repaired by the next `run`
     if state.load_note:
         console.print(f"[yellow]note:[/] {escape(state.load_note)} (not repaired: status only reads)")
+    from tao_finetune.agent.lock import holder
+
+    agent_pid = holder(run_dir)
     rows = {}
     for step in gates.GATES:
         res = gates.check(step, run_dir, state)
         rows[step] = {"name": gates.STEP_NAMES[step], "met": res.met, "missing": list(res.missing)}
     if args.json:
-        print(json.dumps({"gates": rows, "pending_question": state.pending_question}, indent=1))
+        print(json.dumps({"gates": rows, "pending_question": state.pending_question, "agent_pid": agent_pid}, indent=1))
     else:
         for step, r in rows.items():
             print(f"{'✅' if r['met'] else '❌'} step {step} {r['name']}" + ("" if r["met"] else f": missing {', '.join(r['missing'])}"))
         if state.pending_question:
             print(f"pending question: {state.pending_question}")
+        if agent_pid is not None:
+            print(f"running: the agent (PID {agent_pid}); `tao-finetune stop {run_dir}` stops it and its jobs")
     return EXIT_OK if all(r["met"] for r in rows.values()) else EXIT_GATE
 
 
@@ -534,10 +544,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"run": run_command, "status": status_command, "stop": stop_command}
+    previous = _sigterm_as_ctrl_c()
     try:
         return _dispatch(args, handlers)
     finally:
         _ACTIVE.update(run_dir=None, session=None)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_as_ctrl_c():
+    """SIGTERM (kill, systemd, a container stop) ends a command like Ctrl-C: exit 130, exit event written, jobs reported."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
 
 
 def _dispatch(args: argparse.Namespace, handlers: dict[str, Any]) -> int:

@@ -10,13 +10,13 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ValidationError
 
-from tao_finetune.agent import gates
+from tao_finetune.agent import gates, policy
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.llm import LLMAuthError, LLMClient, LLMDeadline, LLMError, LLMResponse
 from tao_finetune.agent.errors import AskUser, BadInput, Done, GateFailed, Interrupted, LimitReached, LoopExit, NeedsUser, ToolError  # noqa: F401
 from tao_finetune.tools.base import Tool, format_validation_error
 
-PROTECTED = ("model_id", "dataset_id", "local_dataset_path", "training_method")
+PROTECTED = policy.SUBSTITUTION_ARGS  # tool arguments that name a protected run input (agent/policy.py)
 RESULT_LIMIT = 20_000
 
 
@@ -153,6 +153,10 @@ class Agent:
                               + ("" if res.met else f": missing {', '.join(res.missing)}"))
             all_met &= res.met
         self.ctx.save()
+        question = gates.learning_question(run_dir, state)
+        if question:
+            raise NeedsUser(question, "re-run the same command with --answer accept to keep this model, or change the recipe "
+                                      "(--set learning_rate=..., --set n_epochs=...) and re-run")
         if all_met:
             raise Done("all six gates met")
 
@@ -197,6 +201,10 @@ class Agent:
             self.ctx.session.event("user", question=q.question, answer=answer)
             out, is_error = f"The user answered: {answer}", False
         text = out if isinstance(out, str) else json.dumps(out, default=str, ensure_ascii=False)
+        if not is_error:
+            text, flags = policy.outside_result(name, out, text)
+            for flag in flags:
+                self.ctx.config.note(f"step 1: {flag}")
         text = self.ctx.creds.redact(text)
         if len(text) > RESULT_LIMIT:
             text = text[:RESULT_LIMIT] + f"\n[... {len(text) - RESULT_LIMIT} characters cut]"
@@ -221,6 +229,7 @@ class Agent:
                 raise LoopExit(f"tool {name!r} got invalid arguments {n} times; last: {format_validation_error(err)}") from None
             raise InvalidArgs(f"invalid arguments for {name!r}:\n{format_validation_error(err)}\nFix the errors and try again.") from None
         self.retries.pop(name, None)
+        policy.check_config_untouched(self.ctx)
         step = tool.step_of(args)
         if step:
             block = gates.blocking(step, self.ctx.run_dir, self.ctx.state)

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, get_args
 
-from tao_finetune.agent import gates
+from tao_finetune.agent import gates, policy
 from tao_finetune.agent.config import ConfigError, DatasetFormat, TaskType, build_config
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.secrets import Credentials
@@ -53,6 +53,8 @@ def _run(cfg_data: dict[str, Any], out_dir: Path) -> dict[str, Any]:
             if cfg.dataset_id or cfg.local_dataset_path:
                 cfg.dataset_facts = probe_dataset_facts(cfg, creds.present("HF_TOKEN"))
                 report["dataset"] = {k: cfg.dataset_facts[k] for k in DATASET_KEYS if k in cfg.dataset_facts}
+                report["flags"] = policy.instruction_flags([str(x) for x in cfg.dataset_facts.get("label_names") or []], "label") + \
+                    policy.instruction_flags([str(c) for c in cfg.dataset_facts.get("columns") or []], "column")
         result = qualify_config(cfg)
         ctx.save()
         report.update(result)
@@ -100,6 +102,8 @@ def _print_human(r: dict[str, Any]) -> None:
     if r.get("layout"):
         print(f"layout: {json.dumps(r['layout'])}")
     print(f"applicable workarounds: {r.get('applicable_workarounds')}")
+    for f in r.get("flags") or []:
+        print(f"warning: {f}")
     for n in r.get("notes") or []:
         print(f"note: {n}")
 

@@ -489,6 +489,20 @@ def test_ctrl_c_exits_130_and_writes_the_exit_event(capsys, tmp_path, monkeypatc
     assert events[-1]["kind"] == "exit" and events[-1]["code"] == INT
 
 
+def test_sigterm_is_handled_like_ctrl_c(capsys, tmp_path, monkeypatch):
+    from tao_finetune.agent import fakes
+
+    def terminate(self, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    monkeypatch.setattr(fakes.ReplayClient, "create", terminate)
+    before = signal.getsignal(signal.SIGTERM)
+    got = invoke(capsys, run_args(tmp_path))
+    assert_one_line(*got, INT, r"interrupted \(Ctrl-C\)", lines=2)
+    assert read_events(tmp_path / "o" / "session.jsonl")[-1]["code"] == INT
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is the command's only
+
+
 def test_a_pending_question_survives_ctrl_c(tmp_path):
     from tao_finetune.agent.fakes import ScriptedClient, tool_call
     from tao_finetune.agent.loop import Agent
@@ -533,6 +547,8 @@ def test_a_real_run_interrupted_stopped_or_killed(capsys, tmp_path, how):
             if how == "sigint":
                 proc.send_signal(signal.SIGINT)
             elif how == "stop":
+                code, out, _ = invoke(capsys, ["status", "--output-dir", str(tmp_path / "o")])
+                assert f"running: the agent (PID {proc.pid})" in out
                 code, out, err = invoke(capsys, ["stop", str(tmp_path / "o"), "--wait-s", "20"])
                 assert code == OK and f"interrupted the agent (PID {proc.pid})" in out and "Traceback" not in out + err
             else:
@@ -564,7 +580,10 @@ def test_stop_with_nothing_running(capsys, tmp_path):
 # ------------------------------------------------------------------ inspect: datasets that cannot train are rejected in one line
 @pytest.fixture(scope="module")
 def vit(tmp_path_factory):
-    return D.save_vit(tmp_path_factory.mktemp("models") / "vit")
+    """A ViT classifier's config alone (Step 1 reads config.json; no weights needed, so no model is built)."""
+    return D.write_config(tmp_path_factory.mktemp("models") / "vit", model_type="vit", architectures=["ViTForImageClassification"],
+                          image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          id2label={"0": "a", "1": "b", "2": "c"}, label2id={"a": 0, "b": 1, "c": 2})
 
 
 @pytest.fixture(scope="module")
