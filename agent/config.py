@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +19,7 @@ TaskType = Literal[
     "text-classification",
 ]
 DatasetFormat = Literal["auto", "imagefolder", "coco", "voc", "jsonl", "arrow", "parquet", "csv"]
-Platform = Literal["docker", "local"]
+Platform = Literal["docker", "local", "slurm"]
 Rank = Literal["user", "live", "reference", "memory"]
 RANKS: dict[str, int] = {"user": 1, "live": 2, "reference": 3, "memory": 4}
 
@@ -123,6 +124,27 @@ class ProjectSpec(BaseModel):
     recipe: dict[str, Any] = Field(default_factory=dict, description="slot -> value actually used (sources stay in RunConfig.recipe)")
 
 
+class SlurmSpec(BaseModel):
+    """The `slurm:` section: the batch request of every job on --platform slurm (each key settable with --set slurm.<key>=...)."""
+
+    model_config = ConfigDict(extra="forbid")
+    partition: str | None = Field(None, description="None = the cluster's default partition")
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = Field(None, description="node features, e.g. 'h100|a100'")
+    nodes: int = Field(1, ge=1, description="nodes of the training job (the other jobs use one)")
+    gpus_per_node: int | None = Field(None, ge=0, description="None = every GPU the audit found on the partition's nodes")
+    cpus_per_task: int | None = Field(None, ge=1, description="one task per node; None = the cluster default")
+    mem: str | None = Field(None, description="memory per node, e.g. '64G'; None = the cluster default")
+    time: str = Field("04:00:00", description="time limit of the training job ([D-]HH:MM:SS or minutes)")
+    job_time: str = Field("01:00:00", description="time limit of every other job")
+    container: Literal["auto", "pyxis", "apptainer", "venv"] = Field("auto", description="auto = what the audit detected")
+    python: str | None = Field(None, description="venv mode: the Python on the compute nodes (default: this one)")
+    requeue: bool = Field(True, description="training: --requeue, checkpoint and requeue before the time limit")
+    signal_s: int = Field(120, ge=10, description="seconds before the limit at which training checkpoints")
+    rdzv_port: int = Field(29500, ge=1024, le=65535)
+
+
 class RunConfig(BaseModel):
     """Every input of the spec with its default, plus what the steps record."""
 
@@ -150,6 +172,7 @@ class RunConfig(BaseModel):
     platform: Platform = "docker"
     allow_cpu: bool = False
     image: str | None = Field(None, description="user-chosen container image; overrides NGC selection")
+    slurm: SlurmSpec = Field(default_factory=SlurmSpec)
 
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
@@ -204,7 +227,9 @@ def _one_line(err: ValidationError) -> str:
 
 
 def parse_value(raw: str) -> Any:
-    """Parse a --set value as YAML (so 1e-4, true, [a, b] work), keeping plain strings."""
+    """Parse a --set value as YAML (so 1e-4, true, [a, b] work), keeping plain strings and clock times (1:30:00)."""
+    if re.fullmatch(r"\s*\d+(-\d+)?(:\d+)+\s*", raw):
+        return raw.strip()  # YAML 1.1 reads 00:30:00 as the base-60 integer 1800
     try:
         return yaml.safe_load(raw)
     except yaml.YAMLError:

@@ -20,6 +20,14 @@ PROTECTED = policy.SUBSTITUTION_ARGS  # tool arguments that name a protected run
 RESULT_LIMIT = 20_000
 
 
+def request_digest(messages: list[dict[str, Any]], run_dir: Any) -> str:
+    """A digest of the conversation sent to the model, with the run dir's path abstracted (replays compare it)."""
+    import hashlib
+
+    text = json.dumps(messages, sort_keys=True, ensure_ascii=False, default=str).replace(str(run_dir), "<run>")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 class InvalidArgs(ToolError):
     """Arguments failed validation; counted against the tool's retry budget, not the same-error rule."""
 
@@ -34,6 +42,7 @@ class Limits:
     max_tokens: int = 8192
     max_tokens_cap: int = 32768
     max_nudges: int = 2
+    stop_before_step: int | None = None  # end (exit 0) once every gate before this step holds
 
 
 class Agent:
@@ -60,7 +69,8 @@ class Agent:
 
     def run(self, task: str) -> LoopExit:
         """Run until done, a question, a limit or an error; always returns the exit."""
-        self.ctx.session.event("start", client=self.client.name, task=task, first_unmet=gates.first_unmet(self.ctx.run_dir, self.ctx.state))
+        self.ctx.session.event("start", client=self.client.name, task=task, config=self.ctx.config.model_dump(mode="json"),
+                               first_unmet=gates.first_unmet(self.ctx.run_dir, self.ctx.state))
         self.messages.append({"role": "user", "content": self.ctx.creds.redact(task)})
         try:
             while True:
@@ -114,7 +124,7 @@ class Agent:
         except LLMError as err:
             raise LoopExit(str(err)) from None
         self.cost += resp.cost
-        self.ctx.session.event("response", step=self.steps, content=resp.content, stop_reason=resp.stop_reason, model=resp.model,
+        self.ctx.session.event("response", step=self.steps, request_sha=request_digest(self.messages, self.ctx.run_dir), content=resp.content, stop_reason=resp.stop_reason, model=resp.model,
                                usage=vars(resp.usage), cost_usd=round(resp.cost, 6))
         return resp
 
@@ -159,6 +169,9 @@ class Agent:
                                       "(--set learning_rate=..., --set n_epochs=...) and re-run")
         if all_met:
             raise Done("all six gates met")
+        stop = self.limits.stop_before_step
+        if stop and all(gates.check(s, run_dir, state).met for s in range(1, stop)):
+            raise Done(f"stopped before step {stop} ({gates.STEP_NAMES[stop]}) as asked: gates 1-{stop - 1} hold")
 
     def progress(self, line: str) -> None:
         """Append to PROGRESS.md when the user asked for the journal."""
@@ -175,9 +188,10 @@ class Agent:
         if self.nudges >= self.limits.max_nudges:
             raise GateFailed(f"gate {step} ({gates.STEP_NAMES[step]}) not met: missing {', '.join(res.missing)}")
         self.nudges += 1
-        self.messages.append({"role": "user", "content": (
-            f"The run is not finished: gate {step} ({gates.STEP_NAMES[step]}) is missing {', '.join(res.missing)}. "
-            "Continue with the tools, or call ask_user if you need a decision.")})
+        text = (f"The run is not finished: gate {step} ({gates.STEP_NAMES[step]}) is missing {', '.join(res.missing)}. "
+                "Continue with the tools, or call ask_user if you need a decision.")
+        self.ctx.session.event("nudge", text=text)
+        self.messages.append({"role": "user", "content": text})
 
     def call(self, use: dict[str, Any]) -> dict[str, Any]:
         """Execute one tool_use and return its tool_result block."""
@@ -200,6 +214,17 @@ class Agent:
             self.ctx.state.pending_question = None
             self.ctx.session.event("user", question=q.question, answer=answer)
             out, is_error = f"The user answered: {answer}", False
+        text = self.result_text(name, out, is_error)
+        self.ctx.session.event("tool_result", id=tid, name=name, is_error=is_error, content=text)
+        if is_error:
+            self.progress(f"⚠️ {name}: {text.splitlines()[0][:200] if text else ''}")
+        block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tid, "content": text}
+        if is_error:
+            block["is_error"] = True
+        return block
+
+    def result_text(self, name: str, out: Any, is_error: bool) -> str:
+        """What the model sees of a tool's output: outside text as a data block, secrets redacted, length capped."""
         text = out if isinstance(out, str) else json.dumps(out, default=str, ensure_ascii=False)
         if not is_error:
             text, flags = policy.outside_result(name, out, text)
@@ -208,13 +233,7 @@ class Agent:
         text = self.ctx.creds.redact(text)
         if len(text) > RESULT_LIMIT:
             text = text[:RESULT_LIMIT] + f"\n[... {len(text) - RESULT_LIMIT} characters cut]"
-        self.ctx.session.event("tool_result", id=tid, name=name, is_error=is_error, content=text)
-        if is_error:
-            self.progress(f"⚠️ {name}: {text.splitlines()[0][:200] if text else ''}")
-        block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tid, "content": text}
-        if is_error:
-            block["is_error"] = True
-        return block
+        return text
 
     def dispatch(self, name: str, raw: dict[str, Any]) -> Any:
         """Validate, gate-check and run a tool; ToolError for everything the model should see."""

@@ -384,6 +384,13 @@ def _rerun_commands(ctx: RunContext) -> str:
     cfg, out = ctx.config, ctx.config.out
     if cfg.platform == "local":
         prefix, lines = "", [f"cd {out}", "python -m pip install -r requirements.txt"]
+    elif cfg.platform == "slurm":  # the batch scripts the run submitted, in job order
+        jobs = ["prepare", "smoke", *([] if cfg.skip_baseline else ["baseline"]), "train", "eval", "infer"]
+        lines = [f"cd {out}"] + [f"sbatch --wait .tao/slurm/{job}.sbatch" for job in jobs if (out / ".tao" / "slurm" / f"{job}.sbatch").is_file()]
+        agent = f"tao-finetune run --config {out / 'config.yaml'} --output-dir {out} --yes"
+        return ("With the agent (resumes at the first unmet gate; the recorded recipe skips research):\n\n"
+                f"```bash\n{agent}\n```\n\nBy hand on the cluster (the batch scripts the run generated; credentials by name, "
+                "e.g. `sbatch --export=ALL,HF_TOKEN`):\n\n```bash\n" + "\n".join(lines) + "\n```")
     else:
         from tao_finetune.tools.runtime.docker import default_shm_size, image_tag
 
@@ -416,6 +423,8 @@ def skill_values(ctx: RunContext) -> dict[str, str]:
         hardware = "CPU / not recorded"
     if cfg.platform == "local":
         compat = f"Python 3.11+ with the run's requirements.txt; original hardware {hardware}"
+    elif cfg.platform == "slurm":
+        compat = f"a SLURM cluster (sbatch/srun; {build.get('container', 'venv')} jobs) with the run's requirements.txt; original hardware {hardware}"
     else:
         driver = f"driver {cfg.driver_major}+" if cfg.driver_major else "a current driver"
         compat = f"Linux with NVIDIA GPU(s) ({hardware}, {driver}), Docker and NVIDIA Container Toolkit; base image {image}"

@@ -39,7 +39,7 @@ REFERENCES = Path(__file__).resolve().parent.parent / "references"
 SCAFFOLDS = REFERENCES / "scaffolds"
 COMPAT_RULES = REFERENCES / "compat_rules.yaml"
 RENAMES = {"gitignore": ".gitignore"}
-SCAFFOLD_TASKS = ("image-classification", "text-classification")
+SCAFFOLD_TASKS = ("image-classification", "text-classification", "object-detection", "semantic-segmentation")
 UNIT_TESTS = "test_project.py"  # per task; rendered as tests/test_project.py only when emit_unit_tests is on
 RUNTIME_ENV = "meta/runtime_env.json"
 PREFLIGHT_FIELDS = ("reference_urls", "dataset", "columns", "push_target", "wandb", "image", "hardware", "smoke")
@@ -70,8 +70,8 @@ def write_file(ctx: RunContext, args: WriteFileArgs) -> dict:
         raise ToolError(f"path {args.path[:80]!r} is empty or holds a NUL byte: give a relative path like 'train.py'")
     if len(args.path.encode()) > 1024 or any(len(part.encode()) > 255 for part in Path(args.path).parts):
         raise ToolError(f"path {args.path[:80]!r}... is too long (a name over 255 bytes or a path over 1024)")
+    target = ctx.confine(args.path)  # absolute paths, '..' and escapes first: their message names the real problem
     policy.check_writable(args.path)
-    target = ctx.confine(args.path)
     policy.check_writable(str(target.relative_to(ctx.run_dir.resolve())))  # a symlink planted by a job cannot redirect the write
     if target.is_dir():
         raise ToolError(f"{args.path!r} is a directory")
@@ -162,7 +162,7 @@ def base_image(ctx: RunContext) -> str:
     img = cfg.image or cfg.ngc_image
     if img:
         return img
-    if cfg.platform == "local":
+    if cfg.platform in ("local", "slurm"):  # slurm: only a venv run gets here (container modes need an image)
         return f"python:{sys.version_info.major}.{sys.version_info.minor}-slim"
     raise ToolError("no base image: ngc_image is not set (Step 2 select_image) and no 'image' was given")
 
@@ -238,6 +238,9 @@ def preflight_fields(ctx: RunContext) -> dict[str, str]:
         wandb = "disabled"
     if cfg.platform == "local":
         image = f"local python {_platform.python_version()} ({(ctx.state.records.get('build') or {}).get('python', sys.executable)})"
+    elif cfg.platform == "slurm":
+        build = ctx.state.records.get("build") or {}
+        image = f"slurm {build.get('container', '?')}: {build.get('image') or cfg.image or cfg.ngc_image or ''}" if build.get("ok") else ""
     else:
         image = cfg.image or cfg.ngc_image or ""
     if cfg.gpu_count:

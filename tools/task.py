@@ -265,7 +265,7 @@ def verdict(cfg: Any) -> dict[str, Any]:
 
 def qualify_config(cfg: Any) -> dict[str, Any]:
     """Task, column check, verdict and compat walk over the probed facts; mutates cfg. Raises NeedsUser / ToolError."""
-    from tao_finetune.tools.dataset import check_dataset_for_task
+    from tao_finetune.tools.dataset import annotation_plan, check_dataset_for_task
 
     if not cfg.model_facts:
         raise ToolError("call probe_model first")
@@ -293,6 +293,11 @@ def qualify_config(cfg: Any) -> dict[str, Any]:
         cfg.label_names = list(cfg.dataset_facts["label_names"])
     elif cfg.model_facts.get("label_names") and task in ("image-classification", "text-classification"):
         cfg.label_names = list(cfg.model_facts["label_names"])
+    plan = annotation_plan(cfg.dataset_facts, task)
+    if plan:
+        reason = plan.pop("reason")
+        cfg.project = cfg.project.model_copy(update=plan)
+        cfg.note(f"{task}: {', '.join(f'{k}={v}' for k, v in plan.items())} ({reason})")
     for w in v["warnings"]:
         cfg.note(f"qualify warning: {w}")
     if layout.get("planned_split"):

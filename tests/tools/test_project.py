@@ -124,7 +124,8 @@ def test_render_scaffold_keeps_edited_files_unless_overwrite(tmp_path):
     assert (ctx.run_dir / "train.py").read_text() != PY
 
 
-def test_render_scaffold_refuses_tasks_without_a_scaffold_and_missing_images(tmp_path):
+def test_render_scaffold_refuses_tasks_without_a_scaffold_and_missing_images(tmp_path, monkeypatch):
+    monkeypatch.setattr(project, "SCAFFOLD_TASKS", ("image-classification", "text-classification"))
     with pytest.raises(ToolError, match="no scaffold"):
         project.render_scaffold.fn(make_ctx(tmp_path / "a", task_type="object-detection"), project.RenderArgs())
     with pytest.raises(ToolError, match="no base image"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import runpy
+import signal
 import sys
 import time
 import traceback
@@ -161,6 +162,8 @@ def run_job(req: dict) -> int:
             sys.stderr.flush()
         except Exception:  # noqa: BLE001
             pass
+        for sig in (signal.SIGTERM, signal.SIGUSR1):  # a job's handlers (train.py's preemption flag) end with the job
+            signal.signal(sig, signal.SIG_DFL)
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         os.close(saved[0])

@@ -26,6 +26,8 @@ API sources (transformers 5.x, checked against the installed 5.24 source):
 - torch/utils/flop_counter.py (FlopCounterMode, used for the MFU estimate; counted once in the smoke job, never in train)
 - transformers/modeling_utils.py PreTrainedModel.save_pretrained(state_dict=...) (saves a given CPU copy; tied weights
   are dropped from it by the model's own rules), https://docs.pytorch.org/docs/stable/backends.html (cudnn.benchmark)
+- torch/distributed/elastic/agent/server/api.py (torchrun forwards SIGTERM to its workers, then waits before SIGKILL)
+- https://slurm.schedmd.com/sbatch.html (--signal, --requeue: a SIGTERM/SIGUSR1 before the time limit or on scancel)
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -368,6 +371,43 @@ def log_jsonl(path: Path, record: dict) -> None:
 
 # ---------------------------------------------------------------- checkpoints
 
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: a checkpoint was written on a signal; run train.py again to resume
+
+
+class Preempted(Exception):
+    """Training stopped on SIGTERM/SIGUSR1 after writing a checkpoint (scheduler time limit, scancel, docker stop)."""
+
+
+class PreemptFlag:
+    """Records SIGTERM/SIGUSR1; the loop checks it at a step boundary, so the checkpoint is consistent."""
+
+    def __init__(self):
+        self.signum = 0
+        self._old = {}
+
+    def install(self) -> "PreemptFlag":
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            self._old[sig] = signal.signal(sig, self._set)
+        return self
+
+    def _set(self, signum, frame) -> None:
+        self.signum = signum
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def requested(self, rt, synced: bool) -> bool:
+        """True when any rank got the signal; with several ranks only at steps where they all call this (synced)."""
+        if rt.world == 1:
+            return bool(self.signum)
+        if not synced:
+            return False
+        flag = torch.tensor([1.0 if self.signum else 0.0], device=rt.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+
 
 def complete_checkpoints() -> list[Path]:
     """Checkpoint dirs with a completion marker, oldest first (not yet verified: see resumable_checkpoint)."""
@@ -587,6 +627,9 @@ def train(task, argv: list[str] | None = None) -> int:
         record.update(result)
         record["passed"] = bool(result["finite_loss"] and result["grad_norm_positive"])
         code = 0 if (record["passed"] or not smoke) else 1
+    except Preempted:
+        rt.close()
+        return PREEMPTED_EXIT
     except Exception as err:  # the smoke report must record any failure before re-raising
         record["exception"] = f"{type(err).__name__}: {err}"
         if smoke and rt.main:
@@ -601,6 +644,7 @@ def train(task, argv: list[str] | None = None) -> int:
 
 
 def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics_path: Path, get_scheduler) -> dict:
+    preempt = PreemptFlag() if smoke else PreemptFlag().install()  # first: a signal during loading checkpoints at step 1
     seed = int(h.get("seed", cfg.get("seed", 42)))
     seed_all(seed)
     split = CachedSplit("train", task.FIELDS)
@@ -710,6 +754,16 @@ def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics
                 last = rec
                 loss_sum.zero_()
                 window_samples, window_start = 0, time.perf_counter()
+            if not smoke and done < total and preempt.requested(rt, synced=done % logging_steps == 0):
+                if rt.main:
+                    writer.wait()  # an async save in flight completes first
+                    path = save_checkpoint(model, optimizer, scheduler, scaler, done, 2)
+                    log_jsonl(metrics_path, {"event": "preempted", "step": done, "total_steps": total, "signal": preempt.signum,
+                                             "checkpoint": path.name, "time": time.time()})
+                    print(f"signal {preempt.signum}: checkpoint {path.name} written at step {done}/{total}; run train.py again to resume",
+                          flush=True)
+                rt.barrier()
+                raise Preempted(done)
             if not smoke and done < total:
                 if save_every is not None:
                     due = bool(save_every) and done % save_every == 0
