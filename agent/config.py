@@ -150,28 +150,29 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    model_id: str = Field(min_length=1)
-    dataset_id: str | None = None
-    dataset_config: str | None = None
-    local_dataset_path: str | None = None
-    local_dataset_format: DatasetFormat = "auto"
+    model_id: str = Field(min_length=1, description="Hub model id (org/name) or a local model folder")
+    dataset_id: str | None = Field(None, description="Hub dataset id; omit both dataset inputs to get recommendations")
+    dataset_config: str | None = Field(None, description="the Hub dataset's configuration (subset) name")
+    local_dataset_path: str | None = Field(None, description="a local dataset folder or file instead of dataset_id")
+    local_dataset_format: DatasetFormat = Field("auto", description="format of local_dataset_path")
     dataset_source: Literal["hf", "local", "recommend"] | None = None
-    task_type: TaskType | None = None
-    n_train: int = Field(10000, ge=1)
-    n_eval: int = Field(1000, ge=1)
-    n_epochs: float = Field(3, gt=0)
-    lora_r: int = Field(16, ge=1)
-    output_dir: str | None = None
-    hf_model_repo: str | None = None
-    push_to_hub: bool = True
-    skip_baseline: bool = False
-    emit_progress_log: bool = False
-    emit_report: bool = False
-    emit_unit_tests: bool = False
-    wandb: bool = False
-    platform: Platform = "docker"
-    allow_cpu: bool = False
+    task_type: TaskType | None = Field(None, description="the task; detected from the model and dataset when omitted")
+    n_train: int = Field(10000, ge=1, description="training examples at most (a seeded subset)")
+    n_eval: int = Field(1000, ge=1, description="eval examples at most (a seeded subset)")
+    n_epochs: float = Field(3, gt=0, description="passes over the training subset")
+    lora_r: int = Field(16, ge=1, description="LoRA rank when training_method is lora")
+    output_dir: str | None = Field(None, description="run directory (default ./output/<model short name>)")
+    hf_model_repo: str | None = Field(None, description="Hub repo to push to (default <your user>/<short name>-finetuned)")
+    push_to_hub: bool = Field(True, description="push the model, card and project to the Hub at the end")
+    skip_baseline: bool = Field(False, description="skip evaluating the base model before training")
+    emit_progress_log: bool = Field(False, description="keep PROGRESS.md, one line per event")
+    emit_report: bool = Field(False, description="write reports/report.html and reports/report.pdf")
+    emit_unit_tests: bool = Field(False, description="render tests/test_project.py and require it to pass (gate 4)")
+    wandb: bool = Field(False, description="log training to Weights & Biases (needs WANDB_API_KEY, else offline)")
+    platform: Platform = Field("docker", description="where jobs run: docker containers, the local Python or a SLURM cluster")
+    allow_cpu: bool = Field(False, description="allow a run without an NVIDIA GPU (small models only)")
     image: str | None = Field(None, description="user-chosen container image; overrides NGC selection")
+    license: str | None = Field(None, description="license of the pushed model (Hub license id); default: the base model's")
     slurm: SlurmSpec = Field(default_factory=SlurmSpec)
 
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)

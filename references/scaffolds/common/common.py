@@ -324,16 +324,19 @@ def classification_metrics(preds: np.ndarray, labels: np.ndarray, num_labels: in
     """Accuracy, macro-F1 and per-class F1."""
     preds, labels = np.asarray(preds), np.asarray(labels)
     acc = float((preds == labels).mean()) if len(labels) else 0.0
-    f1s = []
+    f1s, per_class = [], []
     for c in range(num_labels):
         tp = int(((preds == c) & (labels == c)).sum())
         fp = int(((preds == c) & (labels != c)).sum())
         fn = int(((preds != c) & (labels == c)).sum())
+        per_class.append({"precision": tp / (tp + fp) if tp + fp else 0.0, "recall": tp / (tp + fn) if tp + fn else 0.0,
+                          "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0, "support": tp + fn})
         if tp + fp + fn == 0:
             continue
         f1s.append(2 * tp / (2 * tp + fp + fn))
     hist = np.bincount(preds.astype(int), minlength=num_labels).tolist() if len(preds) else [0] * num_labels
-    return {"accuracy": acc, "macro_f1": float(np.mean(f1s)) if f1s else 0.0, "prediction_histogram": hist}
+    return {"accuracy": acc, "macro_f1": float(np.mean(f1s)) if f1s else 0.0, "prediction_histogram": hist,
+            "per_class": per_class}
 
 
 class Tracker:
