@@ -367,7 +367,7 @@ def test_the_loop_stops_on_a_model_that_did_not_learn_and_an_accepted_one_is_on_
     ungated = [dataclasses.replace(t, step=0, step_for=None) for t in (jobs.docker_run, jobs.train_status)]  # steps 1-4 are not the point
     result = Agent(ScriptedClient(turns), ctx, ungated, "s").run("go")
     assert result.code == 3 and result.message.startswith(gates.LEARNING_MARK)  # asked only once the baseline was there too
-    assert "training loss did not fall (2.3 -> 2.3)" in result.message and '"margin": 0.0707' in result.message
+    assert "training loss did not fall (2.3 -> 2.3, trend flat)" in result.message and '"margin": 0.0707' in result.message
     assert ctx.state.pending_question == result.message
     assert gates.accept_learning(ctx.state, ctx.run_dir, ctx.state.pending_question, "accept")
     ctx.save()
