@@ -172,8 +172,8 @@ def facts_from_config(cfg: Any) -> dict[str, Any]:
     """The fact namespace the rules see, built from a RunConfig."""
     hp = cfg.hyperparameters
     return {
-        "model": cfg.model_facts or {},
-        "dataset": cfg.dataset_facts or {},
+        "model": cfg.model_facts.model_dump() if cfg.model_facts else {},
+        "dataset": cfg.dataset_facts.model_dump() if cfg.dataset_facts else {},
         "task": cfg.task_type,
         "training_method": hp.training_method,
         "gradient_checkpointing": hp.gradient_checkpointing,
