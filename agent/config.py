@@ -86,6 +86,8 @@ class SplitPlan(BaseModel):
     seed: int = 42
     n_train: int = Field(10000, ge=1, description="cap on training examples (a seeded subset when the split is larger)")
     n_eval: int = Field(1000, ge=1, description="cap on eval examples")
+    expected_train: int | None = Field(None, description="train rows prepare_data.py must produce (Step 1's count; None = unknown before reading)")
+    expected_eval: int | None = Field(None, description="eval rows prepare_data.py must produce")
 
 
 class LoraSpec(BaseModel):

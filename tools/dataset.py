@@ -524,7 +524,7 @@ def scan_with_datasets(root: Path, fmt: Literal["parquet", "arrow"]) -> Scan:
         raise ToolError(f"{fmt} data under {str(root)!r} cannot be read: {str(err).splitlines()[0][:200]}") from None
     if isinstance(ds, datasets.Dataset):
         ds = datasets.DatasetDict({"train": ds})
-    scan.dataset = datasets.DatasetDict({SPLIT_NAMES.get(k.lower(), k): v for k, v in ds.items()})
+    scan.dataset = ds  # split names as the data names them; plan_splits reads their meaning
     return scan
 
 
@@ -814,8 +814,8 @@ def verify_columns(task: str, columns: dict[str, str], sample: dict[str, Any] | 
 def plan_splits(split_sizes: dict[str, int | None], task: str | None, label: str | None = "label") -> dict[str, Any]:
     """Which splits train and evaluate; a seeded split of train when there is no eval split."""
     names = list(split_sizes)
-    train = "train" if "train" in names else (names[0] if len(names) == 1 else None)
-    evals = next((s for s in ("validation", "test") if s in names and s != train), None)
+    train = next((s for s in names if split_of(s) == "train"), names[0] if len(names) == 1 else None)
+    evals = next((s for want in ("validation", "test") for s in names if split_of(s) == want and s != train), None)
     plan: dict[str, Any] = {"train_split": train, "eval_split": evals}
     if train and not evals:
         strat = label if task in ("image-classification", "text-classification") else None
@@ -1150,6 +1150,35 @@ def label_names_for(facts: DatasetFacts, column: str, renames: dict[str, str]) -
         return [str(i) for i in range(max(map(int, values)) + 1)], "integer label ids (no names in the data)"
     where = "every row" if facts.source == "local" else f"{facts.sampled_rows} sampled rows"
     return sorted(values), f"the sorted values of {column!r} ({where})"
+
+
+def holdout_size(counts: list[int], fraction: float) -> int:
+    """Rows a hold-out takes: per class int(fraction * n_c + 0.5), at least one of a class with 2+ rows (prepare_data.py's rule)."""
+    total = 0
+    for n in counts:
+        k = int(fraction * n + 0.5)
+        total += max(1, k) if n >= 2 else k
+    return total
+
+
+def expected_sizes(facts: DatasetFacts, plan: Any, renames: dict[str, str]) -> tuple[int | None, int | None]:
+    """The train / eval row counts the split plan yields on this dataset, or None where the probe cannot know them."""
+    sizes = facts.splits
+    n_tr = sizes.get(plan.train_split) if plan.train_split else None
+    if n_tr is None:
+        return None, None
+    if plan.eval_split:
+        n_ev = sizes.get(plan.eval_split)
+        return min(plan.n_train, n_tr), (min(plan.n_eval, n_ev) if n_ev is not None else None)
+    if plan.stratify_by:
+        src = next((s for s, n in renames.items() if n == plan.stratify_by), plan.stratify_by)
+        info = facts.columns.get(src)
+        if facts.source != "local" or len(sizes) != 1 or info is None or not info.values:
+            return None, None
+        k = holdout_size(list(info.values.values()), plan.eval_fraction)
+    else:
+        k = max(1, int(plan.eval_fraction * n_tr + 0.5))
+    return min(plan.n_train, n_tr - k), min(plan.n_eval, k)
 
 
 def check_dataset_for_task(facts: DatasetFacts, task: str, renames: dict[str, str] | None = None,

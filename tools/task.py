@@ -237,7 +237,7 @@ CLASSIFICATION = ("image-classification", "text-classification")
 def fill_project(cfg: Any, facts: DatasetFacts, task: str) -> dict[str, Any]:
     """Step 1's decisions into `config.project`: column roles (with evidence), renames, label names, the split plan
     (seed, stratification), the files read and the files skipped. Raises NeedsUser when a role is ambiguous."""
-    from tao_finetune.tools.dataset import check_dataset_for_task, label_names_for
+    from tao_finetune.tools.dataset import check_dataset_for_task, expected_sizes, label_names_for
 
     renames, layout = check_dataset_for_task(facts, task, cfg.column_renames, user_columns(cfg))
     columns = Columns.model_validate(layout["columns"])
@@ -259,6 +259,8 @@ def fill_project(cfg: Any, facts: DatasetFacts, task: str) -> dict[str, Any]:
         "train_split": layout.get("train_split"), "eval_split": layout.get("eval_split"),
         "eval_fraction": planned.get("eval_fraction", cfg.project.splits.eval_fraction),
         "stratify_by": planned.get("stratify_by_column") if planned else None})
+    exp_train, exp_eval = expected_sizes(facts, splits.model_copy(update={"n_train": cfg.n_train, "n_eval": cfg.n_eval}), renames)
+    splits = splits.model_copy(update={"expected_train": exp_train, "expected_eval": exp_eval})
     cfg.project = cfg.project.model_copy(update={
         "columns": columns, "splits": splits, "skip_files": list(facts.skip_files), "data_files": dict(facts.data_files),
         "local_dataset_format": facts.format if facts.source == "local" else cfg.project.local_dataset_format})
