@@ -188,6 +188,7 @@ def run_command(args: argparse.Namespace) -> int:
     from tao_finetune.agent.context import RunContext
     from tao_finetune.agent.loop import Agent, Limits
     from tao_finetune.agent.prompts import render
+    from tao_finetune.agent import steps
     from tao_finetune.agent.secrets import Credentials
     from tao_finetune.tools import all_tools
 
@@ -203,6 +204,7 @@ def run_command(args: argparse.Namespace) -> int:
     ctx.save()
     client = make_client(args, ctx)
     tools = all_tools()
+    steps.check_tools(tools)
     first = gates.first_unmet(run_dir, state)
     if first is None:
         console.print("[green]all six gates already met[/]")
@@ -229,22 +231,11 @@ def run_command(args: argparse.Namespace) -> int:
     return result.code
 
 
-def reference_index() -> str:
-    """One line per curated reference file shipped in the package."""
-    from importlib import resources
-
-    root = resources.files("tao_finetune.references")
-    names = sorted(p.name for p in root.iterdir() if p.name.endswith((".md", ".yaml")) and not p.name.startswith("_"))
-    return "\n".join(f"- {n}" for n in names) or "- (none)"
-
-
 def system_vars(ctx) -> dict[str, Any]:
     """Variables for prompts/system.md."""
+    from tao_finetune.agent import references, steps
+
     cfg = ctx.config
-    status = []
-    for step in gates.GATES:
-        res = gates.check(step, ctx.run_dir, ctx.state)
-        status.append(f"- step {step} ({gates.STEP_NAMES[step]}): {'met' if res.met else 'missing ' + ', '.join(res.missing)}")
     dataset = cfg.dataset_id or cfg.local_dataset_path or "none given: recommend 3-5 and wait for the user's pick"
     return {
         "model_id": cfg.model_id,
@@ -255,8 +246,8 @@ def system_vars(ctx) -> dict[str, Any]:
         "push_to_hub": cfg.push_to_hub,
         "credentials": ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in ctx.creds.presence().items()),
         "user_set": ", ".join(cfg.user_set) or "none",
-        "gate_status": "\n".join(status),
-        "references": reference_index(),
+        "steps": steps.prompt_list(),
+        "references": references.index(),
     }
 
 
@@ -297,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tao_finetune.evals.harness import add_eval_parser
 
     add_eval_parser(sub)
+    sub.choices["eval"].set_defaults(run_cli=main)  # the harness runs cases through this CLI, handed in (no import cycle)
     dm = sub.add_parser("demo", help="offline demo: a tiny ViT fine-tuned on real scikit-learn digits by the autopilot (no GPU, key or network)")
     dm.add_argument("--output-dir", type=Path, default=Path("./output/demo"))
     dm.add_argument("--inputs-dir", type=Path, default=Path("./output/demo-inputs"), help="where the demo model and data are written")
@@ -306,9 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DEMO_SETTINGS = ["--n-epochs", "30", "--set", "learning_rate=1e-3", "--set", "per_device_train_batch_size=32", "--set", "warmup_ratio=0.05",
-                 "--set", "gradient_accumulation_steps=1", "--set", "lr_scheduler_type=cosine",
-                 "--set", "recipe.train_transforms=none: resize and normalise only (digits are not flip-invariant)"]
+from tao_finetune.agent.demo import DEMO_SETTINGS  # noqa: E402  (re-exported for callers of the CLI)
 
 
 def demo_command(args: argparse.Namespace) -> int:

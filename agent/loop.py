@@ -9,11 +9,11 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ValidationError
 
-from tao_finetune.agent import gates
+from tao_finetune.agent import gates, steps
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.llm import LLMAuthError, LLMClient, LLMError, LLMResponse
 from tao_finetune.agent.errors import AskUser, BadInput, Done, GateFailed, LimitReached, LoopExit, NeedsUser, ToolError  # noqa: F401
-from tao_finetune.tools.base import Tool, format_validation_error
+from tao_finetune.agent.tooling import Tool, format_validation_error
 
 PROTECTED = ("model_id", "dataset_id", "local_dataset_path", "training_method")
 RESULT_LIMIT = 20_000
@@ -21,6 +21,10 @@ RESULT_LIMIT = 20_000
 
 class InvalidArgs(ToolError):
     """Arguments failed validation; counted against the tool's retry budget, not the same-error rule."""
+
+
+class Refused(ToolError):
+    """A gate refused the call (an earlier step is unfinished): its own category, never counted as an error."""
 
 
 @dataclass
@@ -42,6 +46,8 @@ class Agent:
                  ask: Callable[[str], str | None] | None = None):
         self.client, self.ctx, self.system = client, ctx, system
         self.tools = {t.name: t for t in tools}
+        steps.check_tools(t for t in tools if t.name in steps.ANY_STEP_TOOLS or any(t.name in s.tools for s in steps.STEPS))
+        self.refusals = 0
         self.limits = limits or Limits()
         self.ask = ask
         self.messages: list[dict[str, Any]] = []
@@ -113,9 +119,10 @@ class Agent:
             return
         uses = resp.tool_uses()
         if uses:
-            results = [self.call(u) for u in uses]
-            self.messages.append({"role": "user", "content": results})
+            results: list[dict[str, Any]] = [self.call(u) for u in uses]
             self.after_tools()
+            results.append({"type": "text", "text": self.gate_status()})
+            self.messages.append({"role": "user", "content": results})
             return
         self.finish_turn(resp)
 
@@ -127,12 +134,16 @@ class Agent:
             res = gates.check(step, run_dir, state)
             if state.log_gate(step, res.met, list(res.missing)):
                 self.ctx.session.event("gate", step=step, met=res.met, missing=list(res.missing))
-                self.progress(f"{'✅' if res.met else '❌'} step {step} ({gates.STEP_NAMES[step]})"
+                self.progress(f"{'✅' if res.met else '❌'} step {step} ({steps.name(step)})"
                               + ("" if res.met else f": missing {', '.join(res.missing)}"))
             all_met &= res.met
         self.ctx.save()
         if all_met:
             raise Done("all six gates met")
+
+    def gate_status(self) -> str:
+        """The gate status now, sent with every tool-result turn (a system prompt would go stale)."""
+        return "Gate status now:\n" + "\n".join(f"- {line}" for line in steps.status_lines(self.ctx.run_dir, self.ctx.state))
 
     def progress(self, line: str) -> None:
         """Append to PROGRESS.md when the user asked for the journal."""
@@ -147,10 +158,10 @@ class Agent:
             raise Done(resp.text() or "all six gates met")
         res = gates.check(step, self.ctx.run_dir, self.ctx.state)
         if self.nudges >= self.limits.max_nudges:
-            raise GateFailed(f"gate {step} ({gates.STEP_NAMES[step]}) not met: missing {', '.join(res.missing)}")
+            raise GateFailed(f"gate {step} ({steps.name(step)}) not met: missing {', '.join(res.missing)}")
         self.nudges += 1
         self.messages.append({"role": "user", "content": (
-            f"The run is not finished: gate {step} ({gates.STEP_NAMES[step]}) is missing {', '.join(res.missing)}. "
+            f"The run is not finished: gate {step} ({steps.name(step)}) is missing {', '.join(res.missing)}. "
             "Continue with the tools, or call ask_user if you need a decision.")})
 
     def call(self, use: dict[str, Any]) -> dict[str, Any]:
@@ -159,7 +170,7 @@ class Agent:
         self.ctx.session.event("tool_call", id=tid, name=name, input=raw)
         try:
             out, is_error = self.dispatch(name, raw), False
-        except InvalidArgs as err:
+        except (InvalidArgs, Refused) as err:
             out, is_error = str(err), True
         except ToolError as err:
             out, is_error = self.tool_error(name, str(err)), True
@@ -199,9 +210,10 @@ class Agent:
             block = gates.blocking(step, self.ctx.run_dir, self.ctx.state)
             if block is not None:
                 self.ctx.session.event("refused", name=name, step=step, gate=block.step, missing=list(block.missing))
-                raise ToolError(
-                    f"refused: {name!r} belongs to step {step} ({gates.STEP_NAMES[step]}), but gate {block.step} "
-                    f"({gates.STEP_NAMES[block.step]}) is not met: missing {', '.join(block.missing)}")
+                self.refusals += 1
+                raise Refused(
+                    f"refused: {name!r} belongs to step {step} ({steps.name(step)}), but gate {block.step} "
+                    f"({steps.name(block.step)}) is not met: missing {', '.join(block.missing)}")
         self.guard_substitution(name, args)
         return tool(self.ctx, args)
 

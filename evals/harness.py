@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -102,10 +102,9 @@ def score_run(case: Case, run_dir: Path, code: int, seconds: float) -> Score:
     return Score(case.id, case.driver, code, met, refusals, errors, steps, round(cost, 4), round(seconds, 1), primary, baseline, fails)
 
 
-def run_case(case: Case, out: Path) -> Score:
-    """Run one case into out/<id> and score it."""
-    from tao_finetune.agent.cli import DEMO_SETTINGS, main
-    from tao_finetune.agent.demo import demo_inputs
+def run_case(case: Case, out: Path, main: Callable[[list[str]], int]) -> Score:
+    """Run one case into out/<id> through `main` (the CLI's entry point, handed in by the CLI) and score it."""
+    from tao_finetune.agent.demo import DEMO_SETTINGS, demo_inputs
 
     run_dir = out / case.id
     argv = ["run", *case.args, "--output-dir", str(run_dir), "--llm", case.driver, "--yes", "--quiet"]
@@ -133,7 +132,7 @@ def eval_command(args: argparse.Namespace) -> int:
         print(f"no eval cases match {args.case!r}")
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    scores = [run_case(c, args.out.resolve()) for c in cases]
+    scores = [run_case(c, args.out.resolve(), args.run_cli) for c in cases]
     for s in scores:
         metric = f"{s.baseline_metric} -> {s.primary_metric}" if s.primary_metric is not None else "-"
         print(f"{'PASS' if s.passed else 'FAIL'} {s.id:28} exit={s.exit_code} gates={s.gates_met} refusals={s.refusals} "

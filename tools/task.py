@@ -9,7 +9,7 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, Field
 
-from tao_finetune.agent import gates
+from tao_finetune.agent import gates, references
 from tao_finetune.agent.config import Columns, TaskType, user_columns
 from tao_finetune.agent.facts import DatasetFacts, ModelFacts
 from tao_finetune.tools.base import NeedsUser, NoArgs, ToolError, tool
@@ -163,8 +163,7 @@ def detect_task(model_facts: ModelFacts, dataset_facts: DatasetFacts | None, use
 # ---------------------------------------------------------------- recommendations
 def recommendations(task: str) -> list[dict[str, Any]]:
     """The curated picks for a task."""
-    text = resources.files("tao_finetune.references").joinpath("dataset_recommendations.yaml").read_text()
-    return list(yaml.safe_load(text).get(task) or [])
+    return list((references.load_yaml("dataset_recommendations.yaml") or {}).get(task) or [])
 
 
 def needs_dataset(task: str) -> NeedsUser:

@@ -11,11 +11,11 @@ def test_packaged_cases_load():
 
 def test_replayed_push_first_session_is_refused_and_scored(tmp_path):
     case = next(c for c in load_cases() if c.id == "refuse-push-first")
-    score = run_case(case, tmp_path)
+    score = run_case(case, tmp_path, main)
     assert score.passed, score.failures
     assert score.refusals == 1 and score.exit_code == 3 and score.gates_met == []
     wrong = Case(**{**case.__dict__, "expect": {"exit_code": 0, "gates_met": [1]}})
-    failing = run_case(wrong, tmp_path / "again")
+    failing = run_case(wrong, tmp_path / "again", main)
     assert failing.failures == ["exit code 3, expected 0", "gate 1 not met"]
 
 
