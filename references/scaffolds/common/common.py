@@ -269,7 +269,7 @@ class Tracker:
 
     def __init__(self, cfg: dict, rt: "Runtime", job: str):
         self.run = None
-        if not cfg["wandb"] or not rt.main or os.environ.get("WANDB_MODE") == "disabled":
+        if not cfg.get("wandb") or not rt.main or os.environ.get("WANDB_MODE") == "disabled":
             return
         try:
             import wandb
