@@ -87,6 +87,7 @@ class ModelFacts(Facts):
     tokenizer_max_length: int | None = None
     card_classes: list[str] = Field(default_factory=list)
     card_pipelines: list[str] = Field(default_factory=list)
+    card_links: list[str] = Field(default_factory=list, description="GitHub links the model card names (author code, Step 3 priority 3)")
     has_card: bool = False
 
     @property

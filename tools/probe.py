@@ -34,6 +34,7 @@ from tao_finetune.tools.base import NoArgs, ToolError, tool
 DEFAULT_ENDPOINT = "https://huggingface.co"
 SIDE_FILES = ("preprocessor_config.json", "processor_config.json", "tokenizer_config.json", "README.md")
 AUTOMODEL = re.compile(r"\b(AutoModel(?:For[A-Za-z]+)?|[A-Z][A-Za-z0-9]+For[A-Z][A-Za-z]+)\b")
+GITHUB_LINK = re.compile(r"https?://github\.com/[\w.\-]+/[\w.\-]+[^\s)\]\"'>]*")
 PIPELINE = re.compile(r"pipeline\(\s*(?:task\s*=\s*)?[\"']([a-z\-]+)[\"']")
 TRUTHY = ("1", "true", "yes", "on")
 try:  # huggingface_hub 2.x talks through httpx2
@@ -226,6 +227,7 @@ def card_facts(text: str) -> dict[str, Any]:
         "card_library": meta.get("library_name"),
         "card_classes": sorted(set(AUTOMODEL.findall(body)))[:20],
         "card_pipelines": sorted(set(PIPELINE.findall(body)))[:10],
+        "card_links": list(dict.fromkeys(GITHUB_LINK.findall(body)))[:10],
         "has_card": bool(text.strip()),
     }
 

@@ -295,7 +295,7 @@ def research_plan(cfg: RunConfig) -> list[dict[str, Any]]:
             {"priority": 1, "what": "model card", "url": card},
             {"priority": 2, "what": "model repo README / example code", "url": raw},
         ]
-    facts = cfg.model_facts or {}
+    facts = cfg.model_facts.model_dump() if cfg.model_facts else {}
     for url in dict.fromkeys(_links(facts, re.compile(r"https?://github\.com/[\w.\-]+/[\w.\-]+[^\s)\]\"'>]*"))):
         plan.append({"priority": 3, "what": "author code", "url": url})
     task = cfg.task_type
