@@ -114,6 +114,7 @@ class ColumnInfo(Facts):
     image_modes: list[str] | None = None
     image_sizes: dict[str, Any] | None = None
     text_chars: dict[str, float] | None = None
+    text_words: float | None = Field(None, description="mean whitespace-separated words per value (sentences vs class names)")
     boxes_per_sample: dict[str, float] | None = None
     distinct: int | None = Field(None, description="distinct values among the sampled rows (scalar columns)")
     sampled: int | None = Field(None, description="non-null values sampled")

@@ -684,6 +684,8 @@ def summarize_rows(rows: list[dict[str, Any]], kinds: dict[str, str], types: dic
                                        "most_common": [f"{w}x{h}" for (w, h), _ in common]}
         elif seen.get("string") and not kind:
             info["text_chars"] = _stats([len(v) for v in vals if isinstance(v, str)])
+            strings = [v for v in vals if isinstance(v, str)]
+            info["text_words"] = round(sum(len(v.split()) for v in strings) / len(strings), 2) if strings else None
         scalars = [v for v in vals if isinstance(v, (str, int)) and not _looks_like_image_path(v)]
         if scalars and len(scalars) == len(vals):
             info["distinct"] = len(set(scalars))
@@ -1017,6 +1019,7 @@ def dataset_issues(facts: DatasetFacts, level: Level) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- column roles by content
 ID_LIKE = re.compile(r"(^|_)(id|idx|index|uuid|guid|key|filename|file_name|path)$", re.I)
 SHORT_TEXT = 40  # mean characters above which a string column reads as text, not as a class name
+SENTENCE_WORDS = 3  # mean words from which a string column reads as text (sentences), not as class names
 
 
 def _is_string(t: str) -> bool:
@@ -1038,7 +1041,7 @@ def _label_tier(name: str, info: Any) -> tuple[int, str] | None:
         return 3, f"{t} column"
     if not (_is_string(t) or _is_int(t)) or info.distinct is None or ID_LIKE.search(name):
         return None
-    if _is_string(t) and info.text_chars and info.text_chars.get("mean", 0) > SHORT_TEXT:
+    if _is_string(t) and ((info.text_chars and info.text_chars.get("mean", 0) > SHORT_TEXT) or (info.text_words or 0) >= SENTENCE_WORDS):
         return None
     n, k = info.sampled or 0, info.distinct
     if _is_int(t) and k == n and n > 10:
@@ -1053,7 +1056,7 @@ def _text_column(name: str, info: Any) -> bool:
     if not _is_string(info.type) or ID_LIKE.search(name):
         return False
     mean = (info.text_chars or {}).get("mean", 0)
-    return mean > SHORT_TEXT or info.distinct is None or (info.sampled or 0) <= 1 or info.distinct > (info.sampled or 0) // 2
+    return mean > SHORT_TEXT or (info.text_words or 0) >= SENTENCE_WORDS or info.distinct is None or (info.sampled or 0) <= 1 or info.distinct > (info.sampled or 0) // 2
 
 
 def infer_columns(task: str, facts: DatasetFacts, renames: dict[str, str] | None = None,
