@@ -4,23 +4,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from tao_finetune.agent import gates
 from tao_finetune.agent.config import ConfigError, RunConfig, apply_overrides, build_config, load_config
-from tao_finetune.agent.session import SessionLog
+from tao_finetune.agent.errors import ExitCode, LoopExit, ToolError
+from tao_finetune.agent.session import SessionFormatError, SessionLog
 from tao_finetune.agent.state import RunState
-
-from tao_finetune.agent.errors import ExitCode
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_ASK, EXIT_GATE = ExitCode.OK, ExitCode.BUG, ExitCode.BAD_INPUT, ExitCode.QUESTION, ExitCode.GATE_FAILED
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 LLMS = ("anthropic", "autopilot", "replay")
+JOB_KINDS = ("train", "prepare", "smoke", "tests", "baseline", "eval", "infer", "merge")
+SECOND_PRESS_S = 10.0  # after a Ctrl-C with training still running, a second press within this time stops it too
+# the run in progress, so the top-level handler can still write its exit event and put a crash report beside it
+_ACTIVE: dict[str, Any] = {"run_dir": None, "session": None}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(ExitCode.BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 # (flag, config key, type) for every spec input that is a plain value
 VALUE_FLAGS: list[tuple[str, str, Any]] = [
@@ -94,13 +108,28 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
     given = {k: v for k, v in flags.items() if v is not None}
     data.update(given)
     data, set_keys = apply_overrides(data, args.sets)
+    for key in leaf_keys(data):
+        node: Any = data
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, str) and "\x00" in node:
+            raise ConfigError(f"{key} holds a NUL byte: {node[:60]!r}")
     if not data.get("model_id"):
         raise ConfigError("a model is required: --model-id ORG/NAME (or model_id in --config)")
+    if not isinstance(data["model_id"], str) or not data["model_id"].strip() or "\x00" in data["model_id"]:
+        raise ConfigError(f"model_id must be a Hub id ORG/NAME or a local folder, got {data['model_id']!r}")
+    local = data.get("local_dataset_path")
+    if local is not None:
+        if not isinstance(local, str) or not local.strip() or "\x00" in local:
+            raise ConfigError(f"local_dataset_path must be a path, got {local!r}")
+        if not Path(local).expanduser().exists():
+            raise ConfigError(f"--local-dataset-path {local!r} does not exist: give an existing file or folder")
     for key in ("local_dataset_path", "model_id"):
         value = data.get(key)
         if value and (key == "local_dataset_path" or value.startswith((".", "/", "~")) or Path(value).is_dir()):
             data[key] = str(Path(value).expanduser().resolve())
     out = Path(data.get("output_dir") or build_config({"model_id": data["model_id"]}).output_dir).resolve()
+    check_output_dir(out)
     existing = out / "config.yaml"
     user_keys = sorted((set(leaf_keys(data)) | set(set_keys)) - {"model_id"})
     if existing.exists():
@@ -119,6 +148,42 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
     data["output_dir"] = str(out)
     cfg = build_config(data)
     return cfg, [k for k in user_keys if k != "output_dir"]
+
+
+def check_output_dir(out: Path) -> None:
+    """The output dir must be a writable folder (or creatable under a writable one); ConfigError in one line otherwise."""
+    if "\x00" in str(out) or any(len(part.encode()) > 255 for part in out.parts):
+        raise ConfigError(f"--output-dir {str(out)[:80]!r}: not a usable path (a NUL byte or a name over 255 bytes)")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output-dir {str(out)!r} is a file, not a folder: choose another path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--output-dir {str(out)!r} cannot be created: {err.strerror}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output-dir {str(out)!r} is not writable by this user: choose another path or fix its permissions")
+
+
+def check_limits(args: argparse.Namespace) -> None:
+    """--max-steps/--max-cost/--max-hours must be positive finite numbers."""
+    for flag, value in (("--max-steps", args.max_steps), ("--max-cost", args.max_cost), ("--max-hours", args.max_hours)):
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"{flag} must be a positive number, got {value}")
+
+
+def load_credentials(env_file: Path):
+    """Credentials from the environment and --env-file; a file that is not a readable UTF-8 text file is a ConfigError."""
+    from tao_finetune.agent.secrets import Credentials
+
+    path = env_file.expanduser()
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"--env-file {str(env_file)!r} is not a file (a KEY=VALUE text file is expected)")
+    try:
+        return Credentials.load(env_file)
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"--env-file {str(env_file)!r} is not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"--env-file {str(env_file)!r} cannot be read: {err.strerror}") from None
 
 
 def make_platform(cfg: RunConfig):
@@ -141,7 +206,12 @@ def make_client(args: argparse.Namespace, ctx):
 
         if not args.replay:
             raise ConfigError("--llm replay needs --replay SESSION.jsonl")
-        return ReplayClient(args.replay)
+        try:
+            return ReplayClient(args.replay)
+        except (FileNotFoundError, IsADirectoryError, SessionFormatError, ValueError) as err:
+            raise ConfigError(f"--replay: {' '.join(str(err).split())}") from None
+        except OSError as err:
+            raise ConfigError(f"--replay {str(args.replay)!r} cannot be read: {err.strerror}") from None
     from tao_finetune.agent.llm import AnthropicClient
 
     if not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):
@@ -152,16 +222,16 @@ def make_client(args: argparse.Namespace, ctx):
 def echo_event(ev: dict[str, Any]) -> None:
     kind = ev["kind"]
     if kind == "tool_call":
-        console.print(f"[cyan]→ {ev['name']}[/] {json.dumps(ev['input'])[:160]}")
+        console.print(f"[cyan]→ {escape(str(ev['name']))}[/] {escape(json.dumps(ev['input'])[:160])}")
     elif kind == "tool_result":
         mark = "[red]✗[/]" if ev["is_error"] else "[green]✓[/]"
-        console.print(f"  {mark} {str(ev['content']).splitlines()[0][:200] if ev['content'] else ''}")
+        console.print(f"  {mark} {escape(str(ev['content']).splitlines()[0][:200]) if ev['content'] else ''}")
     elif kind == "gate" and ev["met"]:
         console.print(f"[bold green]gate {ev['step']} met[/] ({gates.STEP_NAMES[ev['step']]})")
     elif kind == "response":
         text = " ".join(b.get("text", "") for b in ev["content"] if b.get("type") == "text").strip()
         if text:
-            console.print(f"[dim]{text[:400]}[/]")
+            console.print(f"[dim]{escape(text[:400])}[/]")
 
 
 def summary(run_dir: Path, state: RunState) -> str:
@@ -184,20 +254,39 @@ def summary(run_dir: Path, state: RunState) -> str:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from tao_finetune.agent.lock import RunLock
+
+    check_limits(args)
+    cfg, user_keys = config_from_args(args)
+    run_dir = cfg.out
+    creds = load_credentials(args.env_file)
+    with RunLock(run_dir) as lock:
+        _ACTIVE["run_dir"] = run_dir
+        try:
+            session = SessionLog(run_dir / "session.jsonl", creds, echo=None if args.quiet else echo_event)
+        except SessionFormatError as err:
+            raise ConfigError(f"{err}: move session.jsonl away to start a new log") from None
+        _ACTIVE["session"] = session
+        notes = [session.repaired]
+        if lock.took_over is not None:
+            notes.append(f"took over a stale lock of PID {lock.took_over.get('pid', '?')} (that process is gone)")
+        return _run_locked(args, cfg, user_keys, creds, session, notes)
+
+
+def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], creds, session: SessionLog, notes: list[str | None]) -> int:
     from tao_finetune.agent.authority import user_recipe
     from tao_finetune.agent.context import RunContext
     from tao_finetune.agent.loop import Agent, Limits
     from tao_finetune.agent.prompts import render
     from tao_finetune.agent import steps
-    from tao_finetune.agent.secrets import Credentials
     from tao_finetune.tools import all_tools
 
-    cfg, user_keys = config_from_args(args)
     run_dir = cfg.out
-    run_dir.mkdir(parents=True, exist_ok=True)
-    creds = Credentials.load(args.env_file)
-    session = SessionLog(run_dir / "session.jsonl", creds, echo=None if args.quiet else echo_event)
     state = RunState.load(run_dir)
+    notes.append(state.load_note)
+    for note in filter(None, notes):
+        session.event("note", text=note)
+        console.print(f"[yellow]note:[/] {escape(note)}")
     user_recipe(cfg, user_keys)
     ctx = RunContext(cfg, session, creds, state, yes=args.yes or not sys.stdin.isatty())
     ctx.platform = make_platform(cfg)
@@ -208,6 +297,7 @@ def run_command(args: argparse.Namespace) -> int:
     first = gates.first_unmet(run_dir, state)
     if first is None:
         console.print("[green]all six gates already met[/]")
+        session.event("exit", code=int(EXIT_OK), message="all six gates already met", steps=0, cost_usd=0.0)
         print(summary(run_dir, state))
         return EXIT_OK
     system = render("system.md", **system_vars(ctx))
@@ -218,17 +308,74 @@ def run_command(args: argparse.Namespace) -> int:
         state.pending_question = None
     task = render("task.md", model_id=cfg.model_id, request=args.request or "(headless run; inputs are in config.yaml)", resume=resume)
     limits = Limits(max_steps=args.max_steps, max_cost_usd=args.max_cost, max_wall_s=args.max_hours * 3600)
-    ask = None if ctx.yes else (lambda q: console.input(f"[bold yellow]? {q}[/]\n> ") or None)
+    ask = None if ctx.yes else prompt_user
     result = Agent(client, ctx, tools, system, limits, ask=ask).run(task)
     if result.code == EXIT_OK:
-        console.print(f"[bold green]done[/]: {result.message}")
+        console.print(f"[bold green]done[/]: {escape(result.message)}")
         print(summary(run_dir, state))
     elif result.code == EXIT_ASK:
-        console.print(f"[bold yellow]question[/]: {result.message}")
-        console.print(f"to answer: {getattr(result, 'how_to_answer', '') or 're-run the same command with --answer TEXT'}")
+        console.print(f"[bold yellow]question[/]: {escape(result.message)}")
+        console.print(f"to answer: {escape(getattr(result, 'how_to_answer', '') or 're-run the same command with --answer TEXT')}")
+    elif result.code == ExitCode.INTERRUPTED:
+        console.print(f"[bold yellow]interrupted[/]: {escape(result.message)}")
+        after_interrupt(ctx, interactive=not ctx.yes)
     else:
-        console.print(f"[bold red]stopped[/]: {result.message}")
+        console.print(f"[bold red]stopped[/]: {escape(result.message)}")
     return result.code
+
+
+def prompt_user(question: str) -> str | None:
+    """Ask on the terminal; an empty answer or a closed stdin is no answer (the run stops with the question)."""
+    try:
+        return console.input(f"[bold yellow]? {escape(question)}[/]\n> ").strip() or None
+    except EOFError:
+        return None
+
+
+def running_jobs(ctx) -> list[str]:
+    """Kinds of the run's jobs that are still running on its platform (the platform's own status)."""
+    if ctx.platform is None:
+        return []
+    out = []
+    for kind in JOB_KINDS:
+        try:
+            if ctx.platform.status(ctx, kind).get("running"):
+                out.append(kind)
+        except (ToolError, OSError, ValueError):
+            continue
+    return out
+
+
+def stop_jobs(ctx, kinds: list[str]) -> list[str]:
+    """Stop the given jobs through the platform; returns one line per job."""
+    lines = []
+    for kind in kinds:
+        try:
+            ctx.platform.stop(ctx, kind)
+            lines.append(f"stopped {kind}")
+        except (ToolError, OSError) as err:
+            lines.append(f"could not stop {kind}: {' '.join(str(err).split())[:200]}")
+    return lines
+
+
+def after_interrupt(ctx, interactive: bool) -> None:
+    """After one Ctrl-C: say whether training still runs and how to stop or resume it; a second press stops it."""
+    jobs = running_jobs(ctx)
+    if not jobs:
+        console.print("no job of this run is running; re-run the same command to resume")
+        return
+    d = ctx.run_dir
+    console.print(f"still running: {', '.join(jobs)} (detached). Stop it with `tao-finetune stop {d}`; "
+                  f"re-running the same command resumes and picks it up")
+    if not interactive:
+        return
+    console.print(f"press Ctrl-C again within {SECOND_PRESS_S:.0f} s to stop {', '.join(jobs)} now")
+    try:
+        time.sleep(SECOND_PRESS_S)
+    except KeyboardInterrupt:
+        for line in stop_jobs(ctx, jobs):
+            console.print(line)
+        ctx.session.event("note", text=f"second Ctrl-C: stopped {', '.join(jobs)}")
 
 
 def system_vars(ctx) -> dict[str, Any]:
@@ -253,10 +400,12 @@ def system_vars(ctx) -> dict[str, Any]:
 
 def status_command(args: argparse.Namespace) -> int:
     run_dir = args.output_dir.resolve()
-    if not (run_dir / "config.yaml").exists():
-        console.print(f"[red]no run in {str(run_dir)!r}[/] (config.yaml missing)")
+    if not (run_dir / "config.yaml").is_file():
+        console.print(f"[red]no run in {escape(repr(str(run_dir)))}[/] (config.yaml missing)")
         return EXIT_BAD_INPUT
-    state = RunState.load(run_dir)
+    state = RunState.load(run_dir, repair=False)  # read-only: a damaged state is repaired by the next `run`
+    if state.load_note:
+        console.print(f"[yellow]note:[/] {escape(state.load_note)} (not repaired: status only reads)")
     rows = {}
     for step in gates.GATES:
         res = gates.check(step, run_dir, state)
@@ -271,8 +420,42 @@ def status_command(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r["met"] for r in rows.values()) else EXIT_GATE
 
 
+def stop_command(args: argparse.Namespace) -> int:
+    """Interrupt the agent holding DIR's lock (as a Ctrl-C would), then stop every running job of the run."""
+    from tao_finetune.agent.context import RunContext
+    from tao_finetune.agent.lock import holder
+    from tao_finetune.agent.secrets import Credentials
+
+    run_dir = args.dir.resolve()
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"no run in {str(run_dir)!r} (config.yaml missing)")
+    cfg = load_config(run_dir / "config.yaml")
+    cfg.output_dir = str(run_dir)
+    lines = []
+    pid = holder(run_dir)
+    if pid is not None and pid != os.getpid():
+        try:
+            os.kill(pid, signal.SIGINT)
+            end = time.monotonic() + max(0.0, args.wait_s)
+            while holder(run_dir) == pid and time.monotonic() < end:
+                time.sleep(0.2)
+            lines.append(f"interrupted the agent (PID {pid})" + ("" if holder(run_dir) != pid else ", which has not exited yet"))
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            lines.append(f"cannot signal the agent (PID {pid}): it belongs to another user")
+    creds = Credentials.load()
+    ctx = RunContext(cfg, SessionLog(run_dir / "session.jsonl", creds), creds, RunState.load(run_dir, repair=False))
+    ctx.platform = make_platform(cfg)
+    lines += stop_jobs(ctx, running_jobs(ctx))
+    if len(lines) > (1 if pid else 0):
+        ctx.session.event("note", text="tao-finetune stop: " + "; ".join(lines))
+    print("\n".join(lines) if lines else f"nothing of {str(run_dir)!r} is running")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tao-finetune", description="Fine-tune Hugging Face models on local NVIDIA GPUs, gated step by step.")
+    parser = OneLineParser(prog="tao-finetune", description="Fine-tune Hugging Face models on local NVIDIA GPUs, gated step by step.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_run_parser(sub)
     from tao_finetune.tools.hardware import add_doctor_parser, doctor_command
@@ -282,6 +465,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["inspect"].set_defaults(handler=inspect_command)
     add_doctor_parser(sub)
     sub.choices["doctor"].set_defaults(handler=doctor_command)
+    sp = sub.add_parser("stop", help="stop a run: its agent (if running) and its jobs and containers",
+                        description="Stop the run in DIR: interrupt its agent process (if one holds the dir) and stop its jobs/containers "
+                                    "through the run's platform. Re-running the same `run` command resumes.")
+    sp.add_argument("dir", type=Path, metavar="DIR", help="the run's output dir")
+    sp.add_argument("--wait-s", type=float, default=30.0, help="how long to wait for the agent process to exit (default 30)")
     st = sub.add_parser("status", help="show which gates of a run dir hold")
     st.add_argument("--output-dir", type=Path, required=True)
     st.add_argument("--json", action="store_true")
@@ -313,19 +501,66 @@ def demo_command(args: argparse.Namespace) -> int:
     return main(argv)
 
 
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:400] or err.__class__.__name__
+
+
+def _exit_event(code: int, message: str) -> None:
+    """Write the session's exit event when a run ends outside the agent loop (never raises)."""
+    session = _ACTIVE.get("session")
+    if session is None:
+        return
+    try:
+        session.event("exit", code=int(code), message=message)
+    except Exception:  # noqa: BLE001 - the disk may be what failed
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Every command ends in an exit code and, on failure, one line: never a traceback (a bug writes a crash report)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"run": run_command, "status": status_command}
+    handlers = {"run": run_command, "status": status_command, "stop": stop_command}
+    try:
+        return _dispatch(args, handlers)
+    finally:
+        _ACTIVE.update(run_dir=None, session=None)
+
+
+def _dispatch(args: argparse.Namespace, handlers: dict[str, Any]) -> int:
     try:
         if args.command in handlers:
             return handlers[args.command](args)
         return args.handler(args)
-    except ConfigError as err:
-        console.print(f"[red]error:[/] {err}")
+    except (ConfigError, SessionFormatError) as err:
+        console.print(f"[red]error:[/] {escape(_one_line(err))}")
+        _exit_event(EXIT_BAD_INPUT, _one_line(err))
         return EXIT_BAD_INPUT
+    except LoopExit as err:  # e.g. the run dir is locked by another run (exit 2)
+        console.print(f"[red]error:[/] {escape(_one_line(err))}")
+        return err.code
+    except ToolError as err:  # a platform that cannot be reached (stop, doctor)
+        console.print(f"[red]error:[/] {escape(_one_line(err))}")
+        return EXIT_ERROR
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: progress is saved; re-run the same command to resume")
+        _exit_event(ExitCode.INTERRUPTED, "interrupted (Ctrl-C)")
+        return ExitCode.INTERRUPTED
+    except OSError as err:  # the machine, not the code: a full disk, a vanished folder, permissions
+        where = f": {err.filename}" if err.filename else ""
+        msg = f"{err.strerror or _one_line(err)}{where}"
+        console.print(f"[red]error:[/] {escape(msg)}")
+        _exit_event(EXIT_ERROR, msg)
+        return EXIT_ERROR
+    except Exception as err:  # noqa: BLE001 - a bug: one line here, the traceback in a crash report
+        from tao_finetune.agent.loop import crash_report
+
+        where = _ACTIVE.get("run_dir") or Path(os.environ.get("TMPDIR", "/tmp")) / "tao-finetune"
+        session = _ACTIVE.get("session")
+        path = crash_report(where, err, session.creds.redact if session else None)
+        msg = f"internal error {err.__class__.__name__}: {_one_line(err)[:200]}; crash report: {path}"
+        console.print(f"[red]error:[/] {escape(msg)}")
+        _exit_event(EXIT_ERROR, msg)
         return EXIT_ERROR
 
 

@@ -260,6 +260,12 @@ def load_config(path: Path) -> RunConfig:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {str(path)!r}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {str(path)!r} is a directory: give a YAML file") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {err.strerror}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):

@@ -61,6 +61,7 @@ class RunContext:
     state: RunState = field(default_factory=RunState)
     platform: Platform | None = None
     yes: bool = False
+    deadline: float | None = None  # time.monotonic() when --max-hours runs out; tools that wait stop there
 
     @property
     def run_dir(self) -> Path:

@@ -6,14 +6,14 @@ import copy
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from tao_finetune.agent.llm import LLMResponse, Usage
+from tao_finetune.agent.llm import LLMError, LLMResponse, Usage
 from tao_finetune.agent.session import read_events
 
 Turn = LLMResponse | dict[str, Any] | Callable[[list[dict[str, Any]]], LLMResponse | dict[str, Any]]
 
 
-class ScriptExhausted(Exception):
-    """A fake client ran out of turns."""
+class ScriptExhausted(LLMError):
+    """A fake client ran out of turns (a replayed session that ends early ends the run in one line)."""
 
 
 def as_response(turn: LLMResponse | dict[str, Any]) -> LLMResponse:
@@ -47,7 +47,8 @@ class ScriptedClient:
     def create(self, *, system: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_tokens: int) -> LLMResponse:
         self.requests.append({"system": system, "messages": copy.deepcopy(messages), "tools": tools, "max_tokens": max_tokens})
         if not self.turns:
-            raise ScriptExhausted(f"scripted client has no turn left for request {len(self.requests)}")
+            raise ScriptExhausted(f"the {self.name} client has no turn left for request {len(self.requests)}"
+                                  + (" (the recorded session ends here)" if self.name == "replay" else ""))
         turn = self.turns.pop(0)
         return as_response(turn(messages) if callable(turn) else turn)
 
@@ -62,7 +63,8 @@ class ReplayClient(ScriptedClient):
             events = read_events(session_file)
         except FileNotFoundError:
             raise FileNotFoundError(f"no session log at {str(session_file)!r}") from None
-        turns = [{"content": e["content"], "stop_reason": e["stop_reason"], "model": e.get("model", "replay")} for e in events if e["kind"] == "response"]
+        turns = [{"content": e["content"], "stop_reason": e.get("stop_reason"), "model": e.get("model", "replay")}
+                 for e in events if e["kind"] == "response" and isinstance(e.get("content"), list)]
         if not turns:
             raise ValueError(f"session log {str(session_file)!r} holds no model responses to replay")
         super().__init__(turns)

@@ -53,7 +53,7 @@ def _config(run_dir: Path) -> dict:
         return {}
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -62,7 +62,7 @@ def read_json(path: Path) -> dict:
     """A JSON object from a file, or {} when it is missing, malformed or not an object."""
     try:
         data = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (OSError, ValueError):  # missing, a directory, not UTF-8, not JSON
         return {}
     return data if isinstance(data, dict) else {}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -11,8 +12,8 @@ from pydantic import BaseModel, ValidationError
 
 from tao_finetune.agent import gates, steps
 from tao_finetune.agent.context import RunContext
-from tao_finetune.agent.llm import LLMAuthError, LLMClient, LLMError, LLMResponse
-from tao_finetune.agent.errors import AskUser, BadInput, Done, GateFailed, LimitReached, LoopExit, NeedsUser, ToolError  # noqa: F401
+from tao_finetune.agent.llm import LLMAuthError, LLMClient, LLMDeadline, LLMError, LLMResponse
+from tao_finetune.agent.errors import AskUser, BadInput, Done, GateFailed, Interrupted, LimitReached, LoopExit, NeedsUser, ToolError  # noqa: F401
 from tao_finetune.agent.tooling import Tool, format_validation_error
 
 PROTECTED = ("model_id", "dataset_id", "local_dataset_path", "training_method")
@@ -57,6 +58,11 @@ class Agent:
         self.nudges = 0
         self.started = time.monotonic()
         self.max_tokens = self.limits.max_tokens
+        # one overall deadline from --max-hours: the API client's retries and the tools' waits end at it too
+        self.deadline = self.started + self.limits.max_wall_s
+        if hasattr(client, "deadline"):
+            client.deadline = self.deadline
+        ctx.deadline = self.deadline
 
     def run(self, task: str) -> LoopExit:
         """Run until done, a question, a limit or an error; always returns the exit."""
@@ -69,6 +75,13 @@ class Agent:
             result = exit_
         except NeedsUser as q:
             result = AskUser(q.question, q.how_to_answer)
+        except KeyboardInterrupt:
+            result = Interrupted("interrupted (Ctrl-C); progress is saved: re-run the same command to resume")
+        except OSError as err:  # the machine, not the code: a full disk, a vanished folder
+            result = LoopExit(f"{err.strerror or err}{f': {err.filename}' if err.filename else ''}")
+        except Exception as err:  # a bug: one line for the user, the traceback in a crash report
+            result = LoopExit(f"internal error {err.__class__.__name__}: {' '.join(str(err).split())[:200]}; "
+                              f"crash report: {crash_report(self.ctx.run_dir, err, self.ctx.creds.redact)}")
         finally:
             self.ctx.save()
         if isinstance(result, AskUser):
@@ -83,18 +96,27 @@ class Agent:
     def query(self) -> LLMResponse:
         """Check limits, then ask the model for the next turn."""
         lim = self.limits
+        resume = "; raise it and re-run the same command to resume"
         if self.steps >= lim.max_steps:
-            raise LimitReached(f"step limit reached ({lim.max_steps})")
+            raise LimitReached(f"step limit reached ({lim.max_steps} model turns, --max-steps){resume}")
         if self.cost >= lim.max_cost_usd:
-            raise LimitReached(f"cost limit reached (${self.cost:.2f} of ${lim.max_cost_usd:.2f})")
-        if time.monotonic() - self.started >= lim.max_wall_s:
-            raise LimitReached(f"wall-time limit reached ({lim.max_wall_s:.0f} s)")
+            raise LimitReached(f"cost limit reached (${self.cost:.2f} of ${lim.max_cost_usd:.2f}, --max-cost){resume}")
+        if time.monotonic() >= self.deadline:
+            raise LimitReached(f"wall-time limit reached ({lim.max_wall_s / 3600:.2f} h, --max-hours){resume}")
+        schemas = [t.schema() for t in self.tools.values()]
+        projected = getattr(self.client, "projected_cost", None)
+        if projected is not None:
+            est = projected(system=self.system, messages=self.messages, tools=schemas, max_tokens=self.max_tokens)
+            if self.cost + est > lim.max_cost_usd:
+                raise LimitReached(f"cost limit: ${self.cost:.2f} spent and the next call could cost up to ${est:.2f}, over "
+                                   f"--max-cost ${lim.max_cost_usd:.2f}{resume}")
         self.steps += 1
         try:
-            resp = self.client.create(system=self.system, messages=self.messages, tools=[t.schema() for t in self.tools.values()],
-                                      max_tokens=self.max_tokens)
+            resp = self.client.create(system=self.system, messages=self.messages, tools=schemas, max_tokens=self.max_tokens)
         except LLMAuthError as err:
             raise BadInput(str(err)) from None
+        except LLMDeadline as err:
+            raise LimitReached(f"{err}{resume}") from None
         except LLMError as err:
             raise LoopExit(str(err)) from None
         self.cost += resp.cost
@@ -175,9 +197,14 @@ class Agent:
         except ToolError as err:
             out, is_error = self.tool_error(name, str(err)), True
         except NeedsUser as q:
-            answer = self.ask(q.question) if self.ask and not self.ctx.yes else None
+            if not self.ask or self.ctx.yes:
+                raise
+            self.ctx.state.pending_question = q.question  # survives a Ctrl-C at the prompt
+            self.ctx.save()
+            answer = self.ask(q.question)
             if answer is None:
                 raise
+            self.ctx.state.pending_question = None
             self.ctx.session.event("user", question=q.question, answer=answer)
             out, is_error = f"The user answered: {answer}", False
         text = out if isinstance(out, str) else json.dumps(out, default=str, ensure_ascii=False)
@@ -237,3 +264,20 @@ class Agent:
             raise NeedsUser(f"the same error happened 3 times in {name!r}: {message.splitlines()[0]}",
                             "fix the cause (or change the request) and re-run the same command to resume")
         return message
+
+
+def crash_report(run_dir, err: BaseException, redact: Callable[[str], str] | None = None) -> str:
+    """Write the (redacted) traceback of an unexpected error under <run dir>/.tao/ (else /tmp); returns its path."""
+    from pathlib import Path
+
+    text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    text = redact(text) if redact else text
+    for root in (Path(run_dir) / ".tao", Path("/tmp")):
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            path = root / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{id(err) % 10000:04d}.txt"
+            path.write_text(text)
+            return str(path)
+        except OSError:
+            continue
+    return "(could not be written)"

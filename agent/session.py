@@ -1,8 +1,14 @@
-"""The session log: JSONL in the run dir, appended as the run goes, redacted, enough to replay."""
+"""The session log: JSONL in the run dir, appended as the run goes, redacted, enough to replay.
+
+Format version 1: the first event of a file is {"kind": "session", "version": 1}; every line is one JSON object
+with "t" and "kind". A file without the header is an older run and reads as version 1. A torn last line (a crash
+mid-write) is dropped when the log is opened again, and the drop is noted as an event.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -10,16 +16,77 @@ from typing import Any, Callable
 from tao_finetune.agent.secrets import Credentials
 
 SESSION_FILE = "session.jsonl"
+FORMAT_VERSION = 1
+
+
+class SessionFormatError(ValueError):
+    """A session log that cannot be read; the message is one line naming the file and line."""
+
+
+def _parse(path: Path, text: str) -> tuple[list[dict[str, Any]], int | None]:
+    """Events of a log's text and the byte offset where a torn last line starts (None if the text ends cleanly)."""
+    events: list[dict[str, Any]] = []
+    lines = text.split("\n")
+    offset = 0
+    for n, line in enumerate(lines, 1):
+        last = n == len(lines)
+        if line.strip():
+            try:
+                ev = json.loads(line)
+                if not isinstance(ev, dict) or not isinstance(ev.get("kind"), str):
+                    raise ValueError("not an event object")
+            except ValueError as err:
+                if last or (n == len(lines) - 1 and not lines[-1]):
+                    return events, offset  # only the last line is torn: drop it
+                raise SessionFormatError(f"session log {str(path)!r} line {n} is not a JSON event ({err.__class__.__name__}); "
+                                         "the file is damaged beyond its last line") from None
+            if ev["kind"] == "session" and int(ev.get("version") or 0) > FORMAT_VERSION:
+                raise SessionFormatError(f"session log {str(path)!r} has format version {ev.get('version')}; this tao-finetune reads "
+                                         f"version {FORMAT_VERSION}: upgrade tao-finetune")
+            events.append(ev)
+        offset += len(line.encode()) + 1
+    return events, None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SessionFormatError(f"session log {str(path)!r} is not UTF-8 text (byte {err.start})") from None
+    except IsADirectoryError:
+        raise SessionFormatError(f"session log {str(path)!r} is a directory, not a JSONL file") from None
 
 
 class SessionLog:
-    """Append-only JSONL events: request, response, tool_call, tool_result, gate, user, note."""
+    """Append-only JSONL events: session, start, request, response, tool_call, tool_result, gate, user, note, exit."""
 
     def __init__(self, path: Path, creds: Credentials, echo: Callable[[dict[str, Any]], None] | None = None):
         self.path = path
         self.creds = creds
         self.echo = echo
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.repaired = self.repair()
+
+    def repair(self) -> str | None:
+        """Open an existing log for appending: drop a torn last line (noted as an event); write the header of a new log."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            self.event("session", version=FORMAT_VERSION)
+            return None
+        text = _read_text(self.path)
+        _, torn_at = _parse(self.path, text)
+        if torn_at is None:
+            if not text.endswith("\n"):  # a complete last event without its newline
+                with self.path.open("a") as f:
+                    f.write("\n")
+            return None
+        size = self.path.stat().st_size
+        with self.path.open("r+b") as f:
+            f.truncate(torn_at)
+            f.flush()
+            os.fsync(f.fileno())
+        note = f"dropped a torn last line of {size - torn_at} bytes from {self.path.name} (the previous run ended mid-write)"
+        self.event("note", text=note)
+        return note
 
     def event(self, kind: str, **data: Any) -> None:
         """Append one redacted event and flush it to disk."""
@@ -34,10 +101,10 @@ class SessionLog:
         """Read back events, optionally of one kind."""
         if not self.path.exists():
             return []
-        out = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        out = read_events(self.path)
         return [e for e in out if kind is None or e["kind"] == kind]
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
-    """Read a session log file."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """Read a session log file (a torn last line is skipped); SessionFormatError when it is not one."""
+    return _parse(path, _read_text(path))[0]

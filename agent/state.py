@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
-from tao_finetune.agent.config import atomic_write_text
+from tao_finetune.agent.config import ConfigError, atomic_write_text
 
 STATE_FILE = ".tao/state.json"
 
@@ -31,14 +31,48 @@ class RunState(BaseModel):
     live_attempts: dict[str, list[dict[str, str]]] = Field(default_factory=dict)
     error_counts: dict[str, int] = Field(default_factory=dict)
     pending_question: str | None = None
+    _load_note: str | None = PrivateAttr(default=None)
+
+    @property
+    def load_note(self) -> str | None:
+        """One line when load() had to repair a corrupt state file, else None."""
+        return self._load_note
 
     @classmethod
-    def load(cls, run_dir: Path) -> "RunState":
-        """Read the state of a run dir, or a fresh state."""
+    def load(cls, run_dir: Path, repair: bool = True) -> "RunState":
+        """Read the state of a run dir, or a fresh state.
+
+        A corrupt file (not UTF-8, not JSON, wrong types) is repaired: every field that still validates is kept, the
+        rest start empty (the gates re-derive what they can from the run dir's files), the damaged file is kept as
+        state.json.corrupt-<time> when `repair`, and `load_note` says what happened in one line.
+        """
         path = run_dir / STATE_FILE
         if not path.exists():
             return cls()
-        return cls.model_validate(json.loads(path.read_text()))
+        raw: Any = None
+        try:
+            raw = json.loads(path.read_bytes().decode("utf-8"))
+            return cls.model_validate(raw)
+        except (ValueError, ValidationError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            reason = " ".join(str(err).split())[:120]
+        except IsADirectoryError:
+            raise ConfigError(f"{str(path)!r} is a directory, not the run state file: move it away") from None
+        kept: dict[str, Any] = {}
+        for name in cls.model_fields:
+            if isinstance(raw, dict) and name in raw:
+                try:
+                    cls.model_validate({name: raw[name]})
+                    kept[name] = raw[name]
+                except ValidationError:
+                    pass
+        state = cls.model_validate(kept)
+        note = f"{STATE_FILE} was corrupt ({reason}); kept {', '.join(sorted(kept)) or 'nothing'}, the gates re-check the rest from the run dir"
+        if repair:
+            backup = path.with_name(f"state.json.corrupt-{int(time.time() * 1000)}")
+            path.replace(backup)
+            note += f"; the damaged file is {backup.name}"
+        state._load_note = note
+        return state
 
     def save(self, run_dir: Path) -> None:
         """Write atomically."""

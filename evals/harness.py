@@ -13,6 +13,7 @@ from typing import Any, Callable
 import yaml
 
 from tao_finetune.agent import gates
+from tao_finetune.agent.config import ConfigError
 from tao_finetune.agent.session import read_events
 from tao_finetune.agent.state import RunState
 
@@ -55,11 +56,18 @@ def load_cases(folder: Path | None = None) -> list[Case]:
     """Read every cases/*.yaml (the packaged ones by default)."""
     root = folder or Path(str(resources.files("tao_finetune.evals").joinpath("cases")))
     cases = []
+    if folder is not None and not root.is_dir():
+        raise ConfigError(f"--cases-dir {str(folder)!r} is not a folder of case YAML files")
     for path in sorted(root.glob("*.yaml")):
-        data = yaml.safe_load(path.read_text())
-        if data.get("replay"):
-            data["replay"] = str((path.parent / data["replay"]).resolve())
-        cases.append(Case(**data))
+        try:
+            data = yaml.safe_load(path.read_text())
+            if not isinstance(data, dict):
+                raise TypeError("the file must hold a mapping")
+            if data.get("replay"):
+                data["replay"] = str((path.parent / data["replay"]).resolve())
+            cases.append(Case(**data))
+        except (OSError, ValueError, TypeError, yaml.YAMLError) as err:  # UnicodeDecodeError, ValidationError are ValueErrors
+            raise ConfigError(f"eval case {path.name!r} is not a valid case: {' '.join(str(err).split())[:200]}") from None
     return cases
 
 

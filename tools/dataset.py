@@ -97,6 +97,8 @@ def check_image(path: Path) -> tuple[tuple[int, int] | None, str | None]:
             return im.size, None
     except FileNotFoundError:
         return None, "missing"
+    except Image.DecompressionBombError:  # over 2x PIL's MAX_IMAGE_PIXELS: refusing to decode is PIL's bomb guard
+        return None, "too large to decode (decompression bomb)"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         return None, f"cannot be decoded ({type(err).__name__})"
 
@@ -116,7 +118,8 @@ def _filter_images(scan: Scan, paths: list[Path]) -> tuple[list[Path], dict[Path
         size, why = check_image(p)
         if size is None:
             scan.extra.setdefault("skip_files", []).append(str(p))
-            bad["empty image file" if why == "empty file" else "missing image file" if why == "missing" else "corrupt image"] += 1
+            bad["empty image file" if why == "empty file" else "missing image file" if why == "missing"
+                else "oversized image" if why and "bomb" in why else "corrupt image"] += 1
         else:
             good.append(p)
             sizes[p] = size
@@ -259,7 +262,7 @@ def _mask_labels(scan: Scan, root: Path) -> None:
         try:
             with Image.open(m) as im:
                 values |= set(np.unique(np.asarray(im)).tolist())
-        except (OSError, ValueError):
+        except (OSError, ValueError, Image.DecompressionBombError):
             continue
     scan.extra["mask_values"] = sorted(values)[:300]
     ids = sorted(v for v in values if v != 255)
@@ -605,7 +608,7 @@ def _image_info(v: Any) -> tuple[tuple[int, int], str] | None:
     try:
         with Image.open(src) as im:
             return tuple(im.size), im.mode
-    except (UnidentifiedImageError, OSError, ValueError):
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         return None
 
 

@@ -474,7 +474,7 @@ def doctor_command(args: argparse.Namespace) -> int:
         try:
             cfg = load_config(args.config)
         except ConfigError as err:
-            Console(stderr=True).print(f"[red]{err}[/red]")
+            Console(stderr=True, soft_wrap=True).print(f"error: {err}", style="red", markup=False)
             return 2
         c = Credentials.load()
         allow_cpu = allow_cpu or cfg.allow_cpu

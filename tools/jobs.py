@@ -34,6 +34,9 @@ METRICS = "logs/metrics.jsonl"
 UNIT_TESTS = "reports/unit_tests.json"
 MAX_SAME_ERROR = 3
 FLAT_MIN_STEP = 50  # from-scratch models sit at chance for tens of steps; pretrained ones drop within 10-20
+FLAT_MIN_POINTS = 8  # logged losses needed before a trend is judged
+FLAT_MIN_FRACTION = 0.5  # a small model trained from scratch can sit at chance for 120-180 steps (issue 10): judge late
+SIGNIFICANCE = 2.0  # a change counts when it exceeds this many standard errors of the loss's own noise
 
 
 def load_playbook(path: Path = PLAYBOOK) -> list[dict]:
@@ -150,6 +153,9 @@ def handle_failure(ctx: RunContext, job: str, exit_code: int | None, log_text: s
     if entry is None:
         raise ToolError(f"{head}; no playbook entry matches: {_last_error_line(text)!r}\n--- log tail ---\n{tail}")
     change = apply_fix(ctx, entry, attempt=n)
+    if change and job == "train":
+        ctx.state.record("train_change", f"playbook {entry['id']}: {change}")
+        ctx.save()
     todo = f"applied: {change}; run docker_run job={job} again" if change else "no automatic change; fix it with write_file, then run again"
     raise ToolError(f"{head}; playbook {entry['id']}: {entry.get('fix', '')}; {todo}\n--- log tail ---\n{tail}")
 
@@ -276,9 +282,19 @@ def docker_run(ctx: RunContext, args: RunArgs) -> dict:
     argv = command(ctx, args.job, args.max_steps)
     ctx.session.event("job_start", job=args.job, argv=argv)
     if args.job == "train":
+        metrics = run / METRICS
+        prev = ctx.state.records.get("train_attempt") or {}
+        attempt = {"n": int(prev.get("n") or 0) + 1, "metrics_offset": metrics.stat().st_size if metrics.exists() else 0,
+                   "started": time.time(), "changed": ctx.state.records.pop("train_change", None)}
         res = plat.run(ctx, "train", argv, detach=True)
-        return {"job": "train", "started": True, "handle": res.handle, "argv": argv, "log": f"logs/{res.log_path.name}",
-                "next": "call train_status (wait_s up to 600) until state is done"}
+        ctx.state.record("train_attempt", attempt)
+        ctx.save()
+        ctx.session.event("train_attempt", **attempt)
+        out = {"job": "train", "started": True, "attempt": attempt["n"], "handle": res.handle, "argv": argv, "log": f"logs/{res.log_path.name}",
+               "next": "call train_status (wait_s up to 600) until state is done"}
+        if attempt["changed"]:
+            out["changed_since_last_attempt"] = attempt["changed"]
+        return out
     try:
         res = plat.run(ctx, args.job, argv)
     except ToolError as err:  # platforms that check the exit themselves (Docker) raise with the log tail
@@ -298,46 +314,107 @@ def read_metrics(path: Path) -> list[dict]:
     """Records of the metrics log (partial last line ignored)."""
     out = []
     try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
+        lines = path.read_bytes().decode(errors="replace").splitlines()
+    except (FileNotFoundError, IsADirectoryError):
         return out
     for line in lines:
         try:
-            out.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(rec, dict):
+            out.append(rec)
     return out
 
 
-def loss_trend(losses: list[float]) -> Trend:
-    """falling / flat / rising over the logged losses; nan when the latest is not finite."""
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def trend_evidence(losses: list[float], steps: list[int] | None = None) -> dict:
+    """The loss trend with its evidence: a smoothed start vs a smoothed end, compared with the loss's own noise.
+
+    Smoothing is a mean over a window of a quarter of the points (at least 2). The noise is estimated from
+    point-to-point differences (std(diff)/sqrt(2), which a steady trend barely affects), so the standard error of the
+    change between the two windows is noise*sqrt(2/k). falling: the end is lower by more than SIGNIFICANCE standard
+    errors and by at least 0.5 %; rising: higher by as much and by more than 10 %; flat otherwise. The slope (per 100
+    steps, least squares over the newer half) is reported as evidence.
+    """
+    steps = steps if steps is not None and len(steps) == len(losses) else list(range(len(losses)))
+    out: dict[str, Any] = {"points": len(losses), "steps_seen": (steps[-1] - steps[0]) if steps else 0}
     if any(not isinstance(x, (int, float)) or not math.isfinite(x) for x in losses[-3:]):
-        return "nan"
-    if len(losses) < 4:
-        return "too_early"
-    k = max(1, len(losses) // 3)
-    first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
-    if last < first * 0.98:
-        return "falling"
-    if last > first * 1.1:
-        return "rising"
-    return "flat"
+        return {**out, "trend": "nan"}
+    xs = [float(x) for x in losses if isinstance(x, (int, float)) and math.isfinite(x)]
+    if len(xs) < 4:
+        return {**out, "trend": "too_early"}
+    k = max(2, len(xs) // 4)
+    first, last = _mean(xs[:k]), _mean(xs[-k:])
+    diffs = [b - a for a, b in zip(xs, xs[1:])]
+    dm = _mean(diffs)
+    noise = max(math.sqrt(_mean([(d - dm) ** 2 for d in diffs]) / 2), 1e-4 * abs(first), 1e-8)
+    se = noise * math.sqrt(2 / k)
+    half = list(zip(steps[-len(xs):], xs))[len(xs) // 2:]
+    sx, sy = _mean([a for a, _ in half]), _mean([b for _, b in half])
+    var = sum((a - sx) ** 2 for a, _ in half)
+    slope = sum((a - sx) * (b - sy) for a, b in half) / var if var else 0.0
+    drop = first - last
+    if drop > SIGNIFICANCE * se and drop > 0.005 * abs(first):
+        trend: Trend = "falling"
+    elif -drop > SIGNIFICANCE * se and -drop > 0.1 * abs(first):
+        trend = "rising"
+    else:
+        trend = "flat"
+    return {**out, "trend": trend, "first_smoothed": round(first, 5), "last_smoothed": round(last, 5), "window": k,
+            "noise": round(noise, 5), "change_in_se": round(drop / se, 2), "slope_per_100_steps": round(slope * 100, 6)}
 
 
-def training_progress(run_dir: Path) -> dict:
-    """Step, total, latest loss/throughput and the loss trend from logs/metrics.jsonl."""
-    recs = read_metrics(run_dir / METRICS)
+def loss_trend(losses: list[float]) -> Trend:
+    """falling / flat / rising over the logged losses (see trend_evidence); nan when the latest is not finite."""
+    return trend_evidence(losses)["trend"]
+
+
+def flat_after(total: int | None, warmup: int, steps_per_epoch: int | None) -> int:
+    """The first step at which a flat loss may stop training: past warm-up, past the first epoch, past half the run."""
+    return max(FLAT_MIN_STEP, warmup + FLAT_MIN_STEP, int(steps_per_epoch or 0), math.ceil((total or 0) * FLAT_MIN_FRACTION))
+
+
+def read_metrics_since(path: Path, offset: int = 0) -> list[dict]:
+    """Records of the metrics log from a byte offset (an attempt's own records); offset 0 when the log was replaced."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return []
+    if offset <= 0 or offset > size:
+        return read_metrics(path)
+    with path.open("rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    out = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def training_progress(run_dir: Path, since: int = 0) -> dict:
+    """Step, total, latest loss/throughput and the loss trend (with evidence) from logs/metrics.jsonl, from byte `since` on."""
+    recs = [r for r in read_metrics_since(run_dir / METRICS, since) if isinstance(r, dict)]
     steps = [r for r in recs if "loss" in r and "step" in r and "event" not in r]
     start = next((r for r in reversed(recs) if r.get("event") in ("start", "resume")), {})
     done = next((r for r in reversed(recs) if r.get("event") == "done"), None)
     last = steps[-1] if steps else {}
     total = last.get("total_steps") or start.get("total_steps")
-    losses = [r["loss"] if r["loss"] is not None else float("nan") for r in steps]
+    losses = [r["loss"] if isinstance(r["loss"], (int, float)) else float("nan") for r in steps]
     warmup = int(start.get("warmup_steps") or 0)
+    evidence = trend_evidence(losses, [int(r["step"]) for r in steps] if all(isinstance(r["step"], int) for r in steps) else None)
     out = {"step": last.get("step", start.get("step", 0)), "total_steps": total,
-           "flat_after": max(FLAT_MIN_STEP, warmup + FLAT_MIN_STEP, (total or 0) // 3),
+           "flat_after": flat_after(total, warmup, start.get("steps_per_epoch")),
            "progress": round(last.get("step", 0) / total, 3) if total else None,
-           "loss": last.get("loss"), "first_loss": losses[0] if losses else None, "trend": loss_trend(losses),
+           "loss": last.get("loss"), "first_loss": losses[0] if losses else None, "trend": evidence["trend"], "trend_evidence": evidence,
            "grad_norm": last.get("grad_norm"), "lr": last.get("lr"), "samples_per_s": last.get("samples_per_s"),
            "mfu": last.get("mfu"), "resumed_from": start.get("step") if start.get("event") == "resume" else None}
     if done:
@@ -354,9 +431,13 @@ def train_status(ctx: RunContext, args: StatusArgs) -> dict:
     """Progress of the detached training: step/total, loss and its trend (falling/flat/NaN), throughput; stops a NaN or flat run and applies the playbook."""
     plat = _platform(ctx)
     deadline = time.monotonic() + args.wait_s
+    run_ends = ctx.deadline is not None and ctx.deadline < deadline
+    if run_ends:
+        deadline = ctx.deadline  # the run's --max-hours ends the wait too
+    since = int((ctx.state.records.get("train_attempt") or {}).get("metrics_offset") or 0)
     while True:
         st = plat.status(ctx, "train")
-        prog = training_progress(ctx.run_dir)
+        prog = training_progress(ctx.run_dir, since)
         if not st.get("started", st.get("exists", False)):
             raise ToolError("training was not started: docker_run job=train")
         if st.get("running"):
@@ -364,10 +445,18 @@ def train_status(ctx: RunContext, args: StatusArgs) -> dict:
             if prog["trend"] == "nan":
                 plat.stop(ctx, "train")
                 handle_failure(ctx, "train", None, f"loss: nan at step {step}")
-            if prog["trend"] == "flat" and step >= prog["flat_after"]:
+            ev = prog["trend_evidence"]
+            if prog["trend"] == "flat" and step >= prog["flat_after"] and ev["points"] >= FLAT_MIN_POINTS:
                 plat.stop(ctx, "train")
-                handle_failure(ctx, "train", None, f"TAO_FLAT_LOSS: loss {prog['first_loss']} -> {prog['loss']} by step {step}")
+                handle_failure(ctx, "train", None, (
+                    f"TAO_FLAT_LOSS: smoothed loss {ev['first_smoothed']} -> {ev['last_smoothed']} over {ev['steps_seen']} steps "
+                    f"({ev['points']} points, window {ev['window']}; change {ev['change_in_se']} standard errors of its noise "
+                    f"{ev['noise']}, {SIGNIFICANCE} needed; slope {ev['slope_per_100_steps']}/100 steps) by step {step}, "
+                    f"judged after step {prog['flat_after']} (warm-up, first epoch and half the run are past)"))
             if time.monotonic() >= deadline:
+                if run_ends:
+                    return {"state": "running", **prog, "note": "the run's wall-time limit (--max-hours) is reached; training keeps "
+                                                                "running detached: `tao-finetune stop DIR` stops it, re-running resumes"}
                 return {"state": "running", **prog}
             time.sleep(1.0)
             continue

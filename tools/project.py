@@ -65,11 +65,18 @@ class WriteFileArgs(BaseModel):
 @tool(step=4)
 def write_file(ctx: RunContext, args: WriteFileArgs) -> dict:
     """Write a file inside the output dir (absolute paths, '..' and symlink escapes are refused; a .py needs the copyright header)."""
+    if "\x00" in args.path or not args.path.strip():
+        raise ToolError(f"path {args.path[:80]!r} is empty or holds a NUL byte: give a relative path like 'train.py'")
+    if len(args.path.encode()) > 1024 or any(len(part.encode()) > 255 for part in Path(args.path).parts):
+        raise ToolError(f"path {args.path[:80]!r}... is too long (a name over 255 bytes or a path over 1024)")
     target = ctx.confine(args.path)
     if target.is_dir():
         raise ToolError(f"{args.path!r} is a directory")
     check_py(args.path, args.content)
-    atomic_write_text(target, args.content)
+    try:
+        atomic_write_text(target, args.content)
+    except OSError as err:  # a parent that is a file, a full disk, permissions
+        raise ToolError(f"cannot write {args.path!r}: {err.strerror or err}") from None
     ctx.session.event("file_written", path=args.path, bytes=len(args.content.encode()))
     return {"path": str(target.relative_to(ctx.run_dir.resolve())), "bytes": len(args.content.encode())}
 

@@ -126,6 +126,9 @@ def inspect_command(args: argparse.Namespace) -> int:
         data, keys = apply_overrides(data, args.sets)
         data["user_set"] = sorted(set(user_set) | set(keys))
         if args.output_dir:
+            from tao_finetune.agent.cli import check_output_dir
+
+            check_output_dir(args.output_dir.resolve())
             report = _run(data, args.output_dir.resolve())
         else:
             with tempfile.TemporaryDirectory(prefix="tao-inspect-") as tmp:

@@ -211,6 +211,39 @@ def license_problems(model_facts: dict[str, Any], dataset_facts: dict[str, Any],
     return rejects, warns
 
 
+MIN_EXAMPLES = 3  # one example for the smoke step, one held out for eval, one more to train on
+
+
+def trainability_problems(task: str | None, df: dict[str, Any]) -> list[str]:
+    """Why a dataset cannot train the task at all: too few examples, fewer than two classes, no boxes, no masks.
+
+    Counts are trusted only where they cover whole splits (local datasets; Hub split sizes from the builder info);
+    label counts of a Hub dataset come from a streamed sample and are not used here.
+    """
+    from tao_finetune.tools.dataset import MASK_NAMES
+
+    out: list[str] = []
+    splits = df.get("splits") or {}
+    sizes = list(splits.values())
+    if sizes and all(isinstance(n, int) for n in sizes) and sum(sizes) < MIN_EXAMPLES:
+        out.append(f"{sum(sizes)} example(s) in all splits; a smoke step and an eval need at least {MIN_EXAMPLES}")
+    local = df.get("source") == "local"
+    counts = df.get("label_counts") or {}
+    if local and task in ("image-classification", "text-classification") and counts:
+        seen = sorted({str(name) for c in counts.values() for name, n in (c or {}).items() if n})
+        if len(seen) < 2:
+            out.append(f"{len(seen)} class(es) with examples ({', '.join(seen) or 'none'}); classification needs at least two")
+    if local and task == "object-detection":
+        boxes = ((df.get("columns") or {}).get("objects") or {}).get("boxes_per_sample") or {}
+        if not any(n for c in counts.values() for n in (c or {}).values()) and not boxes.get("max"):
+            out.append("no annotations (bounding boxes) in any split; object detection needs boxes")
+    if local and task == "semantic-segmentation":
+        cols = df.get("columns") or {}
+        if cols and not any(k.lower() in MASK_NAMES and k.lower() not in ("label", "labels") or "mask" in k.lower() for k in cols):
+            out.append(f"no mask column among {sorted(cols)}; semantic segmentation needs a mask per image")
+    return out
+
+
 def verdict(cfg: Any) -> dict[str, Any]:
     """Accept or reject the run from config facts; reasons and warnings in plain words."""
     mf, df = cfg.model_facts or {}, cfg.dataset_facts or {}
@@ -225,6 +258,8 @@ def verdict(cfg: Any) -> dict[str, Any]:
         warns.append(f"model has {n / 1e9:.0f}B parameters: full fine-tuning needs several 80 GB GPUs; Step 2 checks the fit")
     errors = [i.message for i in df.issues_at("error")] if df else []
     rejects += [f"dataset unusable: {m}" for m in errors]
+    if not errors:
+        rejects += [f"dataset cannot train {cfg.task_type}: {m}" for m in trainability_problems(cfg.task_type, df)]
     if mf.get("auto_map"):
         warns.append("model needs trust_remote_code (custom code in its repo)")
     return {"verdict": "reject" if rejects else "accept", "reasons": rejects, "warnings": warns}

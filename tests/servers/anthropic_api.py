@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
@@ -28,6 +30,42 @@ def end_turn(text: str = "done") -> dict[str, Any]:
 
 def error(status: int, kind: str) -> tuple[int, dict[str, Any]]:
     return status, {"type": "error", "error": {"type": kind, "message": f"{kind} (scripted)"}}
+
+
+@dataclass
+class Raw:
+    """A reply sent byte for byte (malformed bodies, wrong content types)."""
+
+    body: bytes
+    status: int = 200
+    content_type: str = "application/json"
+
+
+@dataclass
+class Hang:
+    """A reply that never comes: the server sleeps, then drops the connection."""
+
+    seconds: float = 30.0
+
+
+def sse(payload: dict[str, Any]) -> bytes:
+    """A message body as the Messages API streams it (message_start ... message_stop)."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    start = {**payload, "content": [], "stop_reason": None, "usage": {**payload.get("usage", {}), "output_tokens": 0}}
+    events.append(("message_start", {"type": "message_start", "message": start}))
+    for i, block in enumerate(payload.get("content", [])):
+        if block["type"] == "text":
+            events.append(("content_block_start", {"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}}))
+            events.append(("content_block_delta", {"type": "content_block_delta", "index": i, "delta": {"type": "text_delta", "text": block["text"]}}))
+        else:
+            events.append(("content_block_start", {"type": "content_block_start", "index": i, "content_block": {**block, "input": {}}}))
+            events.append(("content_block_delta", {"type": "content_block_delta", "index": i,
+                                                   "delta": {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}}))
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": i}))
+    events.append(("message_delta", {"type": "message_delta", "delta": {"stop_reason": payload.get("stop_reason"), "stop_sequence": None},
+                                     "usage": {"output_tokens": payload.get("usage", {}).get("output_tokens", 0)}}))
+    events.append(("message_stop", {"type": "message_stop"}))
+    return b"".join(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events)
 
 
 class FakeAnthropic:
@@ -57,7 +95,25 @@ class FakeAnthropic:
                 else:
                     reply = outer.replies.pop(0)
                     reply = reply(body) if callable(reply) else reply
+                    if isinstance(reply, Hang):
+                        time.sleep(reply.seconds)
+                        return
+                    if isinstance(reply, Raw):
+                        self.send_response(reply.status)
+                        self.send_header("content-type", reply.content_type)
+                        self.send_header("content-length", str(len(reply.body)))
+                        self.end_headers()
+                        self.wfile.write(reply.body)
+                        return
                     status, payload = reply if isinstance(reply, tuple) else (200, reply)
+                if body.get("stream") and status == 200:
+                    data = sse(payload)
+                    self.send_response(200)
+                    self.send_header("content-type", "text/event-stream")
+                    self.send_header("content-length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")

@@ -185,7 +185,7 @@ log.parent.mkdir(exist_ok=True)
 def put(r):
     with log.open("a") as f:
         f.write(json.dumps(r) + "\\n")
-put({"event": "start", "step": 0, "total_steps": len(losses) * 10, "warmup_steps": 0})
+put({"event": "start", "step": 0, "total_steps": len(losses) * 10, "warmup_steps": 0, "steps_per_epoch": int(os.environ.get("STUB_SPE", "0"))})
 for i, loss in enumerate(losses):
     put({"step": (i + 1) * 10, "total_steps": len(losses) * 10, "loss": loss, "grad_norm": 1.0, "lr": 1e-4, "samples_per_s": 100.0})
 if os.environ.get("STUB_HANG"):
@@ -197,8 +197,8 @@ put({"event": "done", "total_steps": len(losses) * 10, "final_loss": losses[-1]}
 """
 
 
-def training_ctx(tmp_path, losses, hang=False):
-    env = {"STUB_LOSSES": ",".join(map(str, losses)), **({"STUB_HANG": "1"} if hang else {})}
+def training_ctx(tmp_path, losses, hang=False, steps_per_epoch=0):
+    env = {"STUB_LOSSES": ",".join(map(str, losses)), "STUB_SPE": str(steps_per_epoch), **({"STUB_HANG": "1"} if hang else {})}
     ctx = make_ctx(tmp_path)
     ctx.platform = LocalPlatform(extra_env=env)
     prepared(ctx)
@@ -251,3 +251,73 @@ def test_docker_build_records_the_local_runtime(tmp_path):
     ctx = make_ctx(tmp_path)
     rec = jobs.docker_build.fn(ctx, NoArgs())
     assert rec["ok"] and rec["platform"] == "local" and ctx.state.records["build"]["ok"]
+
+
+def test_trend_is_judged_against_the_losss_own_noise():
+    noisy_flat = [2.3 + (0.05 if i % 2 else -0.05) for i in range(40)]
+    ev = jobs.trend_evidence(noisy_flat)
+    assert ev["trend"] == "flat" and abs(ev["change_in_se"]) < 2
+    slow_fall = [2.3 - 0.004 * i + (0.05 if i % 2 else -0.05) for i in range(40)]  # 7 % down under noise of +-0.05
+    ev = jobs.trend_evidence(slow_fall, list(range(10, 410, 10)))
+    assert ev["trend"] == "falling" and ev["slope_per_100_steps"] < 0 and ev["steps_seen"] == 390
+    assert {"first_smoothed", "last_smoothed", "noise", "window", "points"} <= set(ev)
+
+
+def test_flat_is_never_judged_inside_warmup_the_first_epoch_or_the_first_half():
+    assert jobs.flat_after(total=220, warmup=10, steps_per_epoch=44) == 110  # 1,400 images, batch 32, 5 epochs
+    assert jobs.flat_after(total=80, warmup=0, steps_per_epoch=100) == 100
+    assert jobs.flat_after(total=1000, warmup=600, steps_per_epoch=10) == 650
+
+
+def wait_for_step(ctx, step, timeout=30):
+    import time
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        st = jobs.train_status.fn(ctx, jobs.StatusArgs())
+        if st["step"] >= step:
+            return st
+        time.sleep(0.2)
+    raise AssertionError(f"the stub never reached step {step}")
+
+
+def test_a_flat_run_still_in_its_first_epoch_keeps_running(tmp_path):
+    ctx = training_ctx(tmp_path, [2.30] * 8, hang=True, steps_per_epoch=100)
+    run(ctx, "train")
+    st = wait_for_step(ctx, 80)
+    assert st["state"] == "running" and st["trend"] == "flat" and st["flat_after"] == 100
+    ctx.platform.stop(ctx, "train")
+
+
+def test_a_retry_never_reads_the_previous_attempts_metrics(tmp_path):
+    ctx = training_ctx(tmp_path, [2.3, 2.2, 2.0, 1.8, 1.5, 1.2, 1.0, 0.9], hang=True)
+    old = [{"event": "start", "step": 0, "total_steps": 80, "warmup_steps": 0}] + [{"step": (i + 1) * 10, "total_steps": 80, "loss": 2.3} for i in range(8)]
+    (ctx.run_dir / "logs").mkdir(exist_ok=True)
+    (ctx.run_dir / "logs" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    assert run(ctx, "train")["attempt"] == 1
+    assert jobs.train_status.fn(ctx, jobs.StatusArgs())["state"] == "running"  # the old flat log is not this attempt's
+    st = wait_for_step(ctx, 80)
+    assert st["state"] == "running" and st["trend"] == "falling" and st["first_loss"] == 2.3 and st["loss"] == 0.9
+    ctx.platform.stop(ctx, "train")
+
+
+def test_the_flat_loss_fix_is_applied_and_the_retry_says_what_changed(tmp_path):
+    ctx = training_ctx(tmp_path, [2.30] * 8, hang=True)
+    run(ctx, "train")
+    with pytest.raises(ToolError, match="TAO_FLAT_LOSS|flat_loss") as err:
+        jobs.train_status.fn(ctx, jobs.StatusArgs(wait_s=60))
+    assert "learning_rate" in str(err.value) and "standard errors" in str(err.value)
+    assert ctx.config.hyperparameters.learning_rate == pytest.approx(5e-6)
+    again = run(ctx, "train")
+    assert again["attempt"] == 2 and "learning_rate" in again["changed_since_last_attempt"]
+    ctx.platform.stop(ctx, "train")
+
+
+def test_a_status_wait_ends_at_the_runs_deadline(tmp_path):
+    import time
+    ctx = training_ctx(tmp_path, [2.3, 2.1], hang=True)
+    run(ctx, "train")
+    ctx.deadline = time.monotonic() + 1.5
+    t0 = time.monotonic()
+    st = jobs.train_status.fn(ctx, jobs.StatusArgs(wait_s=600))
+    assert time.monotonic() - t0 < 10 and st["state"] == "running" and "--max-hours" in st["note"]
+    ctx.platform.stop(ctx, "train")
