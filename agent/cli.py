@@ -245,8 +245,9 @@ def summary(run_dir: Path, state: RunState) -> str:
         lines.append(f"{ev['primary_metric']}: {f'{b:.4f}' if b is not None else 'n/a'} → {value:.4f}{delta}")
     hub = (state.records.get("hub") or {}).get("url")
     lines.append(f"hub: {hub or 'not pushed'}")
-    if (state.records.get("train") or {}).get("wandb_url"):
-        lines.append(f"wandb: {state.records['train']['wandb_url']}")
+    wandb_url = gates.read_json(run_dir / "reports" / "wandb.json").get("url")  # written by the project's tracker
+    if wandb_url:
+        lines.append(f"wandb: {wandb_url}")
     lines.append(f"samples: {run_dir / 'reports' / 'inference_samples'}")
     cfg_short = next(iter(sorted((run_dir / 'skills').glob('run-*/SKILL.md'))), None) if (run_dir / "skills").is_dir() else None
     lines.append(f"rerun skill: {cfg_short or 'not emitted'}")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tao_finetune.agent.context import RunContext
+from tao_finetune.agent.errors import ExitCode
 from tao_finetune.agent.facts import AuditItem, FactsError, HostAudit, HostFacts, HostSummary, load_host_facts, recorded_host_path
 from tao_finetune.tools.base import NeedsUser, NoArgs, ToolError, tool
 
@@ -27,7 +28,7 @@ EXPECTED_CTK = (1, 19, 0)
 DEFAULT_MIN_DISK_GB = 100.0
 SMI_QUERY = ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"]
 SMOKE_IMAGE = "ubuntu:24.04"
-DOCTOR_EXIT_FAIL = 4
+DOCTOR_EXIT_FAIL = ExitCode.GATE_FAILED
 
 Status = Literal["pass", "warn", "fail", "skip"]
 

@@ -86,7 +86,7 @@ def upload_plan(run_dir: Path) -> list[tuple[str, Path]]:
             plan.append((name, run_dir / name))
     samples = reports / "inference_samples"
     plan += [(f"inference_samples/{p.relative_to(samples)}", p) for p in _files_under(samples)]
-    for name in ("report.pdf", "report.html"):
+    for name in ("report.html",):
         if (reports / name).is_file():
             plan.append((f"reports/{name}", reports / name))
     for p in _files_under(run_dir / "skills"):
@@ -136,11 +136,8 @@ def _dataset_label(cfg: RunConfig) -> str:
 
 
 def _license(cfg: RunConfig) -> str:
-    facts = cfg.model_facts or {}
-    lic = facts.get("license") or (facts.get("card_data") or facts.get("cardData") or {}).get("license")
-    if not lic:
-        tags = [t for t in facts.get("tags", []) if isinstance(t, str) and t.startswith("license:")]
-        lic = tags[0].split(":", 1)[1] if tags else None
+    """The base model's license as probe_model recorded it (Hub license tag, else the card's front matter), else 'other'."""
+    lic = cfg.model_facts.license if cfg.model_facts else None
     return str(lic) if lic else "other"
 
 

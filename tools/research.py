@@ -30,7 +30,9 @@ from tao_finetune.tools.probe import endpoint
 REFERENCES = "tao_finetune.references"
 # training_method is the user's choice (core rule: never substitute it); research may only suggest it.
 HP_NAMES = tuple(n for n in Hyperparameters.model_fields if n != "training_method")
-SLOT_NAMES = (*RECIPE_SLOTS, *HP_NAMES)
+# recordable but not gated: no scaffold reads them yet (a model writing its own project may use them)
+OPTIONAL_SLOTS = ("eval_transforms", "collator", "compute_metrics")
+SLOT_NAMES = (*RECIPE_SLOTS, *OPTIONAL_SLOTS, *HP_NAMES)
 Slot = Literal[SLOT_NAMES]  # type: ignore[valid-type]
 AttemptSlot = Literal[("*", *SLOT_NAMES)]  # type: ignore[valid-type]
 HP_ALIASES = {
@@ -491,8 +493,9 @@ def _check_source(rank: str, source: str) -> None:
 
 class RecordRecipeArgs(BaseModel):
     slot: Slot = Field(  # type: ignore[valid-type]
-        description="recipe slot: model_class, processor_class, train_transforms, eval_transforms, collator, "
-        "compute_metrics, hyperparameters (a dict of hyperparameter names -> values), or one hyperparameter name"
+        description="recipe slot: model_class, processor_class (each naming a transformers class), train_transforms, "
+        "hyperparameters (a dict of hyperparameter names -> values), one hyperparameter name, or an optional "
+        "eval_transforms / collator / compute_metrics"
     )
     value: Any = Field(description="the value found (class name, short code/description, number, or dict for 'hyperparameters')")
     rank: Literal["live", "reference", "memory"] = Field(

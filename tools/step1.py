@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from tao_finetune.agent import gates
+from tao_finetune.agent.errors import ExitCode
 from tao_finetune.agent.config import ConfigError, DatasetFormat, TaskType, apply_overrides, build_config
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.secrets import Credentials
@@ -18,7 +19,7 @@ from tao_finetune.tools.dataset import probe_dataset_facts
 from tao_finetune.tools.probe import hub_env, probe_model_facts
 from tao_finetune.tools.task import qualify_config
 
-EXIT_ACCEPT, EXIT_REJECT, EXIT_ASK = 0, 2, 3
+EXIT_ACCEPT, EXIT_REJECT, EXIT_ASK = ExitCode.OK, ExitCode.BAD_INPUT, ExitCode.QUESTION
 MODEL_KEYS = ("model_id", "source", "model_type", "architectures", "pipeline_tag", "library_name", "license", "gated", "param_count",
               "bf16_gb", "num_attention_heads", "num_key_value_heads", "gqa", "image_size", "max_length", "num_labels",
               "processor_class", "image_processor_type", "tokenizer_class")

@@ -68,6 +68,23 @@ def hp(cfg: dict) -> dict:
     return cfg["hyperparameters"]
 
 
+def recipe_class(cfg: dict, slot: str):
+    """The transformers class a recipe slot names (model_class, processor_class): the first class name in its value.
+
+    Step 3 records these slots with their sources; the project loads exactly what they say (no fallback here).
+    """
+    import re
+
+    import transformers
+
+    value = str(cfg["recipe"].get(slot) or "")
+    for name in re.findall(r"\b[A-Z][A-Za-z0-9]+\b", value):
+        cls = getattr(transformers, name, None)
+        if isinstance(cls, type):
+            return cls
+    raise SystemExit(f"config.yaml project.recipe.{slot} = {value!r} names no transformers class; record one in Step 3")
+
+
 def write_json(path: Path, data: dict) -> None:
     """Write JSON atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)

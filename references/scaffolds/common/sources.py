@@ -109,7 +109,7 @@ def open_splits(cfg: dict) -> dict[str, Table]:
     """All splits of the configured dataset as Tables, renames applied, Step 1's skipped files left out."""
     renames = dict(cfg["column_renames"])
     label = cfg["columns"]["label"]
-    if cfg["dataset_source"] == "hf":
+    if cfg["dataset_id"]:
         import datasets
 
         return _hf_tables(datasets.load_dataset(cfg["dataset_id"], cfg["dataset_config"]), renames, label)

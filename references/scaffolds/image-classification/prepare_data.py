@@ -33,7 +33,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from PIL import Image
 
-from common import DATA, load_config, save_split, write_json
+from common import DATA, load_config, recipe_class, save_split, write_json
 from sources import choose, encode_labels, label_names, open_splits
 
 _JOB: dict = {}
@@ -47,12 +47,14 @@ def _get(obj, key):
     return getattr(obj, key, None) if not hasattr(obj, "get") else obj.get(key)
 
 
-def image_spec(model_id: str) -> dict:
-    """Target size, crop and normalisation stats from the model's image processor (config as fallback)."""
-    from transformers import AutoConfig, AutoImageProcessor
+def image_spec(model_id: str, processor_cls=None) -> dict:
+    """Target size, crop and normalisation stats from the model's image processor (the recipe's processor_class;
+    the model config's image_size when the model ships no processor)."""
+    from transformers import AutoConfig
 
+    processor_cls = processor_cls or recipe_class(load_config(), "processor_class")
     try:
-        proc = AutoImageProcessor.from_pretrained(model_id)
+        proc = processor_cls.from_pretrained(model_id)
     except (OSError, ValueError):
         proc = None
     if proc is None:
@@ -142,7 +144,7 @@ def main() -> int:
     cfg = load_config()
     tables = open_splits(cfg)
     train_t, tr, eval_t, ev = choose(cfg, tables)
-    spec = image_spec(cfg["model_id"])
+    spec = image_spec(cfg["model_id"], recipe_class(cfg, "processor_class"))
     train_px, train_lab = build_split(train_t, tr, spec, cfg["columns"])
     eval_px, eval_lab = build_split(eval_t, ev, spec, cfg["columns"])
     names = label_names(cfg, train_t, train_lab + eval_lab)

@@ -75,7 +75,7 @@ def cfg() -> dict:
 
 @pytest.fixture(scope="module")
 def spec(cfg) -> dict:
-    return prepare_data.image_spec(cfg["model_id"])
+    return prepare_data.image_spec(cfg["model_id"], common.recipe_class(cfg, "processor_class"))
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ import json
 
 import numpy as np
 
-from common import DATA, load_config, save_split, write_json
+from common import DATA, load_config, recipe_class, save_split, write_json
 from sources import choose, encode_labels, label_names, open_splits
 
 
@@ -70,12 +70,10 @@ def rows(table, idx: np.ndarray, columns: dict) -> tuple[list[str], list[str] | 
 
 
 def main() -> int:
-    from transformers import AutoTokenizer
-
     cfg = load_config()
     tables = open_splits(cfg)
     train_t, tr, eval_t, ev = choose(cfg, tables)
-    tok = AutoTokenizer.from_pretrained(cfg["model_id"])
+    tok = recipe_class(cfg, "processor_class").from_pretrained(cfg["model_id"])  # the recipe's tokenizer class
     limit = max_length(tok, cfg["model_id"])
     cols = cfg["columns"]
     train_text, train_pair, train_lab = rows(train_t, tr, cols)

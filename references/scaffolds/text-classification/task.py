@@ -24,11 +24,10 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from common import DATA, load_config, recipe_class
 
-from common import DATA
-
-AUTO_CLASS = AutoModelForSequenceClassification
+# the recipe's model_class (Step 3; e.g. AutoModelForSequenceClassification) is the class every job loads
+AUTO_CLASS = recipe_class(load_config(), "model_class")
 FIELDS = ("input_ids", "lengths", "labels")
 
 
@@ -48,7 +47,7 @@ def channels_last(model) -> bool:
 
 def save_processor(cfg: dict, meta: dict, out: Path) -> None:
     """Save the tokenizer next to the fine-tuned weights."""
-    AutoTokenizer.from_pretrained(cfg["model_id"]).save_pretrained(out)
+    recipe_class(cfg, "processor_class").from_pretrained(cfg["model_id"]).save_pretrained(out)
 
 
 def _texts() -> list[dict]:
