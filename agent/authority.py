@@ -28,6 +28,28 @@ def record_live_attempt(state: RunState, slot: str, url: str, outcome: str) -> N
     state.live_attempts.setdefault(slot, []).append({"url": url, "outcome": outcome})
 
 
+def record_fetch(state: RunState, url: str, final_url: str, sha256: str) -> None:
+    """Log a page fetched in this run (only fetch_docs calls this); a rank=live value must cite one of these URLs."""
+    import time
+
+    from tao_finetune.agent.state import FetchRecord
+
+    state.fetches = [*state.fetches, FetchRecord(url=url, final_url=final_url, sha256=sha256, at=time.time())]
+
+
+def fetched(state: RunState, url: str) -> bool:
+    """Whether `url` (ignoring a #fragment and a trailing slash) was fetched in this run."""
+    def norm(u: str) -> str:
+        return u.split("#", 1)[0].rstrip("/")
+
+    return any(norm(url) in (norm(f.url), norm(f.final_url)) for f in state.fetches)
+
+
+def _attempts(state: RunState, slot: str) -> list[dict[str, str]]:
+    return state.live_attempts.get(slot) or state.live_attempts.get("*") or (
+        state.live_attempts.get("hyperparameters") if slot.startswith("hyperparameters.") else None) or []
+
+
 def set_recipe(
     cfg: RunConfig,
     state: RunState,
@@ -40,13 +62,18 @@ def set_recipe(
     """Write a recipe value if the authority order allows it; returns what happened, raises AuthorityError if refused."""
     if rank == "live" and not source.startswith(("http://", "https://")):
         raise AuthorityError(f"live research for {slot!r} needs a source URL, got {source!r}")
-    if rank == "reference":
-        tried = state.live_attempts.get(slot) or state.live_attempts.get("*")
+    if rank == "live" and not fetched(state, source):
+        raise AuthorityError(f"live source {source!r} for {slot!r} was not fetched in this run: fetch it with fetch_docs first, "
+                             "then cite the URL it returned")
+    if rank in ("reference", "memory"):
+        tried = _attempts(state, slot)
         if not tried:
             raise AuthorityError(
-                f"fallback to a reference for {slot!r} refused: no failed live attempt is logged for it; "
-                "fetch the model card / docs first"
+                f"fallback to {'a reference' if rank == 'reference' else 'memory'} for {slot!r} refused: no failed live attempt is "
+                "logged for it; fetch the model card / docs first"
             )
+        if rank == "memory" and not state.reference_reads:
+            raise AuthorityError(f"fallback to memory for {slot!r} refused: no curated reference was read first (read_reference)")
         if not reason:
             reason = "; ".join(f"{a['url']}: {a['outcome']}" for a in tried)
     current = cfg.recipe.get(slot)
@@ -64,8 +91,8 @@ def set_recipe(
     cfg.recipe = {**cfg.recipe, slot: new}
     if rank == "live" and source not in cfg.research_sources:
         cfg.research_sources = [*cfg.research_sources, source]
-    if rank == "reference":
-        cfg.note(f"fallback to reference for {slot}: {source} ({new.reason})")
+    if rank in ("reference", "memory"):
+        cfg.note(f"fallback to {rank} for {slot}: {source} ({new.reason})")
     return f"set {slot!r} from {rank} source {source}"
 
 

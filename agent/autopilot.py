@@ -10,6 +10,7 @@ from tao_finetune.agent import gates, references, steps
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.facts import audit_of
 from tao_finetune.agent.llm import LLMResponse
+from tao_finetune.agent.state import verify_job
 
 Predicate = Callable[[RunContext], bool]
 
@@ -63,6 +64,11 @@ def _project_files(ctx: RunContext) -> tuple[str, ...]:
     return gates.PROJECT_FILES + (("tests/test_project.py",) if ctx.config.emit_unit_tests else ())
 
 
+def _proved(job: str) -> Predicate:
+    """The job's evidence holds (a result file without it, or changed since, means the job must run again)."""
+    return lambda c: verify_job(c.state, c.run_dir, job) is None
+
+
 def _training(ctx: RunContext) -> bool:
     return ctx.platform is not None and bool(ctx.platform.status(ctx, "train").get("running"))
 
@@ -83,16 +89,16 @@ ACTIONS: tuple[Action, ...] = (
     Action(4, "render_scaffold", _none, done=lambda c: all((c.run_dir / f).is_file() for f in _project_files(c))),
     Action(4, "docker_build", _none, done=lambda c: bool((c.state.records.get("build") or {}).get("ok"))),
     _job("prepare", _file("data/meta.json")),
-    _job("smoke", lambda c: gates.read_json(c.run_dir / "reports/smoke.json").get("passed") is True),
+    _job("smoke", lambda c: gates.read_json(c.run_dir / "reports/smoke.json").get("passed") is True and _proved("smoke")(c)),
     _job("tests", when=lambda c: c.config.emit_unit_tests, playbook=False,
          done=lambda c: gates.read_json(c.run_dir / "reports/unit_tests.json").get("passed") is True),
     Action(4, "preflight", _none, done=_file("meta/preflight.json")),
-    _job("baseline", when=lambda c: not c.config.skip_baseline, done=_file("reports/baseline_results.json")),
+    _job("baseline", when=lambda c: not c.config.skip_baseline, done=_proved("baseline")),
     _job("train", done=lambda c: _file("checkpoints/final")(c) or _training(c), once=False),
     Action(5, "train_status", lambda c: {"wait_s": 600}, done=_file("checkpoints/final"), when=_training, once=False,
            repeats=10_000),
-    _job("eval", done=lambda c: gates.primary_metric(gates.read_json(c.run_dir / "reports/eval_results.json")) is not None),
-    _job("infer", lambda c: "reports/inference_samples/" not in " ".join(gates.gate5(c.run_dir, c.state))),
+    _job("eval", done=_proved("eval")),
+    _job("infer", _proved("infer")),
     Action(5, "write_report", _none, when=lambda c: c.config.emit_report, done=_file("reports/report.html")),
     Action(6, "hf_push", _none, when=lambda c: c.config.push_to_hub, done=lambda c: bool((c.state.records.get("hub") or {}).get("url"))),
     Action(6, "emit_rerun_skill", _none, done=lambda c: not gates.gate6(c.run_dir, c.state)),

@@ -83,7 +83,13 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, default=250, help="model turns at most")
     p.add_argument("--max-cost", type=float, default=25.0, help="USD at most for model calls")
     p.add_argument("--max-hours", type=float, default=24.0, help="wall time at most")
-    p.add_argument("--quiet", action="store_true", help="print only the final summary")
+    p.add_argument("--stop-before-step", type=int, choices=range(2, 7), default=None, metavar="N",
+                   help="stop (exit 0) once the gates of steps 1..N-1 hold, e.g. 4 to plan without building or training")
+    p.add_argument("--system-prompt", type=Path, default=None, metavar="FILE",
+                   help="a system prompt file to use instead of prompts/system.md (same variables, rendered strictly; for prompt evals)")
+    p.add_argument("--quiet", action="store_true", help="print only the final summary (with --json: only the JSON result)")
+    p.add_argument("--json", action="store_true", help="print one JSON result on stdout (status, exit code, gates, metrics, paths, Hub URL, tokens, cost); "
+                   "it is also written to OUTPUT_DIR/result.json")
 
 
 def leaf_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
@@ -295,22 +301,29 @@ def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], 
     client = make_client(args, ctx)
     tools = all_tools()
     steps.check_tools(tools)
+    if args.answer and gates.accept_learning(state, run_dir, state.pending_question, args.answer):
+        session.event("accepted", what="gate 5: model kept without clear evidence of learning", answer=args.answer)
+        ctx.save()
     first = gates.first_unmet(run_dir, state)
+    args.outcome = {"run_dir": run_dir, "message": "all six gates already met"}
     if first is None:
         console.print("[green]all six gates already met[/]")
         session.event("exit", code=int(EXIT_OK), message="all six gates already met", steps=0, cost_usd=0.0)
         print(summary(run_dir, state))
         return EXIT_OK
-    system = render("system.md", **system_vars(ctx))
+    system = render("system.md", **system_vars(ctx)) if not args.system_prompt else render_prompt_file(args.system_prompt, system_vars(ctx))
     resume = f"Steps 1-{first - 1} are done (their gates hold); continue at step {first} ({gates.STEP_NAMES[first]})." if first > 1 else "Start at step 1."
     if args.answer:
         resume += f"\nThe previous run asked: {state.pending_question!r}. The user's answer: {args.answer}"
         session.event("user", question=state.pending_question, answer=args.answer)
         state.pending_question = None
+        ctx.save()
     task = render("task.md", model_id=cfg.model_id, request=args.request or "(headless run; inputs are in config.yaml)", resume=resume)
-    limits = Limits(max_steps=args.max_steps, max_cost_usd=args.max_cost, max_wall_s=args.max_hours * 3600)
+    limits = Limits(max_steps=args.max_steps, max_cost_usd=args.max_cost, max_wall_s=args.max_hours * 3600,
+                    stop_before_step=args.stop_before_step)
     ask = None if ctx.yes else prompt_user
     result = Agent(client, ctx, tools, system, limits, ask=ask).run(task)
+    args.outcome = {"run_dir": run_dir, "message": result.message, "how": getattr(result, "how_to_answer", "") or None}
     if result.code == EXIT_OK:
         console.print(f"[bold green]done[/]: {escape(result.message)}")
         print(summary(run_dir, state))
@@ -323,6 +336,20 @@ def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], 
     else:
         console.print(f"[bold red]stopped[/]: {escape(result.message)}")
     return result.code
+
+
+def render_prompt_file(path: Path, variables: dict[str, Any]) -> str:
+    """Render a user-supplied system prompt file strictly (a ConfigError names what does not match)."""
+    from tao_finetune.agent.prompts import PromptError, render_text
+
+    try:
+        text = path.expanduser().read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--system-prompt {str(path)!r} cannot be read: {err.__class__.__name__}") from None
+    try:
+        return render_text(text, variables)
+    except PromptError as err:
+        raise ConfigError(f"--system-prompt {str(path)!r}: {err.args[0]}") from None
 
 
 def prompt_user(question: str) -> str | None:
@@ -407,18 +434,47 @@ def status_command(args: argparse.Namespace) -> int:
     state = RunState.load(run_dir, repair=False)  # read-only: a damaged state is repaired by the next `run`
     if state.load_note:
         console.print(f"[yellow]note:[/] {escape(state.load_note)} (not repaired: status only reads)")
+    from tao_finetune.agent.lock import holder
+
+    agent_pid = holder(run_dir)
     rows = {}
     for step in gates.GATES:
         res = gates.check(step, run_dir, state)
         rows[step] = {"name": gates.STEP_NAMES[step], "met": res.met, "missing": list(res.missing)}
     if args.json:
-        print(json.dumps({"gates": rows, "pending_question": state.pending_question}, indent=1))
+        print(json.dumps({"gates": rows, "pending_question": state.pending_question, "agent_pid": agent_pid}, indent=1))
     else:
         for step, r in rows.items():
             print(f"{'✅' if r['met'] else '❌'} step {step} {r['name']}" + ("" if r["met"] else f": missing {', '.join(r['missing'])}"))
         if state.pending_question:
             print(f"pending question: {state.pending_question}")
+        if agent_pid is not None:
+            print(f"running: the agent (PID {agent_pid}); `tao-finetune stop {run_dir}` stops it and its jobs")
     return EXIT_OK if all(r["met"] for r in rows.values()) else EXIT_GATE
+
+
+def replay_command(args: argparse.Namespace) -> int:
+    from tao_finetune.agent.prompts import render
+    from tao_finetune.agent.replay import ReplayError, replay
+    from tao_finetune.tools import all_tools
+
+    session = args.session.expanduser().resolve()
+    out = (args.output_dir or session.parent.with_name(session.parent.name + "-replay")).expanduser().resolve()
+    try:
+        report = replay(session, out, args.mode, tools=all_tools(), platform_factory=make_platform,
+                        system_for=lambda ctx: render("system.md", **system_vars(ctx)), env_file=args.env_file.expanduser())
+    except ReplayError as err:
+        console.print(f"[red]error:[/] {err}")
+        return EXIT_BAD_INPUT
+    for i, (code, rec) in enumerate(zip(report.exit_codes, report.recorded_exit_codes), start=1):
+        print(f"invocation {i}/{report.segments}: exit {code} (recorded {rec if rec is not None else 'none'})")
+    for d in report.divergences:
+        print(f"DIVERGENCE {d.line()}")
+    if not report.divergences:
+        print(f"no divergence ({args.mode} replay in {out})")
+    if report.divergences and args.strict:
+        return ExitCode.DIVERGED
+    return report.exit_code
 
 
 def stop_command(args: argparse.Namespace) -> int:
@@ -474,10 +530,20 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show which gates of a run dir hold")
     st.add_argument("--output-dir", type=Path, required=True)
     st.add_argument("--json", action="store_true")
-    from tao_finetune.evals.harness import add_eval_parser
+    rp = sub.add_parser("replay", help="replay a recorded session.jsonl and report where it departs from the recording",
+                        description="Replay every invocation recorded in a session log (inputs are taken from the log). "
+                                    "--mode model serves the recorded model turns and runs the tools; --mode full also serves "
+                                    "the recorded tool outcomes (nothing runs). The first divergence of each invocation is reported.")
+    rp.add_argument("session", type=Path, help="the session.jsonl to replay")
+    rp.add_argument("--mode", choices=("model", "full"), default="model", help="model: tools run for real (default); full: nothing runs")
+    rp.add_argument("--output-dir", type=Path, default=None, help="where the replay runs (default: <session folder>-replay); emptied first")
+    rp.add_argument("--strict", action="store_true", help="a divergence exits with code 6")
+    rp.add_argument("--env-file", type=Path, default=Path("~/.config/tao/.env"), help="credentials for tools that need them (model mode)")
+    rp.set_defaults(handler=replay_command)
+    from tao_finetune.evals.harness import add_eval_parser, eval_command
 
     add_eval_parser(sub)
-    sub.choices["eval"].set_defaults(run_cli=main)  # the harness runs cases through this CLI, handed in (no import cycle)
+    sub.choices["eval"].set_defaults(handler=lambda a: eval_command(a, main))
     dm = sub.add_parser("demo", help="offline demo: a tiny ViT fine-tuned on real scikit-learn digits by the autopilot (no GPU, key or network)")
     dm.add_argument("--output-dir", type=Path, default=Path("./output/demo"))
     dm.add_argument("--inputs-dir", type=Path, default=Path("./output/demo-inputs"), help="where the demo model and data are written")
@@ -487,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-from tao_finetune.agent.demo import DEMO_SETTINGS  # noqa: E402  (re-exported for callers of the CLI)
+from tao_finetune.agent.demo import DEMO_SETTINGS  # noqa: E402  (re-exported)
 
 
 def demo_command(args: argparse.Namespace) -> int:
@@ -500,6 +566,51 @@ def demo_command(args: argparse.Namespace) -> int:
     if args.image:
         argv += ["--image", args.image]
     return main(argv)
+
+
+LAST_RESULT: "RunResult | None" = None  # noqa: F821  # the last run's result in this process (read by tao_finetune.run())
+
+
+def run_with_result(args: argparse.Namespace) -> int:
+    """`run`, then its RunResult: written to result.json, printed as JSON with --json, a usage line otherwise."""
+    import contextlib
+    import time
+
+    from tao_finetune.agent.result import RunResult, build_result, write_result
+
+    global LAST_RESULT
+    LAST_RESULT = None
+    t0 = time.monotonic()
+    quiet_json = args.json and args.quiet
+    if quiet_json:
+        console.quiet = True
+    sink = open(os.devnull, "w") if quiet_json else sys.stderr
+    code, message = EXIT_ERROR, ""
+    try:
+        with contextlib.redirect_stdout(sink) if args.json else contextlib.nullcontext():
+            code = run_command(args)
+    except ConfigError as err:
+        code, message = EXIT_BAD_INPUT, str(err)
+        if not args.json:
+            raise
+        console.print(f"[red]error:[/] {err}")
+    finally:
+        console.quiet = False
+        if sink is not sys.stderr:
+            sink.close()
+    outcome = getattr(args, "outcome", None)
+    if outcome:
+        result = build_result(outcome["run_dir"], code, outcome.get("message", ""), outcome.get("how"), time.monotonic() - t0)
+        write_result(result)
+        if result.usage.turns and not args.json and not args.quiet and args.llm != "autopilot":
+            console.print(f"usage: {result.usage.line()}")
+    else:
+        result = RunResult(status="bad_input" if code == EXIT_BAD_INPUT else "error", exit_code=code, message=message,
+                           output_dir=str(args.output_dir or ""), wall_s=round(time.monotonic() - t0, 2))
+    LAST_RESULT = result
+    if args.json:
+        print(result.model_dump_json(indent=1))
+    return code
 
 
 def _one_line(err: BaseException) -> str:
@@ -521,11 +632,25 @@ def main(argv: list[str] | None = None) -> int:
     """Every command ends in an exit code and, on failure, one line: never a traceback (a bug writes a crash report)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"run": run_command, "status": status_command, "stop": stop_command}
+    handlers = {"run": run_with_result, "status": status_command, "stop": stop_command}
+    previous = _sigterm_as_ctrl_c()
     try:
         return _dispatch(args, handlers)
     finally:
         _ACTIVE.update(run_dir=None, session=None)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_as_ctrl_c():
+    """SIGTERM (kill, systemd, a container stop) ends a command like Ctrl-C: exit 130, exit event written, jobs reported."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
 
 
 def _dispatch(args: argparse.Namespace, handlers: dict[str, Any]) -> int:

@@ -71,6 +71,9 @@ class RunContext:
         """Persist config.yaml and the run state atomically."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.config, self.run_dir / "config.yaml")
+        from tao_finetune.agent.policy import file_sha256
+
+        self.state.config_sha256 = file_sha256(self.run_dir / "config.yaml")  # checked before every tool call (policy)
         self.state.save(self.run_dir)
 
     def confine(self, rel: str) -> Path:

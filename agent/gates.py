@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Callable
 
 import yaml
 
-from tao_finetune.agent.state import RunState
+from tao_finetune.agent.state import RunState, verify_job
 
 STEP_NAMES = {
     1: "inspect & qualify",
@@ -126,6 +127,11 @@ def gate3(run_dir: Path, state: RunState) -> list[str]:
     return missing
 
 
+def _evidence(run_dir: Path, state: RunState, job: str, label: str) -> list[str]:
+    why = verify_job(state, run_dir, job)
+    return [] if why is None else [f"{label} ({why})"]
+
+
 def gate4(run_dir: Path, state: RunState) -> list[str]:
     cfg = _config(run_dir)
     missing = [f for f in project_files(cfg) if not (run_dir / f).is_file()]
@@ -133,8 +139,13 @@ def gate4(run_dir: Path, state: RunState) -> list[str]:
         missing.append("image built")
     if read_json(run_dir / "reports" / "smoke.json").get("passed") is not True:
         missing.append("smoke passed")
-    if cfg.get("emit_unit_tests") and read_json(run_dir / "reports" / "unit_tests.json").get("passed") is not True:
-        missing.append("unit tests passed (emit_unit_tests)")
+    else:
+        missing += _evidence(run_dir, state, "smoke", "smoke job evidence")
+    if cfg.get("emit_unit_tests"):
+        if read_json(run_dir / "reports" / "unit_tests.json").get("passed") is not True:
+            missing.append("unit tests passed (emit_unit_tests)")
+        else:
+            missing += _evidence(run_dir, state, "tests", "unit tests job evidence")
     pre = read_json(run_dir / "meta" / "preflight.json")
     if not pre:
         missing.append("preflight summary")
@@ -143,21 +154,131 @@ def gate4(run_dir: Path, state: RunState) -> list[str]:
     return missing
 
 
+LOWER_IS_BETTER = re.compile(r"(?i)loss|error|wer|cer|perplexity|mae|mse|rmse")
+LEARNING_ITEM = "the model learnt"
+
+
+def noise_margin(baseline: float, n: int) -> float:
+    """Two standard errors of a proportion at the baseline's value over n eval examples (0 when it is not a proportion)."""
+    if n <= 0 or not 0.0 <= baseline <= 1.0:
+        return 0.0
+    p = min(max(baseline, 1.0 / n), 1.0 - 1.0 / n) if n > 1 else 0.5
+    return 2.0 * math.sqrt(p * (1.0 - p) / n)
+
+
+def learning_verdict(run_dir: Path, state: RunState) -> dict | None:
+    """Did training teach the model anything? None until train and eval evidence exist; else the evidence and `learned`.
+
+    Learnt = the training loss fell (last logged losses below the first) and, with a baseline, the fine-tuned primary
+    metric beats it by more than two standard errors of a proportion over the eval set (noise_margin).
+    """
+    cfg = _config(run_dir)
+    train, ev = state.evidence.get("train"), state.evidence.get("eval")
+    if train is None or ev is None or (not cfg.get("skip_baseline") and "baseline" not in state.evidence):
+        return None
+    res = read_json(run_dir / "reports" / "eval_results.json")
+    name = str(res.get("primary_metric") or "metric")
+    ft = primary_metric(res)
+    out: dict = {"metric": name, "finetuned": ft, "reasons": []}
+    first, last = train.facts.get("first_loss"), train.facts.get("last_loss", train.facts.get("loss"))
+    trend = train.facts.get("trend")
+    out.update(first_loss=first, last_loss=last, loss_trend=trend)
+    numbers = isinstance(first, (int, float)) and isinstance(last, (int, float)) and math.isfinite(last)
+    # the trend test (tools/jobs.trend_evidence: smoothed ends against the loss's own noise) decides when it could judge
+    fell = trend == "falling" if trend in ("falling", "flat", "rising", "nan") else numbers and last < first
+    if not fell:
+        out["reasons"].append(f"training loss did not fall ({first} -> {last}, trend {trend})")
+    if isinstance(res.get("prediction_histogram"), list):
+        hist = res["prediction_histogram"]
+        out["prediction_histogram"] = hist
+        if sum(hist) > 0 and sum(1 for h in hist if h) == 1 and len(hist) > 1:
+            out["reasons"].append("the model predicts a single class for every eval example")
+    if not cfg.get("skip_baseline"):
+        base = read_json(run_dir / "reports" / "baseline_results.json")
+        bl = primary_metric({**base, "primary_metric": name})
+        n = int(res.get("n_eval") or read_json(run_dir / "data" / "meta.json").get("n_eval") or 0)
+        out.update(baseline=bl, n_eval=n)
+        if ft is None or bl is None:
+            out["reasons"].append("no comparable baseline and fine-tuned metric")
+        else:
+            margin = noise_margin(bl, n)
+            gain = (bl - ft) if LOWER_IS_BETTER.search(name) else (ft - bl)
+            out.update(margin=round(margin, 4), gain=round(gain, 4))
+            if gain <= margin:
+                out["reasons"].append(f"{name} {ft:.4f} does not beat the baseline {bl:.4f} by more than the noise margin {margin:.4f} (n={n})")
+    out["learned"] = not out["reasons"]
+    return out
+
+
+def learning_missing(run_dir: Path, state: RunState) -> list[str]:
+    verdict = learning_verdict(run_dir, state)
+    if verdict is None or verdict["learned"] or state.learning_accepted is not None:
+        return []
+    return [f"{LEARNING_ITEM} ({'; '.join(verdict['reasons'])}; accept with --answer accept)"]
+
+
+def learning_question(run_dir: Path, state: RunState) -> str | None:
+    """The question to stop on when the eval shows the model did not learn (and the user has not accepted it)."""
+    verdict = learning_verdict(run_dir, state)
+    if verdict is None or verdict["learned"] or state.learning_accepted is not None:
+        return None
+    facts = {k: verdict.get(k) for k in ("metric", "baseline", "finetuned", "margin", "n_eval", "first_loss", "last_loss",
+                                         "loss_trend", "prediction_histogram") if verdict.get(k) is not None}
+    return (f"{LEARNING_MARK} {'; '.join(verdict['reasons'])}. Evidence: {json.dumps(facts)}. "
+            "Keep this model anyway (the model card will say so), or change the recipe and train again?")
+
+
+LEARNING_MARK = "Gate 5: the fine-tuned model did not clearly learn:"
+ACCEPT = re.compile(r"(?i)^\s*(accept|accepted|keep|yes)\b")
+
+
+def accept_learning(state: RunState, run_dir: Path, question: str | None, answer: str) -> bool:
+    """Record the user's acceptance of a model that did not clearly learn, when that was the pending question."""
+    import time
+
+    from tao_finetune.agent.state import Acceptance
+
+    if not question or not question.startswith(LEARNING_MARK) or not ACCEPT.match(answer or ""):
+        return False
+    verdict = learning_verdict(run_dir, state) or {}
+    state.learning_accepted = Acceptance(what="model did not clearly beat the baseline / loss did not fall", answer=answer,
+                                         evidence={k: v for k, v in verdict.items() if k != "learned"}, at=time.time())
+    return True
+
+
 def gate5(run_dir: Path, state: RunState) -> list[str]:
     cfg = _config(run_dir)
-    ckpt = run_dir / "checkpoints" / ("merged" if uses_lora_merge(cfg) else "final")
+    merged = uses_lora_merge(cfg)
+    ckpt = run_dir / "checkpoints" / ("merged" if merged else "final")
     missing = [] if ckpt.is_dir() and any(ckpt.iterdir()) else [f"checkpoints/{ckpt.name}/"]
+    if not missing:
+        missing += _evidence(run_dir, state, "train", "training job evidence")
+        if merged:
+            missing += _evidence(run_dir, state, "merge", "merge job evidence")
     if primary_metric(read_json(run_dir / "reports" / "eval_results.json")) is None:
         missing.append("reports/eval_results.json with a numeric primary metric")
-    if not cfg.get("skip_baseline") and not (run_dir / "reports" / "baseline_results.json").is_file():
-        missing.append("reports/baseline_results.json")
+    else:
+        missing += _evidence(run_dir, state, "eval", "eval job evidence")
+        tr, ev = state.evidence.get("train"), state.evidence.get("eval")
+        if tr is not None and ev is not None and ev.started < tr.ended - 1:
+            missing.append("eval job evidence (the eval ran before the last training finished)")
+    if not cfg.get("skip_baseline"):
+        if not (run_dir / "reports" / "baseline_results.json").is_file():
+            missing.append("reports/baseline_results.json")
+        else:
+            missing += _evidence(run_dir, state, "baseline", "baseline job evidence")
     if cfg.get("emit_report") and not (run_dir / "reports" / "report.html").is_file():
         missing.append("reports/report.html (emit_report)")
     samples = run_dir / "reports" / "inference_samples"
     n = len([p for p in samples.iterdir() if p.is_file()]) if samples.is_dir() else 0
     if n < N_SAMPLES:
         missing.append(f"reports/inference_samples/ ({n}/{N_SAMPLES})")
-    return missing
+    else:
+        missing += _evidence(run_dir, state, "infer", "inference job evidence")
+        inf = state.evidence.get("infer")
+        if inf is not None and sum(1 for f in inf.outputs if f.path.startswith("reports/inference_samples/")) < N_SAMPLES:
+            missing.append(f"inference job evidence ({N_SAMPLES} samples)")
+    return missing + learning_missing(run_dir, state)
 
 
 def skill_name(model_id: str) -> str:
@@ -191,8 +312,12 @@ def check_skill_text(text: str) -> list[str]:
 def gate6(run_dir: Path, state: RunState) -> list[str]:
     cfg = _config(run_dir)
     missing = []
-    if cfg.get("push_to_hub", True) and not (state.records.get("hub") or {}).get("url"):
-        missing.append("Hub repo pushed")
+    if cfg.get("push_to_hub", True):
+        push = state.push
+        if push is None:
+            missing.append("Hub repo pushed")
+        elif not push.confirmed:
+            missing.append(f"Hub push confirmed (the Hub reports {push.confirmed_sha!r} for {push.repo_id}, the push made {push.commit!r})")
     path = skill_path(run_dir, cfg)
     if not path.is_file():
         missing.append(str(path.relative_to(run_dir)))

@@ -10,14 +10,22 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ValidationError
 
-from tao_finetune.agent import gates, steps
+from tao_finetune.agent import gates, policy, steps
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.llm import LLMAuthError, LLMClient, LLMDeadline, LLMError, LLMResponse
 from tao_finetune.agent.errors import AskUser, BadInput, Done, GateFailed, Interrupted, LimitReached, LoopExit, NeedsUser, ToolError  # noqa: F401
 from tao_finetune.agent.tooling import Tool, format_validation_error
 
-PROTECTED = ("model_id", "dataset_id", "local_dataset_path", "training_method")
+PROTECTED = policy.SUBSTITUTION_ARGS  # tool arguments that name a protected run input (agent/policy.py)
 RESULT_LIMIT = 20_000
+
+
+def request_digest(messages: list[dict[str, Any]], run_dir: Any) -> str:
+    """A digest of the conversation sent to the model, with the run dir's path abstracted (replays compare it)."""
+    import hashlib
+
+    text = json.dumps(messages, sort_keys=True, ensure_ascii=False, default=str).replace(str(run_dir), "<run>")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class InvalidArgs(ToolError):
@@ -38,6 +46,7 @@ class Limits:
     max_tokens: int = 8192
     max_tokens_cap: int = 32768
     max_nudges: int = 2
+    stop_before_step: int | None = None  # end (exit 0) once every gate before this step holds
 
 
 class Agent:
@@ -66,7 +75,8 @@ class Agent:
 
     def run(self, task: str) -> LoopExit:
         """Run until done, a question, a limit or an error; always returns the exit."""
-        self.ctx.session.event("start", client=self.client.name, task=task, first_unmet=gates.first_unmet(self.ctx.run_dir, self.ctx.state))
+        self.ctx.session.event("start", client=self.client.name, task=task, config=self.ctx.config.model_dump(mode="json"),
+                               first_unmet=gates.first_unmet(self.ctx.run_dir, self.ctx.state))
         self.messages.append({"role": "user", "content": self.ctx.creds.redact(task)})
         try:
             while True:
@@ -120,7 +130,7 @@ class Agent:
         except LLMError as err:
             raise LoopExit(str(err)) from None
         self.cost += resp.cost
-        self.ctx.session.event("response", step=self.steps, content=resp.content, stop_reason=resp.stop_reason, model=resp.model,
+        self.ctx.session.event("response", step=self.steps, request_sha=request_digest(self.messages, self.ctx.run_dir), content=resp.content, stop_reason=resp.stop_reason, model=resp.model,
                                usage=vars(resp.usage), cost_usd=round(resp.cost, 6))
         return resp
 
@@ -160,8 +170,15 @@ class Agent:
                               + ("" if res.met else f": missing {', '.join(res.missing)}"))
             all_met &= res.met
         self.ctx.save()
+        question = gates.learning_question(run_dir, state)
+        if question:
+            raise NeedsUser(question, "re-run the same command with --answer accept to keep this model, or change the recipe "
+                                      "(--set learning_rate=..., --set n_epochs=...) and re-run")
         if all_met:
             raise Done("all six gates met")
+        stop = self.limits.stop_before_step
+        if stop and all(gates.check(s, run_dir, state).met for s in range(1, stop)):
+            raise Done(f"stopped before step {stop} ({gates.STEP_NAMES[stop]}) as asked: gates 1-{stop - 1} hold")
 
     def gate_status(self) -> str:
         """The gate status now, sent with every tool-result turn (a system prompt would go stale)."""
@@ -182,9 +199,10 @@ class Agent:
         if self.nudges >= self.limits.max_nudges:
             raise GateFailed(f"gate {step} ({steps.name(step)}) not met: missing {', '.join(res.missing)}")
         self.nudges += 1
-        self.messages.append({"role": "user", "content": (
-            f"The run is not finished: gate {step} ({steps.name(step)}) is missing {', '.join(res.missing)}. "
-            "Continue with the tools, or call ask_user if you need a decision.")})
+        text = (f"The run is not finished: gate {step} ({steps.name(step)}) is missing {', '.join(res.missing)}. "
+                "Continue with the tools, or call ask_user if you need a decision.")
+        self.ctx.session.event("nudge", text=text)
+        self.messages.append({"role": "user", "content": text})
 
     def call(self, use: dict[str, Any]) -> dict[str, Any]:
         """Execute one tool_use and return its tool_result block."""
@@ -207,10 +225,7 @@ class Agent:
             self.ctx.state.pending_question = None
             self.ctx.session.event("user", question=q.question, answer=answer)
             out, is_error = f"The user answered: {answer}", False
-        text = out if isinstance(out, str) else json.dumps(out, default=str, ensure_ascii=False)
-        text = self.ctx.creds.redact(text)
-        if len(text) > RESULT_LIMIT:
-            text = text[:RESULT_LIMIT] + f"\n[... {len(text) - RESULT_LIMIT} characters cut]"
+        text = self.result_text(name, out, is_error)
         self.ctx.session.event("tool_result", id=tid, name=name, is_error=is_error, content=text)
         if is_error:
             self.progress(f"⚠️ {name}: {text.splitlines()[0][:200] if text else ''}")
@@ -218,6 +233,18 @@ class Agent:
         if is_error:
             block["is_error"] = True
         return block
+
+    def result_text(self, name: str, out: Any, is_error: bool) -> str:
+        """What the model sees of a tool's output: outside text as a data block, secrets redacted, length capped."""
+        text = out if isinstance(out, str) else json.dumps(out, default=str, ensure_ascii=False)
+        if not is_error:
+            text, flags = policy.outside_result(name, out, text)
+            for flag in flags:
+                self.ctx.config.note(f"step 1: {flag}")
+        text = self.ctx.creds.redact(text)
+        if len(text) > RESULT_LIMIT:
+            text = text[:RESULT_LIMIT] + f"\n[... {len(text) - RESULT_LIMIT} characters cut]"
+        return text
 
     def dispatch(self, name: str, raw: dict[str, Any]) -> Any:
         """Validate, gate-check and run a tool; ToolError for everything the model should see."""
@@ -232,6 +259,7 @@ class Agent:
                 raise LoopExit(f"tool {name!r} got invalid arguments {n} times; last: {format_validation_error(err)}") from None
             raise InvalidArgs(f"invalid arguments for {name!r}:\n{format_validation_error(err)}\nFix the errors and try again.") from None
         self.retries.pop(name, None)
+        policy.check_config_untouched(self.ctx)
         step = tool.step_of(args)
         if step:
             block = gates.blocking(step, self.ctx.run_dir, self.ctx.state)

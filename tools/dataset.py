@@ -246,13 +246,8 @@ def _scan_imagefolder_metadata(scan: Scan, dirs: dict[str, Path]) -> Scan:
 
 
 def _mask_labels(scan: Scan, root: Path) -> None:
-    """Label names for masks from a labels file, else from the values seen in a sample of masks."""
-    for name in LABEL_FILES:
-        for p in (root / name, root.parent / name):
-            if p.is_file():
-                scan.label_names = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
-                scan.extra["label_names_from"] = p.name
-                return
+    """Label names for masks from a labels file, else from the values seen in a sample of masks (sampled either way:
+    the values decide ignore index and label reduction)."""
     import numpy as np
     from PIL import Image
 
@@ -265,6 +260,12 @@ def _mask_labels(scan: Scan, root: Path) -> None:
         except (OSError, ValueError, Image.DecompressionBombError):
             continue
     scan.extra["mask_values"] = sorted(values)[:300]
+    for name in LABEL_FILES:
+        for p in (root / name, root.parent / name):
+            if p.is_file():
+                scan.label_names = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+                scan.extra["label_names_from"] = p.name
+                return
     ids = sorted(v for v in values if v != 255)
     scan.label_names = [f"class_{i}" for i in range(max(ids) + 1)] if ids else []
     if ids:
@@ -813,6 +814,40 @@ def verify_columns(task: str, columns: dict[str, str], sample: dict[str, Any] | 
             else:
                 issues.append(Issue("ask", "missing_text_columns", 1, f"no question/answer, caption or chat column among {sorted(columns)}"))
     return renames, layout, issues
+
+
+# ---------------------------------------------------------------- detection / segmentation decisions
+BACKGROUND_NAMES = ("background", "bg", "_background_", "void", "unlabeled", "unlabelled", "none", "other")
+
+
+def annotation_plan(facts: Any, task: str | None) -> dict[str, Any]:
+    """Step 1's decisions for the generated project, from the probed data: the box format (object detection) and,
+    for segmentation, the ignore index and whether labels are reduced (0 = unlabelled background dropped, ids shifted
+    by -1: when the label names do not name a background and the masks use 0 plus 1..N for N names). Returns
+    ProjectSpec fields plus a `reason`; {} for other tasks."""
+    get = facts.get if isinstance(facts, dict) else (lambda k, d=None: getattr(facts, k, d))
+    if task == "object-detection":
+        fmt = str(get("bbox_format") or "coco").lower()
+        return {"bbox_format": "pascal_voc" if fmt.startswith(("pascal", "voc", "xyxy")) else fmt.split()[0],
+                "reason": f"boxes as {get('bbox_format') or 'coco xywh (the Hub object-detection layout)'}"}
+    if task != "semantic-segmentation":
+        return {}
+    names = [str(n) for n in get("label_names") or []]
+    values = sorted({int(v) for v in get("mask_values") or []})
+    ignore = 255
+    ids = [v for v in values if v != ignore]
+    from_file = bool(names) and "mask values" not in str(get("label_names_from") or "")
+    named_bg = bool(names) and names[0].strip().lower() in BACKGROUND_NAMES
+    reduce = from_file and not named_bg and bool(ids) and ids[0] == 0 and max(ids) == len(names)
+    if reduce:
+        why = f"masks use 0..{max(ids)} but the {len(names)} label names have no background: 0 is ignored, ids shift by -1"
+    elif named_bg:
+        why = f"label 0 is {names[0]!r}, a class of its own"
+    else:
+        why = "mask values are the class ids" + (f" (0..{max(ids)})" if ids else "")
+    if ignore in values:
+        why += f"; {ignore} marks void pixels (ignored)"
+    return {"ignore_index": ignore, "reduce_labels": reduce, "reason": why}
 
 
 # ---------------------------------------------------------------- splits

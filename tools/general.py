@@ -6,14 +6,13 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
+from tao_finetune.agent import policy
 from tao_finetune.agent.config import RunConfig, parse_value
 from tao_finetune.agent.context import RunContext
 from tao_finetune.tools.base import NeedsUser, ToolError, tool
 
 MAX_READ = 30_000
-PROTECTED_KEYS = {"model_id", "dataset_id", "dataset_config", "local_dataset_path", "local_dataset_format", "hyperparameters.training_method",
-                  "output_dir", "push_to_hub", "hf_model_repo", "platform", "allow_cpu", "image"}
-FREE_KEYS = ("hyperparameters.", "n_train", "n_eval", "n_epochs", "lora_r", "skip_baseline", "wandb")
+FREE_KEYS = ("hyperparameters.",)  # everything else is a user input (policy.PROTECTED_KEYS) or recorded by its step's tools
 
 
 class ReadFileArgs(BaseModel):
@@ -32,9 +31,13 @@ def read_file(ctx: RunContext, args: ReadFileArgs) -> str:
         text = path.read_text(errors="replace")
     except OSError as err:
         raise ToolError(f"cannot read {args.path!r}: {err.strerror}") from None
-    if len(text) <= args.max_chars:
-        return text
-    return text[-args.max_chars:] if args.tail else text[: args.max_chars]
+    if len(text) > args.max_chars:
+        text = text[-args.max_chars:] if args.tail else text[: args.max_chars]
+    try:
+        policy.check_writable(args.path)
+    except ToolError:  # not a project source the model wrote: logs, data, fetched pages, reports are outside text
+        return policy.data_block(f"file:{args.path}", text)
+    return text
 
 
 class ListFilesArgs(BaseModel):
@@ -85,14 +88,13 @@ def _get(data: dict[str, Any], dotted: str) -> Any:
 
 @tool(step=0)
 def set_config(ctx: RunContext, args: SetConfigArgs) -> str:
-    """Change one config value that is not a user input (hyperparameters, subset sizes); recorded with its reason."""
+    """Change one hyperparameter that the user did not set; recorded with its reason. User inputs (model, dataset, method, subset sizes, epochs, baseline, push, ...) and user-set keys become a question to the user."""
     cfg = ctx.config
-    key = args.key.strip()
-    if key in PROTECTED_KEYS:
+    key = policy.normalise_key(args.key)
+    why = policy.needs_user(cfg, key)
+    if why:
         value = parse_value(args.value)
-        raise NeedsUser(f"changing {key!r} to {value!r} needs the user's approval ({args.reason})", f"re-run with --set {key}={args.value}")
-    if key in cfg.user_set:
-        raise ToolError(f"{key!r} was set by the user; it ranks above anything the agent decides")
+        raise NeedsUser(f"changing {key!r} to {value!r} needs the user's approval: {why} ({args.reason})", f"re-run with --set {key}={args.value}")
     if not key.startswith(FREE_KEYS):
         raise ToolError(f"{key!r} is recorded by its own step's tools, not set_config")
     data = cfg.model_dump()

@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from tao_finetune.agent import gates
 from tao_finetune.agent.config import RunConfig, atomic_write_text
 from tao_finetune.agent.context import RunContext
+from tao_finetune.agent.state import PushRecord
 from tao_finetune.tools.base import NoArgs, ToolError, tool
 from tao_finetune.tools.probe import endpoint
 from tao_finetune.tools.research import read_reference_text
@@ -39,7 +40,11 @@ except ImportError:  # pragma: no cover
 
 SKIP_NAMES = {"training_args.bin", "optimizer.pt", "scheduler.pt", "trainer_state.json", "session.jsonl"}
 SKIP_PATTERNS = (re.compile(r"^rng_state.*\.pth$"), re.compile(r".*\.log$"), re.compile(r"^\.env"))
-MAX_SCAN_BYTES = 5_000_000
+# The push uploads an allow-list only: safetensors weights (never pickles: .bin/.pt/.pth/.pkl/.ckpt), the small
+# json/txt/model files a checkpoint needs to load, results, samples, the project's sources and the rerun skill.
+WEIGHT_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".tiktoken")
+SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".json", ".txt", ".md", ".html")
+SOURCE_NAMES = ("config.yaml", "Dockerfile", "requirements.txt")
 TASK_TITLES = {
     "image-classification": "Image Classification",
     "object-detection": "Object Detection",
@@ -72,40 +77,35 @@ def weights_dir(run_dir: Path) -> Path | None:
 
 
 def upload_plan(run_dir: Path) -> list[tuple[str, Path]]:
-    """(path in repo, local file) for everything the push uploads besides the generated card."""
+    """(path in repo, local file) for everything the push uploads besides the generated card: an allow-list, no symlinks."""
     plan: list[tuple[str, Path]] = []
     wdir = weights_dir(run_dir)
     if wdir is not None:
-        plan += [(str(p.relative_to(wdir)), p) for p in _files_under(wdir)]
+        plan += [(str(p.relative_to(wdir)), p) for p in _files_under(wdir) if p.suffix.lower() in WEIGHT_SUFFIXES]
     reports = run_dir / "reports"
     for name in ("eval_results.json", "baseline_results.json"):
         if (reports / name).is_file():
             plan.append((f"results/{name}", reports / name))
-    for name in ("config.yaml", "Dockerfile", "requirements.txt"):
+    for name in SOURCE_NAMES:
         if (run_dir / name).is_file():
             plan.append((name, run_dir / name))
+    plan += [(p.name, p) for p in sorted(run_dir.glob("*.py")) if p.is_file()]
     samples = reports / "inference_samples"
-    plan += [(f"inference_samples/{p.relative_to(samples)}", p) for p in _files_under(samples)]
+    plan += [(f"inference_samples/{p.relative_to(samples)}", p) for p in _files_under(samples) if p.suffix.lower() in SAMPLE_SUFFIXES]
     for name in ("report.html",):
         if (reports / name).is_file():
             plan.append((f"reports/{name}", reports / name))
     for p in _files_under(run_dir / "skills"):
-        plan.append((f"skills/{p.relative_to(run_dir / 'skills')}", p))
-    plan = [(repo_path, p) for repo_path, p in plan if repo_path.lower() != "readme.md"]
+        if p.name == "SKILL.md":
+            plan.append((f"skills/{p.relative_to(run_dir / 'skills')}", p))
+    plan = [(repo_path, p) for repo_path, p in plan if repo_path.lower() != "readme.md" and not p.is_symlink()]
     return plan
 
 
-def _text_of(path: Path) -> str | None:
-    """The file's text when it is small UTF-8 text, else None (binary weights, images)."""
-    if path.stat().st_size > MAX_SCAN_BYTES:
-        return None
-    data = path.read_bytes()
-    if b"\x00" in data:
-        return None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+def secret_hits(ctx: RunContext, card: str, plan: list[tuple[str, Path]]) -> list[str]:
+    """Repo paths whose content holds a credential in any form (plain, base64, hex, reversed), text and binary files alike."""
+    hits = ["README.md"] if ctx.creds.leaks_in(card.encode()) else []
+    return hits + sorted(rp for rp, p in plan if ctx.creds.scan_file(p))
 
 
 def _metrics(run_dir: Path) -> dict[str, Any]:
@@ -194,6 +194,20 @@ def _inference_snippet(cfg: RunConfig, repo_id: str) -> str:
     )
 
 
+def acceptance_note(run_dir: Path) -> str | None:
+    """The card's warning when the user accepted a model that did not clearly learn (gate 5), else None."""
+    from tao_finetune.agent.state import RunState
+
+    acc = RunState.load(run_dir).learning_accepted
+    if acc is None:
+        return None
+    ev = acc.evidence
+    facts = ", ".join(f"{k} {ev[k]}" for k in ("metric", "baseline", "finetuned", "margin", "first_loss", "last_loss") if ev.get(k) is not None)
+    why = "; ".join(ev.get("reasons") or []) or acc.what
+    return (f"> **Accepted by the user without clear evidence of learning.** {why}. Evidence: {facts}. "
+            f"The user answered {acc.answer!r} when tao-finetune asked whether to keep it.")
+
+
 def model_card(cfg: RunConfig, run_dir: Path, repo_id: str, skill_rel: str | None) -> str:
     """The README.md pushed with the model: YAML front matter (license, base_model, datasets, tags, model-index) and a body."""
     m = _metrics(run_dir)
@@ -237,6 +251,7 @@ def model_card(cfg: RunConfig, run_dir: Path, repo_id: str, skill_rel: str | Non
         "",
         "Full numbers: `results/eval_results.json` and `results/baseline_results.json`.",
         "",
+        *([note, ""] if (note := acceptance_note(run_dir)) else []),
         "## Training",
         "",
         hp,
@@ -307,16 +322,15 @@ def hf_push(ctx: RunContext, args: NoArgs) -> dict:
                 raise ToolError("HF_TOKEN is read-only: pushing needs a token with write access")
             repo_id = f"{who['name']}/{repo_id}"
         plan = upload_plan(ctx.run_dir)
+        if not any(rp.endswith(".safetensors") for rp, _ in plan):
+            raise ToolError("no safetensors weights to push: the Hub push uploads weights as safetensors only (never pickled .bin/.pt)")
         skill_rel = next((rp for rp, _ in plan if rp.startswith("skills/") and rp.endswith("SKILL.md")), None)
         card = model_card(cfg, ctx.run_dir, repo_id, skill_rel)
-        texts = {"README.md": card}
-        for repo_path, p in plan:
-            text = _text_of(p)
-            if text is not None:
-                texts[repo_path] = text
-        leaking = sorted(rp for rp, text in texts.items() if ctx.creds.redact(text) != text)
+        leaking = secret_hits(ctx, card, plan)
         if leaking:
-            raise ToolError(f"refusing to push: {', '.join(leaking)} contain(s) a secret or token-like string; remove it and retry")
+            ctx.session.event("push_refused", files=leaking)
+            raise ToolError(f"refusing to push: {', '.join(leaking)} contain(s) a secret or token-like string (plain or encoded); "
+                            "remove it and retry")
         ops = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode())]
         ops += [CommitOperationAdd(path_in_repo=rp, path_or_fileobj=str(p)) for rp, p in plan]
         try:
@@ -329,12 +343,22 @@ def hf_push(ctx: RunContext, args: NoArgs) -> dict:
             )
         except NET_ERRORS as err:
             raise _hub_error(ctx, err, f"push to {repo_id!r} failed", repo_id) from None
+        try:  # the Hub's own word: the repo's head must be the commit just made
+            confirmed = api.model_info(repo_id).sha
+        except NET_ERRORS as err:
+            raise _hub_error(ctx, err, f"pushed to {repo_id!r} but could not re-read it to confirm", repo_id) from None
     url = str(info.repo_url.url) if getattr(info, "repo_url", None) else f"{endpoint()}/{repo_id}"
+    push = PushRecord(repo_id=repo_id, url=url, commit=info.oid, commit_url=info.commit_url, confirmed_sha=confirmed,
+                      files=[op.path_in_repo for op in ops], at=time.time())
+    ctx.state.push = push
     record = {"url": url, "repo_id": repo_id, "commit": info.oid, "commit_url": info.commit_url}
-    ctx.state.record("hub", record)
+    if push.confirmed:
+        ctx.state.record("hub", record)
     ctx.save()
-    ctx.session.event("hub_push", repo_id=repo_id, url=url, commit=info.oid, files=len(ops))
-    return {**record, "files": len(ops), "uploaded": [op.path_in_repo for op in ops][:40]}
+    ctx.session.event("hub_push", repo_id=repo_id, url=url, commit=info.oid, confirmed=push.confirmed, files=len(ops))
+    if not push.confirmed:
+        raise ToolError(f"pushed to {repo_id!r}, but the Hub reports head {confirmed!r}, not the commit {info.oid!r}: push not confirmed")
+    return {**record, "confirmed": True, "files": len(ops), "uploaded": [op.path_in_repo for op in ops][:40]}
 
 
 def used_sizes(cfg: RunConfig, run_dir: Path) -> tuple[int, int]:

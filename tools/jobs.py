@@ -12,9 +12,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field
 
+from tao_finetune.agent import policy
 from tao_finetune.agent.config import atomic_write_text
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.gates import N_SAMPLES, primary_metric, read_json
+from tao_finetune.agent.state import files_since, record_job
 from tao_finetune.tools.base import NeedsUser, NoArgs, ToolError, tool
 
 PLAYBOOK = Path(__file__).resolve().parent.parent / "references" / "error_playbook.yaml"
@@ -53,7 +55,7 @@ def consult_playbook(log_text: str, entries: list[dict] | None = None) -> dict |
 
 
 def _hp_key_user_set(ctx: RunContext, key: str) -> bool:
-    return key in ctx.config.user_set or f"hyperparameters.{key}" in ctx.config.user_set
+    return policy.user_owns(ctx.config, f"hyperparameters.{key}")
 
 
 def _set_hparams(ctx: RunContext, fix_id: str, changes: dict[str, Any]) -> str:
@@ -150,14 +152,76 @@ def handle_failure(ctx: RunContext, job: str, exit_code: int | None, log_text: s
         raise NeedsUser(f"{job} failed {n} times with the same error ({key}); stopping as the playbook says.\n{tail[-800:]}",
                         "fix the cause (or change the config with --set), then resume the run")
     head = f"{job} failed (exit {exit_code}), attempt {n}/{MAX_SAME_ERROR - 1} for this error"
+    block = policy.data_block(f"{job} job log", tail)
     if entry is None:
-        raise ToolError(f"{head}; no playbook entry matches: {_last_error_line(text)!r}\n--- log tail ---\n{tail}")
+        raise ToolError(f"{head}; no playbook entry matches: {_last_error_line(text)!r}\n--- log tail ---\n{block}")
     change = apply_fix(ctx, entry, attempt=n)
     if change and job == "train":
         ctx.state.record("train_change", f"playbook {entry['id']}: {change}")
         ctx.save()
     todo = f"applied: {change}; run docker_run job={job} again" if change else "no automatic change; fix it with write_file, then run again"
-    raise ToolError(f"{head}; playbook {entry['id']}: {entry.get('fix', '')}; {todo}\n--- log tail ---\n{tail}")
+    raise ToolError(f"{head}; playbook {entry['id']}: {entry.get('fix', '')}; {todo}\n--- log tail ---\n{block}")
+
+
+def job_outputs(run_dir: Path, job: str) -> list[Path]:
+    """The files a job's evidence digests: what the gates read (results, checkpoint weights, samples)."""
+    def under(rel: str) -> list[Path]:
+        d = run_dir / rel
+        return [p for p in d.rglob("*") if p.is_file()] if d.is_dir() else []
+
+    if job == "prepare":
+        return [run_dir / "data" / "meta.json"]
+    if job == "smoke":
+        return [run_dir / "reports" / "smoke.json"]
+    if job == "tests":
+        return [run_dir / UNIT_TESTS]
+    if job in ("baseline", "eval"):
+        return [run_dir / "reports" / ("baseline_results.json" if job == "baseline" else "eval_results.json")]
+    if job == "infer":
+        return [*under("reports/inference_samples"), run_dir / "reports" / "inference_summary.json"]
+    if job == "train":
+        return under("checkpoints/final")
+    if job == "merge":
+        return under("checkpoints/merged")
+    return []
+
+
+def sweep_credentials(ctx: RunContext, since: float) -> list[str]:
+    """After a job: scrub every credential (any encoding) from files it wrote in the run dir; returns the paths scrubbed."""
+    if not ctx.creds.forms():
+        return []
+    hit = []
+    for p in files_since(ctx.run_dir, since):
+        try:
+            if ctx.creds.scan_file(p):
+                ctx.creds.scrub_file(p)
+                hit.append(str(p.relative_to(ctx.run_dir)))
+        except OSError:
+            continue
+    if hit:
+        ctx.session.event("credential_scrubbed", files=hit)
+    return hit
+
+
+def evidence(ctx: RunContext, job: str, argv: list[str], started: float, exit_code: int = 0, facts: dict | None = None) -> None:
+    """Sweep the job's files for credentials, then record what it ran and the digests of what it produced."""
+    leaked = sweep_credentials(ctx, started)
+    if leaked:
+        ctx.save()
+        raise ToolError(f"the {job} job wrote a credential into {', '.join(leaked)}; the value was scrubbed and the job's outputs "
+                        "do not count. Job code must never read or print credentials.")
+    image = (ctx.state.records.get("build") or {}).get("image")
+    record_job(ctx.state, ctx.run_dir, job, argv, getattr(ctx.platform, "name", "?"), image, exit_code, started,
+               job_outputs(ctx.run_dir, job), facts)
+    ctx.save()
+
+
+def _forget(ctx: RunContext, job: str) -> None:
+    """A job that starts again voids its old evidence (and training voids what was measured on the old checkpoint)."""
+    drop = {job} | ({"eval", "infer", "merge"} if job == "train" else set())
+    if drop & set(ctx.state.evidence):
+        ctx.state.evidence = {k: v for k, v in ctx.state.evidence.items() if k not in drop}
+        ctx.save()
 
 
 def _platform(ctx: RunContext):
@@ -173,7 +237,7 @@ def docker_build(ctx: RunContext, args: NoArgs) -> dict:
     ctx.state.record("build", rec)
     ctx.save()
     if not rec.get("ok"):
-        raise ToolError(f"build failed: {ctx.creds.redact(str(rec.get('error') or rec.get('log_tail') or rec))[-1500:]}")
+        raise ToolError("build failed:\n" + policy.data_block("build log", ctx.creds.redact(str(rec.get('error') or rec.get('log_tail') or rec))[-1500:]))
     return {k: v for k, v in rec.items() if k != "log_tail"}
 
 
@@ -198,6 +262,19 @@ def command(ctx: RunContext, job: str, max_steps: int | None = None) -> list[str
     return ["python", *script]
 
 
+def task_metrics(task: str) -> tuple[str, ...]:
+    """What a task's eval results must report: the recipe's primary_metric, then its `metrics` (references/recipes.yaml)."""
+    from tao_finetune.tools.research import reference_recipe
+
+    try:
+        rec = reference_recipe(task)
+    except KeyError:
+        return ()
+    if not rec.get("metrics"):
+        return ()
+    return (rec["primary_metric"], *[m for m in rec["metrics"] if m != rec["primary_metric"]])
+
+
 def _check_outputs(ctx: RunContext, job: str) -> dict:
     run = ctx.run_dir
     if job == "prepare":
@@ -215,6 +292,11 @@ def _check_outputs(ctx: RunContext, job: str) -> dict:
         res = read_json(run / "reports" / name)
         if primary_metric(res) is None:
             raise ToolError(f"reports/{name} has no numeric primary metric: {json.dumps(res)[:400]}")
+        want = task_metrics(str(ctx.config.task_type))
+        if want and (res.get("primary_metric") != want[0] or any(k not in res for k in want)):
+            raise ToolError(f"reports/{name} must name primary_metric {want[0]!r} and report {', '.join(want)} for "
+                            f"{ctx.config.task_type} (references/recipes.yaml); it has primary_metric "
+                            f"{res.get('primary_metric')!r} and keys {sorted(res)[:20]}")
         return {k: v for k, v in res.items() if isinstance(v, (int, float, str)) and k != "model"}
     if job == "infer":
         d = run / "reports" / "inference_samples"
@@ -238,6 +320,8 @@ def run_unit_tests(ctx: RunContext, plat, argv: list[str]) -> dict:
     """Run the project's tests/ and write reports/unit_tests.json; a failure is a ToolError with the log tail."""
     if not any((ctx.run_dir / "tests").glob("test_*.py")):
         raise ToolError("tests/ has no test_*.py: set emit_unit_tests and render_scaffold, or write_file tests/test_project.py")
+    _forget(ctx, "tests")
+    started = time.time()
     try:
         res = plat.run(ctx, "tests", argv)
         code, text, log = res.exit_code, res.log_tail, f"logs/{res.log_path.name}"
@@ -249,9 +333,12 @@ def run_unit_tests(ctx: RunContext, plat, argv: list[str]) -> dict:
     passed = code == 0
     atomic_write_text(ctx.run_dir / UNIT_TESTS, json.dumps({"passed": passed, "summary": summary, "exit_code": code}, indent=1))
     ctx.session.event("job_end", job="tests", exit_code=code, passed=passed, summary=summary)
+    sweep_credentials(ctx, started)
+    if passed:
+        evidence(ctx, "tests", argv, started)
     if not passed:
         raise ToolError(f"unit tests failed (exit {code}): {summary}; fix the project code with write_file, then run "
-                        f"docker_run job=tests again\n--- log tail ---\n{text[-2000:]}")
+                        f"docker_run job=tests again\n--- log tail ---\n" + policy.data_block(f"job log {log}", text[-2000:]))
     return {"job": "tests", "exit_code": 0, "passed": True, "summary": summary, "log": log, "report": UNIT_TESTS}
 
 
@@ -280,8 +367,12 @@ def docker_run(ctx: RunContext, args: RunArgs) -> dict:
     if args.job == "train" and (run / "checkpoints" / "final").is_dir() and training_progress(run).get("summary"):
         return {"job": "train", "already_done": True, **training_progress(run)}
     argv = command(ctx, args.job, args.max_steps)
+    _forget(ctx, args.job)
+    started = time.time()
     ctx.session.event("job_start", job=args.job, argv=argv)
     if args.job == "train":
+        ctx.state.record("train_job", {"argv": argv, "started": started})
+        ctx.save()
         metrics = run / METRICS
         prev = ctx.state.records.get("train_attempt") or {}
         attempt = {"n": int(prev.get("n") or 0) + 1, "metrics_offset": metrics.stat().st_size if metrics.exists() else 0,
@@ -298,15 +389,19 @@ def docker_run(ctx: RunContext, args: RunArgs) -> dict:
     try:
         res = plat.run(ctx, args.job, argv)
     except ToolError as err:  # platforms that check the exit themselves (Docker) raise with the log tail
+        sweep_credentials(ctx, started)
         handle_failure(ctx, args.job, None, str(err))
     ctx.session.event("job_end", job=args.job, exit_code=res.exit_code)
     if res.exit_code != 0:
+        sweep_credentials(ctx, started)
         extra = (run / "reports" / "smoke.json").read_text() if args.job == "smoke" and (run / "reports" / "smoke.json").exists() else ""
         handle_failure(ctx, args.job, res.exit_code, res.log_tail + "\n" + extra)
     try:
         out = _check_outputs(ctx, args.job)
     except ToolError as err:
+        sweep_credentials(ctx, started)
         handle_failure(ctx, args.job, res.exit_code, res.log_tail + "\n" + str(err))
+    evidence(ctx, args.job, argv, started)
     return {"job": args.job, "exit_code": 0, "log": f"logs/{res.log_path.name}", **out}
 
 
@@ -465,6 +560,12 @@ def train_status(ctx: RunContext, args: StatusArgs) -> dict:
     if st.get("exit_code") == 0 and final.is_dir():
         rec = {"state": "done", **prog}
         ctx.state.record("train", {k: rec.get(k) for k in ("step", "total_steps", "loss", "first_loss", "samples_per_s", "mfu")})
+        if "train" not in ctx.state.evidence:
+            job = ctx.state.records.get("train_job") or {}
+            full = training_progress(ctx.run_dir)  # the whole training of this plan (a resumed attempt continues the log)
+            facts = {"first_loss": full.get("first_loss"), "last_loss": full.get("loss"), "trend": full.get("trend"),
+                     "trend_evidence": full.get("trend_evidence"), "step": full.get("step"), "total_steps": full.get("total_steps")}
+            evidence(ctx, "train", list(job.get("argv") or command(ctx, "train")), float(job.get("started") or 0.0), 0, facts)
         ctx.save()
         return {**rec, "next": "docker_run job=eval, then job=infer"}
     if st.get("stopped"):

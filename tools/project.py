@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field
 
+from tao_finetune.agent import policy
 from tao_finetune.agent.config import atomic_write_text
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.gates import read_json
@@ -38,7 +39,7 @@ REFERENCES = Path(__file__).resolve().parent.parent / "references"
 SCAFFOLDS = REFERENCES / "scaffolds"
 COMPAT_RULES = REFERENCES / "compat_rules.yaml"
 RENAMES = {"gitignore": ".gitignore"}
-SCAFFOLD_TASKS = ("image-classification", "text-classification")
+SCAFFOLD_TASKS = ("image-classification", "text-classification", "object-detection", "semantic-segmentation")
 UNIT_TESTS = "test_project.py"  # per task; rendered as tests/test_project.py only when emit_unit_tests is on
 RUNTIME_ENV = "meta/runtime_env.json"
 PREFLIGHT_FIELDS = ("reference_urls", "dataset", "columns", "push_target", "wandb", "image", "hardware", "smoke")
@@ -58,18 +59,20 @@ def check_py(rel: str, text: str) -> None:
 
 
 class WriteFileArgs(BaseModel):
-    path: str = Field(description="path relative to the output dir, e.g. 'train.py' or 'meta/notes.md'")
+    path: str = Field(description="path of a project source relative to the output dir, e.g. 'train.py', 'tests/test_data.py'")
     content: str = Field(description="the full file content; a .py must begin with the Apache-2.0 copyright header")
 
 
 @tool(step=4)
 def write_file(ctx: RunContext, args: WriteFileArgs) -> dict:
-    """Write a file inside the output dir (absolute paths, '..' and symlink escapes are refused; a .py needs the copyright header)."""
+    """Write one source file of the generated project (*.py, Dockerfile, requirements.txt, tests/, README, configs it reads); reports/, checkpoints/, logs/, meta/, skills/, data/, .tao/, config.yaml and session.jsonl are refused (jobs and tools write those). A .py needs the copyright header."""
     if "\x00" in args.path or not args.path.strip():
         raise ToolError(f"path {args.path[:80]!r} is empty or holds a NUL byte: give a relative path like 'train.py'")
     if len(args.path.encode()) > 1024 or any(len(part.encode()) > 255 for part in Path(args.path).parts):
         raise ToolError(f"path {args.path[:80]!r}... is too long (a name over 255 bytes or a path over 1024)")
-    target = ctx.confine(args.path)
+    target = ctx.confine(args.path)  # absolute paths, '..' and escapes first: their message names the real problem
+    policy.check_writable(args.path)
+    policy.check_writable(str(target.relative_to(ctx.run_dir.resolve())))  # a symlink planted by a job cannot redirect the write
     if target.is_dir():
         raise ToolError(f"{args.path!r} is a directory")
     check_py(args.path, args.content)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
+import os
 import re
+import socket
 import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import yaml
@@ -18,7 +21,7 @@ from bs4 import BeautifulSoup
 from pydantic import BaseModel, Field, ValidationError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from tao_finetune.agent import authority
+from tao_finetune.agent import authority, policy
 from tao_finetune.agent.config import RANKS, Hyperparameters, RunConfig, atomic_write_text
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent import references
@@ -94,6 +97,74 @@ def _transient(err: BaseException) -> bool:
     return isinstance(err, FetchError) and err.transient
 
 
+MIRRORS_ENV = "TAO_DOCS_MIRRORS"
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    port = parts.port or {"https": 443, "http": 80}.get(parts.scheme, 0)
+    return f"{parts.scheme}://{host}:{port}"
+
+
+def mirror_map(raw: str | None = None) -> dict[str, str]:
+    """`TAO_DOCS_MIRRORS`: 'https://huggingface.co=http://127.0.0.1:8080 https://github.com=...' (comma or space separated).
+
+    Pages of a named origin are fetched from its mirror (air-gapped users, tests); the Hub endpoint the user configured
+    (HF_ENDPOINT) is a mirror of itself. Mirrors are the only non-https, non-public addresses fetch_docs ever contacts.
+    """
+    raw = os.environ.get(MIRRORS_ENV, "") if raw is None else raw
+    out: dict[str, str] = {}
+    for item in re.split(r"[,\s]+", raw.strip()):
+        if "=" in item:
+            src, dst = item.split("=", 1)
+            out[_origin(src)] = dst.rstrip("/")
+    hub = endpoint().rstrip("/")
+    out.setdefault(_origin(hub), hub)
+    return out
+
+
+def _public(host: str) -> str | None:
+    """None when every address of host is public; else why not (unresolvable, loopback, private, link-local, ...)."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError, OSError) as err:
+        return f"cannot resolve {host!r} ({err.__class__.__name__})"
+    for info in infos:
+        addr = ipaddress.ip_address(info[4][0].split("%")[0])
+        if not addr.is_global or addr.is_multicast:
+            kind = ("loopback" if addr.is_loopback else "link-local" if addr.is_link_local else
+                    "private" if addr.is_private else "reserved/non-public")
+            return f"{host!r} resolves to a {kind} address ({addr})"
+    return None
+
+
+def route(url: str, mirrors: dict[str, str]) -> str:
+    """The address to request for a logical URL: its mirror, or the URL itself when it is https to a public host."""
+    parts = urlsplit(url)
+    base = mirrors.get(_origin(url))
+    if base is not None:
+        rest = parts.path + (f"?{parts.query}" if parts.query else "")
+        return base + (rest if rest.startswith("/") else "/" + rest)
+    if parts.scheme != "https":
+        raise FetchError(f"refused: only https URLs are fetched (got {parts.scheme or 'no scheme'!r})")
+    why = _public(parts.hostname or "")
+    if why:
+        raise FetchError(f"refused: {why}")
+    return url
+
+
+def unroute(actual: str, mirrors: dict[str, str]) -> str:
+    """The logical URL of an address that may be a mirror's (so redirects are re-checked against the original origin)."""
+    for origin, base in mirrors.items():
+        if actual == base or actual.startswith(base + "/") or actual.startswith(base + "?"):
+            scheme, hostport = origin.split("://", 1)
+            host, port = hostport.rsplit(":", 1)
+            default = {"https": "443", "http": "80"}.get(scheme)
+            return f"{scheme}://{host}{'' if port == default else ':' + port}{actual[len(base):]}"
+    return actual
+
+
 @dataclass
 class Fetcher:
     """HTTP GET with timeouts, a size cap, redirects, and retries on transient errors only."""
@@ -103,6 +174,7 @@ class Fetcher:
     wait_s: float = 0.5
     max_bytes: int = 4_000_000
     max_redirects: int = 5
+    mirrors: dict[str, str] | None = None  # None = mirror_map() from the environment at each fetch
 
     def get(self, url: str) -> Page:
         """Fetch `url`; raises FetchError with a one-line reason."""
@@ -118,32 +190,23 @@ class Fetcher:
         raise AssertionError("unreachable")
 
     def _once(self, url: str) -> Page:
+        mirrors = self.mirrors if self.mirrors is not None else mirror_map()
+        logical = url
         try:
             with httpx.Client(
-                follow_redirects=True,
-                max_redirects=self.max_redirects,
+                follow_redirects=False,
                 timeout=self.timeout_s,
                 headers={"User-Agent": USER_AGENT, "Accept": "text/html,text/markdown,text/plain;q=0.9,*/*;q=0.1"},
-            ) as client, client.stream("GET", url) as r:
-                if r.status_code >= 400:
-                    raise FetchError(f"HTTP {r.status_code} {r.reason_phrase}".strip(), r.status_code == 429 or r.status_code >= 500)
-                ctype = r.headers.get("content-type", "").split(";")[0].strip().lower()
-                suffix = "." + urlsplit(str(r.url)).path.rsplit(".", 1)[-1].lower() if "." in urlsplit(str(r.url)).path else ""
-                if ctype not in TEXT_TYPES and suffix in TEXT_SUFFIXES:
-                    ctype = "text/markdown" if suffix == ".md" else "text/plain"
-                if ctype not in TEXT_TYPES:
-                    raise FetchError(f"not HTML or text (content-type {ctype or 'missing'!r})")
-                data, truncated = bytearray(), False
-                for chunk in r.iter_bytes():
-                    data += chunk
-                    if len(data) > self.max_bytes:
-                        truncated = True
-                        del data[self.max_bytes :]
-                        break
-                if b"\x00" in data:
-                    raise FetchError("not HTML or text (binary content)")
-                body = bytes(data).decode(r.encoding or "utf-8", errors="replace")
-                return Page(url, str(r.url), r.status_code, ctype, body, truncated)
+            ) as client:
+                for _ in range(self.max_redirects + 1):
+                    actual = route(logical, mirrors)  # every hop is checked: https, public address, or a named mirror
+                    with client.stream("GET", actual) as r:
+                        location = r.headers.get("location")
+                        if r.status_code in (301, 302, 303, 307, 308) and location:
+                            logical = unroute(urljoin(actual, location), mirrors)
+                            continue
+                        return self._read(url, logical, r)
+                raise httpx.TooManyRedirects("redirect loop")
         except httpx.TooManyRedirects:
             raise FetchError(f"more than {self.max_redirects} redirects") from None
         except httpx.TimeoutException as err:
@@ -154,6 +217,28 @@ class Fetcher:
             raise FetchError(f"connection broken ({type(err).__name__})", True) from None
         except httpx.UnsupportedProtocol:
             raise FetchError("unsupported URL scheme") from None
+
+    def _read(self, url: str, final: str, r: httpx.Response) -> Page:
+        """Check status, type and size of a final (non-redirect) response and read its text."""
+        if r.status_code >= 400:
+            raise FetchError(f"HTTP {r.status_code} {r.reason_phrase}".strip(), r.status_code == 429 or r.status_code >= 500)
+        ctype = r.headers.get("content-type", "").split(";")[0].strip().lower()
+        suffix = "." + urlsplit(str(r.url)).path.rsplit(".", 1)[-1].lower() if "." in urlsplit(str(r.url)).path else ""
+        if ctype not in TEXT_TYPES and suffix in TEXT_SUFFIXES:
+            ctype = "text/markdown" if suffix == ".md" else "text/plain"
+        if ctype not in TEXT_TYPES:
+            raise FetchError(f"not HTML or text (content-type {ctype or 'missing'!r})")
+        data, truncated = bytearray(), False
+        for chunk in r.iter_bytes():
+            data += chunk
+            if len(data) > self.max_bytes:
+                truncated = True
+                del data[self.max_bytes :]
+                break
+        if b"\x00" in data:
+            raise FetchError("not HTML or text (binary content)")
+        body = bytes(data).decode(r.encoding or "utf-8", errors="replace")
+        return Page(url, final, r.status_code, ctype, body, truncated)
 
 
 FETCHER = Fetcher()
@@ -378,7 +463,7 @@ def fetch_docs(ctx: RunContext, args: FetchDocsArgs) -> dict:
     errors = []
     for url in urls:
         if urlsplit(url).scheme not in ("http", "https"):
-            raise ToolError(f"fetch_docs needs an http(s) URL, got {url!r}")
+            raise ToolError(f"fetch_docs needs an https URL, got {url!r}")
         try:
             page = FETCHER.get(url)
         except FetchError as err:
@@ -390,6 +475,7 @@ def fetch_docs(ctx: RunContext, args: FetchDocsArgs) -> dict:
         else:
             blocks = markdown_blocks(page.body)
         saved = _save_page(ctx, page, blocks)
+        authority.record_fetch(ctx.state, page.url, page.final_url, hashlib.sha256(page.body.encode()).hexdigest())
         picked, hits = select_blocks(blocks, args.query)
         chars = sum(len(b) for b in blocks)
         outcome = f"ok: {chars} chars"
@@ -403,7 +489,7 @@ def fetch_docs(ctx: RunContext, args: FetchDocsArgs) -> dict:
             "chars": chars,
             "truncated": page.truncated,
             "matches": hits if args.query else None,
-            "excerpt": ctx.creds.redact("\n\n".join(picked)),
+            "excerpt": policy.data_block(f"page {page.final_url}", ctx.creds.redact("\n\n".join(picked))),
         }
         if args.query and not hits:
             out["outline"] = [b for b in blocks if b.startswith("#")][:30]
@@ -426,6 +512,9 @@ def read_reference(ctx: RunContext, args: ReadReferenceArgs) -> dict:
         text = read_reference_text(args.name)
     except KeyError as err:
         raise ToolError(err.args[0]) from None
+    if args.name not in ctx.state.reference_reads:
+        ctx.state.reference_reads = [*ctx.state.reference_reads, args.name]
+        ctx.save()
     return {"name": args.name, "text": text}
 
 

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, get_args
 
-from tao_finetune.agent import gates
+from tao_finetune.agent import gates, policy
 from tao_finetune.agent.errors import ExitCode
 from tao_finetune.agent.config import ConfigError, DatasetFormat, TaskType, apply_overrides, build_config
 from tao_finetune.agent.context import RunContext
@@ -58,6 +58,8 @@ def _run(cfg_data: dict[str, Any], out_dir: Path) -> dict[str, Any]:
                 cfg.dataset_facts = probe_dataset_facts(cfg, creds.present("HF_TOKEN"))
                 dataset = cfg.dataset_facts.model_dump(mode="json", exclude_none=True)
                 report["dataset"] = {k: dataset[k] for k in DATASET_KEYS if k in dataset}
+                report["flags"] = policy.instruction_flags([str(x) for x in cfg.dataset_facts.label_names], "label") + \
+                    policy.instruction_flags([str(c) for c in cfg.dataset_facts.columns], "column")
         result = qualify_config(cfg)
         ctx.save()
         report.update(result)
@@ -112,6 +114,8 @@ def _print_human(r: dict[str, Any]) -> None:
     if r.get("layout"):
         print(f"layout: {json.dumps(r['layout'])}")
     print(f"applicable workarounds: {r.get('applicable_workarounds')}")
+    for f in r.get("flags") or []:
+        print(f"warning: {f}")
     for n in r.get("notes") or []:
         print(f"note: {n}")
 

@@ -306,6 +306,8 @@ def fill_project(cfg: Any, facts: DatasetFacts, task: str) -> dict[str, Any]:
 
 def qualify_config(cfg: Any) -> dict[str, Any]:
     """Task, column check, verdict and compat walk over the probed facts; mutates cfg. Raises NeedsUser / ToolError."""
+    from tao_finetune.tools.dataset import annotation_plan
+
     if not cfg.model_facts:
         raise ToolError("call probe_model first")
     if not cfg.dataset_id and not cfg.local_dataset_path:
@@ -327,6 +329,11 @@ def qualify_config(cfg: Any) -> dict[str, Any]:
         return {**v, "task_type": task}
     layout = fill_project(cfg, cfg.dataset_facts, task)
     renames = cfg.column_renames
+    plan = annotation_plan(cfg.dataset_facts, task)
+    if plan:
+        reason = plan.pop("reason")
+        cfg.project = cfg.project.model_copy(update=plan)
+        cfg.note(f"{task}: {', '.join(f'{k}={v}' for k, v in plan.items())} ({reason})")
     for w in v["warnings"]:
         cfg.note(f"qualify warning: {w}")
     matches = apply_matches(cfg, "probe")

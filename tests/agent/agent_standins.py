@@ -1,4 +1,5 @@
 import json
+import time
 
 from pydantic import BaseModel, Field
 
@@ -8,7 +9,9 @@ from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.gates import RECIPE_SLOTS
 from tao_finetune.agent.secrets import Credentials
 from tao_finetune.agent.session import SessionLog
+from tao_finetune.agent.state import PushRecord, record_job
 from tao_finetune.tools.base import NoArgs, tool
+from tao_finetune.tools.jobs import job_outputs
 
 FAKE_TOKEN = "hf_" + "Q" * 34
 
@@ -32,6 +35,12 @@ def make_ctx(tmp_path):
     c = RunContext(cfg, SessionLog(cfg.out / "session.jsonl", creds), creds, yes=True)
     c.save()
     return c
+
+
+def job_done(ctx, job, facts=None):
+    """What a job tool records after its job ran (these stand-ins do the job's writing themselves)."""
+    record_job(ctx.state, ctx.run_dir, job, ["python", f"{job}.py"], "stand-in", None, 0, time.time(), job_outputs(ctx.run_dir, job), facts)
+    ctx.save()
 
 
 class Echo(BaseModel):
@@ -61,6 +70,7 @@ def fake_audit(ctx, args: NoArgs) -> dict:
 @tool(step=3, register=False)
 def fake_research(ctx, args: NoArgs) -> str:
     """Stand-in for Step 3: every recipe slot from a live source."""
+    authority.record_fetch(ctx.state, "https://huggingface.co/org/tiny-vit", "https://huggingface.co/org/tiny-vit", "0" * 64)
     for slot in RECIPE_SLOTS:
         authority.set_recipe(ctx.config, ctx.state, slot, f"{slot}-value", "live", "https://huggingface.co/org/tiny-vit")
     (ctx.run_dir / "meta").mkdir(exist_ok=True)
@@ -79,7 +89,7 @@ def fake_project(ctx, args: NoArgs) -> str:
     (d / "reports").mkdir(exist_ok=True)
     (d / "reports" / "smoke.json").write_text(json.dumps({"passed": True, "loss": 2.3}))
     (d / "meta" / "preflight.json").write_text(json.dumps({"image": "x", "dataset": "org/digits"}))
-    ctx.save()
+    job_done(ctx, "smoke")
     return "smoke passed"
 
 
@@ -94,6 +104,10 @@ def fake_train(ctx, args: NoArgs) -> str:
     (d / "reports" / "inference_samples").mkdir()
     for i in range(5):
         (d / "reports" / "inference_samples" / f"{i}.png").write_text("p")
+    job_done(ctx, "baseline")
+    job_done(ctx, "train", {"first_loss": 2.3, "last_loss": 0.2, "trend": "falling"})
+    for job in ("eval", "infer"):
+        job_done(ctx, job)
     return "trained"
 
 
@@ -101,6 +115,8 @@ def fake_train(ctx, args: NoArgs) -> str:
 def fake_push(ctx, args: NoArgs) -> str:
     """Stand-in for Step 6: push record and rerun skill."""
     ctx.state.record("hub", {"url": "http://hub/org/tiny-vit-finetuned"})
+    ctx.state.push = PushRecord(repo_id="org/tiny-vit-finetuned", url="http://hub/org/tiny-vit-finetuned", commit="c" * 40,
+                                confirmed_sha="c" * 40, at=time.time())
     path = ctx.run_dir / "skills" / "run-tiny-vit" / "SKILL.md"
     path.parent.mkdir(parents=True)
     path.write_text(SKILL)

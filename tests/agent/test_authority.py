@@ -1,6 +1,6 @@
 import pytest
 
-from tao_finetune.agent.authority import AuthorityError, record_live_attempt, set_recipe, specificity, user_recipe
+from tao_finetune.agent.authority import AuthorityError, record_fetch, record_live_attempt, set_recipe, specificity, user_recipe
 from tao_finetune.agent.config import RunConfig
 from tao_finetune.agent.state import RunState
 
@@ -9,7 +9,30 @@ DOCS = "https://huggingface.co/docs/transformers/tasks/image_classification"
 
 
 def setup():
-    return RunConfig(model_id="google/vit-base-patch16-224", dataset_id="beans"), RunState()
+    state = RunState()
+    for url in (CARD, DOCS):  # what fetch_docs records for each page it fetched
+        record_fetch(state, url, url, "0" * 64)
+    return RunConfig(model_id="google/vit-base-patch16-224", dataset_id="beans"), state
+
+
+def test_live_must_cite_a_page_fetched_in_this_run():
+    cfg, state = setup()
+    with pytest.raises(AuthorityError, match="not fetched in this run"):
+        set_recipe(cfg, state, "collator", "x", "live", "https://example.com/never-fetched")
+    set_recipe(cfg, state, "collator", "x", "live", DOCS + "#data-collator")
+    assert "collator" in cfg.recipe
+
+
+def test_memory_needs_a_failed_live_attempt_and_a_reference_read():
+    cfg, state = setup()
+    with pytest.raises(AuthorityError, match="no failed live attempt"):
+        set_recipe(cfg, state, "collator", "DefaultDataCollator", "memory", "memory")
+    record_live_attempt(state, "collator", CARD, "failed: HTTP 404")
+    with pytest.raises(AuthorityError, match="no curated reference was read"):
+        set_recipe(cfg, state, "collator", "DefaultDataCollator", "memory", "memory")
+    state.reference_reads.append("recipes.yaml")
+    set_recipe(cfg, state, "collator", "DefaultDataCollator", "memory", "memory")
+    assert cfg.recipe["collator"].rank == "memory" and any("fallback to memory" in n for n in cfg.notes)
 
 
 def test_reference_fallback_needs_a_logged_live_attempt():

@@ -11,7 +11,7 @@ from tao_finetune.tools.general import (AskUserArgs, ListFilesArgs, NoteArgs, Re
 
 @pytest.fixture
 def ctx(tmp_path):
-    cfg = RunConfig(model_id="org/m", dataset_id="d", output_dir=str(tmp_path / "run"), user_set=["n_train"])
+    cfg = RunConfig(model_id="org/m", dataset_id="d", output_dir=str(tmp_path / "run"), user_set=["n_train", "hyperparameters.weight_decay"])
     creds = Credentials({})
     c = RunContext(cfg, SessionLog(cfg.out / "session.jsonl", creds), creds)
     c.save()
@@ -21,7 +21,10 @@ def ctx(tmp_path):
 def test_read_and_list_stay_inside_the_run_dir(ctx, tmp_path):
     (ctx.run_dir / "logs").mkdir()
     (ctx.run_dir / "logs" / "train.log").write_text("a\n" * 10 + "END")
-    assert read_file(ctx, ReadFileArgs(path="logs/train.log", max_chars=3, tail=True)) == "END"
+    out = read_file(ctx, ReadFileArgs(path="logs/train.log", max_chars=3, tail=True))
+    assert "\nEND\n" in out and out.startswith("<<<DATA origin='file:logs/train.log'")
+    (ctx.run_dir / "train.py").write_text("print(1)")
+    assert read_file(ctx, ReadFileArgs(path="train.py")) == "print(1)"
     assert "logs/train.log" in list_files(ctx, ListFilesArgs())
     assert not any(p.startswith(".tao") for p in list_files(ctx, ListFilesArgs()))
     (tmp_path / "secret.txt").write_text("s")
@@ -37,8 +40,13 @@ def test_set_config_respects_user_values_and_protected_keys(ctx):
     assert set_config(ctx, SetConfigArgs(key="hyperparameters.per_device_train_batch_size", value="16", reason="OOM at 32")).endswith("16")
     assert ctx.config.hyperparameters.per_device_train_batch_size == 16
     assert any("OOM at 32" in n for n in ctx.config.notes)
-    with pytest.raises(ToolError, match="set by the user"):
-        set_config(ctx, SetConfigArgs(key="n_train", value="5", reason="smaller"))
+    with pytest.raises(NeedsUser, match="set by the user"):
+        set_config(ctx, SetConfigArgs(key="weight_decay", value="0", reason="simpler"))
+    for key, value in (("skip_baseline", "true"), ("n_epochs", "0.01"), ("hyperparameters.max_steps", "1"), ("max_steps", "1"),
+                       ("push_to_hub", "false"), ("n_eval", "5")):
+        with pytest.raises(NeedsUser, match="protected"):
+            set_config(ctx, SetConfigArgs(key=key, value=value, reason="faster"))
+    assert not ctx.config.skip_baseline and ctx.config.hyperparameters.max_steps == -1 and ctx.config.push_to_hub
     with pytest.raises(NeedsUser, match="approval"):
         set_config(ctx, SetConfigArgs(key="hyperparameters.training_method", value="lora", reason="OOM"))
     with pytest.raises(NeedsUser):

@@ -127,6 +127,7 @@ def test_push_one_commit_with_card_and_no_secret_anywhere(hub_server, tmp_path):
 
     state = RunState.load(ctx.run_dir)
     assert state.records["hub"]["url"] == out["url"] and state.records["hub"]["commit"] == out["commit"]
+    assert state.push.confirmed and state.push.confirmed_sha == hub_server.sha(hub_server.repo_dir(repo_id)) == out["commit"]
 
     token = FAKE_TOKEN.encode()
     for path, data in files.items():
@@ -149,6 +150,53 @@ def test_secret_in_an_uploaded_file_refuses_the_push(hub_server, tmp_path):
     assert FAKE_TOKEN not in str(err.value)
     assert not any("/commit/" in p for p in hub_server.paths())
     assert "hub" not in RunState.load(ctx.run_dir).records
+
+
+@pytest.mark.parametrize("where", ["checkpoints/final/model.safetensors", "reports/inference_samples/sample_0.json", "Dockerfile"])
+@pytest.mark.parametrize("form", ["b64", "b64url", "hex", "reversed"])
+def test_encoded_secret_in_a_text_or_binary_file_refuses_the_push(hub_server, tmp_path, where, form):
+    import base64
+
+    ctx = make_ctx(tmp_path)
+    raw = b"pad" + FAKE_TOKEN.encode() + b"!"
+    enc = {"b64": base64.b64encode(raw), "b64url": base64.urlsafe_b64encode(raw), "hex": raw.hex().encode(),
+           "reversed": raw[::-1]}[form]
+    target = ctx.run_dir / where
+    target.write_bytes(target.read_bytes() + b"\x00\x01" + enc + b"\x00")
+    with pytest.raises(ToolError, match=f"refusing to push: .*{where.rsplit('/', 1)[-1]}") as err:
+        call(hub.hf_push, ctx)
+    assert FAKE_TOKEN not in str(err.value)
+    assert not any("/commit/" in p for p in hub_server.paths())
+    assert RunState.load(ctx.run_dir).push is None
+
+
+def test_pickled_weights_are_never_uploaded(hub_server, tmp_path):
+    ctx = make_ctx(tmp_path)
+    final = ctx.run_dir / "checkpoints" / "final"
+    (final / "pytorch_model.bin").write_bytes(b"pickle")
+    (final / "extra.pt").write_bytes(b"pickle")
+    out = call(hub.hf_push, ctx)
+    assert not any(f.endswith((".bin", ".pt")) for f in repo_files(hub_server, out["repo_id"]))
+    (final / "model.safetensors").unlink()
+    with pytest.raises(ToolError, match="safetensors only"):
+        call(hub.hf_push, ctx)
+
+
+def test_push_the_hub_does_not_confirm_fails_gate6(hub_server, tmp_path, monkeypatch):
+    ctx = make_ctx(tmp_path)
+    real = hub.HfApi.model_info
+
+    def stale(self, repo_id, *a, **kw):
+        info = real(self, repo_id, *a, **kw)
+        info.sha = "0" * 40
+        return info
+
+    monkeypatch.setattr(hub.HfApi, "model_info", stale)
+    with pytest.raises(ToolError, match="push not confirmed"):
+        call(hub.hf_push, ctx)
+    state = RunState.load(ctx.run_dir)
+    assert state.push is not None and not state.push.confirmed and "hub" not in state.records
+    assert any("Hub push confirmed" in m for m in gates.gate6(ctx.run_dir, state))
 
 
 def test_configured_repo_skips_whoami(hub_server, tmp_path):
@@ -197,6 +245,7 @@ def test_unreachable_hub_is_a_network_error(tmp_path, monkeypatch):
     ctx = make_ctx(tmp_path)
     with pytest.raises(ToolError, match="network error reaching the Hub"):
         call(hub.hf_push, ctx)
+    assert "Hub repo pushed" in gates.gate6(ctx.run_dir, RunState.load(ctx.run_dir))  # a failed push is a failed gate
 
 
 def test_token_from_env_file_only_is_used_and_not_left_in_environ(hub_server, tmp_path, monkeypatch):

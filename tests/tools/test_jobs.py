@@ -156,9 +156,9 @@ def test_a_failing_smoke_applies_the_playbook_and_asks_on_the_third_time(tmp_pat
 def test_an_unknown_failure_returns_the_log_tail_redacted(tmp_path, monkeypatch):
     ctx = make_ctx(tmp_path)
     prepared(ctx)
-    script(ctx, "run_eval.py", "import os\nprint('token', os.environ['HF_TOKEN'])\nraise ValueError('weird thing')\n")
+    script(ctx, "prepare_data.py", "import os\nprint('token', os.environ['HF_TOKEN'])\nraise ValueError('weird thing')\n")
     with pytest.raises(ToolError) as err:
-        run(ctx, "baseline")
+        run(ctx, "prepare")
     assert "weird thing" in str(err.value) and "hf_" + "s" * 30 not in str(err.value) and "[REDACTED]" in str(err.value)
 
 
@@ -251,6 +251,128 @@ def test_docker_build_records_the_local_runtime(tmp_path):
     ctx = make_ctx(tmp_path)
     rec = jobs.docker_build.fn(ctx, NoArgs())
     assert rec["ok"] and rec["platform"] == "local" and ctx.state.records["build"]["ok"]
+
+
+EVAL_STUB = """\
+import json, pathlib, sys
+base = "--baseline" in sys.argv
+acc = float(__import__("os").environ["STUB_BASE" if base else "STUB_ACC"])
+pathlib.Path("reports").mkdir(exist_ok=True)
+name = "baseline_results.json" if base else "eval_results.json"
+pathlib.Path("reports", name).write_text(json.dumps({"primary_metric": "accuracy", "accuracy": acc, "n_eval": 200,
+                                                     "prediction_histogram": [200, 0] if acc == 0.5 else [110, 90]}))
+"""
+
+
+def evaluated(tmp_path, losses, acc, base):
+    from tao_finetune.agent import gates
+
+    ctx = training_ctx(tmp_path, losses)
+    ctx.platform.extra_env.update(STUB_ACC=str(acc), STUB_BASE=str(base))
+    script(ctx, "run_eval.py", EVAL_STUB)
+    run(ctx, "baseline")
+    run(ctx, "train")
+    jobs.train_status.fn(ctx, jobs.StatusArgs(wait_s=60))
+    run(ctx, "eval")
+    return ctx, gates
+
+
+def test_jobs_record_evidence_and_a_file_changed_afterwards_voids_it(tmp_path):
+    from tao_finetune.agent.state import verify_job
+
+    ctx, gates = evaluated(tmp_path, [2.3, 1.9, 1.5, 1.1, 0.8, 0.6], 0.9, 0.5)
+    ev = ctx.state.evidence
+    assert {"baseline", "train", "eval"} <= set(ev)
+    assert ev["train"].argv == ["python", "train.py"] and ev["train"].platform == "local" and ev["train"].exit_code == 0
+    assert [f.path for f in ev["train"].outputs] == ["checkpoints/final/model.safetensors"]
+    assert ev["train"].facts["first_loss"] == 2.3 and ev["train"].facts["last_loss"] == 0.6
+    assert ev["eval"].started >= ev["train"].ended - 1
+    assert gates.learning_verdict(ctx.run_dir, ctx.state)["learned"]
+    assert all(verify_job(ctx.state, ctx.run_dir, j) is None for j in ("baseline", "train", "eval"))
+    (ctx.run_dir / "reports" / "eval_results.json").write_text('{"primary_metric": "accuracy", "accuracy": 0.99}')
+    (ctx.run_dir / "checkpoints" / "final" / "model.safetensors").write_text("forged")
+    missing = gates.gate5(ctx.run_dir, ctx.state)
+    assert any(m.startswith("eval job evidence (reports/eval_results.json changed") for m in missing)
+    assert any(m.startswith("training job evidence (checkpoints/final/model.safetensors changed") for m in missing)
+    import shutil
+
+    shutil.rmtree(ctx.run_dir / "checkpoints" / "final")
+    run(ctx, "train")  # a new training voids the old training's and eval's evidence
+    assert "eval" not in ctx.state.evidence and "train" not in ctx.state.evidence
+    jobs.train_status.fn(ctx, jobs.StatusArgs(wait_s=60))
+
+
+@pytest.mark.parametrize("losses, acc, reason", [
+    ([2.3, 2.3, 2.31, 2.3, 2.3, 2.3], 0.9, "training loss did not fall"),
+    ([2.3, 1.9, 1.5, 1.1, 0.8, 0.6], 0.55, "does not beat the baseline 0.5000 by more than the noise margin 0.0707"),
+    ([2.3, 1.9, 1.5, 1.1, 0.8, 0.6], 0.5, "predicts a single class"),
+])
+def test_a_model_that_did_not_learn_fails_gate5_with_the_evidence(tmp_path, losses, acc, reason):
+    ctx, gates = evaluated(tmp_path, losses, acc, 0.5)
+    verdict = gates.learning_verdict(ctx.run_dir, ctx.state)
+    assert not verdict["learned"] and any(reason in r for r in verdict["reasons"])
+    assert any(m.startswith("the model learnt") for m in gates.gate5(ctx.run_dir, ctx.state))
+    question = gates.learning_question(ctx.run_dir, ctx.state)
+    assert question.startswith(gates.LEARNING_MARK) and '"first_loss": 2.3' in question and '"baseline": 0.5' in question
+    assert not gates.accept_learning(ctx.state, ctx.run_dir, question, "no, retrain")
+    assert gates.accept_learning(ctx.state, ctx.run_dir, question, "accept")
+    assert gates.learning_question(ctx.run_dir, ctx.state) is None
+    assert not any(m.startswith("the model learnt") for m in gates.gate5(ctx.run_dir, ctx.state))
+    assert ctx.state.learning_accepted.evidence["reasons"] == verdict["reasons"]
+
+
+def test_noise_margin_is_two_standard_errors():
+    from tao_finetune.agent.gates import noise_margin
+
+    assert noise_margin(0.5, 100) == pytest.approx(0.1)
+    assert noise_margin(0.1, 1000) == pytest.approx(2 * (0.09 / 1000) ** 0.5)
+    assert noise_margin(12.0, 100) == 0.0 and noise_margin(0.5, 0) == 0.0
+
+
+@pytest.mark.parametrize("form", ["plain", "b64", "hex", "reversed"])
+def test_a_job_that_writes_its_credential_to_a_file_is_scrubbed_and_does_not_count(tmp_path, form):
+    from leakcheck import leaks_under
+
+    ctx = make_ctx(tmp_path)
+    token = "hf_" + "s" * 30
+    enc = {"plain": "t", "b64": "__import__('base64').b64encode(t.encode()).decode()", "hex": "t.encode().hex()",
+           "reversed": "t[::-1]"}[form]
+    script(ctx, "prepare_data.py", f"""\
+        import json, os, pathlib
+        t = os.environ["HF_TOKEN"]
+        pathlib.Path("data").mkdir(exist_ok=True)
+        pathlib.Path("data/meta.json").write_text(json.dumps({{"n_train": 1, "n_eval": 1, "columns": [], "label_names": []}}))
+        pathlib.Path("data/stash.bin").write_bytes(b"\\x00\\x01" + ({enc}).encode() + b"\\x00")
+        """)
+    with pytest.raises(ToolError, match="wrote a credential into data/stash.bin"):
+        run(ctx, "prepare")
+    assert "prepare" not in ctx.state.evidence
+    assert leaks_under(token, ctx.run_dir) == []
+
+
+def test_the_loop_stops_on_a_model_that_did_not_learn_and_an_accepted_one_is_on_the_card(tmp_path):
+    from tao_finetune.agent import gates
+    from tao_finetune.agent.fakes import ScriptedClient, tool_call
+    from tao_finetune.agent.loop import Agent
+    from tao_finetune.tools import hub
+
+    ctx = training_ctx(tmp_path, [2.3, 2.3, 2.31, 2.3, 2.3, 2.3])
+    ctx.yes = True
+    ctx.platform.extra_env.update(STUB_ACC="0.52", STUB_BASE="0.5")
+    script(ctx, "run_eval.py", EVAL_STUB)
+    turns = [tool_call("docker_run", {"job": "train"}), tool_call("train_status", {"wait_s": 60}), tool_call("docker_run", {"job": "eval"}),
+             tool_call("docker_run", {"job": "baseline"})]
+    import dataclasses
+
+    ungated = [dataclasses.replace(t, step=0, step_for=None) for t in (jobs.docker_run, jobs.train_status)]  # steps 1-4 are not the point
+    result = Agent(ScriptedClient(turns), ctx, ungated, "s").run("go")
+    assert result.code == 3 and result.message.startswith(gates.LEARNING_MARK)  # asked only once the baseline was there too
+    assert "training loss did not fall (2.3 -> 2.3)" in result.message and '"margin": 0.0707' in result.message
+    assert ctx.state.pending_question == result.message
+    assert gates.accept_learning(ctx.state, ctx.run_dir, ctx.state.pending_question, "accept")
+    ctx.save()
+    card = hub.model_card(ctx.config, ctx.run_dir, "acme/tiny-ft", None)
+    assert "Accepted by the user without clear evidence of learning" in card and "training loss did not fall" in card
 
 
 def test_trend_is_judged_against_the_losss_own_noise():

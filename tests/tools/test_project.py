@@ -35,8 +35,23 @@ def test_write_file_writes_inside_the_output_dir(tmp_path):
     out = write(ctx, "src/train.py", PY)
     assert out == {"path": "src/train.py", "bytes": len(PY)}
     assert (ctx.run_dir / "src" / "train.py").read_text() == PY
-    write(ctx, "meta/notes.md", "no header needed\n")
-    assert (ctx.run_dir / "meta" / "notes.md").exists()
+    write(ctx, "README.md", "no header needed\n")
+    write(ctx, "tests/test_data.py", PY)
+    write(ctx, "Dockerfile", "FROM x\n")
+    assert (ctx.run_dir / "README.md").exists() and (ctx.run_dir / "tests" / "test_data.py").exists()
+
+
+@pytest.mark.parametrize("path", ["config.yaml", "session.jsonl", ".tao/state.json", "reports/smoke.json", "reports/eval_results.json",
+                                  "checkpoints/final/model.safetensors", "logs/train.log", "meta/preflight.json", "skills/run-x/SKILL.md",
+                                  "data/meta.json", "model.safetensors", "weights.bin", ".env", "sub/.hidden.py", "./config.yaml",
+                                  "Reports/x.json", "PROGRESS.md"])
+def test_write_file_writes_only_project_sources(tmp_path, path):
+    ctx = make_ctx(tmp_path)
+    target = ctx.run_dir / path
+    before = target.read_bytes() if target.exists() else None
+    with pytest.raises(ToolError, match="write_file refuses"):
+        write(ctx, path, "{}")
+    assert (target.read_bytes() if target.exists() else None) == before
 
 
 @pytest.mark.parametrize("path", ["/etc/passwd", "../escape.txt", "a/../../escape.txt"])
@@ -55,6 +70,18 @@ def test_write_file_refuses_a_symlink_escape(tmp_path):
     with pytest.raises(ToolError, match="outside"):
         write(ctx, "link/evil.txt", "x")
     assert list(outside.iterdir()) == []
+
+
+def test_write_file_refuses_a_symlink_into_a_tool_owned_path(tmp_path):
+    ctx = make_ctx(tmp_path)
+    before = (ctx.run_dir / "config.yaml").read_text()
+    os.symlink(ctx.run_dir / "config.yaml", ctx.run_dir / "settings.yaml")
+    (ctx.run_dir / "reports").mkdir()
+    os.symlink(ctx.run_dir / "reports", ctx.run_dir / "src")
+    for path in ("settings.yaml", "src/eval_results.json"):
+        with pytest.raises(ToolError, match="write_file refuses"):
+            write(ctx, path, "{}")
+    assert (ctx.run_dir / "config.yaml").read_text() == before and not (ctx.run_dir / "reports" / "eval_results.json").exists()
 
 
 def test_write_file_refuses_python_without_the_header(tmp_path):
@@ -97,7 +124,8 @@ def test_render_scaffold_keeps_edited_files_unless_overwrite(tmp_path):
     assert (ctx.run_dir / "train.py").read_text() != PY
 
 
-def test_render_scaffold_refuses_tasks_without_a_scaffold_and_missing_images(tmp_path):
+def test_render_scaffold_refuses_tasks_without_a_scaffold_and_missing_images(tmp_path, monkeypatch):
+    monkeypatch.setattr(project, "SCAFFOLD_TASKS", ("image-classification", "text-classification"))
     with pytest.raises(ToolError, match="no scaffold"):
         project.render_scaffold.fn(make_ctx(tmp_path / "a", task_type="object-detection"), project.RenderArgs())
     with pytest.raises(ToolError, match="no base image"):

@@ -20,6 +20,13 @@ def call(t, ctx, **raw):
     return t(ctx, t.validate(raw))
 
 
+def body(out):
+    """The page text inside the data block fetch_docs wraps it in."""
+    head, rest = out["excerpt"].split(">>>\n", 1)
+    assert head.startswith("<<<DATA origin='page ") and rest.endswith("\n<<<END DATA>>>")
+    return rest[: -len("\n<<<END DATA>>>")]
+
+
 @pytest.fixture
 def pages(monkeypatch):
     with serve_pages() as server:
@@ -60,7 +67,7 @@ def test_model_card_default_url_strips_chrome_and_keeps_code(pages, ctx):
 def test_query_keeps_matching_blocks_with_their_heading(pages, ctx):
     out = call(research.fetch_docs, ctx, url=pages.url + DOCS, query="DataCollator", slots=["collator"])
     assert out["matches"] == 2
-    assert out["excerpt"].startswith("## Preprocess")
+    assert body(out).startswith("## Preprocess")
     assert "data_collator = DefaultDataCollator()" in out["excerpt"]
     assert "RandomResizedCrop" not in out["excerpt"]
     assert ctx.state.live_attempts["collator"][0]["outcome"].endswith("2 passages mention 'DataCollator'")
@@ -68,14 +75,14 @@ def test_query_keeps_matching_blocks_with_their_heading(pages, ctx):
 
 def test_query_without_match_says_so(pages, ctx):
     out = call(research.fetch_docs, ctx, url=pages.url + DOCS, query="mean_iou", slots=["compute_metrics"])
-    assert out["matches"] == 0 and out["excerpt"] == ""
+    assert out["matches"] == 0 and body(out) == ""
     assert out["outline"] == ["# Image classification", "## Preprocess", "## Evaluate", "## Train"]
     assert "nothing mentions 'mean_iou'" in ctx.state.live_attempts["compute_metrics"][0]["outcome"]
 
 
 def test_markdown_readme_keeps_fences(pages, ctx):
     out = call(research.fetch_docs, ctx, url=f"{pages.url}/{MODEL_ID}/resolve/main/README.md", query="from_pretrained")
-    assert out["excerpt"].startswith("# ViT tiny demo")
+    assert body(out).startswith("# ViT tiny demo")
     assert "```python\nfrom transformers import AutoModelForImageClassification\n" in out["excerpt"]
     assert (ctx.run_dir / out["saved"] / "raw.md").is_file()
 
@@ -118,6 +125,8 @@ def test_failures_are_one_line_logged_and_retried_only_when_transient(pages, ctx
 def test_connect_error(ctx, monkeypatch):
     with serve_pages() as server:
         dead = server.url
+    monkeypatch.setenv("TAO_DOCS_MIRRORS", f"https://docs.test={dead}")
+    dead = "https://docs.test"
     monkeypatch.setattr(research, "FETCHER", research.Fetcher(timeout_s=0.5, attempts=1, wait_s=0))
     with pytest.raises(ToolError, match="connect error"):
         call(research.fetch_docs, ctx, url=dead + "/x")
@@ -144,6 +153,37 @@ def test_card_page_missing_falls_back_to_raw_readme(ctx, monkeypatch):
 def test_bad_scheme_is_refused(ctx):
     with pytest.raises(ToolError, match="http"):
         call(research.fetch_docs, ctx, url="file:///etc/passwd")
+
+
+@pytest.mark.parametrize("url, reason", [
+    ("http://example.com/docs", "only https URLs are fetched"),
+    ("https://127.0.0.1/x", "loopback address"),
+    ("https://localhost/x", "loopback address"),
+    ("https://169.254.169.254/latest/meta-data", "link-local address"),
+    ("https://10.0.0.7/x", "private address"),
+    ("https://[::1]/x", "loopback address"),
+])
+def test_fetch_refuses_plain_http_and_non_public_addresses(pages, ctx, url, reason):
+    with pytest.raises(ToolError, match=reason):
+        call(research.fetch_docs, ctx, url=url)
+    assert not ctx.state.fetches
+
+
+def test_a_redirect_is_rechecked_at_every_hop(ctx, monkeypatch):
+    from servers.pages import Route
+
+    with serve_pages() as inner:
+        routes = {"/hop": Route(status=302, headers={"Location": inner.url + DOCS}),
+                  "/hop-https": Route(status=302, headers={"Location": "https://127.0.0.1:1/x"}),
+                  "/ok": Route(status=301, headers={"Location": "/docs"}), "/docs": Route(body=b"<p>fine</p>")}
+        with serve_pages(routes) as outer:
+            monkeypatch.setenv("TAO_DOCS_MIRRORS", f"https://docs.test={outer.url}")
+            for path, reason in (("/hop", "only https"), ("/hop-https", "loopback")):
+                with pytest.raises(ToolError, match=reason):
+                    call(research.fetch_docs, ctx, url="https://docs.test" + path)
+            assert inner.requested == []
+            out = call(research.fetch_docs, ctx, url="https://docs.test/ok")
+            assert out["final_url"] == "https://docs.test/docs" and "fine" in body(out)
 
 
 def test_reference_refused_until_a_live_attempt_is_logged(pages, ctx):
@@ -189,6 +229,7 @@ def test_user_values_are_never_overwritten(pages, ctx):
     ctx.config.n_epochs = 7
     authority.user_recipe(ctx.config, ["hyperparameters.learning_rate", "n_epochs"])
     card = f"{pages.url}/{MODEL_ID}"
+    call(research.fetch_docs, ctx, url=card)
     with pytest.raises(ToolError, match="user"):
         call(research.record_recipe, ctx, slot="learning_rate", value=3e-5, rank="live", source=card)
     out = call(research.record_recipe, ctx, slot="hyperparameters", rank="live", source=card,
@@ -324,8 +365,9 @@ def test_reference_fallback_for_every_slot_meets_gate3(pages, ctx, task):
     assert cfg.hyperparameters.training_method == "full"
 
 
-def test_training_method_is_never_switched_by_research(ctx):
-    out = call(research.record_recipe, ctx, slot="hyperparameters", rank="live", source="https://docs.example/vlm",
+def test_training_method_is_never_switched_by_research(pages, ctx):
+    call(research.fetch_docs, ctx, url=pages.url + DOCS)
+    out = call(research.record_recipe, ctx, slot="hyperparameters", rank="live", source=pages.url + DOCS,
                value={"learning_rate": 1e-4, "training_method": "lora"})
     assert "ask the user" in out["skipped"]["training_method"]
     assert ctx.config.hyperparameters.training_method == "full"

@@ -21,6 +21,7 @@ import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from tao_finetune.agent.context import JobKind, JobResult, RunContext
+from tao_finetune.agent.policy import job_credentials
 from tao_finetune.tools.base import ToolError
 
 WORKDIR = "/workspace"
@@ -215,12 +216,9 @@ class DockerPlatform:
             except (json.JSONDecodeError, AttributeError):
                 raise ToolError(f"{RUNTIME_ENV} is not a JSON object of environment variables") from None
         env.update({"PYTHONUNBUFFERED": "1", "HF_HOME": CONTAINER_HF_HOME})
-        names = ["HF_TOKEN"]
-        if cfg.wandb:
-            names += ["WANDB_API_KEY", "WANDB_PROJECT"]
-        else:
+        if not cfg.wandb:
             env["WANDB_MODE"] = "disabled"
-        env.update(ctx.creds.env(names))
+        env.update(ctx.creds.env(job_credentials(kind, cfg.wandb)))
         if kind not in NETWORKED_JOBS:
             env["HF_HUB_OFFLINE"] = "1"
             env["HF_DATASETS_OFFLINE"] = "1"
@@ -230,8 +228,10 @@ class DockerPlatform:
         cfg = ctx.config
         vols = {str(ctx.run_dir): {"bind": WORKDIR, "mode": "rw"}}
         cache = self.hf_cache or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
-        cache.mkdir(parents=True, exist_ok=True)
-        vols[str(cache.resolve())] = {"bind": CONTAINER_HF_HOME, "mode": "rw"}
+        # the caches only: HF_HOME also holds the user's `token` file, which a job must never see
+        for sub in ("hub", "datasets", "modules"):
+            (cache / sub).mkdir(parents=True, exist_ok=True)
+            vols[str((cache / sub).resolve())] = {"bind": f"{CONTAINER_HF_HOME}/{sub}", "mode": "rw"}
         # a local dataset or model folder is visible at the same path as on the host; a relative one also under
         # /workspace, where the job's working directory is
         root = ctx.run_dir.resolve()

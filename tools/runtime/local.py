@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from tao_finetune.agent.context import JobKind, JobResult, RunContext
+from tao_finetune.agent.policy import job_credentials
 from tao_finetune.agent.secrets import KNOWN, SECRET_NAMES
 from tao_finetune.tools.base import ToolError
 
@@ -43,6 +44,14 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def redact_log(ctx: RunContext, log: Path) -> None:
+    """Rewrite a detached job's log with every credential form removed (the job writes it directly)."""
+    try:
+        ctx.creds.scrub_file(log)
+    except OSError:
+        pass
+
+
 class LocalPlatform:
     """Runs jobs as subprocesses; detached jobs leave a pid file and an exit-code file in logs/."""
 
@@ -59,13 +68,15 @@ class LocalPlatform:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
-    def _env(self, ctx: RunContext) -> dict[str, str]:
-        base = {k: v for k, v in os.environ.items() if k not in SECRET_NAMES and k not in KNOWN}
+    def _env(self, ctx: RunContext, kind: str = "build") -> dict[str, str]:
+        """The job's environment: this process's minus every credential, plus only the ones policy.job_credentials names."""
+        base = {k: v for k, v in os.environ.items()
+                if k not in SECRET_NAMES and k not in KNOWN and not k.startswith(("ANTHROPIC_", "NGC_")) and "TOKEN" not in k.upper()}
         runtime = ctx.run_dir / "meta" / "runtime_env.json"
         if runtime.is_file():
             base.update({str(k): str(v) for k, v in json.loads(runtime.read_text()).items()})
         base.update(self.extra_env)
-        base.update(ctx.creds.env())
+        base.update(ctx.creds.env(job_credentials(kind, ctx.config.wandb)))
         base.update({"PYTHONUNBUFFERED": "1", "TAO_PROJECT_DIR": str(ctx.run_dir.resolve())})
         if not ctx.config.wandb:
             base["WANDB_MODE"] = "disabled"
@@ -126,19 +137,24 @@ class LocalPlatform:
                 raise ToolError(f"job {kind!r} is already running; use train_status or stop it first")
             exit_file.unlink(missing_ok=True)
             wrapped = ["/bin/sh", "-c", 'trap "" HUP; "$@"; echo $? > "$TAO_EXIT_FILE"', "sh", *cmd]
-            env = {**self._env(ctx), "TAO_EXIT_FILE": str(exit_file)}
+            env = {**self._env(ctx, kind), "TAO_EXIT_FILE": str(exit_file)}
             with log.open("ab") as out:
-                out.write(f"\n$ {' '.join(argv)}\n".encode())
+                out.write(("\n" + ctx.creds.redact(f"$ {' '.join(argv)}") + "\n").encode())
                 proc = subprocess.Popen(wrapped, cwd=ctx.run_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True)
             self._procs[kind] = proc
             pid_file.write_text(json.dumps({"pid": proc.pid, "argv": argv, "started": time.time()}))
             return JobResult(kind, 0, log, "", detached=True, handle=str(proc.pid))
-        with log.open("wb") as out:
-            out.write(f"$ {' '.join(argv)}\n".encode())
+        with log.open("w", encoding="utf-8") as out:
+            out.write(ctx.creds.redact(f"$ {' '.join(argv)}") + "\n")
             out.flush()
-            code = subprocess.run(cmd, cwd=ctx.run_dir, env=self._env(ctx), stdout=out, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL).returncode
+            proc = subprocess.Popen(cmd, cwd=ctx.run_dir, env=self._env(ctx, kind), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+            assert proc.stdout is not None
+            for raw in proc.stdout:  # every line is redacted before it is stored
+                out.write(ctx.creds.redact(raw.decode("utf-8", errors="replace")))
+                out.flush()
+            code = proc.wait()
         return JobResult(kind, code, log, ctx.creds.redact(tail(log)))
 
     def status(self, ctx: RunContext, kind: JobKind) -> dict:
@@ -146,6 +162,7 @@ class LocalPlatform:
         log, pid_file, exit_file = self._files(ctx, kind)
         if not pid_file.exists():
             return {"running": False, "exit_code": None, "started": False, "log_tail": ""}
+        redact_log(ctx, log)
         info = json.loads(pid_file.read_text())
         pid = int(info["pid"])
         running = self._running(kind, pid)

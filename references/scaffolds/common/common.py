@@ -278,7 +278,8 @@ def classification_metrics(preds: np.ndarray, labels: np.ndarray, num_labels: in
         if tp + fp + fn == 0:
             continue
         f1s.append(2 * tp / (2 * tp + fp + fn))
-    return {"accuracy": acc, "macro_f1": float(np.mean(f1s)) if f1s else 0.0}
+    hist = np.bincount(preds.astype(int), minlength=num_labels).tolist() if len(preds) else [0] * num_labels
+    return {"accuracy": acc, "macro_f1": float(np.mean(f1s)) if f1s else 0.0, "prediction_histogram": hist}
 
 
 class Tracker:

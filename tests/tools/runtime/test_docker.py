@@ -260,8 +260,11 @@ def test_credentials_pass_by_name_and_never_reach_logs(client, built):
     finally:
         (ctx.run_dir / "meta" / "runtime_env.json").unlink()
     log = result.log_path.read_text()
-    assert "HF_TOKEN present: True offline: 1" in log
+    assert "HF_TOKEN present: False offline: 1" in log  # only prepare downloads, so only prepare gets HF_TOKEN
     assert "wandb: disabled compat: eager" in log
+    result = DockerPlatform(client, echo=lines.append).run(ctx2, "prepare", ["python", "job.py", "creds"])
+    log = result.log_path.read_text()
+    assert "HF_TOKEN present: True offline: None" in log
     assert TOKEN not in log and TOKEN not in result.log_tail and TOKEN not in "\n".join(lines)
     assert "leaked value: [REDACTED]" in log
     assert TOKEN not in (ctx.run_dir / ".tao" / "creds.jsonl").read_text()

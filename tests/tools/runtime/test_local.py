@@ -45,6 +45,30 @@ def test_credentials_reach_the_job_by_name_but_never_the_log_tail(tmp_path, monk
     res = ctx.platform.run(ctx, "prepare", ["python", "job.py"])
     assert res.exit_code == 0
     assert TOKEN not in res.log_tail and "[REDACTED] None disabled" in res.log_tail
+    assert TOKEN not in (ctx.run_dir / "logs" / "prepare.log").read_text()  # the stored log too, not only the tail
+
+
+def test_each_job_gets_only_its_credentials_and_logs_are_redacted_in_every_encoding(tmp_path, monkeypatch):
+    import base64
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-" + "k" * 30)
+    monkeypatch.setenv("NGC_API_KEY", "nvapi-" + "n" * 30)
+    ctx = make_ctx(tmp_path, wandb=True)
+    ctx.creds = Credentials({"HF_TOKEN": TOKEN, "WANDB_API_KEY": "w" * 40, "ANTHROPIC_API_KEY": "sk-ant-" + "k" * 30,
+                             "NGC_API_KEY": "nvapi-" + "n" * 30})
+    names = ("HF_TOKEN", "WANDB_API_KEY", "ANTHROPIC_API_KEY", "NGC_API_KEY")
+    py(ctx, "job.py", "import os\nprint(sorted(k for k in %r if os.environ.get(k)))\n" % (names,))
+    seen = {kind: ctx.platform.run(ctx, kind, ["python", "job.py"]).log_tail.strip().splitlines()[-1]
+            for kind in ("prepare", "smoke", "baseline", "train", "eval", "infer")}
+    assert seen == {"prepare": "['HF_TOKEN']", "smoke": "[]", "baseline": "[]", "train": "['WANDB_API_KEY']", "eval": "[]", "infer": "[]"}
+    enc = (TOKEN.encode().hex(), base64.b64encode(b"x" + TOKEN.encode()).decode(), base64.urlsafe_b64encode(TOKEN.encode()).decode(), TOKEN[::-1])
+    py(ctx, "leak.py", "import sys\nfor e in sys.argv[1:]:\n    print('leak', e)\n")
+    res = ctx.platform.run(ctx, "prepare", ["python", "leak.py", TOKEN, *enc])
+    log = (ctx.run_dir / "logs" / "prepare.log").read_text()
+    from leakcheck import recoverable
+
+    assert all(recoverable(TOKEN, e) for e in enc)  # the checker itself sees each form
+    assert res.log_tail.count("[REDACTED]") >= 5 and not recoverable(TOKEN, log) and not recoverable(TOKEN, res.log_tail)
 
 
 def test_runtime_env_from_the_compat_fixes_is_applied(tmp_path):
