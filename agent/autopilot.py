@@ -99,7 +99,7 @@ ACTIONS: tuple[Action, ...] = (
            repeats=10_000),
     _job("eval", done=_proved("eval")),
     _job("infer", _proved("infer")),
-    Action(5, "write_report", _none, when=lambda c: c.config.emit_report, done=_file("reports/report.html")),
+    Action(5, "write_report", _none, when=lambda c: c.config.emit_report, done=_file("reports/report.pdf")),
     Action(6, "hf_push", _none, when=lambda c: c.config.push_to_hub, done=lambda c: bool((c.state.records.get("hub") or {}).get("url"))),
     Action(6, "emit_rerun_skill", _none, done=lambda c: not gates.gate6(c.run_dir, c.state)),
 )

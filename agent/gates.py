@@ -267,8 +267,9 @@ def gate5(run_dir: Path, state: RunState) -> list[str]:
             missing.append("reports/baseline_results.json")
         else:
             missing += _evidence(run_dir, state, "baseline", "baseline job evidence")
-    if cfg.get("emit_report") and not (run_dir / "reports" / "report.html").is_file():
-        missing.append("reports/report.html (emit_report)")
+    for name in ("report.html", "report.pdf"):
+        if cfg.get("emit_report") and not (run_dir / "reports" / name).is_file():
+            missing.append(f"reports/{name} (emit_report)")
     samples = run_dir / "reports" / "inference_samples"
     n = len([p for p in samples.iterdir() if p.is_file()]) if samples.is_dir() else 0
     if n < N_SAMPLES:

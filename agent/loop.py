@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from tao_finetune.agent import gates, policy, steps
 from tao_finetune.agent.context import RunContext
+from tao_finetune.agent.progress import Journal
 from tao_finetune.agent.llm import LLMAuthError, LLMClient, LLMDeadline, LLMError, LLMResponse
 from tao_finetune.agent.errors import AskUser, BadInput, Done, GateFailed, Interrupted, LimitReached, LoopExit, NeedsUser, ToolError  # noqa: F401
 from tao_finetune.agent.tooling import Tool, format_validation_error
@@ -72,6 +73,7 @@ class Agent:
         if hasattr(client, "deadline"):
             client.deadline = self.deadline
         ctx.deadline = self.deadline
+        self.journal = Journal(ctx)
 
     def run(self, task: str) -> LoopExit:
         """Run until done, a question, a limit or an error; always returns the exit."""
@@ -98,6 +100,7 @@ class Agent:
             self.ctx.state.pending_question = result.message
             self.ctx.save()
         self.ctx.session.event("exit", code=result.code, message=result.message, steps=self.steps, cost_usd=round(self.cost, 4))
+        self.journal.stop(result)
         return result
 
     def step(self) -> None:
@@ -166,8 +169,7 @@ class Agent:
             res = gates.check(step, run_dir, state)
             if state.log_gate(step, res.met, list(res.missing)):
                 self.ctx.session.event("gate", step=step, met=res.met, missing=list(res.missing))
-                self.progress(f"{'✅' if res.met else '❌'} step {step} ({steps.name(step)})"
-                              + ("" if res.met else f": missing {', '.join(res.missing)}"))
+                self.journal.gate(step, res.met, list(res.missing))
             all_met &= res.met
         self.ctx.save()
         question = gates.learning_question(run_dir, state)
@@ -183,12 +185,6 @@ class Agent:
     def gate_status(self) -> str:
         """The gate status now, sent with every tool-result turn (a system prompt would go stale)."""
         return "Gate status now:\n" + "\n".join(f"- {line}" for line in steps.status_lines(self.ctx.run_dir, self.ctx.state))
-
-    def progress(self, line: str) -> None:
-        """Append to PROGRESS.md when the user asked for the journal."""
-        if self.ctx.config.emit_progress_log:
-            with (self.ctx.run_dir / "PROGRESS.md").open("a") as f:
-                f.write(f"- {time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
 
     def finish_turn(self, resp: LLMResponse) -> None:
         """The model stopped calling tools: done if every gate holds, else nudge, then fail."""
@@ -228,7 +224,7 @@ class Agent:
         text = self.result_text(name, out, is_error)
         self.ctx.session.event("tool_result", id=tid, name=name, is_error=is_error, content=text)
         if is_error:
-            self.progress(f"⚠️ {name}: {text.splitlines()[0][:200] if text else ''}")
+            self.journal.tool_error(name, text)
         block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tid, "content": text}
         if is_error:
             block["is_error"] = True

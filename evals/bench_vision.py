@@ -7,6 +7,10 @@ peak memory from logs/metrics.jsonl and the metric against the baseline.
 
     python evals/bench_vision.py [--task object-detection|semantic-segmentation|all] [--n 2000] [--epochs 3] [--out DIR]
 
+Progress lines start with [bench_vision]; drawing the synthetic PNGs is single-process (about 1,000 images a minute
+per task on a busy host), so keep --n small where the run has a time limit. Not yet run on a GPU from this repo: the
+one attempt (H200, --n 1000 --epochs 5) ran past its 330 s limit with its output held in a pipe buffer.
+
 Needs torch, transformers, numpy, pillow, pyyaml, scipy and pycocotools; not datasets, not this package installed.
 """
 
@@ -77,6 +81,7 @@ def project(task: str, root: Path, model: Path, data: Path, n: int, epochs: floa
 
 
 def run(cmd: list[str], cwd: Path) -> float:
+    print(f"[bench_vision] {cwd.parent.name}: {' '.join(cmd)}", flush=True)
     t = time.perf_counter()
     env = {**os.environ, "TAO_SAVE_STEPS": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     subprocess.run([sys.executable, *cmd], cwd=cwd, env=env, check=True)
@@ -95,6 +100,7 @@ def bench(task: str, out: Path, n: int, epochs: float) -> dict:
     make_model(task, root / "model")
     proj = project(task, root, root / "model", data, n, epochs)
     times = {"make_data_s": round(time.perf_counter() - t0, 1)}
+    print(f"[bench_vision] {task}: {n} synthetic images and a random-init model in {times['make_data_s']} s", flush=True)
     times["prepare_s"] = round(run(["prepare_data.py"], proj), 1)
     times["baseline_s"] = round(run(["run_eval.py", "--baseline"], proj), 1)
     times["train_s"] = round(run(["train.py"], proj), 1)

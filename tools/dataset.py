@@ -74,6 +74,20 @@ class Scan:
             self.issues.append(Issue(level, kind, count, message))
 
 
+def require_datasets():
+    """The `datasets` module; it is an optional extra (Hub datasets, parquet/arrow folders), so say how to get it."""
+    try:
+        import datasets
+    except ModuleNotFoundError as err:
+        if err.name != "datasets":
+            raise ToolError(f"the 'datasets' package failed to import: {err}") from None
+        raise ToolError("this dataset needs the 'datasets' package, which the core install leaves out: "
+                        "pip install 'tao-finetune[datasets]' (or the [train] extra)") from None
+    except ImportError as err:
+        raise ToolError(f"the 'datasets' package failed to import: {err}") from None
+    return datasets
+
+
 def split_of(name: str) -> str | None:
     """The canonical split a file or folder name points at, if any."""
     low = name.lower()
@@ -500,7 +514,7 @@ def scan_text_rows(root: Path, fmt: Literal["jsonl", "csv"]) -> Scan:
 
 def scan_with_datasets(root: Path, fmt: Literal["parquet", "arrow"]) -> Scan:
     """Parquet and arrow are read by `datasets` itself."""
-    import datasets
+    datasets = require_datasets()
     import pyarrow as pa
 
     scan = Scan(fmt, "")
@@ -553,7 +567,7 @@ def scan_local(path: str | Path, fmt: str = "auto", task: str | None = None) -> 
 
 
 def _features(scan: Scan, rows: list[dict[str, Any]]):
-    import datasets
+    datasets = require_datasets()
 
     feats: dict[str, Any] = {}
     for col, kind in scan.kinds.items():
@@ -574,7 +588,7 @@ def _features(scan: Scan, rows: list[dict[str, Any]]):
 
 def load_local_dataset(path: str | Path, fmt: str = "auto", task: str | None = None):
     """Load a local dataset into a `datasets.DatasetDict` (images as Image features, labels as ClassLabel); unreadable items are skipped."""
-    import datasets
+    datasets = require_datasets()
 
     scan = scan_local(path, fmt, task)
     errors = [i for i in scan.issues if i.level == "error"]
@@ -650,7 +664,7 @@ def _stats(values: list[int | float]) -> dict[str, Any]:
 
 def feature_types(features: Any) -> dict[str, str]:
     """Column -> short type string from datasets Features."""
-    import datasets
+    datasets = require_datasets()
 
     out = {}
     for k, f in features.items():
@@ -988,7 +1002,7 @@ def _hub_dataset_error(dataset_id: str, err: Exception) -> ToolError:
 
 def probe_hub_dataset(dataset_id: str, config_name: str | None = None, token_present: bool = False, n_samples: int = 3) -> DatasetFacts:
     """Facts about a Hub dataset through `datasets`: builder info, features, splits and sizes, streamed sample rows."""
-    import datasets
+    datasets = require_datasets()
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 

@@ -420,8 +420,10 @@ def failure_question(items: list[Item]) -> str:
 def audit_hardware(ctx: RunContext, args: NoArgs) -> dict:
     """Check-only audit of this host (Docker, NVIDIA driver/CUDA, Container Toolkit, GPUs, disk, needed credentials); records gpu_count, gpu_name, driver_major, vram_gb_per_gpu."""
     cfg = ctx.config
-    facts, replayed = host_facts(cfg.platform, cfg.out, cfg.image or SMOKE_IMAGE)
     creds = needed_credentials(cfg.push_to_hub, bool(cfg.model_facts and cfg.model_facts.gated), cfg.wandb)
+    if cfg.platform == "slurm":
+        return _audit_slurm(ctx, creds)
+    facts, replayed = host_facts(cfg.platform, cfg.out, cfg.image or SMOKE_IMAGE)
     items = assess(
         facts,
         platform=cfg.platform,
@@ -449,10 +451,31 @@ def audit_hardware(ctx: RunContext, args: NoArgs) -> dict:
     }
 
 
+def _audit_slurm(ctx: RunContext, creds: list[str]) -> dict:
+    """The slurm platform's audit: the cluster (sinfo/scontrol) instead of this host's GPUs; see tools/runtime/slurm.py."""
+    from tao_finetune.tools.runtime import slurm
+
+    cfg = ctx.config
+    facts = slurm.collect_slurm_facts(cfg, disk_path=cfg.out)
+    items, record = slurm.assess_slurm(facts, cfg, {n: ctx.creds.present(n) for n in creds}, min_disk_gb())
+    ok = passed(items)
+    values = slurm.slurm_hardware_record(facts, record, cfg)
+    for key, value in values.items():
+        setattr(cfg, key, value)
+    ctx.state.record("audit", {"passed": ok, "items": [asdict(i) for i in items], "slurm": record,
+                               "host": {"platform": "slurm", "container": record.get("container")}})
+    ctx.save()
+    ctx.session.event("audit", passed=ok, items=[f"{i.status} {i.name}" for i in items])
+    if not ok:
+        raise NeedsUser(failure_question(items), "Fix the cluster request (--set slurm.<key>=...) or the cluster, then resume the run; "
+                                                 "for a CPU-only run pass --allow-cpu.")
+    return {"passed": ok, "items": [f"{i.status} {i.name}: {i.detail}" for i in items if i.status != "skip"], **values}
+
+
 def add_doctor_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `doctor`: the same audit, printed for a person."""
     p = subparsers.add_parser("doctor", help="check this host for GPU fine-tuning (check-only, installs nothing)")
-    p.add_argument("--platform", choices=["docker", "local"], default="docker")
+    p.add_argument("--platform", choices=["docker", "local", "slurm"], default="docker")
     p.add_argument("--allow-cpu", action="store_true", help="a host without GPU is not a failure")
     p.add_argument("--smoke-image", default=SMOKE_IMAGE, help="image for the in-container GPU smoke")
     p.add_argument("--config", type=Path, default=None, help="a run's config.yaml: check the credentials it needs")
@@ -481,12 +504,20 @@ def doctor_command(args: argparse.Namespace) -> int:
         allow_cpu = allow_cpu or cfg.allow_cpu
         names = needed_credentials(cfg.push_to_hub, bool(cfg.model_facts and cfg.model_facts.gated), cfg.wandb)
         creds = {n: c.present(n) for n in names}
-    try:
-        facts, _ = host_facts(args.platform, Path.cwd(), args.smoke_image)
-    except ToolError as err:
-        Console(stderr=True).print(f"[red]{err}[/red]")
-        return 2
-    items = assess(facts, platform=args.platform, allow_cpu=allow_cpu, min_disk_gb=min_disk_gb(), credentials=creds)
+    if args.platform == "slurm":  # the cluster from this login node: sinfo/scontrol (tools/runtime/slurm.py)
+        from tao_finetune.agent.config import RunConfig
+        from tao_finetune.tools.runtime import slurm
+
+        run_cfg = cfg if args.config else RunConfig(model_id="doctor", platform="slurm")
+        run_cfg = run_cfg.model_copy(update={"allow_cpu": allow_cpu})
+        items, _ = slurm.assess_slurm(slurm.collect_slurm_facts(run_cfg), run_cfg, creds, min_disk_gb())
+    else:
+        try:
+            facts, _ = host_facts(args.platform, Path.cwd(), args.smoke_image)
+        except ToolError as err:
+            Console(stderr=True).print(f"[red]{err}[/red]")
+            return 2
+        items = assess(facts, platform=args.platform, allow_cpu=allow_cpu, min_disk_gb=min_disk_gb(), credentials=creds)
     if args.json:
         print(json.dumps({"passed": passed(items), "items": [asdict(i) for i in items]}, indent=1))
     else:

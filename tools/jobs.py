@@ -233,7 +233,16 @@ def _platform(ctx: RunContext):
 @tool(step=4)
 def docker_build(ctx: RunContext, args: NoArgs) -> dict:
     """Build the project's runtime (a Docker image, or a check of the local Python) and record it for gate 4."""
-    rec = _platform(ctx).build(ctx)
+    platform = _platform(ctx)
+    rec = platform.build(ctx)
+    if rec.get("ok") and hasattr(platform, "freeze"):
+        from tao_finetune.tools.project import pin_requirements
+
+        try:
+            freeze, source = platform.freeze(ctx)
+            rec["requirements"] = pin_requirements(ctx, freeze, source)
+        except ToolError as err:
+            rec["requirements"] = {"error": str(err)}
     ctx.state.record("build", rec)
     ctx.save()
     if not rec.get("ok"):
@@ -549,6 +558,7 @@ def train_status(ctx: RunContext, args: StatusArgs) -> dict:
                     f"{ev['noise']}, {SIGNIFICANCE} needed; slope {ev['slope_per_100_steps']}/100 steps) by step {step}, "
                     f"judged after step {prog['flat_after']} (warm-up, first epoch and half the run are past)"))
             if time.monotonic() >= deadline:
+                prog = {**prog, **{k: st[k] for k in ("job_id", "slurm_state", "pending_reason") if st.get(k)}}  # SLURM: why it waits
                 if run_ends:
                     return {"state": "running", **prog, "note": "the run's wall-time limit (--max-hours) is reached; training keeps "
                                                                 "running detached: `tao-finetune stop DIR` stops it, re-running resumes"}

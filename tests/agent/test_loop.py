@@ -188,9 +188,26 @@ def test_a_tool_that_would_substitute_the_model_or_dataset_asks(ctx, key):
     assert not ctx.session.events("tool_result")
 
 
+class ExplodingClient:
+    name = "exploding"
+
+    def create(self, **kw):
+        raise RuntimeError("boom")
+
+
 def test_progress_journal_when_asked(ctx):
     ctx.config.emit_progress_log = True
     Agent(ScriptedClient([tool_call("fake_push"), *[tool_call(n) for n in ()], tool_call("fake_probe", {"text": "a"})]), ctx, STAND_INS, "s",
           Limits(max_steps=2)).run("go")
-    text = (ctx.run_dir / "PROGRESS.md").read_text()
-    assert "⚠️ fake_push: refused" in text and "✅ step 1 (inspect & qualify)" in text and "❌ step 2" in text
+    lines = (ctx.run_dir / "PROGRESS.md").read_text().splitlines()
+    text = "\n".join(lines)
+    assert "⚠️ fake_push: refused" in text and "✅ step 1 (inspect & qualify)" in text
+    assert "❌" not in text and "step 2" not in text  # gates not reached yet are not events
+    assert "⚠️ run stopped (exit 5): step limit reached (2 model turns" in lines[-1]
+
+
+def test_progress_journal_writes_the_final_stop_of_a_failed_run(ctx):
+    ctx.config.emit_progress_log = True
+    result = Agent(ExplodingClient(), ctx, STAND_INS, "s").run("go")
+    assert result.code == 1
+    assert "❌ run stopped (exit 1): internal error RuntimeError: boom" in (ctx.run_dir / "PROGRESS.md").read_text().splitlines()[-1]

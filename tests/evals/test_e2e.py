@@ -33,6 +33,33 @@ def test_demo_fine_tunes_digits_through_all_gates(tmp_path, capsys):
     assert score.refusals == 0 and score.gates_met == [1, 2, 3, 4, 5, 6]
     cfg = (run / "config.yaml").read_text()
     assert "fallback to reference" in cfg
+    rerun_skill_leaves_the_finished_run_untouched(run, tmp_path, capsys)
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def rerun_skill_leaves_the_finished_run_untouched(run: Path, tmp_path: Path, capsys) -> None:
+    """The SKILL.md agent commands, run on the finished demo without an API key: resume is a no-op, a rerun gets a new dir."""
+    import shlex
+
+    from tao_finetune.agent.config import load_config
+
+    skill = next((run / "skills").glob("run-*/SKILL.md")).read_text()
+    cmds = [line for line in skill.splitlines() if line.startswith("tao-finetune run --config")]
+    rerun, resume = (shlex.split(c)[1:] for c in cmds[:2])
+    before = tree(run)
+    os.environ.pop("ANTHROPIC_API_KEY", None)
+    assert main(resume) == 0
+    assert "all six gates already met" in capsys.readouterr().err
+    assert tree(run) == before
+    assert main(rerun) == 2  # no API key: one line, and nothing written anywhere
+    assert tree(run) == before and not (tmp_path / "demo-rerun" / "config.yaml").exists()
+    assert main([*rerun, "--llm", "autopilot", "--max-steps", "1"]) == 5
+    assert tree(run) == before
+    old, new = load_config(run / "config.yaml"), load_config(tmp_path / "demo-rerun" / "config.yaml")
+    assert new.recipe == old.recipe and new.user_set == old.user_set and new.output_dir == str(tmp_path / "demo-rerun")
 
 
 def test_a_stopped_run_resumes_at_the_first_unmet_gate(tmp_path):

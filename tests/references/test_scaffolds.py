@@ -269,3 +269,31 @@ def test_flip_augmentation_follows_the_recipe_text(monkeypatch):
     finally:  # the scaffold's modules have top-level names: keep them out of sys.modules
         for name in ("prepare_data", "common", "sources"):
             sys.modules.pop(name, None)
+
+
+def test_a_signal_under_torchrun_checkpoints_on_rank_0_at_a_synced_step(tmp_path, digits):
+    ctx = make_ctx(tmp_path / "run", "image-classification", model_id=str(digits["model"]),
+                   local_dataset_path=str(digits["data"]), n_train=256, n_eval=64, n_epochs=200)
+    ctx.config.hyperparameters = ctx.config.hyperparameters.model_copy(update={"logging_steps": 2})
+    ctx.save()
+    call(project.render_scaffold, ctx)
+    call(jobs.docker_run, ctx, job="prepare")
+    ctx.platform.run(ctx, "train", ["torchrun", "--standalone", "--nproc_per_node=2", "train.py"], detach=True)
+    deadline = time.monotonic() + 180
+    while (jobs.training_progress(ctx.run_dir)["step"] or 0) < 4 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    ctx.platform.stop(ctx, "train")  # SIGTERM to torchrun and both workers (one process group)
+    deadline = time.monotonic() + 60  # stop() returns when the wrapper shell is gone; the workers finish their step
+    while time.monotonic() < deadline:
+        recs = jobs.read_metrics(ctx.run_dir / "logs" / "metrics.jsonl")
+        pre = [r for r in recs if r.get("event") == "preempted"]
+        if pre:
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)
+    recs = jobs.read_metrics(ctx.run_dir / "logs" / "metrics.jsonl")
+    pre = [r for r in recs if r.get("event") == "preempted"]
+    assert len(pre) == 1 and pre[0]["step"] % 2 == 0, recs[-3:]  # one record (rank 0), at a logging step (all ranks agree)
+    ckpt = ctx.run_dir / "checkpoints" / pre[0]["checkpoint"]
+    assert (ckpt / "complete.json").is_file() and (ckpt / "model.safetensors").is_file()
+    assert not (ctx.run_dir / "checkpoints" / "final").exists()

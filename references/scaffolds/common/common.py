@@ -24,6 +24,8 @@ API sources (transformers 5.x, checked against the installed 5.24 source):
 - https://docs.pytorch.org/docs/stable/notes/ddp.html and torch.distributed.run (torchrun env vars)
 - https://docs.pytorch.org/docs/stable/amp.html (autocast bf16, GradScaler for fp16)
 - torch/utils/flop_counter.py (FlopCounterMode, used for the MFU estimate)
+- torch/distributed/elastic/agent/server/api.py (torchrun forwards SIGTERM to its workers, then waits before SIGKILL)
+- https://slurm.schedmd.com/sbatch.html (--signal, --requeue: a SIGTERM/SIGUSR1 before the time limit or on scancel)
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -270,16 +273,19 @@ def classification_metrics(preds: np.ndarray, labels: np.ndarray, num_labels: in
     """Accuracy, macro-F1 and per-class F1."""
     preds, labels = np.asarray(preds), np.asarray(labels)
     acc = float((preds == labels).mean()) if len(labels) else 0.0
-    f1s = []
+    f1s, per_class = [], []
     for c in range(num_labels):
         tp = int(((preds == c) & (labels == c)).sum())
         fp = int(((preds == c) & (labels != c)).sum())
         fn = int(((preds != c) & (labels == c)).sum())
+        per_class.append({"precision": tp / (tp + fp) if tp + fp else 0.0, "recall": tp / (tp + fn) if tp + fn else 0.0,
+                          "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0, "support": tp + fn})
         if tp + fp + fn == 0:
             continue
         f1s.append(2 * tp / (2 * tp + fp + fn))
     hist = np.bincount(preds.astype(int), minlength=num_labels).tolist() if len(preds) else [0] * num_labels
-    return {"accuracy": acc, "macro_f1": float(np.mean(f1s)) if f1s else 0.0, "prediction_histogram": hist}
+    return {"accuracy": acc, "macro_f1": float(np.mean(f1s)) if f1s else 0.0, "prediction_histogram": hist,
+            "per_class": per_class}
 
 
 class Tracker:
@@ -316,6 +322,43 @@ def log_jsonl(path: Path, record: dict) -> None:
 
 
 # ---------------------------------------------------------------- checkpoints
+
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: a checkpoint was written on a signal; run train.py again to resume
+
+
+class Preempted(Exception):
+    """Training stopped on SIGTERM/SIGUSR1 after writing a checkpoint (scheduler time limit, scancel, docker stop)."""
+
+
+class PreemptFlag:
+    """Records SIGTERM/SIGUSR1; the loop checks it at a step boundary, so the checkpoint is consistent."""
+
+    def __init__(self):
+        self.signum = 0
+        self._old = {}
+
+    def install(self) -> "PreemptFlag":
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            self._old[sig] = signal.signal(sig, self._set)
+        return self
+
+    def _set(self, signum, frame) -> None:
+        self.signum = signum
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def requested(self, rt, synced: bool) -> bool:
+        """True when any rank got the signal; with several ranks only at steps where they all call this (synced)."""
+        if rt.world == 1:
+            return bool(self.signum)
+        if not synced:
+            return False
+        flag = torch.tensor([1.0 if self.signum else 0.0], device=rt.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
 
 
 def complete_checkpoints() -> list[Path]:
@@ -393,6 +436,9 @@ def train(task, argv: list[str] | None = None) -> int:
         record.update(result)
         record["passed"] = bool(result["finite_loss"] and result["grad_norm_positive"])
         code = 0 if (record["passed"] or not smoke) else 1
+    except Preempted:
+        rt.close()
+        return PREEMPTED_EXIT
     except Exception as err:  # the smoke report must record any failure before re-raising
         record["exception"] = f"{type(err).__name__}: {err}"
         if smoke and rt.main:
@@ -407,6 +453,7 @@ def train(task, argv: list[str] | None = None) -> int:
 
 
 def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics_path: Path, get_scheduler) -> dict:
+    preempt = PreemptFlag() if smoke else PreemptFlag().install()  # first: a signal during loading checkpoints at step 1
     seed = int(h["seed"])
     seed_all(seed)
     split = CachedSplit("train", task.FIELDS)
@@ -509,6 +556,15 @@ def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics
             last = rec
             loss_sum.zero_()
             window_samples, window_start = 0, time.perf_counter()
+        if not smoke and done < total and preempt.requested(rt, synced=done % logging_steps == 0):
+            if rt.main:
+                path = save_checkpoint(model, optimizer, scheduler, scaler, done, keep)
+                log_jsonl(metrics_path, {"event": "preempted", "step": done, "total_steps": total, "signal": preempt.signum,
+                                         "checkpoint": path.name, "time": time.time()})
+                print(f"signal {preempt.signum}: checkpoint {path.name} written at step {done}/{total}; run train.py again to resume",
+                      flush=True)
+            rt.barrier()
+            raise Preempted(done)
         if not smoke and save_every and done % save_every == 0 and done < total:
             if rt.main:
                 save_checkpoint(model, optimizer, scheduler, scaler, done, keep)

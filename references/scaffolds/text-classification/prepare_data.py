@@ -96,4 +96,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    # no options: everything comes from config.yaml; --help only prints this and exits
+    argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0], epilog="All settings are read from config.yaml "
+                            "(or $TAO_PROJECT_DIR/config.yaml).").parse_args()
     raise SystemExit(main())
