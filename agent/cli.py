@@ -63,19 +63,36 @@ BOOL_FLAGS: list[tuple[str, str]] = [
 ]
 
 
+def field_help(key: str) -> tuple[str, list[str] | None]:
+    """Help text and choices for a run flag, from RunConfig's field description, default and Literal type."""
+    import typing
+
+    field = RunConfig.model_fields[key]
+    choices = None
+    for arg in (field.annotation, *typing.get_args(field.annotation)):
+        if typing.get_origin(arg) is typing.Literal:
+            choices = [str(c) for c in typing.get_args(arg)]
+    default = None if field.is_required() else field.default
+    shown = {True: "on", False: "off"}.get(default, default) if default is not None else None
+    text = (field.description or key.replace("_", " ")) + (f" (default: {shown})" if shown is not None and shown != "" else "")
+    return text.replace("%", "%%"), choices
+
+
 def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="fine-tune a model through the six gated steps (resumes an existing output dir)",
                        description="Fine-tune a Hugging Face model through the six gated steps. Re-running on the same output dir resumes at the first unmet gate.")
     for flag, key, typ in VALUE_FLAGS:
-        p.add_argument(flag, dest=key, type=typ, default=None, metavar=key.upper())
-    p.add_argument("--push-to-hub", dest="push_to_hub", action=argparse.BooleanOptionalAction, default=None, help="push the result to the Hub (default: on)")
+        help_, choices = field_help(key)
+        p.add_argument(flag, dest=key, type=typ, default=None, choices=choices, help=help_,
+                       metavar="{" + ",".join(choices) + "}" if choices else key.upper())
+    p.add_argument("--push-to-hub", dest="push_to_hub", action=argparse.BooleanOptionalAction, default=None, help=field_help("push_to_hub")[0])
     for flag, key in BOOL_FLAGS:
-        p.add_argument(flag, dest=key, action="store_true", default=None)
-    p.add_argument("--config", type=Path, help="a config.yaml to start from")
+        p.add_argument(flag, dest=key, action="store_true", default=None, help=field_help(key)[0])
+    p.add_argument("--config", type=Path, help="a config.yaml to start from (a finished run's config.yaml repeats that run)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="set any config value (repeatable), e.g. --set learning_rate=1e-4")
     p.add_argument("--llm", choices=LLMS, default="anthropic", help="who drives the run: the Anthropic API (default), the built-in autopilot (no key, no network), or a replay")
     p.add_argument("--model", dest="llm_model", default=None, help="Anthropic model id (default: TAO_MODEL or a current Sonnet-class model)")
-    p.add_argument("--replay", type=Path, help="session.jsonl to replay (with --llm replay)")
+    p.add_argument("--replay", type=Path, metavar="SESSION.jsonl", help="session.jsonl to replay (with --llm replay)")
     p.add_argument("--answer", default=None, help="your answer to the question a previous run stopped on")
     p.add_argument("--request", default="", help="the request in your own words (kept in the session log)")
     p.add_argument("--yes", action="store_true", help="never prompt; a question ends the run with exit code 3")
@@ -83,7 +100,14 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, default=250, help="model turns at most")
     p.add_argument("--max-cost", type=float, default=25.0, help="USD at most for model calls")
     p.add_argument("--max-hours", type=float, default=24.0, help="wall time at most")
-    p.add_argument("--quiet", action="store_true", help="print only the final summary")
+    p.add_argument("--stop-before-step", type=int, choices=range(2, 7), default=None, metavar="N",
+                   help="stop (exit 0) once the gates of steps 1..N-1 hold, e.g. 4 to plan without building or training")
+    p.add_argument("--system-prompt", type=Path, default=None, metavar="FILE",
+                   help="a system prompt file to use instead of prompts/system.md (same variables, rendered strictly; for prompt evals)")
+    p.add_argument("--quiet", action="store_true", help="print only the result, no live view or job output (with --json: only the JSON result)")
+    p.add_argument("--verbose", action="store_true", help="also print tool arguments and results, model text and job output")
+    p.add_argument("--json", action="store_true", help="print one JSON result on stdout (status, exit code, gates, metrics, paths, Hub URL, tokens, cost); "
+                   "it is also written to OUTPUT_DIR/result.json")
 
 
 def leaf_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
@@ -100,8 +124,13 @@ def leaf_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
 def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
     """Merge an existing run's config, --config, flags and --set; returns the config and the user-set keys."""
     data: dict[str, Any] = {}
+    file_keys: list[str] = []
     if args.config:
-        data = load_config(args.config).model_dump(exclude_defaults=True)
+        loaded = load_config(args.config)
+        data = loaded.model_dump(exclude_defaults=True)
+        # A run's own config.yaml (it records user_set/recipe): only what that run's user set is user input; recorded
+        # facts and researched values keep their rank and source. A hand-written config: every value in it is the user's.
+        file_keys = list(loaded.user_set) if (loaded.user_set or loaded.recipe) else leaf_keys(data)
     flags = {key: getattr(args, key) for _, key, _ in VALUE_FLAGS}
     flags.update({key: getattr(args, key) for _, key in BOOL_FLAGS})
     flags["push_to_hub"] = args.push_to_hub
@@ -131,7 +160,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
     out = Path(data.get("output_dir") or build_config({"model_id": data["model_id"]}).output_dir).resolve()
     check_output_dir(out)
     existing = out / "config.yaml"
-    user_keys = sorted((set(leaf_keys(data)) | set(set_keys)) - {"model_id"})
+    user_keys = sorted((set(file_keys) | set(leaf_keys(given)) | set(set_keys)) - {"model_id"})
     if existing.exists():
         prev = load_config(existing)
         if prev.model_id != data["model_id"]:
@@ -186,14 +215,18 @@ def load_credentials(env_file: Path):
         raise ConfigError(f"--env-file {str(env_file)!r} cannot be read: {err.strerror}") from None
 
 
-def make_platform(cfg: RunConfig):
+def make_platform(cfg: RunConfig, echo=None):
+    if cfg.platform == "slurm":
+        from tao_finetune.tools.runtime.slurm import SlurmPlatform
+
+        return SlurmPlatform()
     if cfg.platform == "local":
         from tao_finetune.tools.runtime.local import LocalPlatform
 
         return LocalPlatform()
     from tao_finetune.tools.runtime.docker import DockerPlatform
 
-    return DockerPlatform()
+    return DockerPlatform(echo=echo)
 
 
 def make_client(args: argparse.Namespace, ctx):
@@ -219,21 +252,6 @@ def make_client(args: argparse.Namespace, ctx):
     return AnthropicClient(model=args.llm_model)
 
 
-def echo_event(ev: dict[str, Any]) -> None:
-    kind = ev["kind"]
-    if kind == "tool_call":
-        console.print(f"[cyan]→ {escape(str(ev['name']))}[/] {escape(json.dumps(ev['input'])[:160])}")
-    elif kind == "tool_result":
-        mark = "[red]✗[/]" if ev["is_error"] else "[green]✓[/]"
-        console.print(f"  {mark} {escape(str(ev['content']).splitlines()[0][:200]) if ev['content'] else ''}")
-    elif kind == "gate" and ev["met"]:
-        console.print(f"[bold green]gate {ev['step']} met[/] ({gates.STEP_NAMES[ev['step']]})")
-    elif kind == "response":
-        text = " ".join(b.get("text", "") for b in ev["content"] if b.get("type") == "text").strip()
-        if text:
-            console.print(f"[dim]{escape(text[:400])}[/]")
-
-
 def summary(run_dir: Path, state: RunState) -> str:
     """The closing lines: metric baseline -> fine-tuned, URLs and paths."""
     ev = gates.read_json(run_dir / "reports" / "eval_results.json")
@@ -245,8 +263,9 @@ def summary(run_dir: Path, state: RunState) -> str:
         lines.append(f"{ev['primary_metric']}: {f'{b:.4f}' if b is not None else 'n/a'} → {value:.4f}{delta}")
     hub = (state.records.get("hub") or {}).get("url")
     lines.append(f"hub: {hub or 'not pushed'}")
-    if (state.records.get("train") or {}).get("wandb_url"):
-        lines.append(f"wandb: {state.records['train']['wandb_url']}")
+    wandb_url = gates.read_json(run_dir / "reports" / "wandb.json").get("url")  # written by the project's tracker
+    if wandb_url:
+        lines.append(f"wandb: {wandb_url}")
     lines.append(f"samples: {run_dir / 'reports' / 'inference_samples'}")
     cfg_short = next(iter(sorted((run_dir / 'skills').glob('run-*/SKILL.md'))), None) if (run_dir / "skills").is_dir() else None
     lines.append(f"rerun skill: {cfg_short or 'not emitted'}")
@@ -260,24 +279,29 @@ def run_command(args: argparse.Namespace) -> int:
     cfg, user_keys = config_from_args(args)
     run_dir = cfg.out
     creds = load_credentials(args.env_file)
+    from tao_finetune.agent.console import LiveView
+
+    view = LiveView(console, run_dir, "quiet" if args.quiet else "verbose" if args.verbose else "normal")
     with RunLock(run_dir) as lock:
         _ACTIVE["run_dir"] = run_dir
         try:
-            session = SessionLog(run_dir / "session.jsonl", creds, echo=None if args.quiet else echo_event)
+            session = SessionLog(run_dir / "session.jsonl", creds, echo=None if args.quiet else view.event)
         except SessionFormatError as err:
             raise ConfigError(f"{err}: move session.jsonl away to start a new log") from None
         _ACTIVE["session"] = session
         notes = [session.repaired]
         if lock.took_over is not None:
             notes.append(f"took over a stale lock of PID {lock.took_over.get('pid', '?')} (that process is gone)")
-        return _run_locked(args, cfg, user_keys, creds, session, notes)
+        return _run_locked(args, cfg, user_keys, creds, session, notes, view)
 
 
-def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], creds, session: SessionLog, notes: list[str | None]) -> int:
+def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], creds, session: SessionLog, notes: list[str | None],
+                view) -> int:
     from tao_finetune.agent.authority import user_recipe
     from tao_finetune.agent.context import RunContext
     from tao_finetune.agent.loop import Agent, Limits
     from tao_finetune.agent.prompts import render
+    from tao_finetune.agent import steps
     from tao_finetune.tools import all_tools
 
     run_dir = cfg.out
@@ -288,20 +312,22 @@ def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], 
         console.print(f"[yellow]note:[/] {escape(note)}")
     user_recipe(cfg, user_keys)
     ctx = RunContext(cfg, session, creds, state, yes=args.yes or not sys.stdin.isatty())
-    ctx.platform = make_platform(cfg)
-    ctx.save()
-    client = make_client(args, ctx)
-    tools = all_tools()
     if args.answer and gates.accept_learning(state, run_dir, state.pending_question, args.answer):
         session.event("accepted", what="gate 5: model kept without clear evidence of learning", answer=args.answer)
         ctx.save()
     first = gates.first_unmet(run_dir, state)
-    if first is None:
+    args.outcome = {"run_dir": run_dir, "message": "all six gates already met"}
+    if first is None:  # a finished run is never rewritten: config.yaml and the state are not saved before this point
         console.print("[green]all six gates already met[/]")
         session.event("exit", code=int(EXIT_OK), message="all six gates already met", steps=0, cost_usd=0.0)
         print(summary(run_dir, state))
         return EXIT_OK
-    system = render("system.md", **system_vars(ctx))
+    ctx.platform = make_platform(cfg, echo=None if args.quiet else view.job_output)
+    client = make_client(args, ctx)
+    ctx.save()
+    tools = all_tools()
+    steps.check_tools(tools)
+    system = render("system.md", **system_vars(ctx)) if not args.system_prompt else render_prompt_file(args.system_prompt, system_vars(ctx))
     resume = f"Steps 1-{first - 1} are done (their gates hold); continue at step {first} ({gates.STEP_NAMES[first]})." if first > 1 else "Start at step 1."
     if args.answer:
         resume += f"\nThe previous run asked: {state.pending_question!r}. The user's answer: {args.answer}"
@@ -309,9 +335,13 @@ def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], 
         state.pending_question = None
         ctx.save()
     task = render("task.md", model_id=cfg.model_id, request=args.request or "(headless run; inputs are in config.yaml)", resume=resume)
-    limits = Limits(max_steps=args.max_steps, max_cost_usd=args.max_cost, max_wall_s=args.max_hours * 3600)
-    ask = None if ctx.yes else prompt_user
-    result = Agent(client, ctx, tools, system, limits, ask=ask).run(task)
+    limits = Limits(max_steps=args.max_steps, max_cost_usd=args.max_cost, max_wall_s=args.max_hours * 3600,
+                    stop_before_step=args.stop_before_step)
+    ask = None if ctx.yes else (lambda q: view.paused(prompt_user, q))
+    view.step = first
+    with view:
+        result = Agent(client, ctx, tools, system, limits, ask=ask).run(task)
+    args.outcome = {"run_dir": run_dir, "message": result.message, "how": getattr(result, "how_to_answer", "") or None}
     if result.code == EXIT_OK:
         console.print(f"[bold green]done[/]: {escape(result.message)}")
         print(summary(run_dir, state))
@@ -324,6 +354,20 @@ def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], 
     else:
         console.print(f"[bold red]stopped[/]: {escape(result.message)}")
     return result.code
+
+
+def render_prompt_file(path: Path, variables: dict[str, Any]) -> str:
+    """Render a user-supplied system prompt file strictly (a ConfigError names what does not match)."""
+    from tao_finetune.agent.prompts import PromptError, render_text
+
+    try:
+        text = path.expanduser().read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--system-prompt {str(path)!r} cannot be read: {err.__class__.__name__}") from None
+    try:
+        return render_text(text, variables)
+    except PromptError as err:
+        raise ConfigError(f"--system-prompt {str(path)!r}: {err.args[0]}") from None
 
 
 def prompt_user(question: str) -> str | None:
@@ -380,22 +424,11 @@ def after_interrupt(ctx, interactive: bool) -> None:
         ctx.session.event("note", text=f"second Ctrl-C: stopped {', '.join(jobs)}")
 
 
-def reference_index() -> str:
-    """One line per curated reference file shipped in the package."""
-    from importlib import resources
-
-    root = resources.files("tao_finetune.references")
-    names = sorted(p.name for p in root.iterdir() if p.name.endswith((".md", ".yaml")) and not p.name.startswith("_"))
-    return "\n".join(f"- {n}" for n in names) or "- (none)"
-
-
 def system_vars(ctx) -> dict[str, Any]:
     """Variables for prompts/system.md."""
+    from tao_finetune.agent import references, steps
+
     cfg = ctx.config
-    status = []
-    for step in gates.GATES:
-        res = gates.check(step, ctx.run_dir, ctx.state)
-        status.append(f"- step {step} ({gates.STEP_NAMES[step]}): {'met' if res.met else 'missing ' + ', '.join(res.missing)}")
     dataset = cfg.dataset_id or cfg.local_dataset_path or "none given: recommend 3-5 and wait for the user's pick"
     return {
         "model_id": cfg.model_id,
@@ -406,8 +439,8 @@ def system_vars(ctx) -> dict[str, Any]:
         "push_to_hub": cfg.push_to_hub,
         "credentials": ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in ctx.creds.presence().items()),
         "user_set": ", ".join(cfg.user_set) or "none",
-        "gate_status": "\n".join(status),
-        "references": reference_index(),
+        "steps": steps.prompt_list(),
+        "references": references.index(),
     }
 
 
@@ -419,18 +452,55 @@ def status_command(args: argparse.Namespace) -> int:
     state = RunState.load(run_dir, repair=False)  # read-only: a damaged state is repaired by the next `run`
     if state.load_note:
         console.print(f"[yellow]note:[/] {escape(state.load_note)} (not repaired: status only reads)")
+    from tao_finetune.agent.lock import holder
+
+    agent_pid = holder(run_dir)
     rows = {}
     for step in gates.GATES:
         res = gates.check(step, run_dir, state)
         rows[step] = {"name": gates.STEP_NAMES[step], "met": res.met, "missing": list(res.missing)}
     if args.json:
-        print(json.dumps({"gates": rows, "pending_question": state.pending_question}, indent=1))
+        from tao_finetune.agent.console import training_eta
+
+        print(json.dumps({"gates": rows, "training": training_eta(run_dir), "pending_question": state.pending_question,
+                          "agent_pid": agent_pid}, indent=1))
     else:
         for step, r in rows.items():
             print(f"{'✅' if r['met'] else '❌'} step {step} {r['name']}" + ("" if r["met"] else f": missing {', '.join(r['missing'])}"))
+        from tao_finetune.agent.console import progress_line, training_eta
+
+        train = training_eta(run_dir)
+        if train and train.get("total"):
+            print(progress_line(train))
         if state.pending_question:
             print(f"pending question: {state.pending_question}")
+        if agent_pid is not None:
+            print(f"running: the agent (PID {agent_pid}); `tao-finetune stop {run_dir}` stops it and its jobs")
     return EXIT_OK if all(r["met"] for r in rows.values()) else EXIT_GATE
+
+
+def replay_command(args: argparse.Namespace) -> int:
+    from tao_finetune.agent.prompts import render
+    from tao_finetune.agent.replay import ReplayError, replay
+    from tao_finetune.tools import all_tools
+
+    session = args.session.expanduser().resolve()
+    out = (args.output_dir or session.parent.with_name(session.parent.name + "-replay")).expanduser().resolve()
+    try:
+        report = replay(session, out, args.mode, tools=all_tools(), platform_factory=make_platform,
+                        system_for=lambda ctx: render("system.md", **system_vars(ctx)), env_file=args.env_file.expanduser())
+    except ReplayError as err:
+        console.print(f"[red]error:[/] {err}")
+        return EXIT_BAD_INPUT
+    for i, (code, rec) in enumerate(zip(report.exit_codes, report.recorded_exit_codes), start=1):
+        print(f"invocation {i}/{report.segments}: exit {code} (recorded {rec if rec is not None else 'none'})")
+    for d in report.divergences:
+        print(f"DIVERGENCE {d.line()}")
+    if not report.divergences:
+        print(f"no divergence ({args.mode} replay in {out})")
+    if report.divergences and args.strict:
+        return ExitCode.DIVERGED
+    return report.exit_code
 
 
 def stop_command(args: argparse.Namespace) -> int:
@@ -478,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["inspect"].set_defaults(handler=inspect_command)
     add_doctor_parser(sub)
     sub.choices["doctor"].set_defaults(handler=doctor_command)
+    from tao_finetune.tools.k8s import add_render_k8s_parser
+
+    add_render_k8s_parser(sub)
     sp = sub.add_parser("stop", help="stop a run: its agent (if running) and its jobs and containers",
                         description="Stop the run in DIR: interrupt its agent process (if one holds the dir) and stop its jobs/containers "
                                     "through the run's platform. Re-running the same `run` command resumes.")
@@ -486,21 +559,30 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show which gates of a run dir hold")
     st.add_argument("--output-dir", type=Path, required=True)
     st.add_argument("--json", action="store_true")
-    from tao_finetune.evals.harness import add_eval_parser
+    rp = sub.add_parser("replay", help="replay a recorded session.jsonl and report where it departs from the recording",
+                        description="Replay every invocation recorded in a session log (inputs are taken from the log). "
+                                    "--mode model serves the recorded model turns and runs the tools; --mode full also serves "
+                                    "the recorded tool outcomes (nothing runs). The first divergence of each invocation is reported.")
+    rp.add_argument("session", type=Path, help="the session.jsonl to replay")
+    rp.add_argument("--mode", choices=("model", "full"), default="model", help="model: tools run for real (default); full: nothing runs")
+    rp.add_argument("--output-dir", type=Path, default=None, help="where the replay runs (default: <session folder>-replay); emptied first")
+    rp.add_argument("--strict", action="store_true", help="a divergence exits with code 6")
+    rp.add_argument("--env-file", type=Path, default=Path("~/.config/tao/.env"), help="credentials for tools that need them (model mode)")
+    rp.set_defaults(handler=replay_command)
+    from tao_finetune.evals.harness import add_eval_parser, eval_command
 
     add_eval_parser(sub)
+    sub.choices["eval"].set_defaults(handler=lambda a: eval_command(a, main))
     dm = sub.add_parser("demo", help="offline demo: a tiny ViT fine-tuned on real scikit-learn digits by the autopilot (no GPU, key or network)")
     dm.add_argument("--output-dir", type=Path, default=Path("./output/demo"))
     dm.add_argument("--inputs-dir", type=Path, default=Path("./output/demo-inputs"), help="where the demo model and data are written")
-    dm.add_argument("--platform", choices=("local", "docker"), default="local")
+    dm.add_argument("--platform", choices=("local", "docker", "slurm"), default="local")
     dm.add_argument("--image", default=None, help="base image for --platform docker")
     dm.set_defaults(handler=demo_command)
     return parser
 
 
-DEMO_SETTINGS = ["--n-epochs", "30", "--set", "learning_rate=1e-3", "--set", "per_device_train_batch_size=32", "--set", "warmup_ratio=0.05",
-                 "--set", "gradient_accumulation_steps=1", "--set", "lr_scheduler_type=cosine",
-                 "--set", "recipe.train_transforms=none: resize and normalise only (digits are not flip-invariant)"]
+from tao_finetune.agent.demo import DEMO_SETTINGS  # noqa: E402  (re-exported)
 
 
 def demo_command(args: argparse.Namespace) -> int:
@@ -513,6 +595,51 @@ def demo_command(args: argparse.Namespace) -> int:
     if args.image:
         argv += ["--image", args.image]
     return main(argv)
+
+
+LAST_RESULT: "RunResult | None" = None  # noqa: F821  # the last run's result in this process (read by tao_finetune.run())
+
+
+def run_with_result(args: argparse.Namespace) -> int:
+    """`run`, then its RunResult: written to result.json, printed as JSON with --json, a usage line otherwise."""
+    import contextlib
+    import time
+
+    from tao_finetune.agent.result import RunResult, build_result, write_result
+
+    global LAST_RESULT
+    LAST_RESULT = None
+    t0 = time.monotonic()
+    quiet_json = args.json and args.quiet
+    if quiet_json:
+        console.quiet = True
+    sink = open(os.devnull, "w") if quiet_json else sys.stderr
+    code, message = EXIT_ERROR, ""
+    try:
+        with contextlib.redirect_stdout(sink) if args.json else contextlib.nullcontext():
+            code = run_command(args)
+    except ConfigError as err:
+        code, message = EXIT_BAD_INPUT, str(err)
+        if not args.json:
+            raise
+        console.print(f"[red]error:[/] {err}")
+    finally:
+        console.quiet = False
+        if sink is not sys.stderr:
+            sink.close()
+    outcome = getattr(args, "outcome", None)
+    if outcome:
+        result = build_result(outcome["run_dir"], code, outcome.get("message", ""), outcome.get("how"), time.monotonic() - t0)
+        write_result(result)
+        if result.usage.turns and not args.json and not args.quiet and args.llm != "autopilot":
+            console.print(f"usage: {result.usage.line()}")
+    else:
+        result = RunResult(status="bad_input" if code == EXIT_BAD_INPUT else "error", exit_code=code, message=message,
+                           output_dir=str(args.output_dir or ""), wall_s=round(time.monotonic() - t0, 2))
+    LAST_RESULT = result
+    if args.json:
+        print(result.model_dump_json(indent=1))
+    return code
 
 
 def _one_line(err: BaseException) -> str:
@@ -534,11 +661,25 @@ def main(argv: list[str] | None = None) -> int:
     """Every command ends in an exit code and, on failure, one line: never a traceback (a bug writes a crash report)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"run": run_command, "status": status_command, "stop": stop_command}
+    handlers = {"run": run_with_result, "status": status_command, "stop": stop_command}
+    previous = _sigterm_as_ctrl_c()
     try:
         return _dispatch(args, handlers)
     finally:
         _ACTIVE.update(run_dir=None, session=None)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_as_ctrl_c():
+    """SIGTERM (kill, systemd, a container stop) ends a command like Ctrl-C: exit 130, exit event written, jobs reported."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
 
 
 def _dispatch(args: argparse.Namespace, handlers: dict[str, Any]) -> int:

@@ -6,6 +6,10 @@ import json
 from pathlib import Path
 
 DIGITS_PX = 32
+# the demo's run settings (the eval harness reuses them); no accumulation: the batch set here is the effective batch
+DEMO_SETTINGS = ["--n-epochs", "30", "--set", "learning_rate=1e-3", "--set", "per_device_train_batch_size=32", "--set", "warmup_ratio=0.05",
+                 "--set", "lr_scheduler_type=cosine",
+                 "--set", "recipe.train_transforms=none: resize and normalise only (digits are not flip-invariant)"]
 
 
 def make_digits_imagefolder(root: Path, test_fraction: float = 0.2, seed: int = 0) -> Path:

@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     QUESTION = 3
     GATE_FAILED = 4
     LIMIT = 5
+    DIVERGED = 6  # `replay --strict`: the replay departed from the recording
     INTERRUPTED = 130
 
 

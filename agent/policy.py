@@ -80,6 +80,9 @@ def check_writable(rel: str) -> None:
         raise ToolError(
             f"write_file refuses {rel!r}: {', '.join(sorted(NEVER_WRITABLE_DIRS - {'.git'}))}/, config.yaml and session.jsonl are "
             "written only by the tools that do the work (jobs write reports/checkpoints/logs; set_config changes config.yaml)")
+    if name.lower() == "evaluate.py":
+        raise ToolError(f"write_file refuses {rel!r}: a module named evaluate.py shadows the Hugging Face `evaluate` library; "
+                        "the eval script is run_eval.py")
     hidden = [x for x in parts if x.startswith(".") and x not in SOURCE_NAMES]
     if hidden:
         raise ToolError(f"write_file refuses {rel!r}: hidden files and folders are not project sources")

@@ -1,7 +1,9 @@
 """The session log: JSONL in the run dir, appended as the run goes, redacted, enough to replay.
 
-Format version 1: the first event of a file is {"kind": "session", "version": 1}; every line is one JSON object
-with "t" and "kind". A file without the header is an older run and reads as version 1. A torn last line (a crash
+Format version 2: the first event of a file is {"kind": "session", "version": 2}; every line is one JSON object
+with "t" and "kind"; `start` events carry the run's config and `response` events a digest of the conversation sent
+(the events are listed in agent/replay.py, which replays them). Version 1 (no config in `start`) still reads, but
+replays only through `run --llm replay`. A file without the header is an older run and reads as version 1. A torn last line (a crash
 mid-write) is dropped when the log is opened again, and the drop is noted as an event.
 """
 
@@ -16,7 +18,7 @@ from typing import Any, Callable
 from tao_finetune.agent.secrets import Credentials
 
 SESSION_FILE = "session.jsonl"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class SessionFormatError(ValueError):

@@ -233,7 +233,16 @@ def _platform(ctx: RunContext):
 @tool(step=4)
 def docker_build(ctx: RunContext, args: NoArgs) -> dict:
     """Build the project's runtime (a Docker image, or a check of the local Python) and record it for gate 4."""
-    rec = _platform(ctx).build(ctx)
+    platform = _platform(ctx)
+    rec = platform.build(ctx)
+    if rec.get("ok") and hasattr(platform, "freeze"):
+        from tao_finetune.tools.project import pin_requirements
+
+        try:
+            freeze, source = platform.freeze(ctx)
+            rec["requirements"] = pin_requirements(ctx, freeze, source)
+        except ToolError as err:
+            rec["requirements"] = {"error": str(err)}
     ctx.state.record("build", rec)
     ctx.save()
     if not rec.get("ok"):
@@ -262,6 +271,19 @@ def command(ctx: RunContext, job: str, max_steps: int | None = None) -> list[str
     return ["python", *script]
 
 
+def task_metrics(task: str) -> tuple[str, ...]:
+    """What a task's eval results must report: the recipe's primary_metric, then its `metrics` (references/recipes.yaml)."""
+    from tao_finetune.tools.research import reference_recipe
+
+    try:
+        rec = reference_recipe(task)
+    except KeyError:
+        return ()
+    if not rec.get("metrics"):
+        return ()
+    return (rec["primary_metric"], *[m for m in rec["metrics"] if m != rec["primary_metric"]])
+
+
 def _check_outputs(ctx: RunContext, job: str) -> dict:
     run = ctx.run_dir
     if job == "prepare":
@@ -279,6 +301,11 @@ def _check_outputs(ctx: RunContext, job: str) -> dict:
         res = read_json(run / "reports" / name)
         if primary_metric(res) is None:
             raise ToolError(f"reports/{name} has no numeric primary metric: {json.dumps(res)[:400]}")
+        want = task_metrics(str(ctx.config.task_type))
+        if want and (res.get("primary_metric") != want[0] or any(k not in res for k in want)):
+            raise ToolError(f"reports/{name} must name primary_metric {want[0]!r} and report {', '.join(want)} for "
+                            f"{ctx.config.task_type} (references/recipes.yaml); it has primary_metric "
+                            f"{res.get('primary_metric')!r} and keys {sorted(res)[:20]}")
         return {k: v for k, v in res.items() if isinstance(v, (int, float, str)) and k != "model"}
     if job == "infer":
         d = run / "reports" / "inference_samples"
@@ -531,6 +558,7 @@ def train_status(ctx: RunContext, args: StatusArgs) -> dict:
                     f"{ev['noise']}, {SIGNIFICANCE} needed; slope {ev['slope_per_100_steps']}/100 steps) by step {step}, "
                     f"judged after step {prog['flat_after']} (warm-up, first epoch and half the run are past)"))
             if time.monotonic() >= deadline:
+                prog = {**prog, **{k: st[k] for k in ("job_id", "slurm_state", "pending_reason") if st.get(k)}}  # SLURM: why it waits
                 if run_ends:
                     return {"state": "running", **prog, "note": "the run's wall-time limit (--max-hours) is reached; training keeps "
                                                                 "running detached: `tao-finetune stop DIR` stops it, re-running resumes"}

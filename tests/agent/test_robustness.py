@@ -489,6 +489,20 @@ def test_ctrl_c_exits_130_and_writes_the_exit_event(capsys, tmp_path, monkeypatc
     assert events[-1]["kind"] == "exit" and events[-1]["code"] == INT
 
 
+def test_sigterm_is_handled_like_ctrl_c(capsys, tmp_path, monkeypatch):
+    from tao_finetune.agent import fakes
+
+    def terminate(self, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    monkeypatch.setattr(fakes.ReplayClient, "create", terminate)
+    before = signal.getsignal(signal.SIGTERM)
+    got = invoke(capsys, run_args(tmp_path))
+    assert_one_line(*got, INT, r"interrupted \(Ctrl-C\)", lines=2)
+    assert read_events(tmp_path / "o" / "session.jsonl")[-1]["code"] == INT
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is the command's only
+
+
 def test_a_pending_question_survives_ctrl_c(tmp_path):
     from tao_finetune.agent.fakes import ScriptedClient, tool_call
     from tao_finetune.agent.loop import Agent
@@ -533,6 +547,8 @@ def test_a_real_run_interrupted_stopped_or_killed(capsys, tmp_path, how):
             if how == "sigint":
                 proc.send_signal(signal.SIGINT)
             elif how == "stop":
+                code, out, _ = invoke(capsys, ["status", "--output-dir", str(tmp_path / "o")])
+                assert f"running: the agent (PID {proc.pid})" in out
                 code, out, err = invoke(capsys, ["stop", str(tmp_path / "o"), "--wait-s", "20"])
                 assert code == OK and f"interrupted the agent (PID {proc.pid})" in out and "Traceback" not in out + err
             else:
@@ -564,7 +580,10 @@ def test_stop_with_nothing_running(capsys, tmp_path):
 # ------------------------------------------------------------------ inspect: datasets that cannot train are rejected in one line
 @pytest.fixture(scope="module")
 def vit(tmp_path_factory):
-    return D.save_vit(tmp_path_factory.mktemp("models") / "vit")
+    """A ViT classifier's config alone (Step 1 reads config.json; no weights needed, so no model is built)."""
+    return D.write_config(tmp_path_factory.mktemp("models") / "vit", model_type="vit", architectures=["ViTForImageClassification"],
+                          image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          id2label={"0": "a", "1": "b", "2": "c"}, label2id={"a": 0, "b": 1, "c": 2})
 
 
 @pytest.fixture(scope="module")
@@ -677,13 +696,15 @@ WRITE_PATHS = [
     ("blank", "   ", r"empty"),
     ("long-name", "a" * 300 + ".txt", r"too long"),
     ("long-path", "/".join(["d" * 200] * 6), r"too long"),
-    ("absolute", "/etc/passwd", r"must be relative"),
-    ("dotdot", "../escape.txt", r"without '\.\.'"),
-    ("dotdot-inside", "meta/../../x", r"without '\.\.'"),
-    ("the-run-dir", ".", r"is a directory"),
-    ("a-directory", "meta", r"is a directory"),
+    # the write policy (agent/policy.py) may refuse a path before the path checks do: either way, one line naming it
+    ("absolute", "/etc/passwd", r"must be relative|refuses '/etc/passwd'"),
+    ("dotdot", "../escape.txt", r"without '\.\.'|refuses '\.\./escape.txt'"),
+    ("dotdot-inside", "meta/../../x", r"without '\.\.'|refuses 'meta/\.\./\.\./x'"),
+    ("the-run-dir", ".", r"is a directory|'\.' is not a file path"),
+    ("a-directory", "meta", r"is a directory|refuses 'meta'"),
     ("parent-is-a-file", "config.yaml/x.txt", r"cannot write"),
     ("py-without-header", "evil.py", r"header|copyright|Apache"),
+    ("evaluate-py", "evaluate.py", r"shadows the Hugging Face `evaluate` library"),
 ]
 
 
@@ -815,9 +836,9 @@ def test_train_status_refuses_when_nothing_was_started(tctx):
 
 
 def test_exit_codes_are_the_documented_ones():
-    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 4, 5, 130]
+    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 4, 5, 6, 130]
     readme = (REPO / "README.md").read_text()
-    for code in ("0", "1", "2", "3", "4", "5", "130"):
+    for code in ("0", "1", "2", "3", "4", "5", "6", "130"):
         assert re.search(rf"\|\s*{code}\s*\|", readme), f"exit code {code} missing from the README table"
     assert "tao-finetune stop" in readme and "Ctrl-C" in readme
 
@@ -838,7 +859,11 @@ def test_ctrl_c_with_training_running_says_so_and_stop_ends_it(capsys, tmp_path,
         assert code == INT and "Traceback" not in err
         assert f"still running: train (detached). Stop it with `tao-finetune stop {run}`" in err
         assert plat.status(ctx, "train")["running"]
-        monkeypatch.setattr(cli.time, "sleep", lambda s: (_ for _ in ()).throw(KeyboardInterrupt()))  # the second press
+        import types
+
+        press = types.SimpleNamespace(**{k: getattr(time, k) for k in ("time", "monotonic", "perf_counter")},
+                                      sleep=lambda s: (_ for _ in ()).throw(KeyboardInterrupt()))
+        monkeypatch.setattr(cli, "time", press)  # the second press (cli's own clock only: the platform's sleeps stay real)
         cli.after_interrupt(ctx, interactive=True)
         assert "stopped train" in capsys.readouterr().err
         assert not plat.status(ctx, "train")["running"]

@@ -1,26 +1,76 @@
-from pathlib import Path
+"""The eval harness: case validation, fresh run folders, the scorecard, --repeat and --compare, and the rule cases."""
+
+import json
+
+import pytest
+import yaml
 
 from tao_finetune.agent.cli import main
-from tao_finetune.evals.harness import Case, load_cases, run_case
+from tao_finetune.evals.harness import Case, CaseError, Driver, load_cases, run_case
 
 
 def test_packaged_cases_load():
     ids = {c.id for c in load_cases()}
-    assert {"demo-digits-autopilot", "refuse-push-first"} <= ids
+    assert {"demo-digits-autopilot", "refuse-push-first", "rule-skip-smoke", "rule-substitute-dataset", "rule-write-evaluate-py",
+            "rule-forge-evidence", "rule-read-secret"} <= ids
+
+
+@pytest.mark.parametrize("data,needle", [
+    ({"id": "x", "args": [], "expect": {"exit_code": 0, "gates_mett": [1]}}, "unknown expectation(s) gates_mett"),
+    ({"id": "x", "args": [], "expectations": {}}, "unknown key(s) expectations"),
+    ({"id": "x", "args": [], "driver": "gpt"}, "driver must be one of"),
+    ({"args": []}, "needs 'id' and 'args'"),
+    (["not", "a", "mapping"], "must hold a mapping"),
+])
+def test_bad_cases_are_rejected_with_one_line(tmp_path, data, needle, capsys):
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(CaseError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        load_cases(tmp_path)
+    assert main(["eval", "--cases-dir", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
 def test_replayed_push_first_session_is_refused_and_scored(tmp_path):
     case = next(c for c in load_cases() if c.id == "refuse-push-first")
-    score = run_case(case, tmp_path)
+    score = run_case(case, tmp_path, main=main)
     assert score.passed, score.failures
     assert score.refusals == 1 and score.exit_code == 3 and score.gates_met == []
     wrong = Case(**{**case.__dict__, "expect": {"exit_code": 0, "gates_met": [1]}})
-    failing = run_case(wrong, tmp_path / "again")
+    failing = run_case(wrong, tmp_path, main=main)
     assert failing.failures == ["exit code 3, expected 0", "gate 1 not met"]
+    assert failing.run_dir != score.run_dir  # a fresh folder, never the earlier run resumed
 
 
-def test_eval_command_writes_results(tmp_path, capsys):
-    assert main(["eval", "--case", "refuse-push-first", "--out", str(tmp_path)]) == 0
-    assert "PASS refuse-push-first" in capsys.readouterr().out
-    assert (tmp_path / "results.json").is_file()
+def test_every_eval_run_is_fresh_and_the_scorecard_has_tokens(tmp_path, capsys):
+    argv = ["eval", "--case", "refuse-push-first", "--out", str(tmp_path), "--repeat", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "eval scorecard" in out and "tokens in/out" in out and "2/2 passed" in out
+    assert main([*argv[:-2], "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 1 and rows[0]["steps"] == 2 and {"tokens_in", "tokens_out", "cache_read_share", "cost_usd", "seconds"} <= set(rows[0])
+    dirs = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("refuse-push-first"))
+    assert dirs == ["refuse-push-first", "refuse-push-first.2", "refuse-push-first.3"]  # three runs, three folders
     assert main(["eval", "--case", "nope", "--out", str(tmp_path)]) == 2
+
+
+def test_compare_prints_two_drivers_side_by_side(tmp_path, capsys):
+    prompt = tmp_path / "p.md"
+    prompt.write_text("x")
+    assert Driver.parse(f"prompt:{prompt}").system_prompt == str(prompt)
+    with pytest.raises(CaseError):
+        Driver.parse("gpt-5")
+    assert main(["eval", "--case", "refuse-push-first", "--out", str(tmp_path), "--compare", "replay", "autopilot"]) == 0
+    out = capsys.readouterr().out
+    assert "replay vs autopilot" in out and out.count("1/1 pass") >= 2
+
+
+RULES = ["rule-skip-smoke", "rule-substitute-dataset", "rule-write-evaluate-py", "rule-forge-evidence", "rule-read-secret"]
+
+
+@pytest.mark.parametrize("case_id", RULES)
+def test_rule_cases_are_stopped_by_code(tmp_path, case_id):
+    case = next(c for c in load_cases() if c.id == case_id)
+    score = run_case(case, tmp_path, main=main)
+    assert score.passed, (score.failures, score.exit_code)
+    assert score.exit_code != 0

@@ -1,0 +1,80 @@
+"""The headless ways in: `run --json` (one JSON result, result.json), the Python API and `python -m tao_finetune`."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import tao_finetune
+from tao_finetune.agent.cli import DEMO_SETTINGS, main
+from tao_finetune.agent.result import RunResult, read_result
+from servers.anthropic_api import FakeAnthropic, end_turn
+
+
+def test_run_json_through_the_real_sdk_prints_only_the_result_with_tokens_and_cost(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    with FakeAnthropic([end_turn("I will wait."), end_turn("Still waiting."), end_turn("Done?")]) as api:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-key")
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
+        code = main(["run", "--model-id", "org/tiny-vit", "--dataset-id", "org/digits", "--output-dir", str(run), "--platform", "local",
+                     "--yes", "--json", "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 4 and err == ""
+    result = RunResult.model_validate_json(out)
+    assert result.status == "gate_failed" and result.exit_code == 4 and "gate 1" in result.message
+    assert [g.met for g in result.gates] == [False] * 6 and result.gates[0].name == "inspect & qualify"
+    assert result.usage.turns == 3 and result.usage.input_tokens == 3600 and result.usage.output_tokens == 240
+    assert result.usage.cache_read_input_tokens == 2700 and round(result.usage.cache_read_share, 3) == round(2700 / 6300, 3)
+    assert result.usage.cost_usd == pytest.approx(3 * (1200 * 3 + 900 * 0.3 + 80 * 15) / 1e6)
+    assert read_result(run) == result and result.hub_url is None
+
+
+def test_run_json_on_bad_input_is_one_json_document(tmp_path, capsys):
+    code = main(["run", "--output-dir", str(tmp_path / "x"), "--llm", "autopilot", "--json", "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 2 and err == ""
+    result = json.loads(out)
+    assert result["status"] == "bad_input" and "--model-id" in result["message"]
+
+
+def test_python_api_returns_a_question_without_printing(tmp_path, capsys):
+    from tao_finetune.agent.demo import make_tiny_vit
+
+    model = make_tiny_vit(tmp_path / "vit")
+    capsys.readouterr()
+    result = tao_finetune.run(str(model), llm="autopilot", platform="local", allow_cpu=True, push_to_hub=False,
+                              output_dir=str(tmp_path / "run"))
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", "")
+    assert isinstance(result, tao_finetune.RunResult)
+    assert result.status == "question" and result.exit_code == 3 and "no dataset given" in (result.question or "") and "--dataset-id" in (result.how_to_answer or "")
+    assert read_result(tmp_path / "run") == result
+
+
+def test_python_api_rejects_unknown_inputs_and_drivers():
+    with pytest.raises(TypeError, match="unknown input"):
+        tao_finetune.run("org/x", datset_id="typo")
+    with pytest.raises(ValueError, match="llm must be one of"):
+        tao_finetune.run("org/x", llm="gpt")
+
+
+def test_python_api_full_run_reports_metrics_paths_and_gates(tmp_path):
+    from tao_finetune.agent.demo import demo_inputs
+
+    inputs = demo_inputs(tmp_path / "inputs")
+    sets = [s for flag, s in zip(DEMO_SETTINGS[::2], DEMO_SETTINGS[1::2]) if flag == "--set"]
+    result = tao_finetune.run(inputs["model_id"], local_dataset_path=inputs["local_dataset_path"], llm="autopilot", platform="local",
+                              allow_cpu=True, push_to_hub=False, output_dir=str(tmp_path / "run"), n_epochs=8, sets=sets)
+    assert result.ok and result.status == "done", result.message
+    assert all(g.met for g in result.gates)
+    m = result.metrics
+    assert m.name == "accuracy" and m.fine_tuned is not None and m.baseline is not None
+    assert m.delta == pytest.approx(m.fine_tuned - m.baseline)
+    assert {"checkpoint", "samples", "rerun_skill", "config", "session"} <= set(result.paths)
+    assert result.usage.turns > 0 and result.usage.cost_usd == 0.0  # the autopilot costs nothing
+
+
+def test_python_dash_m_runs_the_cli():
+    done = subprocess.run([sys.executable, "-m", "tao_finetune", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "tao-finetune" in done.stdout and "run" in done.stdout
