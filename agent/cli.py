@@ -63,19 +63,36 @@ BOOL_FLAGS: list[tuple[str, str]] = [
 ]
 
 
+def field_help(key: str) -> tuple[str, list[str] | None]:
+    """Help text and choices for a run flag, from RunConfig's field description, default and Literal type."""
+    import typing
+
+    field = RunConfig.model_fields[key]
+    choices = None
+    for arg in (field.annotation, *typing.get_args(field.annotation)):
+        if typing.get_origin(arg) is typing.Literal:
+            choices = [str(c) for c in typing.get_args(arg)]
+    default = None if field.is_required() else field.default
+    shown = {True: "on", False: "off"}.get(default, default) if default is not None else None
+    text = (field.description or key.replace("_", " ")) + (f" (default: {shown})" if shown is not None and shown != "" else "")
+    return text.replace("%", "%%"), choices
+
+
 def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="fine-tune a model through the six gated steps (resumes an existing output dir)",
                        description="Fine-tune a Hugging Face model through the six gated steps. Re-running on the same output dir resumes at the first unmet gate.")
     for flag, key, typ in VALUE_FLAGS:
-        p.add_argument(flag, dest=key, type=typ, default=None, metavar=key.upper())
-    p.add_argument("--push-to-hub", dest="push_to_hub", action=argparse.BooleanOptionalAction, default=None, help="push the result to the Hub (default: on)")
+        help_, choices = field_help(key)
+        p.add_argument(flag, dest=key, type=typ, default=None, choices=choices, help=help_,
+                       metavar="{" + ",".join(choices) + "}" if choices else key.upper())
+    p.add_argument("--push-to-hub", dest="push_to_hub", action=argparse.BooleanOptionalAction, default=None, help=field_help("push_to_hub")[0])
     for flag, key in BOOL_FLAGS:
-        p.add_argument(flag, dest=key, action="store_true", default=None)
-    p.add_argument("--config", type=Path, help="a config.yaml to start from")
+        p.add_argument(flag, dest=key, action="store_true", default=None, help=field_help(key)[0])
+    p.add_argument("--config", type=Path, help="a config.yaml to start from (a finished run's config.yaml repeats that run)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="set any config value (repeatable), e.g. --set learning_rate=1e-4")
     p.add_argument("--llm", choices=LLMS, default="anthropic", help="who drives the run: the Anthropic API (default), the built-in autopilot (no key, no network), or a replay")
     p.add_argument("--model", dest="llm_model", default=None, help="Anthropic model id (default: TAO_MODEL or a current Sonnet-class model)")
-    p.add_argument("--replay", type=Path, help="session.jsonl to replay (with --llm replay)")
+    p.add_argument("--replay", type=Path, metavar="SESSION.jsonl", help="session.jsonl to replay (with --llm replay)")
     p.add_argument("--answer", default=None, help="your answer to the question a previous run stopped on")
     p.add_argument("--request", default="", help="the request in your own words (kept in the session log)")
     p.add_argument("--yes", action="store_true", help="never prompt; a question ends the run with exit code 3")
@@ -87,7 +104,8 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
                    help="stop (exit 0) once the gates of steps 1..N-1 hold, e.g. 4 to plan without building or training")
     p.add_argument("--system-prompt", type=Path, default=None, metavar="FILE",
                    help="a system prompt file to use instead of prompts/system.md (same variables, rendered strictly; for prompt evals)")
-    p.add_argument("--quiet", action="store_true", help="print only the final summary (with --json: only the JSON result)")
+    p.add_argument("--quiet", action="store_true", help="print only the result, no live view or job output (with --json: only the JSON result)")
+    p.add_argument("--verbose", action="store_true", help="also print tool arguments and results, model text and job output")
     p.add_argument("--json", action="store_true", help="print one JSON result on stdout (status, exit code, gates, metrics, paths, Hub URL, tokens, cost); "
                    "it is also written to OUTPUT_DIR/result.json")
 
@@ -106,8 +124,13 @@ def leaf_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
 def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
     """Merge an existing run's config, --config, flags and --set; returns the config and the user-set keys."""
     data: dict[str, Any] = {}
+    file_keys: list[str] = []
     if args.config:
-        data = load_config(args.config).model_dump(exclude_defaults=True)
+        loaded = load_config(args.config)
+        data = loaded.model_dump(exclude_defaults=True)
+        # A run's own config.yaml (it records user_set/recipe): only what that run's user set is user input; recorded
+        # facts and researched values keep their rank and source. A hand-written config: every value in it is the user's.
+        file_keys = list(loaded.user_set) if (loaded.user_set or loaded.recipe) else leaf_keys(data)
     flags = {key: getattr(args, key) for _, key, _ in VALUE_FLAGS}
     flags.update({key: getattr(args, key) for _, key in BOOL_FLAGS})
     flags["push_to_hub"] = args.push_to_hub
@@ -137,7 +160,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
     out = Path(data.get("output_dir") or build_config({"model_id": data["model_id"]}).output_dir).resolve()
     check_output_dir(out)
     existing = out / "config.yaml"
-    user_keys = sorted((set(leaf_keys(data)) | set(set_keys)) - {"model_id"})
+    user_keys = sorted((set(file_keys) | set(leaf_keys(given)) | set(set_keys)) - {"model_id"})
     if existing.exists():
         prev = load_config(existing)
         if prev.model_id != data["model_id"]:
@@ -192,7 +215,7 @@ def load_credentials(env_file: Path):
         raise ConfigError(f"--env-file {str(env_file)!r} cannot be read: {err.strerror}") from None
 
 
-def make_platform(cfg: RunConfig):
+def make_platform(cfg: RunConfig, echo=None):
     if cfg.platform == "slurm":
         from tao_finetune.tools.runtime.slurm import SlurmPlatform
 
@@ -203,7 +226,7 @@ def make_platform(cfg: RunConfig):
         return LocalPlatform()
     from tao_finetune.tools.runtime.docker import DockerPlatform
 
-    return DockerPlatform()
+    return DockerPlatform(echo=echo)
 
 
 def make_client(args: argparse.Namespace, ctx):
@@ -229,21 +252,6 @@ def make_client(args: argparse.Namespace, ctx):
     return AnthropicClient(model=args.llm_model)
 
 
-def echo_event(ev: dict[str, Any]) -> None:
-    kind = ev["kind"]
-    if kind == "tool_call":
-        console.print(f"[cyan]→ {escape(str(ev['name']))}[/] {escape(json.dumps(ev['input'])[:160])}")
-    elif kind == "tool_result":
-        mark = "[red]✗[/]" if ev["is_error"] else "[green]✓[/]"
-        console.print(f"  {mark} {escape(str(ev['content']).splitlines()[0][:200]) if ev['content'] else ''}")
-    elif kind == "gate" and ev["met"]:
-        console.print(f"[bold green]gate {ev['step']} met[/] ({gates.STEP_NAMES[ev['step']]})")
-    elif kind == "response":
-        text = " ".join(b.get("text", "") for b in ev["content"] if b.get("type") == "text").strip()
-        if text:
-            console.print(f"[dim]{escape(text[:400])}[/]")
-
-
 def summary(run_dir: Path, state: RunState) -> str:
     """The closing lines: metric baseline -> fine-tuned, URLs and paths."""
     ev = gates.read_json(run_dir / "reports" / "eval_results.json")
@@ -255,8 +263,9 @@ def summary(run_dir: Path, state: RunState) -> str:
         lines.append(f"{ev['primary_metric']}: {f'{b:.4f}' if b is not None else 'n/a'} → {value:.4f}{delta}")
     hub = (state.records.get("hub") or {}).get("url")
     lines.append(f"hub: {hub or 'not pushed'}")
-    if (state.records.get("train") or {}).get("wandb_url"):
-        lines.append(f"wandb: {state.records['train']['wandb_url']}")
+    wandb_url = gates.read_json(run_dir / "reports" / "wandb.json").get("url")  # written by the project's tracker
+    if wandb_url:
+        lines.append(f"wandb: {wandb_url}")
     lines.append(f"samples: {run_dir / 'reports' / 'inference_samples'}")
     cfg_short = next(iter(sorted((run_dir / 'skills').glob('run-*/SKILL.md'))), None) if (run_dir / "skills").is_dir() else None
     lines.append(f"rerun skill: {cfg_short or 'not emitted'}")
@@ -270,24 +279,29 @@ def run_command(args: argparse.Namespace) -> int:
     cfg, user_keys = config_from_args(args)
     run_dir = cfg.out
     creds = load_credentials(args.env_file)
+    from tao_finetune.agent.console import LiveView
+
+    view = LiveView(console, run_dir, "quiet" if args.quiet else "verbose" if args.verbose else "normal")
     with RunLock(run_dir) as lock:
         _ACTIVE["run_dir"] = run_dir
         try:
-            session = SessionLog(run_dir / "session.jsonl", creds, echo=None if args.quiet else echo_event)
+            session = SessionLog(run_dir / "session.jsonl", creds, echo=None if args.quiet else view.event)
         except SessionFormatError as err:
             raise ConfigError(f"{err}: move session.jsonl away to start a new log") from None
         _ACTIVE["session"] = session
         notes = [session.repaired]
         if lock.took_over is not None:
             notes.append(f"took over a stale lock of PID {lock.took_over.get('pid', '?')} (that process is gone)")
-        return _run_locked(args, cfg, user_keys, creds, session, notes)
+        return _run_locked(args, cfg, user_keys, creds, session, notes, view)
 
 
-def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], creds, session: SessionLog, notes: list[str | None]) -> int:
+def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], creds, session: SessionLog, notes: list[str | None],
+                view) -> int:
     from tao_finetune.agent.authority import user_recipe
     from tao_finetune.agent.context import RunContext
     from tao_finetune.agent.loop import Agent, Limits
     from tao_finetune.agent.prompts import render
+    from tao_finetune.agent import steps
     from tao_finetune.tools import all_tools
 
     run_dir = cfg.out
@@ -298,20 +312,21 @@ def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], 
         console.print(f"[yellow]note:[/] {escape(note)}")
     user_recipe(cfg, user_keys)
     ctx = RunContext(cfg, session, creds, state, yes=args.yes or not sys.stdin.isatty())
-    ctx.platform = make_platform(cfg)
-    ctx.save()
-    client = make_client(args, ctx)
-    tools = all_tools()
     if args.answer and gates.accept_learning(state, run_dir, state.pending_question, args.answer):
         session.event("accepted", what="gate 5: model kept without clear evidence of learning", answer=args.answer)
         ctx.save()
     first = gates.first_unmet(run_dir, state)
     args.outcome = {"run_dir": run_dir, "message": "all six gates already met"}
-    if first is None:
+    if first is None:  # a finished run is never rewritten: config.yaml and the state are not saved before this point
         console.print("[green]all six gates already met[/]")
         session.event("exit", code=int(EXIT_OK), message="all six gates already met", steps=0, cost_usd=0.0)
         print(summary(run_dir, state))
         return EXIT_OK
+    ctx.platform = make_platform(cfg, echo=None if args.quiet else view.job_output)
+    client = make_client(args, ctx)
+    ctx.save()
+    tools = all_tools()
+    steps.check_tools(tools)
     system = render("system.md", **system_vars(ctx)) if not args.system_prompt else render_prompt_file(args.system_prompt, system_vars(ctx))
     resume = f"Steps 1-{first - 1} are done (their gates hold); continue at step {first} ({gates.STEP_NAMES[first]})." if first > 1 else "Start at step 1."
     if args.answer:
@@ -322,8 +337,10 @@ def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], 
     task = render("task.md", model_id=cfg.model_id, request=args.request or "(headless run; inputs are in config.yaml)", resume=resume)
     limits = Limits(max_steps=args.max_steps, max_cost_usd=args.max_cost, max_wall_s=args.max_hours * 3600,
                     stop_before_step=args.stop_before_step)
-    ask = None if ctx.yes else prompt_user
-    result = Agent(client, ctx, tools, system, limits, ask=ask).run(task)
+    ask = None if ctx.yes else (lambda q: view.paused(prompt_user, q))
+    view.step = first
+    with view:
+        result = Agent(client, ctx, tools, system, limits, ask=ask).run(task)
     args.outcome = {"run_dir": run_dir, "message": result.message, "how": getattr(result, "how_to_answer", "") or None}
     if result.code == EXIT_OK:
         console.print(f"[bold green]done[/]: {escape(result.message)}")
@@ -407,22 +424,11 @@ def after_interrupt(ctx, interactive: bool) -> None:
         ctx.session.event("note", text=f"second Ctrl-C: stopped {', '.join(jobs)}")
 
 
-def reference_index() -> str:
-    """One line per curated reference file shipped in the package."""
-    from importlib import resources
-
-    root = resources.files("tao_finetune.references")
-    names = sorted(p.name for p in root.iterdir() if p.name.endswith((".md", ".yaml")) and not p.name.startswith("_"))
-    return "\n".join(f"- {n}" for n in names) or "- (none)"
-
-
 def system_vars(ctx) -> dict[str, Any]:
     """Variables for prompts/system.md."""
+    from tao_finetune.agent import references, steps
+
     cfg = ctx.config
-    status = []
-    for step in gates.GATES:
-        res = gates.check(step, ctx.run_dir, ctx.state)
-        status.append(f"- step {step} ({gates.STEP_NAMES[step]}): {'met' if res.met else 'missing ' + ', '.join(res.missing)}")
     dataset = cfg.dataset_id or cfg.local_dataset_path or "none given: recommend 3-5 and wait for the user's pick"
     return {
         "model_id": cfg.model_id,
@@ -433,8 +439,8 @@ def system_vars(ctx) -> dict[str, Any]:
         "push_to_hub": cfg.push_to_hub,
         "credentials": ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in ctx.creds.presence().items()),
         "user_set": ", ".join(cfg.user_set) or "none",
-        "gate_status": "\n".join(status),
-        "references": reference_index(),
+        "steps": steps.prompt_list(),
+        "references": references.index(),
     }
 
 
@@ -454,10 +460,18 @@ def status_command(args: argparse.Namespace) -> int:
         res = gates.check(step, run_dir, state)
         rows[step] = {"name": gates.STEP_NAMES[step], "met": res.met, "missing": list(res.missing)}
     if args.json:
-        print(json.dumps({"gates": rows, "pending_question": state.pending_question, "agent_pid": agent_pid}, indent=1))
+        from tao_finetune.agent.console import training_eta
+
+        print(json.dumps({"gates": rows, "training": training_eta(run_dir), "pending_question": state.pending_question,
+                          "agent_pid": agent_pid}, indent=1))
     else:
         for step, r in rows.items():
             print(f"{'✅' if r['met'] else '❌'} step {step} {r['name']}" + ("" if r["met"] else f": missing {', '.join(r['missing'])}"))
+        from tao_finetune.agent.console import progress_line, training_eta
+
+        train = training_eta(run_dir)
+        if train and train.get("total"):
+            print(progress_line(train))
         if state.pending_question:
             print(f"pending question: {state.pending_question}")
         if agent_pid is not None:

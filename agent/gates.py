@@ -21,13 +21,12 @@ STEP_NAMES = {
     5: "train, evaluate, infer",
     6: "push & emit rerun skill",
 }
+# every slot is read by the generated project (scaffolds: model_class / processor_class load the model and its
+# processor, train_transforms decides augmentation, hyperparameters drive the loop); a slot no code reads is not gated
 RECIPE_SLOTS = (
     "model_class",
     "processor_class",
     "train_transforms",
-    "eval_transforms",
-    "collator",
-    "compute_metrics",
     "hyperparameters",
 )
 PROJECT_FILES = ("config.yaml", "Dockerfile", "requirements.txt", "prepare_data.py", "train.py", "run_eval.py", "infer.py", ".gitignore")
@@ -268,8 +267,9 @@ def gate5(run_dir: Path, state: RunState) -> list[str]:
             missing.append("reports/baseline_results.json")
         else:
             missing += _evidence(run_dir, state, "baseline", "baseline job evidence")
-    if cfg.get("emit_report") and not (run_dir / "reports" / "report.html").is_file():
-        missing.append("reports/report.html (emit_report)")
+    for name in ("report.html", "report.pdf"):
+        if cfg.get("emit_report") and not (run_dir / "reports" / name).is_file():
+            missing.append(f"reports/{name} (emit_report)")
     samples = run_dir / "reports" / "inference_samples"
     n = len([p for p in samples.iterdir() if p.is_file()]) if samples.is_dir() else 0
     if n < N_SAMPLES:

@@ -125,9 +125,9 @@ class NoteArgs(BaseModel):
 @tool(step=0)
 def note(ctx: RunContext, args: NoteArgs) -> str:
     """Append a note to config.yaml notes (and PROGRESS.md when enabled)."""
+    from tao_finetune.agent.progress import Journal
+
     ctx.config.note(args.text)
-    if ctx.config.emit_progress_log:
-        with (ctx.run_dir / "PROGRESS.md").open("a") as f:
-            f.write(f"- {args.text}\n")
+    Journal(ctx).line("📝", args.text)
     ctx.save()
     return "noted"

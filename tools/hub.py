@@ -45,14 +45,8 @@ SKIP_PATTERNS = (re.compile(r"^rng_state.*\.pth$"), re.compile(r".*\.log$"), re.
 WEIGHT_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".tiktoken")
 SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".json", ".txt", ".md", ".html")
 SOURCE_NAMES = ("config.yaml", "Dockerfile", "requirements.txt")
-TASK_TITLES = {
-    "image-classification": "Image Classification",
-    "object-detection": "Object Detection",
-    "semantic-segmentation": "Image Segmentation",
-    "image-text-to-text": "Image-Text-to-Text",
-    "text-classification": "Text Classification",
-}
-PIPELINE_TAGS = {"semantic-segmentation": "image-segmentation"}
+# what a Hub user needs to trust and repeat the run; the push refuses without them
+REQUIRED_FILES = ["config.json", "config.yaml", "results/eval_results.json"]
 
 
 def _skipped(rel: Path) -> bool:
@@ -76,30 +70,56 @@ def weights_dir(run_dir: Path) -> Path | None:
     return None
 
 
+PROJECT_SUFFIXES = (".py", ".md", ".txt", ".yaml", ".toml", ".cfg", ".sh")
+PROJECT_SKIP_DIRS = {"data", "checkpoints", "logs", "reports", "skills", "meta", "cache", "wandb", "runs", "tb"}
+
+
+def project_files(run_dir: Path) -> list[Path]:
+    """The generated project's sources: top-level scripts and Dockerfile, plus tests/ (not data, weights, logs)."""
+    out = []
+    for p in sorted(run_dir.iterdir()) if run_dir.is_dir() else []:
+        if p.is_file() and not _skipped(Path(p.name)) and (p.suffix in PROJECT_SUFFIXES or p.name == "Dockerfile"):
+            out.append(p)
+    tests = run_dir / "tests"
+    out += [p for p in _files_under(tests) if p.suffix == ".py"]
+    return [p for p in out if p.name not in ("PROGRESS.md",) and p.relative_to(run_dir).parts[0] not in PROJECT_SKIP_DIRS]
+
+
 def upload_plan(run_dir: Path) -> list[tuple[str, Path]]:
-    """(path in repo, local file) for everything the push uploads besides the generated card: an allow-list, no symlinks."""
+    """(path in repo, local file) for everything the push uploads besides the generated card: an allow-list, no symlinks.
+
+    Weights (safetensors + small json/txt files) at the root so `from_pretrained(repo_id)` works; results/; the project
+    as it was run (config.yaml, Dockerfile, requirements*.txt, the scripts, tests/, its README as PROJECT.md) at the root;
+    inference_samples/; reports/ (report, training metrics log, PROGRESS.md); skills/ (the rerun SKILL.md).
+    """
     plan: list[tuple[str, Path]] = []
     wdir = weights_dir(run_dir)
     if wdir is not None:
         plan += [(str(p.relative_to(wdir)), p) for p in _files_under(wdir) if p.suffix.lower() in WEIGHT_SUFFIXES]
     reports = run_dir / "reports"
-    for name in ("eval_results.json", "baseline_results.json"):
+    for name in ("eval_results.json", "baseline_results.json", "train_summary.json", "inference_summary.json"):
         if (reports / name).is_file():
             plan.append((f"results/{name}", reports / name))
-    for name in SOURCE_NAMES:
-        if (run_dir / name).is_file():
-            plan.append((name, run_dir / name))
-    plan += [(p.name, p) for p in sorted(run_dir.glob("*.py")) if p.is_file()]
+    plan += [("PROJECT.md" if p.name == "README.md" else str(p.relative_to(run_dir)), p) for p in project_files(run_dir)]
     samples = reports / "inference_samples"
     plan += [(f"inference_samples/{p.relative_to(samples)}", p) for p in _files_under(samples) if p.suffix.lower() in SAMPLE_SUFFIXES]
     for name in ("report.pdf", "report.html"):
         if (reports / name).is_file():
             plan.append((f"reports/{name}", reports / name))
+    if (run_dir / "logs" / "metrics.jsonl").is_file():
+        plan.append(("reports/metrics.jsonl", run_dir / "logs" / "metrics.jsonl"))
+    if (run_dir / "PROGRESS.md").is_file():
+        plan.append(("reports/PROGRESS.md", run_dir / "PROGRESS.md"))
     for p in _files_under(run_dir / "skills"):
         if p.name == "SKILL.md":
             plan.append((f"skills/{p.relative_to(run_dir / 'skills')}", p))
-    plan = [(repo_path, p) for repo_path, p in plan if repo_path.lower() != "readme.md" and not p.is_symlink()]
-    return plan
+    seen: set[str] = set()
+    out = []
+    for repo_path, p in plan:
+        if repo_path.lower() != "readme.md" and repo_path not in seen and not p.is_symlink():
+            seen.add(repo_path)
+            out.append((repo_path, p))
+    return out
 
 
 def secret_hits(ctx: RunContext, card: str, plan: list[tuple[str, Path]]) -> list[str]:
@@ -136,11 +156,8 @@ def _dataset_label(cfg: RunConfig) -> str:
 
 
 def _license(cfg: RunConfig) -> str:
-    facts = cfg.model_facts or {}
-    lic = facts.get("license") or (facts.get("card_data") or facts.get("cardData") or {}).get("license")
-    if not lic:
-        tags = [t for t in facts.get("tags", []) if isinstance(t, str) and t.startswith("license:")]
-        lic = tags[0].split(":", 1)[1] if tags else None
+    """The base model's license as probe_model recorded it (Hub license tag, else the card's front matter), else 'other'."""
+    lic = cfg.model_facts.license if cfg.model_facts else None
     return str(lic) if lic else "other"
 
 
@@ -176,27 +193,6 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
-def _inference_snippet(cfg: RunConfig, repo_id: str) -> str:
-    task = cfg.task_type or "image-classification"
-    if task == "image-text-to-text":
-        return (
-            "```python\nfrom transformers import AutoModelForImageTextToText, AutoProcessor\n\n"
-            f'processor = AutoProcessor.from_pretrained("{repo_id}")\n'
-            f'model = AutoModelForImageTextToText.from_pretrained("{repo_id}")\n'
-            'messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the image?"}]}]\n'
-            "prompt = processor.apply_chat_template(messages, add_generation_prompt=True)\n"
-            'inputs = processor(text=prompt, images=[image], return_tensors="pt")\n'
-            "print(processor.batch_decode(model.generate(**inputs, max_new_tokens=32), skip_special_tokens=True)[0])\n```"
-        )
-    pipe_task = PIPELINE_TAGS.get(task, task)
-    arg = '"An example sentence."' if task == "text-classification" else '"path/to/image.jpg"'
-    return (
-        "```python\nfrom transformers import pipeline\n\n"
-        f'pipe = pipeline("{pipe_task}", model="{repo_id}")\n'
-        f"print(pipe({arg}))\n```"
-    )
-
-
 def acceptance_note(run_dir: Path) -> str | None:
     """The card's warning when the user accepted a model that did not clearly learn (gate 5), else None."""
     from tao_finetune.agent.state import RunState
@@ -209,70 +205,6 @@ def acceptance_note(run_dir: Path) -> str | None:
     why = "; ".join(ev.get("reasons") or []) or acc.what
     return (f"> **Accepted by the user without clear evidence of learning.** {why}. Evidence: {facts}. "
             f"The user answered {acc.answer!r} when tao-finetune asked whether to keep it.")
-
-
-def model_card(cfg: RunConfig, run_dir: Path, repo_id: str, skill_rel: str | None) -> str:
-    """The README.md pushed with the model: YAML front matter (license, base_model, datasets, tags, model-index) and a body."""
-    m = _metrics(run_dir)
-    task = cfg.task_type or "image-classification"
-    front: dict[str, Any] = {"license": _license(cfg), "base_model": cfg.model_id}
-    if cfg.dataset_id:
-        front["datasets"] = [cfg.dataset_id]
-    front["tags"] = ["tao-finetune", task]
-    front["pipeline_tag"] = PIPELINE_TAGS.get(task, task)
-    front["metrics"] = [m["name"]]
-    if m["finetuned"] is not None:
-        ds = cfg.dataset_id or "local"
-        front["model-index"] = [{
-            "name": repo_id.split("/")[-1],
-            "results": [{
-                "task": {"type": front["pipeline_tag"], "name": TASK_TITLES.get(task, task)},
-                "dataset": {"name": ds, "type": ds},
-                "metrics": [{"type": m["name"], "value": round(m["finetuned"], 6), "name": m["name"]}],
-            }],
-        }]
-    dataset = _dataset_label(cfg)
-    hp = _table(("hyperparameter", "value", "source"), _hp_rows(cfg))
-    recipe_rows = [(s, cfg.recipe[s].value, cfg.recipe[s].rank, cfg.recipe[s].source) for s in gates.RECIPE_SLOTS if s in cfg.recipe and s != "hyperparameters"]
-    n_train, n_eval = used_sizes(cfg, run_dir)
-    skill_line = (
-        f"The run can be repeated without new research with the rerun skill [`{skill_rel}`]({skill_rel})."
-        if skill_rel
-        else f"A rerun skill (`skills/run-{cfg.short_name}/SKILL.md`) is written to the run's output directory."
-    )
-    body = [
-        f"# {repo_id.split('/')[-1]}",
-        "",
-        f"[{cfg.model_id}]({endpoint()}/{cfg.model_id}) fine-tuned for **{task}** on **{dataset}** "
-        f"({n_train} train / {n_eval} eval examples, {cfg.n_epochs:g} epochs) with tao-finetune.",
-        "",
-        "## Results",
-        "",
-        _table(("metric", "baseline", "fine-tuned", "Δ"),
-               [(m["name"], _num(m["baseline"]), _num(m["finetuned"]),
-                 "n/a" if m["delta"] is None else f"{m['delta']:+.4f}")]),
-        "",
-        "Full numbers: `results/eval_results.json` and `results/baseline_results.json`.",
-        "",
-        *([note, ""] if (note := acceptance_note(run_dir)) else []),
-        "## Training",
-        "",
-        hp,
-        "",
-    ]
-    if recipe_rows:
-        body += ["Recipe (each value with its source):", "", _table(("slot", "value", "rank", "source"), recipe_rows), ""]
-    body += [
-        "## How to use",
-        "",
-        _inference_snippet(cfg, repo_id),
-        "",
-        "## Reproduce",
-        "",
-        "`config.yaml`, `Dockerfile` and `requirements.txt` of the run are in this repo. " + skill_line,
-        "",
-    ]
-    return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n\n" + "\n".join(body)
 
 
 @contextmanager
@@ -312,6 +244,8 @@ def hf_push(ctx: RunContext, args: NoArgs) -> dict:
         raise ToolError("HF_TOKEN is not set: add a write token to ~/.config/tao/.env, or set push_to_hub=false")
     if weights_dir(ctx.run_dir) is None:
         raise ToolError("no weights to push: checkpoints/final/ (or checkpoints/merged/) is missing or empty")
+    from tao_finetune.tools import card
+
     api = HfApi(endpoint=endpoint())
     with _token_env(ctx):
         repo_id = cfg.hf_model_repo or f"{cfg.short_name}-finetuned"
@@ -327,14 +261,20 @@ def hf_push(ctx: RunContext, args: NoArgs) -> dict:
         plan = upload_plan(ctx.run_dir)
         if not any(rp.endswith(".safetensors") for rp, _ in plan):
             raise ToolError("no safetensors weights to push: the Hub push uploads weights as safetensors only (never pickled .bin/.pt)")
-        skill_rel = next((rp for rp, _ in plan if rp.startswith("skills/") and rp.endswith("SKILL.md")), None)
-        card = model_card(cfg, ctx.run_dir, repo_id, skill_rel)
-        leaking = secret_hits(ctx, card, plan)
+        card_obj = card.build_card(ctx, repo_id, [rp for rp, _ in plan])
+        problems = card.check_card(str(card_obj), REQUIRED_FILES, [rp for rp, _ in plan])
+        if problems:
+            raise ToolError("model card not pushed: " + "; ".join(problems))
+        card_text = str(card_obj)
+        leaking = secret_hits(ctx, card_text, plan)
         if leaking:
             ctx.session.event("push_refused", files=leaking)
             raise ToolError(f"refusing to push: {', '.join(leaking)} contain(s) a secret or token-like string (plain or encoded); "
                             "remove it and retry")
-        ops = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode())]
+        skipped = card.validate_on_hub(card_obj)
+        if skipped:
+            ctx.session.event("note", text=skipped)
+        ops = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card_text.encode())]
         ops += [CommitOperationAdd(path_in_repo=rp, path_or_fileobj=str(p)) for rp, p in plan]
         try:
             api.create_repo(repo_id, repo_type="model", exist_ok=True)
@@ -401,10 +341,13 @@ def _rerun_commands(ctx: RunContext) -> str:
     jobs += ["merge"] if gates.uses_lora_merge(cfg.model_dump()) else []
     jobs += ["eval", "infer"]
     lines += [prefix + " ".join(command(ctx, job, 1 if job == "smoke" else None)) for job in jobs]
-    agent = f"tao-finetune run --config {out / 'config.yaml'} --output-dir {out} --yes"
+    rerun = f"tao-finetune run --config {out / 'config.yaml'} --output-dir {out}-rerun --yes"
+    resume = f"tao-finetune run --config {out / 'config.yaml'} --output-dir {out} --yes"
     return (
-        "With the agent (resumes at the first unmet gate; the recorded recipe skips research):\n\n"
-        f"```bash\n{agent}\n```\n\nBy hand (script options are read from config.yaml):\n\n```bash\n" + "\n".join(lines) + "\n```"
+        "With the agent, into a new output dir (the recorded recipe and its sources are kept, so no new research; "
+        "needs ANTHROPIC_API_KEY, or add `--llm autopilot` to drive it without a model; the finished run is not touched):\n\n"
+        f"```bash\n{rerun}\n```\n\nTo resume this run in place instead (a finished run only prints its summary):\n\n"
+        f"```bash\n{resume}\n```\n\nBy hand (script options are read from config.yaml):\n\n```bash\n" + "\n".join(lines) + "\n```"
     )
 
 

@@ -233,7 +233,16 @@ def _platform(ctx: RunContext):
 @tool(step=4)
 def docker_build(ctx: RunContext, args: NoArgs) -> dict:
     """Build the project's runtime (a Docker image, or a check of the local Python) and record it for gate 4."""
-    rec = _platform(ctx).build(ctx)
+    platform = _platform(ctx)
+    rec = platform.build(ctx)
+    if rec.get("ok") and hasattr(platform, "freeze"):
+        from tao_finetune.tools.project import pin_requirements
+
+        try:
+            freeze, source = platform.freeze(ctx)
+            rec["requirements"] = pin_requirements(ctx, freeze, source)
+        except ToolError as err:
+            rec["requirements"] = {"error": str(err)}
     ctx.state.record("build", rec)
     ctx.save()
     if not rec.get("ok"):

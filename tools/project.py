@@ -7,6 +7,7 @@ import platform as _platform
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +72,10 @@ def write_file(ctx: RunContext, args: WriteFileArgs) -> dict:
     if len(args.path.encode()) > 1024 or any(len(part.encode()) > 255 for part in Path(args.path).parts):
         raise ToolError(f"path {args.path[:80]!r}... is too long (a name over 255 bytes or a path over 1024)")
     target = ctx.confine(args.path)  # absolute paths, '..' and escapes first: their message names the real problem
-    policy.check_writable(args.path)
-    policy.check_writable(str(target.relative_to(ctx.run_dir.resolve())))  # a symlink planted by a job cannot redirect the write
     if target.is_dir():
         raise ToolError(f"{args.path!r} is a directory")
+    policy.check_writable(args.path)
+    policy.check_writable(str(target.relative_to(ctx.run_dir.resolve())))  # a symlink planted by a job cannot redirect the write
     check_py(args.path, args.content)
     try:
         atomic_write_text(target, args.content)
@@ -129,14 +130,63 @@ def render_dockerfile(template: str, base_image: str, fixes: dict[str, Any]) -> 
     return template.replace("{base_image}", base_image).replace("{compat_blocks}", "\n".join(blocks) or "# (none)")
 
 
+def req_name(line: str) -> str:
+    """The normalised package name of a requirement line (`Foo_Bar[x]>=1` -> `foo-bar`)."""
+    for sep in ("==", ">=", "<=", "~=", "!=", "<", ">", "[", ";", " ", "@"):
+        line = line.split(sep)[0]
+    return line.strip().lower().replace("_", "-").replace(".", "-")
+
+
+LOCK_FILE = "requirements.lock.txt"
+PIN_HEADER = "# pinned by tao-finetune"
+FREEZE_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)$")
+
+
+def pin_requirements(ctx: RunContext, freeze: str, source: str) -> dict:
+    """Pin requirements.txt to the versions `pip freeze` reports in the environment that was built (image or local
+    Python) and write the whole freeze to requirements.lock.txt, so the project can be rebuilt as it ran months later.
+    Packages the base image provides (torch on NGC) stay out of requirements.txt but are in the lock file."""
+    frozen: dict[str, str] = {}
+    for ln in freeze.splitlines():
+        m = FREEZE_LINE.match(ln.strip())
+        if m:
+            frozen[req_name(m.group(1))] = m.group(2)
+    if not frozen:
+        return {"pinned": [], "error": "pip freeze listed no packages"}
+    req = ctx.confine("requirements.txt")
+    lines = req.read_text().splitlines() if req.is_file() else []
+    out, pinned, unpinned = [], [], []
+    stamp = time.strftime("%Y-%m-%d", time.gmtime())
+    for ln in lines:
+        spec = ln.split("#", 1)[0].strip()
+        if ln.startswith(PIN_HEADER) or not spec or spec.startswith("-"):
+            if not ln.startswith(PIN_HEADER):
+                out.append(ln)
+            continue
+        n = req_name(spec)
+        if n in frozen:
+            head = spec.split(";")[0]
+            for sep in ("==", ">=", "<=", "~=", "!=", "<", ">", " "):
+                head = head.split(sep)[0]
+            marker = f"; {spec.split(';', 1)[1].strip()}" if ";" in spec else ""
+            out.append(f"{head.strip()}=={frozen[n]}{marker}")
+            pinned.append(f"{n}=={frozen[n]}")
+        else:
+            out.append(ln)
+            unpinned.append(spec)
+    header = f"{PIN_HEADER} from `pip freeze` in {source} ({stamp}); the full environment is in {LOCK_FILE}"
+    atomic_write_text(req, "\n".join([header, *out]) + "\n")
+    lock = [f"# `pip freeze` in {source} ({stamp}), recorded after the build; reference only: packages of the base",
+            "# image (torch, CUDA libraries) may not install from PyPI.",
+            *sorted(ln.strip() for ln in freeze.splitlines() if FREEZE_LINE.match(ln.strip()) or " @ " in ln)]
+    atomic_write_text(ctx.confine(LOCK_FILE), "\n".join(lock) + "\n")
+    return {"pinned": pinned, "unpinned": unpinned, "lock": LOCK_FILE, "packages": len(frozen)}
+
+
 def render_requirements(template: str, pins: list[str]) -> str:
     """Append compat pins; a pin for a package already listed replaces that line."""
     lines = template.rstrip("\n").splitlines()
-
-    def name(line: str) -> str:
-        for sep in ("==", ">=", "<=", "~=", "!=", "<", ">", "[", ";", " "):
-            line = line.split(sep)[0]
-        return line.strip().lower().replace("_", "-")
+    name = req_name
 
     for pin in pins:
         lines = [ln for ln in lines if ln.startswith("#") or name(ln) != name(pin)]
@@ -165,6 +215,74 @@ def base_image(ctx: RunContext) -> str:
     if cfg.platform in ("local", "slurm"):  # slurm: only a venv run gets here (container modes need an image)
         return f"python:{sys.version_info.major}.{sys.version_info.minor}-slim"
     raise ToolError("no base image: ngc_image is not set (Step 2 select_image) and no 'image' was given")
+
+
+SCRIPT_ROLES = {
+    "prepare_data.py": "reads the dataset named in config.yaml, applies the column renames, takes the seeded n_train / n_eval "
+                       "subsets and caches decoded tensors in data/ (+ data/meta.json: labels, sizes, columns)",
+    "train.py": "fine-tunes model_id on data/ (`--smoke` runs a few steps and writes reports/smoke.json); checkpoints/step-N "
+                "(resumable), checkpoints/final, logs/metrics.jsonl, reports/train_summary.json",
+    "run_eval.py": "evaluates checkpoints/final on the eval split -> reports/eval_results.json; `--baseline` evaluates the base "
+                   "model with an untrained head -> reports/baseline_results.json",
+    "infer.py": "predicts a few eval examples with checkpoints/final -> reports/inference_samples/",
+    "merge_lora.py": "merges LoRA adapters into the base weights -> checkpoints/merged",
+    "task.py": "the task's specifics (model class, cached fields, batch -> model inputs, sample drawing); imported by the scripts",
+    "common.py": "the shared loop, data cache, checkpoints, metrics and config reading; imported by the scripts",
+    "sources.py": "opens the dataset (Hub id or local folder/file) as tables; imported by prepare_data.py",
+}
+
+
+def render_project_readme(ctx: RunContext) -> str:
+    """README.md of the generated project: what each script does and how to run it with and without Docker."""
+    from tao_finetune.tools.jobs import command
+    from tao_finetune.tools.runtime.docker import image_tag
+
+    cfg, run = ctx.config, ctx.run_dir
+    tag = image_tag(cfg.short_name)
+    jobs = ["prepare", "smoke", *([] if cfg.skip_baseline else ["baseline"]), "train"]
+    jobs += ["merge"] if (run / "merge_lora.py").is_file() else []
+    jobs += ["eval", "infer"]
+    cmds = [" ".join(command(ctx, j, 5 if j == "smoke" else None)) for j in jobs]
+    gpus = "--gpus all " if (cfg.gpu_count or 0) > 0 else ""
+    dataset = cfg.dataset_id or (f"the local dataset {cfg.local_dataset_path}" if cfg.local_dataset_path else "the dataset in config.yaml")
+    scripts = [f"| `{name}` | {role} |" for name, role in SCRIPT_ROLES.items() if (run / name).is_file()]
+    if (run / "tests" / UNIT_TESTS).is_file():
+        scripts.append("| `tests/test_project.py` | unit tests of this project's code on fake data: `python -m pytest -q tests/` |")
+    return "\n".join([
+        f"# Fine-tuning {cfg.model_id} for {cfg.task_type}",
+        "",
+        f"Generated by tao-finetune for {dataset}. `config.yaml` is the only input: every script reads its settings",
+        "(model, dataset, columns, subset sizes, hyperparameters) from it, so the commands below take no options.",
+        "",
+        "| file | what it does |",
+        "|---|---|",
+        *scripts,
+        "| `Dockerfile` | the runtime: the base image (torch included) + `requirements.txt` + these scripts |",
+        "| `requirements.txt` | Python packages on top of torch, pinned to the versions of the built environment "
+        "(`requirements.lock.txt` lists all of it) |",
+        "",
+        "## With Docker",
+        "",
+        "The project directory is mounted at /workspace, so data/, checkpoints/ and reports/ land next to this file.",
+        "",
+        "```bash",
+        f"docker build -t {tag} .",
+        *[f'docker run --rm {gpus}--ipc=host -v "$PWD":/workspace -w /workspace {tag} {c}' for c in cmds],
+        "```",
+        "",
+        "## Without Docker",
+        "",
+        "Python 3.11+ with a torch build for your GPU (https://pytorch.org/get-started/locally/), then:",
+        "",
+        "```bash",
+        "python -m pip install -r requirements.txt",
+        *cmds,
+        "```",
+        "",
+        "Multi-GPU training: `torchrun --standalone --nproc_per_node=N train.py`. Training resumes from the newest",
+        "complete checkpoint in checkpoints/ when it is started again.",
+        "",
+    ])
 
 
 class RenderArgs(BaseModel):
@@ -202,6 +320,10 @@ def render_scaffold(ctx: RunContext, args: RenderArgs) -> dict:
     if tests and "requirements.txt" in kept and add_requirement(ctx, "pytest"):
         kept.remove("requirements.txt")
         written.append("requirements.txt")
+    readme = ctx.confine("README.md")
+    if args.overwrite or not readme.exists():
+        atomic_write_text(readme, render_project_readme(ctx))
+        written.append("README.md")
     atomic_write_text(ctx.confine(RUNTIME_ENV), json.dumps(fixes["env"], indent=1))
     if fixes["other"]:
         ctx.config.note(f"workarounds not applied by the scaffold (config or code level): {', '.join(fixes['other'])}")

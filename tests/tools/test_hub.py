@@ -14,6 +14,12 @@ from tao_finetune.agent.state import RunState
 from tao_finetune.tools import hub
 from tao_finetune.tools.base import ToolError
 
+from huggingface_hub import ModelCard
+from huggingface_hub.repocard_data import model_index_to_eval_results
+
+from tao_finetune.agent.errors import NeedsUser
+from tao_finetune.tools import card as card_mod
+
 from servers.hub import USER, LocalHub
 
 FAKE_TOKEN = "hf_" + "abcdefghijklmnopqrstuvwxyzABCDEFGH"
@@ -40,7 +46,7 @@ def hub_server(tmp_path, monkeypatch):
 
 
 def make_ctx(tmp_path, token=FAKE_TOKEN, **overrides):
-    cfg = RunConfig(
+    fields = dict(
         model_id=MODEL_ID,
         dataset_id="acme/digits",
         task_type="image-classification",
@@ -54,8 +60,8 @@ def make_ctx(tmp_path, token=FAKE_TOKEN, **overrides):
         driver_major=580,
         vram_gb_per_gpu=80.0,
         model_facts={"license": "apache-2.0"},
-        **overrides,
     )
+    cfg = RunConfig(**{**fields, **overrides})
     creds = Credentials({"HF_TOKEN": token} if token else {})
     ctx = RunContext(cfg, SessionLog(cfg.out / "session.jsonl", creds), creds)
     ctx.save()
@@ -74,10 +80,23 @@ def make_ctx(tmp_path, token=FAKE_TOKEN, **overrides):
         (reports / "inference_samples" / f"sample_{i}.json").write_text(json.dumps({"pred": "7", "label": "7"}))
     (run / "Dockerfile").write_text("FROM nvcr.io/nvidia/pytorch:25.10-py3\nCOPY . /workspace\n")
     (run / "requirements.txt").write_text("transformers>=5\ndatasets\n")
+    (run / "train.py").write_text("print('train')\n")
+    (run / "tests").mkdir()
+    (run / "tests" / "test_project.py").write_text("def test_x():\n    pass\n")
+    (run / "data").mkdir()
+    (run / "data" / "notes.txt").write_text("cached data is not pushed\n")
     (run / ".env").write_text(f"HF_TOKEN={FAKE_TOKEN}\n")
     (run / "logs").mkdir()
     (run / "logs" / "train.log").write_text(f"token {FAKE_TOKEN}\n")
     return ctx
+
+
+def load_card(server, repo_id):
+    """README.md downloaded from the local Hub by huggingface_hub and parsed by ModelCard, as a user's client does."""
+    from tao_finetune.tools.probe import hub_env
+
+    with hub_env():
+        return ModelCard.load(repo_id)
 
 
 def repo_files(server, repo_id):
@@ -114,16 +133,24 @@ def test_push_one_commit_with_card_and_no_secret_anywhere(hub_server, tmp_path):
     assert set(files) == {
         "README.md", "config.json", "model.safetensors", "preprocessor_config.json",
         "results/eval_results.json", "results/baseline_results.json", "config.yaml", "Dockerfile", "requirements.txt",
-        *{f"inference_samples/sample_{i}.json" for i in range(5)},
+        "train.py", "tests/test_project.py", *{f"inference_samples/sample_{i}.json" for i in range(5)},
     }
     assert files["model.safetensors"] == (ctx.run_dir / "checkpoints/final/model.safetensors").read_bytes()
 
-    card = files["README.md"].decode()
-    front = yaml.safe_load(card.split("---", 2)[1])
-    assert front["base_model"] == MODEL_ID and front["license"] == "apache-2.0" and front["datasets"] == ["acme/digits"]
-    assert front["model-index"][0]["results"][0]["metrics"][0] == {"type": "accuracy", "value": 0.91, "name": "accuracy"}
-    assert "| accuracy | 0.1200 | 0.9100 | +0.7900 |" in card
-    assert f'pipeline("image-classification", model="{repo_id}")' in card
+    # the card read back from the Hub with huggingface_hub, as a Hub user's client reads it
+    card = load_card(hub_server, repo_id)
+    assert card.data.base_model == MODEL_ID and card.data.license == "apache-2.0" and card.data.datasets == ["acme/digits"]
+    assert card.data.pipeline_tag == "image-classification" and card.data.library_name == "transformers"
+    name, results = model_index_to_eval_results(card.data.to_dict()["model-index"])
+    got = {(r.metric_type, r.metric_name): r.metric_value for r in results}
+    assert got[("accuracy", "accuracy")] == 0.91 and got[("accuracy", "accuracy (base model, before fine-tuning)")] == 0.12
+    assert got[("eval_loss", "eval_loss")] == 0.3 and {r.dataset_type for r in results} == {"acme/digits"}
+    assert card_mod.check_card(str(card)) == []
+    text = files["README.md"].decode()
+    assert "**accuracy: 12.0 % → 91.0 %** (+79.0 pts)" in text
+    assert "| learning_rate | 5e-05 | default |" in text
+    assert f'pipeline("image-classification", model="{repo_id}")' in text
+    assert f"hf download {repo_id} --local-dir vit-tiny-demo-run" in text and "python train.py" in text
 
     state = RunState.load(ctx.run_dir)
     assert state.records["hub"]["url"] == out["url"] and state.records["hub"]["commit"] == out["commit"]
@@ -272,7 +299,7 @@ def test_emitted_skill_is_complete_and_meets_gate6(hub_server, tmp_path):
     assert body.lstrip().startswith("<!-- Copyright (c) ") and "NVIDIA CORPORATION" in body.split("-->")[0]
     assert "| accuracy | 0.1200 → 0.9100 (Δ +0.7900) |" in body
     assert "docker build -t run-vit-tiny-demo:latest ." in body
-    assert f"tao-finetune run --config {ctx.run_dir / 'config.yaml'}" in body
+    assert f"tao-finetune run --config {ctx.run_dir / 'config.yaml'} --output-dir {ctx.run_dir}-rerun --yes" in body
     assert gates.gate6(ctx.run_dir, RunState.load(ctx.run_dir)) == []
 
 
@@ -323,3 +350,62 @@ def test_card_and_skill_report_the_sizes_actually_used(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "meta.json").write_text(_json.dumps({"n_train": 1438, "n_eval": 359}))
     assert used_sizes(cfg, tmp_path) == (1438, 359)
+
+
+def local_model(tmp_path, name_or_path=None, readme=None):
+    d = tmp_path / "my-vit"
+    d.mkdir()
+    conf = {"model_type": "vit"}
+    if name_or_path:
+        conf["_name_or_path"] = name_or_path
+    (d / "config.json").write_text(json.dumps(conf))
+    if readme:
+        (d / "README.md").write_text(readme)
+    return d
+
+
+def test_card_for_a_local_copy_of_a_hub_model_names_the_hub_id(hub_server, tmp_path):
+    d = local_model(tmp_path, name_or_path="google/vit-base-patch16-224")
+    ctx = make_ctx(tmp_path, hf_model_repo="acme-org/local-vit")
+    ctx.config.model_id = str(d)
+    ctx.config.model_facts = {"license": "apache-2.0"}
+    call(hub.hf_push, ctx)
+    card = load_card(hub_server, "acme-org/local-vit")
+    assert card.data.base_model == "google/vit-base-patch16-224"
+    assert "local copy of [google/vit-base-patch16-224]" in card.text
+
+
+def test_card_for_a_local_base_omits_base_model_and_asks_for_a_license(hub_server, tmp_path):
+    d = local_model(tmp_path, name_or_path=str(tmp_path / "somewhere"))
+    ctx = make_ctx(tmp_path, hf_model_repo="acme-org/local-vit", model_facts={})
+    ctx.config.model_id = str(d)
+    ctx.config.dataset_id = None
+    ctx.config.local_dataset_path = str(tmp_path / "images")
+    with pytest.raises(NeedsUser, match="names no license"):
+        call(hub.hf_push, ctx)
+    assert not any("/commit/" in p for p in hub_server.paths())
+    ctx.config.license = "MIT"
+    call(hub.hf_push, ctx)
+    card = load_card(hub_server, "acme-org/local-vit")
+    assert card.data.base_model is None and card.data.datasets is None and card.data.license == "mit"
+    assert "local folder (`my-vit`) that names no Hub model" in card.text and str(tmp_path) not in str(card)
+    _, results = model_index_to_eval_results(card.data.to_dict()["model-index"])
+    assert results[0].dataset_name == "a local folder dataset images" and results[0].dataset_type == "auto"
+    assert card_mod.check_card(str(card)) == []
+
+
+def test_unknown_license_becomes_other_with_a_name_and_link(tmp_path):
+    ctx = make_ctx(tmp_path, model_facts={"license": "Llama-Community-Custom"})
+    assert card_mod.license_fields(ctx.config, MODEL_ID) == {
+        "license": "other", "license_name": "llama-community-custom", "license_link": f"{hub.endpoint()}/{MODEL_ID}"}
+
+
+def test_check_card_catches_what_a_hub_user_would_hit():
+    good = "---\nlicense: mit\nbase_model: a/b\npipeline_tag: image-classification\nlibrary_name: transformers\n" \
+           "model-index:\n- name: m\n  results:\n  - task: {type: image-classification}\n    dataset: {name: d, type: d}\n" \
+           "    metrics: [{type: accuracy, value: 0.9}]\n---\nbody\n"
+    assert card_mod.check_card(good) == []
+    assert card_mod.check_card(good.replace("base_model: a/b", "base_model: /home/me/model")) == ["base_model '/home/me/model' is not a Hub id"]
+    assert card_mod.check_card(good.replace("license: mit", "license: other")) == ["license is 'other' without license_name"]
+    assert "Invalid `model_index`" in card_mod.check_card(good.replace("task: {type: image-classification}", "task: 3"))[0]
+    assert card_mod.check_card(good, ["config.yaml"], []) == ["required file 'config.yaml' is not pushed"]

@@ -253,6 +253,25 @@ def test_docker_build_records_the_local_runtime(tmp_path):
     assert rec["ok"] and rec["platform"] == "local" and ctx.state.records["build"]["ok"]
 
 
+def test_docker_build_pins_requirements_from_the_environment_it_checked(tmp_path):
+    """requirements.txt gets the versions `pip freeze` finds in the Python that runs the jobs; the freeze is recorded."""
+    import importlib.metadata as md
+
+    ctx = make_ctx(tmp_path)
+    (ctx.run_dir / "requirements.txt").write_text("# torch comes with the base image\ntransformers>=5.0\nPyYAML\nnot-installed-pkg>=1\n")
+    rec = jobs.docker_build.fn(ctx, NoArgs())
+    req = (ctx.run_dir / "requirements.txt").read_text().splitlines()
+    assert req[0].startswith("# pinned by tao-finetune from `pip freeze` in the local Python")
+    assert f"transformers=={md.version('transformers')}" in req and f"PyYAML=={md.version('pyyaml')}" in req
+    assert "not-installed-pkg>=1" in req and "# torch comes with the base image" in req
+    lock = (ctx.run_dir / "requirements.lock.txt").read_text()
+    assert f"torch=={md.version('torch')}" in lock
+    assert rec["requirements"]["unpinned"] == ["not-installed-pkg>=1"]
+    assert ctx.state.records["build"]["requirements"]["lock"] == "requirements.lock.txt"
+    jobs.docker_build.fn(ctx, NoArgs())  # pinning again changes nothing but the header
+    assert (ctx.run_dir / "requirements.txt").read_text().splitlines()[1:] == req[1:]
+
+
 EVAL_STUB = """\
 import json, pathlib, sys
 base = "--baseline" in sys.argv
@@ -371,7 +390,10 @@ def test_the_loop_stops_on_a_model_that_did_not_learn_and_an_accepted_one_is_on_
     assert ctx.state.pending_question == result.message
     assert gates.accept_learning(ctx.state, ctx.run_dir, ctx.state.pending_question, "accept")
     ctx.save()
-    card = hub.model_card(ctx.config, ctx.run_dir, "acme/tiny-ft", None)
+    from tao_finetune.tools import card as card_mod
+
+    ctx.config.license = "apache-2.0"
+    card = str(card_mod.build_card(ctx, "acme/tiny-ft", []))
     assert "Accepted by the user without clear evidence of learning" in card and "training loss did not fall" in card
 
 

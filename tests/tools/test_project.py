@@ -175,3 +175,33 @@ def test_preflight_refuses_blank_fields(tmp_path, capsys):
     assert "smoke" in str(err.value) and "wandb" in str(err.value)
     assert not (ctx.run_dir / "meta" / "preflight.json").exists()
     assert "(BLANK)" in capsys.readouterr().out
+
+
+def test_project_readme_commands_exist_and_help_only_prints_help(tmp_path):
+    """The generated README's commands name the project's scripts; each script's --help prints help and writes nothing."""
+    import re
+    import subprocess
+    import sys
+
+    ctx = make_ctx(tmp_path, task_type="text-classification", gpu_count=1)
+    out = project.render_scaffold.fn(ctx, project.RenderArgs())
+    run = ctx.run_dir
+    assert "README.md" in out["written"]
+    readme = (run / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    with_docker, without = (b.strip().splitlines() for b in blocks)
+    assert with_docker[0] == "docker build -t run-vit-base-patch16-224:latest ." and all("--gpus all" in c for c in with_docker[1:])
+    assert without[0] == "python -m pip install -r requirements.txt"
+    assert [c.split()[1] for c in without[1:]] == ["prepare_data.py", "train.py", "run_eval.py", "train.py", "run_eval.py", "infer.py"]
+    assert [c.split("run-vit-base-patch16-224:latest ")[1] for c in with_docker[1:]] == without[1:]
+    for name in ("prepare_data.py", "train.py", "run_eval.py", "infer.py", "task.py", "common.py", "sources.py"):
+        assert f"| `{name}` |" in readme
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    scripts = sorted({cmd.split()[1] for cmd in without[1:]})
+    procs = {name: subprocess.Popen([sys.executable, name, "--help"], cwd=run, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}) for name in scripts}
+    for name, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=180)
+        assert proc.returncode == 0 and stdout.startswith(f"usage: {name}"), (name, stderr[-500:])
+    assert sorted(p.relative_to(run) for p in run.rglob("*") if "__pycache__" not in p.parts) == \
+        [p for p in before if "__pycache__" not in p.parts]

@@ -205,6 +205,16 @@ class DockerPlatform:
             raise ToolError(f"docker build reported no error but image {tag!r} is missing; see logs/build.log") from None
         return {"ok": True, "image": tag, "id": image.short_id, "log": "logs/build.log"}
 
+    def freeze(self, ctx: RunContext) -> tuple[str, str]:
+        """`pip list --format=freeze` (pip freeze with name==version even for wheels installed from a file) inside the built image (no network); returns (output, where it ran)."""
+        tag = image_tag(ctx.config.short_name)
+        try:
+            out = self.client.containers.run(tag, ["python", "-m", "pip", "list", "--format=freeze"], remove=True, network_mode="none",
+                                              stdout=True, stderr=False)
+        except (DockerException, requests.exceptions.ConnectionError) as err:
+            raise ToolError(f"pip freeze in {tag!r} failed: {str(err)[:300]}") from None
+        return out.decode(errors="replace"), f"image {tag}"
+
     def _environment(self, ctx: RunContext, kind: str) -> dict[str, str]:
         """Env for a job: credentials by name from ctx.creds, Hub and wandb switches; never logged."""
         cfg = ctx.config

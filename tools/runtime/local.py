@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from tao_finetune.agent.context import JobKind, JobResult, RunContext
+from tao_finetune.agent.errors import ToolError
 from tao_finetune.agent.policy import job_credentials
 from tao_finetune.agent.secrets import KNOWN, SECRET_NAMES
 from tao_finetune.tools.base import ToolError
@@ -127,6 +128,16 @@ class LocalPlatform:
         if not ok:
             rec["error"] = "prepare_data.py needs the datasets package: pip install datasets"
         return rec
+
+    def freeze(self, ctx: RunContext) -> tuple[str, str]:
+        """`pip list --format=freeze` of the Python that runs the jobs; returns (output, where it ran)."""
+        try:
+            proc = subprocess.run([self.python, "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True, timeout=120)
+        except (FileNotFoundError, subprocess.TimeoutExpired) as err:
+            raise ToolError(f"pip freeze failed: {err}") from None
+        if proc.returncode != 0:
+            raise ToolError(f"pip freeze failed: {(proc.stderr.strip().splitlines() or ['?'])[-1][:300]}")
+        return proc.stdout, f"the local Python {self.python}"
 
     def run(self, ctx: RunContext, kind: JobKind, argv: list[str], detach: bool = False) -> JobResult:
         """Run a job in the output dir; blocking unless detach, output to logs/<kind>.log."""

@@ -147,6 +147,19 @@ def test_build_streams_log_and_tags_image(client, built):
     assert "job.py" in files and "checkpoints" not in files  # run outputs stay out of the build context
 
 
+def test_requirements_are_pinned_from_pip_freeze_in_the_built_image(client, built):
+    from tao_finetune.tools.project import pin_requirements
+
+    ctx, record = built
+    freeze, source = DockerPlatform(client, echo=None).freeze(ctx)
+    assert source == f"image {record['image']}" and "torch==2.13.0" in freeze
+    out = pin_requirements(ctx, freeze, source)
+    req = (ctx.run_dir / "requirements.txt").read_text().splitlines()
+    assert req[0].startswith(f"# pinned by tao-finetune from `pip freeze` in image {record['image']}")
+    assert [r.split("==")[0] for r in req[2:]] == ["torch", "transformers", "pyyaml"] and all("==" in r for r in req[2:])
+    assert out["unpinned"] == [] and "transformers==" in (ctx.run_dir / "requirements.lock.txt").read_text()
+
+
 def test_failed_build_names_the_step_and_tail(client, tmp_path):
     root = tmp_path / "out"
     ctx = make_ctx(root, model_id="acme/tao-broken-build")
