@@ -22,13 +22,12 @@ STEP_NAMES = {
     5: "train, evaluate, infer",
     6: "push & emit rerun skill",
 }
+# every slot is read by the generated project (scaffolds: model_class / processor_class load the model and its
+# processor, train_transforms decides augmentation, hyperparameters drive the loop); a slot no code reads is not gated
 RECIPE_SLOTS = (
     "model_class",
     "processor_class",
     "train_transforms",
-    "eval_transforms",
-    "collator",
-    "compute_metrics",
     "hyperparameters",
 )
 PROJECT_FILES = ("config.yaml", "Dockerfile", "requirements.txt", "prepare_data.py", "train.py", "run_eval.py", "infer.py", ".gitignore")

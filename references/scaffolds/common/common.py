@@ -59,13 +59,37 @@ PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "B200": 2250
 
 
 def load_config() -> dict:
-    """Read config.yaml from the project dir (the single source of truth)."""
-    return yaml.safe_load((ROOT / "config.yaml").read_text())
+    """The `project:` section of config.yaml: the only input of this project, complete (no defaults are kept here).
+
+    The agent writes it (Steps 1-3: columns, split plan, skipped files, hyperparameters, recipe values); to change a
+    value, edit it there or re-run the agent with --set.
+    """
+    data = yaml.safe_load((ROOT / "config.yaml").read_text()) or {}
+    if not isinstance(data.get("project"), dict):
+        raise SystemExit(f"{ROOT / 'config.yaml'} has no project: section; it is written by tao-finetune's Steps 1-3")
+    return data["project"]
 
 
 def hp(cfg: dict) -> dict:
     """The hyperparameters section."""
-    return cfg.get("hyperparameters") or {}
+    return cfg["hyperparameters"]
+
+
+def recipe_class(cfg: dict, slot: str):
+    """The transformers class a recipe slot names (model_class, processor_class): the first class name in its value.
+
+    Step 3 records these slots with their sources; the project loads exactly what they say (no fallback here).
+    """
+    import re
+
+    import transformers
+
+    value = str(cfg["recipe"].get(slot) or "")
+    for name in re.findall(r"\b[A-Z][A-Za-z0-9]+\b", value):
+        cls = getattr(transformers, name, None)
+        if isinstance(cls, type):
+            return cls
+    raise SystemExit(f"config.yaml project.recipe.{slot} = {value!r} names no transformers class; record one in Step 3")
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -147,7 +171,7 @@ class Batches(torch.utils.data.Dataset):
 def num_workers(cfg: dict, device: torch.device, world: int) -> int:
     """Data-loader workers: the configured number, or derived from CPUs (0 on CPU-only runs). Training reads the
     cache with one prefetch thread when this is > 0 (see Prefetcher), in the loop itself when 0."""
-    n = int(hp(cfg).get("dataloader_num_workers", -1))
+    n = int(hp(cfg)["dataloader_num_workers"])
     if n >= 0:
         return n
     if device.type != "cuda":
@@ -243,7 +267,7 @@ class Runtime:
             torch.backends.cudnn.allow_tf32 = True
             # cuDNN autotuning costs seconds per new shape (~9 s on ConvNeXt-T's first step): only long runs turn it on
             torch.backends.cudnn.benchmark = False
-        precision = hp(cfg).get("precision", "auto")
+        precision = hp(cfg)["precision"]
         if precision == "auto":
             precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
         self.precision = precision
@@ -352,7 +376,7 @@ class Tracker:
             print("wandb is enabled in config.yaml but not installed; metrics stay in logs/metrics.jsonl")
             return
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT"), name=f"{Path(cfg['model_id']).name}-{job}",
-                              config={"model_id": cfg["model_id"], "n_train": cfg.get("n_train"), **hp(cfg)})
+                              config={"model_id": cfg["model_id"], "n_train": cfg["splits"]["n_train"], **hp(cfg)})
         write_json(REPORTS / "wandb.json", {"url": self.run.url, "project": os.environ.get("WANDB_PROJECT")})
 
     def log(self, record: dict) -> None:
@@ -621,7 +645,7 @@ def train(task, argv: list[str] | None = None) -> int:
     meta = read_meta()
     rt = Runtime(cfg)
     smoke = args.smoke
-    max_steps = args.max_steps if args.max_steps is not None else (1 if smoke else int(h.get("max_steps", -1)))
+    max_steps = args.max_steps if args.max_steps is not None else (1 if smoke else int(h["max_steps"]))
     metrics_path = LOGS / ("smoke_metrics.jsonl" if smoke else "metrics.jsonl")
     started = time.time()
     record: dict = {"passed": False, "max_steps": max_steps, "exception": None}
@@ -648,15 +672,15 @@ def train(task, argv: list[str] | None = None) -> int:
 
 def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics_path: Path, get_scheduler) -> dict:
     preempt = PreemptFlag() if smoke else PreemptFlag().install()  # first: a signal during loading checkpoints at step 1
-    seed = int(h.get("seed", cfg.get("seed", 42)))
+    seed = int(h["seed"])
     seed_all(seed)
     split = CachedSplit("train", task.FIELDS)
     total, steps_per_epoch, micro_batches = batch_plan(
-        len(split), int(h.get("per_device_train_batch_size", 32)), int(h.get("gradient_accumulation_steps", 1)),
-        rt.world, rt.rank, seed, float(cfg.get("n_epochs", 3)), max_steps)
+        len(split), int(h["per_device_train_batch_size"]), int(h["gradient_accumulation_steps"]),
+        rt.world, rt.rank, seed, float(cfg["n_epochs"]), max_steps)
     resume = None if smoke else resumable_checkpoint()
     model = load_model(task.AUTO_CLASS, str(resume or cfg["model_id"]), meta, fresh_head=resume is None)
-    if h.get("gradient_checkpointing"):
+    if h["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
     model.to(rt.device)
     if task.channels_last(model) and rt.device.type == "cuda":
@@ -667,10 +691,10 @@ def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": float(h.get("weight_decay", 0.0))}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=float(h.get("learning_rate", 5e-5)), fused=rt.device.type == "cuda")
-    warmup = int(float(h.get("warmup_ratio", 0.0)) * total)
-    scheduler = get_scheduler(h.get("lr_scheduler_type", "linear"), optimizer, num_warmup_steps=warmup, num_training_steps=total)
+        [{"params": decay, "weight_decay": float(h["weight_decay"])}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=float(h["learning_rate"]), fused=rt.device.type == "cuda")
+    warmup = int(float(h["warmup_ratio"]) * total)
+    scheduler = get_scheduler(h["lr_scheduler_type"], optimizer, num_warmup_steps=warmup, num_training_steps=total)
     scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype == torch.float16 else None
     start = 0
     if resume is not None:
@@ -691,13 +715,13 @@ def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics
     net = model
     if rt.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
-    if h.get("torch_compile") and not smoke:
+    if h["torch_compile"] and not smoke:
         net = torch.compile(net)
     plan = [mb for s in range(start, total) for mb in micro_batches(s)]
     accum = len(micro_batches(0))
     workers = num_workers(cfg, rt.device, rt.world)
     it = Prefetcher(split, plan, pin=rt.device.type == "cuda") if workers > 0 else iter(loader(split, plan, 0, False))
-    logging_steps = 1 if smoke else int(h.get("logging_steps", 10))
+    logging_steps = 1 if smoke else int(h["logging_steps"])
     save_every, save_seconds = save_cadence(h, total)
     writer = CheckpointWriter(model, keep=2, metrics_path=metrics_path, background=rt.device.type == "cuda")
     if rt.main:
@@ -873,7 +897,7 @@ def evaluate(task, argv: list[str] | None = None) -> int:
     h = hp(cfg)
     meta = read_meta()
     rt = Runtime(cfg)
-    seed_all(int(h.get("seed", 42)))
+    seed_all(int(h["seed"]))
     if args.baseline:
         source, out = cfg["model_id"], REPORTS / "baseline_results.json"
     else:
@@ -883,12 +907,12 @@ def evaluate(task, argv: list[str] | None = None) -> int:
     model = load_model(task.AUTO_CLASS, source, meta, fresh_head=args.baseline).to(rt.device)
     split = CachedSplit("eval", task.FIELDS)
     t0 = time.perf_counter()
-    preds, _, labels, loss = predict(task, model, split, meta, rt, int(h.get("per_device_eval_batch_size", 64)))
+    preds, _, labels, loss = predict(task, model, split, meta, rt, int(h["per_device_eval_batch_size"]))
     dt = time.perf_counter() - t0
     res = {"primary_metric": "accuracy", **classification_metrics(preds, labels, len(meta["label_names"])),
            "eval_loss": loss, "n_eval": int(len(labels)), "num_labels": len(meta["label_names"]),
            "model": source, "baseline": args.baseline, "eval_runtime_s": round(dt, 3),
-           "eval_samples_per_s": len(labels) / dt if dt > 0 else None, "task": cfg.get("task_type")}
+           "eval_samples_per_s": len(labels) / dt if dt > 0 else None, "task": cfg["task_type"]}
     write_json(out, res)
     print(json.dumps({k: res[k] for k in ("primary_metric", "accuracy", "macro_f1", "n_eval")}))
     rt.close()
@@ -909,7 +933,7 @@ def infer(task, argv: list[str] | None = None) -> int:
         raise SystemExit("checkpoints/final is missing: run train.py first")
     model = load_model(task.AUTO_CLASS, str(final_dir()), meta, fresh_head=False).to(rt.device)
     split = CachedSplit("eval", task.FIELDS)
-    idx = np.random.default_rng(int(hp(cfg).get("seed", 42))).choice(len(split), size=min(args.n, len(split)), replace=False)
+    idx = np.random.default_rng(int(hp(cfg)["seed"])).choice(len(split), size=min(args.n, len(split)), replace=False)
     idx = np.sort(idx)
     batch = split.take(idx)
     inputs = task.to_inputs(batch, rt, meta, train=False)
