@@ -60,14 +60,15 @@ def settings(cfg: dict) -> dict:
     src = proj if proj is not None else cfg
     splits, cols, h = src.get("splits") or {}, src.get("columns") or {}, dict(hp(src))
     method = "lora" if "lora" in (src.get("training_method"), h.get("training_method")) else "full"
-    out = {k: src.get(k) for k in ("model_id", "dataset_id", "dataset_config", "local_dataset_path", "local_dataset_format")}
+    out = dict(src)  # every ProjectSpec field passes through (split plan, data files, skipped files for sources.py)
     out.update(
-        column_renames=dict(src.get("column_renames") or {}), label_names=[], hyperparameters=h,
+        column_renames=dict(src.get("column_renames") or {}), label_names=list(src.get("label_names") or []), hyperparameters=h,
         n_train=int(splits.get("n_train", src.get("n_train", cfg.get("n_train", 10000)))),
         n_eval=int(splits.get("n_eval", src.get("n_eval", cfg.get("n_eval", 1000)))),
         n_epochs=float(src.get("n_epochs", cfg.get("n_epochs", 3))), training_method=method,
         lora=dict(src.get("lora") or {}), lora_r=cfg.get("lora_r"), wandb=bool(cfg.get("wandb")),
-        columns={role: cols.get(role) or role for role in ("image", "question", "answer")})
+        columns={**cols, **{role: cols.get(role) or role for role in ("image", "question", "answer")}})
+    out["columns"].setdefault("label", None)
     if not out["model_id"]:
         raise SystemExit("config.yaml has no model_id (project.model_id)")
     return out
