@@ -25,11 +25,14 @@ def vqa(tmp_path_factory):
 
 def project(path, vqa, **hp):
     copy_scaffold("image-text-to-text", path)
-    cfg = RunConfig(model_id=str(vqa["model"]), local_dataset_path=str(vqa["data"]), task_type="image-text-to-text",
+    cfg = RunConfig(model_id=str(vqa["model"]), local_dataset_path=str(vqa["data"]), local_dataset_format="jsonl", task_type="image-text-to-text",
                     column_renames={"query": "question"}, n_train=48, n_eval=12, n_epochs=2, lora_r=4, output_dir=str(path))
     cfg.hyperparameters = cfg.hyperparameters.model_copy(update={"training_method": "lora", "learning_rate": 5e-3,
                                                                  "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
                                                                  "precision": "fp32", "logging_steps": 1, **hp})
+    # what Step 1 decides for a single-file jsonl: train from "train", hold out a fifth for eval
+    cfg.project = cfg.project.model_copy(update={"data_files": {"train": [str(vqa["data"] / "train.jsonl")]}, "local_dataset_format": "jsonl",
+                                                 "splits": cfg.project.splits.model_copy(update={"train_split": "train", "eval_fraction": 0.2})})
     save_config(cfg, path / "config.yaml")
     return path
 

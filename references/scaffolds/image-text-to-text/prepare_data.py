@@ -93,7 +93,8 @@ def main() -> int:
         raise SystemExit(f"no usable examples ({len(train_rows)} train / {len(eval_rows)} eval): every row lacked an image, question or answer")
     top = collections.Counter(r["answers"][0].lower() for r in train_rows).most_common(10)
     meta = {"task": "image-text-to-text", "n_train": len(train_rows), "n_eval": len(eval_rows),
-            "skipped": {"train": skip_tr, "eval": skip_ev}, "columns": train_t.columns, "roles": cols,
+            "skipped": {"train": skip_tr, "eval": skip_ev}, "columns": train_t.columns,
+            "roles": {r: cols[r] for r in ("image", "question", "answer")},
             "image_max_edge": cap, "answers_per_question": max(len(r["answers"]) for r in eval_rows),
             "top_answers": top, "max_answer_chars": max(len(a) for r in train_rows for a in r["answers"]),
             "source": cfg.get("dataset_id") or cfg.get("local_dataset_path")}
