@@ -37,8 +37,10 @@ def test_demo_fine_tunes_digits_through_all_gates(tmp_path, capsys):
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    """Every file of a run, but the append-only session log (a command on a finished run logs its exit there)."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != "session.jsonl"}
+    """Every file of a run, but the append-only session log and result.json (each command logs its exit and writes its
+    own result there, by design)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and str(p.relative_to(root)) not in ("session.jsonl", "result.json")}
 
 
 def rerun_skill_leaves_the_finished_run_untouched(run: Path, tmp_path: Path, capsys) -> None:
