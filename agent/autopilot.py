@@ -6,8 +6,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from tao_finetune.agent import gates
+from tao_finetune.agent import gates, references, steps
 from tao_finetune.agent.context import RunContext
+from tao_finetune.agent.facts import audit_of
 from tao_finetune.agent.llm import LLMResponse
 from tao_finetune.agent.state import verify_job
 
@@ -28,6 +29,10 @@ class Action:
     repeats: int = 4
     playbook: bool = True
 
+    def __post_init__(self) -> None:
+        if self.tool != "docker_run" and steps.step_of(self.tool) != self.step:
+            raise ValueError(f"autopilot rule for {self.tool!r} says step {self.step}; agent/steps.py says {steps.step_of(self.tool)}")
+
     @property
     def retry(self) -> bool:
         """Job failures are retried: the error playbook changes the config before the next try (playbook=False: it does not)."""
@@ -40,17 +45,15 @@ def _none(ctx: RunContext) -> dict[str, Any]:
 
 def _recipe_slot(slot: str) -> Action:
     def args(ctx: RunContext) -> dict[str, Any]:
-        from tao_finetune.tools.research import reference_recipe
-
-        rec = reference_recipe(ctx.config.task_type or "")
+        rec = references.recipe(ctx.config.task_type or "")
         return {"slot": slot, "value": rec[slot], "rank": "reference", "source": "references/recipes.yaml",
                 "reason": "autopilot: no model-specific live finding used; scaffold default"}
 
     return Action(3, "record_recipe", args, done=lambda c: slot in c.config.recipe, once=False)
 
 
-def _job(job: str, step: int, done: Predicate) -> Action:
-    return Action(step, "docker_run", lambda c: {"job": job}, done=done)
+def _job(job: str, done: Predicate | None = None, **kw: Any) -> Action:
+    return Action(steps.JOB_STEPS[job], "docker_run", lambda c: {"job": job}, done=done, **kw)
 
 
 def _file(rel: str) -> Predicate:
@@ -76,7 +79,7 @@ ACTIONS: tuple[Action, ...] = (
     Action(1, "probe_dataset", _none, done=lambda c: bool(c.config.dataset_facts)),
     Action(1, "check_compat", _none, done=lambda c: c.config.applicable_workarounds is not None),
     Action(1, "qualify", _none, done=lambda c: gates.check(1, c.run_dir, c.state).met),
-    Action(2, "audit_hardware", _none, done=lambda c: bool((c.state.records.get("audit") or {}).get("passed"))),
+    Action(2, "audit_hardware", _none, done=lambda c: bool((audit := audit_of(c.state.records)) and audit.passed)),
     Action(2, "select_image", _none, done=lambda c: bool(c.config.ngc_image), when=lambda c: c.config.platform == "docker"),
     Action(2, "check_model_fit", _none, done=lambda c: "model_fit" in c.state.records),
     Action(3, "fetch_docs", lambda c: {"slots": ["*"]}, done=lambda c: bool(c.state.live_attempts), may_fail=True),
@@ -85,17 +88,17 @@ ACTIONS: tuple[Action, ...] = (
            done=_file("meta/recipe.md")),
     Action(4, "render_scaffold", _none, done=lambda c: all((c.run_dir / f).is_file() for f in _project_files(c))),
     Action(4, "docker_build", _none, done=lambda c: bool((c.state.records.get("build") or {}).get("ok"))),
-    _job("prepare", 4, _file("data/meta.json")),
-    _job("smoke", 4, lambda c: gates.read_json(c.run_dir / "reports/smoke.json").get("passed") is True and _proved("smoke")(c)),
-    Action(4, "docker_run", lambda c: {"job": "tests"}, when=lambda c: c.config.emit_unit_tests, playbook=False,
-           done=lambda c: gates.read_json(c.run_dir / "reports/unit_tests.json").get("passed") is True),
+    _job("prepare", _file("data/meta.json")),
+    _job("smoke", lambda c: gates.read_json(c.run_dir / "reports/smoke.json").get("passed") is True and _proved("smoke")(c)),
+    _job("tests", when=lambda c: c.config.emit_unit_tests, playbook=False,
+         done=lambda c: gates.read_json(c.run_dir / "reports/unit_tests.json").get("passed") is True),
     Action(4, "preflight", _none, done=_file("meta/preflight.json")),
-    Action(5, "docker_run", lambda c: {"job": "baseline"}, when=lambda c: not c.config.skip_baseline, done=_proved("baseline")),
-    Action(5, "docker_run", lambda c: {"job": "train"}, done=lambda c: _file("checkpoints/final")(c) or _training(c), once=False),
+    _job("baseline", when=lambda c: not c.config.skip_baseline, done=_proved("baseline")),
+    _job("train", done=lambda c: _file("checkpoints/final")(c) or _training(c), once=False),
     Action(5, "train_status", lambda c: {"wait_s": 600}, done=_file("checkpoints/final"), when=_training, once=False,
            repeats=10_000),
-    Action(5, "docker_run", lambda c: {"job": "eval"}, done=_proved("eval")),
-    _job("infer", 5, _proved("infer")),
+    _job("eval", done=_proved("eval")),
+    _job("infer", _proved("infer")),
     Action(5, "write_report", _none, when=lambda c: c.config.emit_report, done=_file("reports/report.pdf")),
     Action(6, "hf_push", _none, when=lambda c: c.config.push_to_hub, done=lambda c: bool((c.state.records.get("hub") or {}).get("url"))),
     Action(6, "emit_rerun_skill", _none, done=lambda c: not gates.gate6(c.run_dir, c.state)),

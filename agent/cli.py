@@ -263,8 +263,9 @@ def summary(run_dir: Path, state: RunState) -> str:
         lines.append(f"{ev['primary_metric']}: {f'{b:.4f}' if b is not None else 'n/a'} → {value:.4f}{delta}")
     hub = (state.records.get("hub") or {}).get("url")
     lines.append(f"hub: {hub or 'not pushed'}")
-    if (state.records.get("train") or {}).get("wandb_url"):
-        lines.append(f"wandb: {state.records['train']['wandb_url']}")
+    wandb_url = gates.read_json(run_dir / "reports" / "wandb.json").get("url")  # written by the project's tracker
+    if wandb_url:
+        lines.append(f"wandb: {wandb_url}")
     lines.append(f"samples: {run_dir / 'reports' / 'inference_samples'}")
     cfg_short = next(iter(sorted((run_dir / 'skills').glob('run-*/SKILL.md'))), None) if (run_dir / "skills").is_dir() else None
     lines.append(f"rerun skill: {cfg_short or 'not emitted'}")
@@ -298,9 +299,7 @@ def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], 
                 view) -> int:
     from tao_finetune.agent.authority import user_recipe
     from tao_finetune.agent.context import RunContext
-    from tao_finetune.agent.loop import Agent, Limits
-    from tao_finetune.agent.prompts import render
-    from tao_finetune.tools import all_tools
+    from tao_finetune.agent import steps
 
     run_dir = cfg.out
     state = RunState.load(run_dir)
@@ -321,9 +320,17 @@ def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], 
         print(summary(run_dir, state))
         return EXIT_OK
     ctx.platform = make_platform(cfg, echo=None if args.quiet else view.job_output)
+    if first <= 5 and hasattr(ctx.platform, "prewarm"):
+        ctx.save()  # config.yaml first: the job runner reads the model id from it
+        ctx.platform.prewarm(ctx)  # it imports torch and creates the CUDA context while Steps 1-3 run
+    from tao_finetune.agent.loop import Agent, Limits  # the API client's imports: after the job runner started
+    from tao_finetune.agent.prompts import render
+    from tao_finetune.tools import all_tools
+
     client = make_client(args, ctx)
     ctx.save()
     tools = all_tools()
+    steps.check_tools(tools)
     system = render("system.md", **system_vars(ctx)) if not args.system_prompt else render_prompt_file(args.system_prompt, system_vars(ctx))
     resume = f"Steps 1-{first - 1} are done (their gates hold); continue at step {first} ({gates.STEP_NAMES[first]})." if first > 1 else "Start at step 1."
     if args.answer:
@@ -421,22 +428,11 @@ def after_interrupt(ctx, interactive: bool) -> None:
         ctx.session.event("note", text=f"second Ctrl-C: stopped {', '.join(jobs)}")
 
 
-def reference_index() -> str:
-    """One line per curated reference file shipped in the package."""
-    from importlib import resources
-
-    root = resources.files("tao_finetune.references")
-    names = sorted(p.name for p in root.iterdir() if p.name.endswith((".md", ".yaml")) and not p.name.startswith("_"))
-    return "\n".join(f"- {n}" for n in names) or "- (none)"
-
-
 def system_vars(ctx) -> dict[str, Any]:
     """Variables for prompts/system.md."""
+    from tao_finetune.agent import references, steps
+
     cfg = ctx.config
-    status = []
-    for step in gates.GATES:
-        res = gates.check(step, ctx.run_dir, ctx.state)
-        status.append(f"- step {step} ({gates.STEP_NAMES[step]}): {'met' if res.met else 'missing ' + ', '.join(res.missing)}")
     dataset = cfg.dataset_id or cfg.local_dataset_path or "none given: recommend 3-5 and wait for the user's pick"
     return {
         "model_id": cfg.model_id,
@@ -447,8 +443,8 @@ def system_vars(ctx) -> dict[str, Any]:
         "push_to_hub": cfg.push_to_hub,
         "credentials": ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in ctx.creds.presence().items()),
         "user_set": ", ".join(cfg.user_set) or "none",
-        "gate_status": "\n".join(status),
-        "references": reference_index(),
+        "steps": steps.prompt_list(),
+        "references": references.index(),
     }
 
 

@@ -11,6 +11,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tao_finetune.agent.facts import DatasetFacts, ModelFacts
+
 TaskType = Literal[
     "image-classification",
     "object-detection",
@@ -85,6 +87,8 @@ class SplitPlan(BaseModel):
     seed: int = 42
     n_train: int = Field(10000, ge=1, description="cap on training examples (a seeded subset when the split is larger)")
     n_eval: int = Field(1000, ge=1, description="cap on eval examples")
+    expected_train: int | None = Field(None, description="train rows prepare_data.py must produce (Step 1's count; None = unknown before reading)")
+    expected_eval: int | None = Field(None, description="eval rows prepare_data.py must produce")
 
 
 class LoraSpec(BaseModel):
@@ -121,6 +125,9 @@ class ProjectSpec(BaseModel):
     training_method: Literal["full", "lora"] = "full"
     lora: LoraSpec = Field(default_factory=LoraSpec)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    n_epochs: float = Field(3, gt=0)
+    wandb: bool = False
+    data_files: dict[str, list[str]] = Field(default_factory=dict, description="local data: split -> files (or class-folder roots) exactly as Step 1 read them")
     recipe: dict[str, Any] = Field(default_factory=dict, description="slot -> value actually used (sources stay in RunConfig.recipe)")
 
 
@@ -178,8 +185,8 @@ class RunConfig(BaseModel):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
     # recorded by the steps
-    model_facts: dict[str, Any] = Field(default_factory=dict)
-    dataset_facts: dict[str, Any] = Field(default_factory=dict)
+    model_facts: ModelFacts | None = Field(None, description="Step 1 probe of the model (agent/facts.py)")
+    dataset_facts: DatasetFacts | None = Field(None, description="Step 1 probe of the dataset (agent/facts.py)")
     column_renames: dict[str, str] = Field(default_factory=dict)
     label_names: list[str] = Field(default_factory=list)
     applicable_workarounds: list[str] | None = None
@@ -247,6 +254,8 @@ def apply_overrides(data: dict[str, Any], sets: list[str]) -> tuple[dict[str, An
         key = key.strip().replace("-", "_")
         if key in Hyperparameters.model_fields and key not in RunConfig.model_fields:
             key = f"hyperparameters.{key}"
+        if key.startswith("columns."):
+            key = f"project.{key}"
         if key.startswith("recipe."):
             slot = key.removeprefix("recipe.")
             data.setdefault("recipe", {})[slot] = {"value": parse_value(raw), "rank": "user", "source": "user"}
@@ -305,7 +314,39 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+PROJECT_ROLES = ("image", "text", "text_pair", "label", "objects", "mask", "question", "answer")
+
+
+def user_columns(cfg: RunConfig) -> dict[str, str]:
+    """The column roles the user stated (--set columns.label=NAME ...): role -> column."""
+    cols = cfg.project.columns
+    return {r: getattr(cols, r) for r in PROJECT_ROLES if f"project.columns.{r}" in cfg.user_set and getattr(cols, r)}
+
+
+def sync_project(cfg: RunConfig) -> None:
+    """Refresh the `project:` section from the run's inputs, so the generated project reads one complete, current spec.
+
+    Step 1 decisions (columns, split plan, skipped files, data files, detected format) live only in `project`; the
+    user-facing inputs (model, dataset, hyperparameters, sizes, recipe values) are copied from the top level here.
+    """
+    p = cfg.project
+    mf = cfg.model_facts
+    fmt = cfg.local_dataset_format if cfg.local_dataset_format != "auto" else p.local_dataset_format
+    cfg.project = p.model_copy(update={
+        "task_type": cfg.task_type, "model_id": cfg.model_id, "dataset_source": cfg.dataset_source if cfg.dataset_source != "recommend" else None,
+        "dataset_id": cfg.dataset_id, "dataset_config": cfg.dataset_config, "local_dataset_path": cfg.local_dataset_path,
+        "local_dataset_format": fmt, "column_renames": dict(cfg.column_renames), "label_names": list(cfg.label_names),
+        "training_method": cfg.hyperparameters.training_method, "lora": p.lora.model_copy(update={"r": cfg.lora_r}),
+        "hyperparameters": cfg.hyperparameters, "n_epochs": cfg.n_epochs, "wandb": cfg.wandb,
+        "splits": p.splits.model_copy(update={"n_train": cfg.n_train, "n_eval": cfg.n_eval, "seed": cfg.hyperparameters.seed}),
+        "recipe": {slot: s.value for slot, s in cfg.recipe.items()},
+        "image_size": p.image_size or (mf.image_size if mf else None),
+        "max_length": p.max_length or (mf.max_length if mf else None),
+    })
+
+
 def save_config(cfg: RunConfig, path: Path) -> None:
-    """Write config.yaml atomically."""
+    """Write config.yaml atomically (the `project:` section refreshed first)."""
+    sync_project(cfg)
     data = cfg.model_dump(mode="json", exclude_none=False)
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))

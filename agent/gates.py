@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -21,13 +22,12 @@ STEP_NAMES = {
     5: "train, evaluate, infer",
     6: "push & emit rerun skill",
 }
+# every slot is read by the generated project (scaffolds: model_class / processor_class load the model and its
+# processor, train_transforms decides augmentation, hyperparameters drive the loop); a slot no code reads is not gated
 RECIPE_SLOTS = (
     "model_class",
     "processor_class",
     "train_transforms",
-    "eval_transforms",
-    "collator",
-    "compute_metrics",
     "hyperparameters",
 )
 PROJECT_FILES = ("config.yaml", "Dockerfile", "requirements.txt", "prepare_data.py", "train.py", "run_eval.py", "infer.py", ".gitignore")
@@ -48,15 +48,26 @@ class GateResult:
         return not self.missing
 
 
+_PARSED: dict[str, dict] = {}  # config.yaml text -> parsed dict: gates run several times per agent turn
+
+
 def _config(run_dir: Path) -> dict:
     path = run_dir / "config.yaml"
     if not path.exists():
         return {}
     try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
         return {}
-    return data if isinstance(data, dict) else {}
+    if text not in _PARSED:
+        try:
+            data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        except yaml.YAMLError:
+            data = None
+        if len(_PARSED) > 8:
+            _PARSED.clear()
+        _PARSED[text] = data if isinstance(data, dict) else {}
+    return copy.deepcopy(_PARSED[text])
 
 
 def read_json(path: Path) -> dict:

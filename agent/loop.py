@@ -10,12 +10,12 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ValidationError
 
-from tao_finetune.agent import gates, policy
+from tao_finetune.agent import gates, policy, steps
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.progress import Journal
 from tao_finetune.agent.llm import LLMAuthError, LLMClient, LLMDeadline, LLMError, LLMResponse
 from tao_finetune.agent.errors import AskUser, BadInput, Done, GateFailed, Interrupted, LimitReached, LoopExit, NeedsUser, ToolError  # noqa: F401
-from tao_finetune.tools.base import Tool, format_validation_error
+from tao_finetune.agent.tooling import Tool, format_validation_error
 
 PROTECTED = policy.SUBSTITUTION_ARGS  # tool arguments that name a protected run input (agent/policy.py)
 RESULT_LIMIT = 20_000
@@ -31,6 +31,10 @@ def request_digest(messages: list[dict[str, Any]], run_dir: Any) -> str:
 
 class InvalidArgs(ToolError):
     """Arguments failed validation; counted against the tool's retry budget, not the same-error rule."""
+
+
+class Refused(ToolError):
+    """A gate refused the call (an earlier step is unfinished): its own category, never counted as an error."""
 
 
 @dataclass
@@ -53,6 +57,8 @@ class Agent:
                  ask: Callable[[str], str | None] | None = None):
         self.client, self.ctx, self.system = client, ctx, system
         self.tools = {t.name: t for t in tools}
+        steps.check_tools(t for t in tools if t.name in steps.ANY_STEP_TOOLS or any(t.name in s.tools for s in steps.STEPS))
+        self.refusals = 0
         self.limits = limits or Limits()
         self.ask = ask
         self.messages: list[dict[str, Any]] = []
@@ -148,9 +154,10 @@ class Agent:
             return
         uses = resp.tool_uses()
         if uses:
-            results = [self.call(u) for u in uses]
-            self.messages.append({"role": "user", "content": results})
+            results: list[dict[str, Any]] = [self.call(u) for u in uses]
             self.after_tools()
+            results.append({"type": "text", "text": self.gate_status()})
+            self.messages.append({"role": "user", "content": results})
             return
         self.finish_turn(resp)
 
@@ -175,6 +182,10 @@ class Agent:
         if stop and all(gates.check(s, run_dir, state).met for s in range(1, stop)):
             raise Done(f"stopped before step {stop} ({gates.STEP_NAMES[stop]}) as asked: gates 1-{stop - 1} hold")
 
+    def gate_status(self) -> str:
+        """The gate status now, sent with every tool-result turn (a system prompt would go stale)."""
+        return "Gate status now:\n" + "\n".join(f"- {line}" for line in steps.status_lines(self.ctx.run_dir, self.ctx.state))
+
     def finish_turn(self, resp: LLMResponse) -> None:
         """The model stopped calling tools: done if every gate holds, else nudge, then fail."""
         step = gates.first_unmet(self.ctx.run_dir, self.ctx.state)
@@ -182,9 +193,9 @@ class Agent:
             raise Done(resp.text() or "all six gates met")
         res = gates.check(step, self.ctx.run_dir, self.ctx.state)
         if self.nudges >= self.limits.max_nudges:
-            raise GateFailed(f"gate {step} ({gates.STEP_NAMES[step]}) not met: missing {', '.join(res.missing)}")
+            raise GateFailed(f"gate {step} ({steps.name(step)}) not met: missing {', '.join(res.missing)}")
         self.nudges += 1
-        text = (f"The run is not finished: gate {step} ({gates.STEP_NAMES[step]}) is missing {', '.join(res.missing)}. "
+        text = (f"The run is not finished: gate {step} ({steps.name(step)}) is missing {', '.join(res.missing)}. "
                 "Continue with the tools, or call ask_user if you need a decision.")
         self.ctx.session.event("nudge", text=text)
         self.messages.append({"role": "user", "content": text})
@@ -195,7 +206,7 @@ class Agent:
         self.ctx.session.event("tool_call", id=tid, name=name, input=raw)
         try:
             out, is_error = self.dispatch(name, raw), False
-        except InvalidArgs as err:
+        except (InvalidArgs, Refused) as err:
             out, is_error = str(err), True
         except ToolError as err:
             out, is_error = self.tool_error(name, str(err)), True
@@ -250,9 +261,10 @@ class Agent:
             block = gates.blocking(step, self.ctx.run_dir, self.ctx.state)
             if block is not None:
                 self.ctx.session.event("refused", name=name, step=step, gate=block.step, missing=list(block.missing))
-                raise ToolError(
-                    f"refused: {name!r} belongs to step {step} ({gates.STEP_NAMES[step]}), but gate {block.step} "
-                    f"({gates.STEP_NAMES[block.step]}) is not met: missing {', '.join(block.missing)}")
+                self.refusals += 1
+                raise Refused(
+                    f"refused: {name!r} belongs to step {step} ({steps.name(step)}), but gate {block.step} "
+                    f"({steps.name(block.step)}) is not met: missing {', '.join(block.missing)}")
         self.guard_substitution(name, args)
         return tool(self.ctx, args)
 

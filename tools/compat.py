@@ -10,6 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from tao_finetune.agent import references
 from tao_finetune.tools.base import NoArgs, tool
 
 Phase = Literal["probe", "hardware"]
@@ -83,7 +84,7 @@ def parse_rules(data: Any) -> list[Rule]:
 @lru_cache(maxsize=1)
 def load_rules() -> tuple[Rule, ...]:
     """The packaged rules."""
-    text = resources.files("tao_finetune.references").joinpath("compat_rules.yaml").read_text()
+    text = references.read_text("compat_rules.yaml")
     return tuple(parse_rules(yaml.safe_load(text)))
 
 
@@ -172,8 +173,8 @@ def facts_from_config(cfg: Any) -> dict[str, Any]:
     """The fact namespace the rules see, built from a RunConfig."""
     hp = cfg.hyperparameters
     return {
-        "model": cfg.model_facts or {},
-        "dataset": cfg.dataset_facts or {},
+        "model": cfg.model_facts.model_dump() if cfg.model_facts else {},
+        "dataset": cfg.dataset_facts.model_dump() if cfg.dataset_facts else {},
         "task": cfg.task_type,
         "training_method": hp.training_method,
         "gradient_checkpointing": hp.gradient_checkpointing,

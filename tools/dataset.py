@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from tao_finetune.agent.config import Columns
+from tao_finetune.agent.facts import DatasetFacts
 from tao_finetune.tools.base import NeedsUser, ToolError, tool
 from tao_finetune.tools.probe import OFFLINE_ERRORS, endpoint, hub_env
 
@@ -129,6 +131,7 @@ def _filter_images(scan: Scan, paths: list[Path]) -> tuple[list[Path], dict[Path
             break
         size, why = check_image(p)
         if size is None:
+            scan.extra.setdefault("skip_files", []).append(str(p))
             bad["empty image file" if why == "empty file" else "missing image file" if why == "missing"
                 else "oversized image" if why and "bomb" in why else "corrupt image"] += 1
         else:
@@ -216,6 +219,7 @@ def scan_imagefolder(root: Path) -> Scan:
     scan.evidence = f"{len(classes)} class folders" + (f" in split folders {sorted(dirs)}" if len(dirs) > 1 or first != root else "")
     if loose:
         scan.issue("warn", "unlabelled_images", len(loose), f"{len(loose)} image(s) outside class folders ignored")
+    scan.extra["data_files"] = {split: [str(d)] for split, d in dirs.items()}
     for split, d in dirs.items():
         paths = [p for c in sorted(d.iterdir()) if c.is_dir() for p in _images_in(c)]
         good, _ = _filter_images(scan, paths)
@@ -478,6 +482,7 @@ def scan_text_rows(root: Path, fmt: Literal["jsonl", "csv"]) -> Scan:
     if not files:
         raise ToolError(f"no {fmt} file under {str(root)!r}")
     scan.evidence = ", ".join(f"{s}: {len(fs)} file(s)" for s, fs in files.items())
+    scan.extra["data_files"] = {s: [str(f) for f in fs] for s, fs in files.items()}
     for split, fs in files.items():
         rows = []
         for f in fs:
@@ -487,8 +492,8 @@ def scan_text_rows(root: Path, fmt: Literal["jsonl", "csv"]) -> Scan:
                         r[k] = str((f.parent / v).resolve())
                 rows.append(r)
         scan.splits[split] = rows
-    if fmt == "csv":  # csv has no types: numeric label ids come back as strings
-        for col in {k for rows in scan.splits.values() for r in rows[:1] for k in r if k.lower() in LABEL_NAMES}:
+    if fmt == "csv":  # csv has no types: integer columns (label ids among them) come back as strings
+        for col in {k for rows in scan.splits.values() for r in rows[:1] for k in r}:
             vals = [r.get(col) for rows in scan.splits.values() for r in rows]
             if vals and all(isinstance(v, str) and re.fullmatch(r"-?\d+", v.strip()) for v in vals):
                 for rows in scan.splits.values():
@@ -528,6 +533,7 @@ def scan_with_datasets(root: Path, fmt: Literal["parquet", "arrow"]) -> Scan:
             if not files:
                 raise ToolError(f"every {fmt} file under {str(root)!r} is empty")
             scan.evidence = ", ".join(f"{s}: {len(fs)} file(s)" for s, fs in files.items())
+            scan.extra["data_files"] = files
             if fmt == "arrow":
                 ds = datasets.DatasetDict({s: datasets.concatenate_datasets([datasets.Dataset.from_file(f) for f in fs]) for s, fs in files.items()})
             else:
@@ -536,7 +542,7 @@ def scan_with_datasets(root: Path, fmt: Literal["parquet", "arrow"]) -> Scan:
         raise ToolError(f"{fmt} data under {str(root)!r} cannot be read: {str(err).splitlines()[0][:200]}") from None
     if isinstance(ds, datasets.Dataset):
         ds = datasets.DatasetDict({"train": ds})
-    scan.dataset = datasets.DatasetDict({SPLIT_NAMES.get(k.lower(), k): v for k, v in ds.items()})
+    scan.dataset = ds  # split names as the data names them; plan_splits reads their meaning
     return scan
 
 
@@ -621,6 +627,11 @@ def _image_info(v: Any) -> tuple[tuple[int, int], str] | None:
         return None
 
 
+def _is_image_struct(v: Any) -> bool:
+    """An encoded image as Parquet/Arrow store it without `datasets` metadata: {'bytes': b'...', 'path': ...}."""
+    return isinstance(v, dict) and set(v) <= {"bytes", "path"} and isinstance(v.get("bytes"), (bytes, bytearray))
+
+
 def _type_name(v: Any) -> str:
     if hasattr(v, "size") and hasattr(v, "mode"):
         return "image"
@@ -632,6 +643,8 @@ def _type_name(v: Any) -> str:
         return "float"
     if isinstance(v, str):
         return "image-path" if _looks_like_image_path(v) else "string"
+    if _is_image_struct(v):
+        return "image"
     if isinstance(v, dict):
         return "dict"
     if isinstance(v, list):
@@ -661,6 +674,8 @@ def feature_types(features: Any) -> dict[str, str]:
             out[k] = "Image"
         elif isinstance(f, datasets.Value):
             out[k] = f.dtype
+        elif isinstance(f, dict) and set(f) == {"bytes", "path"}:
+            out[k] = "Image"  # an image struct written without `datasets` metadata (plain pyarrow / pandas)
         else:
             out[k] = re.sub(r"\s+", " ", repr(f))[:160]
     return out
@@ -687,6 +702,12 @@ def summarize_rows(rows: list[dict[str, Any]], kinds: dict[str, str], types: dic
                                        "most_common": [f"{w}x{h}" for (w, h), _ in common]}
         elif seen.get("string") and not kind:
             info["text_chars"] = _stats([len(v) for v in vals if isinstance(v, str)])
+            strings = [v for v in vals if isinstance(v, str)]
+            info["text_words"] = round(sum(len(v.split()) for v in strings) / len(strings), 2) if strings else None
+        scalars = [v for v in vals if isinstance(v, (str, int)) and not _looks_like_image_path(v)]
+        if scalars and len(scalars) == len(vals):
+            info["distinct"] = len(set(scalars))
+            info["sampled"] = len(scalars)
         if kind == "objects" or (isinstance(vals[0] if vals else None, dict) and "bbox" in (vals[0] or {})):
             counts = [len((v or {}).get("bbox") or []) for v in vals]
             info["boxes_per_sample"] = _stats(counts)
@@ -844,14 +865,14 @@ def annotation_plan(facts: Any, task: str | None) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- splits
-def plan_splits(split_sizes: dict[str, int | None], task: str | None) -> dict[str, Any]:
+def plan_splits(split_sizes: dict[str, int | None], task: str | None, label: str | None = "label") -> dict[str, Any]:
     """Which splits train and evaluate; a seeded split of train when there is no eval split."""
     names = list(split_sizes)
-    train = "train" if "train" in names else (names[0] if len(names) == 1 else None)
-    evals = next((s for s in ("validation", "test") if s in names and s != train), None)
+    train = next((s for s in names if split_of(s) == "train"), names[0] if len(names) == 1 else None)
+    evals = next((s for want in ("validation", "test") for s in names if split_of(s) == want and s != train), None)
     plan: dict[str, Any] = {"train_split": train, "eval_split": evals}
     if train and not evals:
-        strat = "label" if task in ("image-classification", "text-classification") else None
+        strat = label if task in ("image-classification", "text-classification") else None
         plan["planned_split"] = {"from": train, "eval_fraction": EVAL_FRACTION, "seed": SEED, "stratify_by_column": strat}
     return plan
 
@@ -860,6 +881,11 @@ def plan_splits(split_sizes: dict[str, int | None], task: str | None) -> dict[st
 def _render(v: Any) -> Any:
     if hasattr(v, "size") and hasattr(v, "mode"):
         return f"Image({v.size[0]}x{v.size[1]}, {v.mode})"
+    if isinstance(v, (bytes, bytearray)):
+        return f"<{len(v)} bytes>"
+    if _is_image_struct(v):
+        info = _image_info(v)
+        return f"Image({info[0][0]}x{info[0][1]}, {info[1]})" if info else f"<image bytes: {len(v.get('bytes') or b'')}>"
     if isinstance(v, str):
         return v if len(v) <= 80 else v[:77] + "..."
     if isinstance(v, list):
@@ -869,7 +895,20 @@ def _render(v: Any) -> Any:
     return v
 
 
-def probe_local_dataset(path: str, fmt: str = "auto", task: str | None = None, n_samples: int = 3) -> dict[str, Any]:
+MAX_VALUES = 200
+
+
+def _value_counts(columns: dict[str, Any], values_of) -> None:
+    """Fill columns[c]['values'] (value -> count over every row) for low-cardinality scalar columns."""
+    for c, info in columns.items():
+        if info.get("distinct") is None or info["distinct"] > MAX_VALUES or info.get("mixed_types"):
+            continue
+        counts = Counter(str(v) for v in values_of(c) if v is not None)
+        if len(counts) <= MAX_VALUES:
+            info["values"] = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def probe_local_dataset(path: str, fmt: str = "auto", task: str | None = None, n_samples: int = 3) -> DatasetFacts:
     """Facts about a local dataset: format + evidence, columns, splits, label names and counts, issues."""
     scan = scan_local(path, fmt, task)
     splits: dict[str, int] = {}
@@ -890,12 +929,14 @@ def probe_local_dataset(path: str, fmt: str = "auto", task: str | None = None, n
                 counts[s] = label_counts(list(d[label_col]), label_names)
         rows = [first[i] for i in range(min(N_STATS, first.num_rows))]
         columns = summarize_rows(rows, {}, types, label_names)
+        _value_counts(columns, lambda c: [v for d in ds.values() for v in d[c]])
         samples = [{k: _render(v) for k, v in r.items()} for r in rows[:n_samples]]
     else:
         for s, rows in scan.splits.items():
             splits[s] = len(rows)
         first_rows = next((r for r in scan.splits.values() if r), [])
         columns = summarize_rows(first_rows[:N_STATS], scan.kinds, {}, label_names)
+        _value_counts(columns, lambda c: [r.get(c) for rows in scan.splits.values() for r in rows])
         for c, info in columns.items():
             if "mixed_types" in info:
                 all_rows = [r for rows in scan.splits.values() for r in rows]
@@ -929,7 +970,7 @@ def probe_local_dataset(path: str, fmt: str = "auto", task: str | None = None, n
         samples = [{k: _render(v) for k, v in r.items()} for r in first_rows[:n_samples]]
         if not any(splits.values()):
             scan.issue("error", "no_rows", 1, "the dataset has no usable rows")
-    return {
+    return DatasetFacts.model_validate({
         "source": "local",
         "path": str(Path(path).expanduser().resolve()),
         "format": scan.format,
@@ -942,7 +983,7 @@ def probe_local_dataset(path: str, fmt: str = "auto", task: str | None = None, n
         "issues": [i.as_dict() for i in scan.issues],
         "samples": samples,
         **scan.extra,
-    }
+    })
 
 
 def _hub_dataset_error(dataset_id: str, err: Exception) -> ToolError:
@@ -959,7 +1000,7 @@ def _hub_dataset_error(dataset_id: str, err: Exception) -> ToolError:
     return ToolError(f"dataset {dataset_id!r} cannot be loaded: {type(err).__name__}: {text.splitlines()[0][:200] if text else ''}")
 
 
-def probe_hub_dataset(dataset_id: str, config_name: str | None = None, token_present: bool = False, n_samples: int = 3) -> dict[str, Any]:
+def probe_hub_dataset(dataset_id: str, config_name: str | None = None, token_present: bool = False, n_samples: int = 3) -> DatasetFacts:
     """Facts about a Hub dataset through `datasets`: builder info, features, splits and sizes, streamed sample rows."""
     datasets = require_datasets()
     from huggingface_hub import HfApi
@@ -1002,7 +1043,8 @@ def probe_hub_dataset(dataset_id: str, config_name: str | None = None, token_pre
     label_names = list(features[label_col].names) if label_col else []
     counts = {first_split + " (sample)": label_counts([r[label_col] for r in rows], label_names)} if label_col else {}
     columns = summarize_rows(rows, {}, types, label_names)
-    return {
+    _value_counts(columns, lambda c: [r.get(c) for r in rows])
+    return DatasetFacts.model_validate({
         "source": "hub",
         "dataset_id": dataset_id,
         "config_name": config_name,
@@ -1019,29 +1061,214 @@ def probe_hub_dataset(dataset_id: str, config_name: str | None = None, token_pre
         "image_modes": image_modes(columns),
         "issues": [],
         "samples": [{k: _render(v) for k, v in r.items()} for r in rows[:n_samples]],
-    }
+    })
 
 
-def dataset_issues(facts: dict[str, Any], level: Level) -> list[dict[str, Any]]:
-    return [i for i in facts.get("issues", []) if i["level"] == level]
+def dataset_issues(facts: DatasetFacts, level: Level) -> list[dict[str, Any]]:
+    return [i.model_dump() for i in facts.issues_at(level)]
 
 
-def check_dataset_for_task(facts: dict[str, Any], task: str) -> tuple[dict[str, str], dict[str, Any]]:
-    """Verify columns for the task and plan splits; raises NeedsUser for restructuring and ToolError when unusable."""
-    sample_rows = facts.get("samples") or []
-    sample = sample_rows[0] if sample_rows else {}
-    # samples are rendered for display; the verification only needs their Python types
-    types = {k: v.get("type", "") for k, v in facts.get("columns", {}).items()}
-    renames, layout, issues = verify_columns(task, types, sample)
+# ---------------------------------------------------------------- column roles by content
+ID_LIKE = re.compile(r"(^|_)(id|idx|index|uuid|guid|key|filename|file_name|path)$", re.I)
+SHORT_TEXT = 40  # mean characters above which a string column reads as text, not as a class name
+SENTENCE_WORDS = 3  # mean words from which a string column reads as text (sentences), not as class names
+
+
+def _is_string(t: str) -> bool:
+    return t in ("string", "large_string")
+
+
+def _is_int(t: str) -> bool:
+    return t == "int" or bool(re.fullmatch(r"u?int\d+", t))
+
+
+def _image_column(info: Any) -> bool:
+    return info.type in ("Image", "image", "image-path") or info.image_sizes is not None
+
+
+def _label_tier(name: str, info: Any) -> tuple[int, str] | None:
+    """How strongly a column reads as the class label (3 ClassLabel, 2 label-like name, 1 low cardinality), with the evidence."""
+    t = info.type
+    if t.startswith("ClassLabel"):
+        return 3, f"{t} column"
+    if not (_is_string(t) or _is_int(t)) or info.distinct is None or ID_LIKE.search(name):
+        return None
+    if _is_string(t) and ((info.text_chars and info.text_chars.get("mean", 0) > SHORT_TEXT) or (info.text_words or 0) >= SENTENCE_WORDS):
+        return None
+    n, k = info.sampled or 0, info.distinct
+    if _is_int(t) and k == n and n > 10:
+        return None  # one value per row: an id, not a class
+    if k > max(2, n // 2) or k > MAX_VALUES:
+        return None
+    why = f"{'string' if _is_string(t) else 'integer'} column with {k} distinct value(s) in {n} sampled row(s)"
+    return (2, why + f"; name {name!r} is a usual label name") if name.lower() in LABEL_NAMES else (1, why)
+
+
+def _text_column(name: str, info: Any) -> bool:
+    if not _is_string(info.type) or ID_LIKE.search(name):
+        return False
+    mean = (info.text_chars or {}).get("mean", 0)
+    return mean > SHORT_TEXT or (info.text_words or 0) >= SENTENCE_WORDS or info.distinct is None or (info.sampled or 0) <= 1 or info.distinct > (info.sampled or 0) // 2
+
+
+def infer_columns(task: str, facts: DatasetFacts, renames: dict[str, str] | None = None,
+                  given: dict[str, str] | None = None) -> tuple[Columns, list[Issue]]:
+    """Which column is the image / text / text pair / label, read from types and values (names only break ties).
+
+    `renames` (source -> new name) apply first; `given` (role -> column, after renames) is the user's word and is only
+    checked for existence. The one low-cardinality string or integer column beside an image or text column is the
+    label; two text columns are a pair. Two equally good readings are an `ask` issue naming both, with the evidence.
+    """
+    renames, given = dict(renames or {}), {k: v for k, v in (given or {}).items() if v}
+    cols = {renames.get(c, c): info for c, info in facts.columns.items()}
+    issues: list[Issue] = []
+    evidence: dict[str, str] = {}
+    chosen: dict[str, str | None] = {}
+    for role, col in given.items():
+        if col not in cols:
+            issues.append(Issue("ask", f"unknown_{role}_column", 1, f"columns.{role}={col!r} is not a column; columns are {sorted(cols)}"))
+        else:
+            chosen[role] = col
+            evidence[role] = "given by the user"
+    taken = set(chosen.values())
+    if task == "image-classification" and "image" not in chosen:
+        imgs = [c for c, i in cols.items() if _image_column(i) and c not in taken]
+        if len(imgs) > 1:
+            named = [c for c in imgs if c.lower() in IMAGE_NAMES]
+            imgs = named[:1] if len(named) == 1 else imgs
+        if not imgs:
+            issues.append(Issue("ask", "missing_image_column", 1, f"no image column (Image feature, image bytes or image paths) among {sorted(cols)}"))
+        elif len(imgs) > 1:
+            issues.append(Issue("ask", "ambiguous_image_column", 1, f"{len(imgs)} image columns {imgs}: say which with --set columns.image=NAME"))
+        else:
+            chosen["image"] = imgs[0]
+            evidence["image"] = f"{cols[imgs[0]].type} column" + (f" ({cols[imgs[0]].image_sizes['most_common'][0]} most common)" if (cols[imgs[0]].image_sizes or {}).get("most_common") else "")
+        taken = set(filter(None, chosen.values()))
+    if "label" not in chosen:
+        tiers = {c: t for c, i in cols.items() if c not in taken and (t := _label_tier(c, i))}
+        best = max((t[0] for t in tiers.values()), default=0)
+        top = [c for c, t in tiers.items() if t[0] == best]
+        if not top:
+            issues.append(Issue("ask", "missing_label_column", 1, f"no class label column (a low-cardinality string or integer column) among {sorted(cols)}: "
+                                "say which with --set columns.label=NAME"))
+        elif len(top) > 1:
+            issues.append(Issue("ask", "ambiguous_label_column", 1, "two equally good label columns: " + "; ".join(f"{c!r}: {tiers[c][1]}" for c in top)
+                                + ": say which with --set columns.label=NAME"))
+        else:
+            chosen["label"] = top[0]
+            beside = chosen.get("image")
+            evidence["label"] = tiers[top[0]][1] + (f", beside image column {beside!r}" if beside else "")
+        taken = set(filter(None, chosen.values()))
+    if task == "text-classification" and "text" not in chosen:
+        texts = [c for c, i in cols.items() if c not in taken and _text_column(c, i)]
+        pair = next((p for p in PAIR_NAMES if all(c in texts for c in p)), None)
+        if pair:
+            texts = list(pair)
+        elif len(texts) > 2:
+            named = [c for c in texts if c.lower() in TEXT_NAMES]
+            texts = named if len(named) == 1 else texts
+        if not texts:
+            issues.append(Issue("ask", "missing_text_column", 1, f"no text column among {sorted(cols)}: say which with --set columns.text=NAME"))
+        elif len(texts) > 2:
+            issues.append(Issue("ask", "ambiguous_text_columns", 1, f"{len(texts)} text columns {texts}: say which with --set columns.text=NAME "
+                                "(and columns.text_pair=NAME for a sentence pair)"))
+        else:
+            chosen["text"] = texts[0]
+            evidence["text"] = f"string column, mean {cols[texts[0]].text_chars.get('mean') if cols[texts[0]].text_chars else '?'} characters"
+            if len(texts) == 2 and "text_pair" not in chosen:
+                chosen["text_pair"] = texts[1]
+                evidence["text_pair"] = f"a second text column beside {texts[0]!r}: a sentence pair"
+    columns = Columns(**{k: v for k, v in chosen.items() if v}, evidence=evidence)
+    if columns.label and columns.label in cols:
+        sample = (facts.samples or [{}])[0]
+        src = next((s for s, n in renames.items() if n == columns.label), columns.label)
+        if isinstance(sample.get(src), list):
+            issues.append(Issue("ask", "multi_label", 1, f"label column {columns.label!r} holds lists (multi-label); single-label classification needs one label per row"))
+    return columns, issues
+
+
+def label_names_for(facts: DatasetFacts, column: str, renames: dict[str, str]) -> tuple[list[str], str]:
+    """The class names of the label column and where they came from: ClassLabel names, integer ids, or the sorted values."""
+    src = next((s for s, n in renames.items() if n == column), column)
+    info = facts.columns.get(src)
+    if info is None:
+        return [], ""
+    if info.type.startswith("ClassLabel") and facts.label_names:
+        return list(facts.label_names), "ClassLabel names"
+    values = list((info.values or {}).keys())
+    if not values:
+        return [], ""
+    ids = [int(v) for v in values if re.fullmatch(r"\d+", v)]
+    if facts.label_names and _is_int(info.type) and len(ids) == len(values) and max(ids) < len(facts.label_names):
+        return list(facts.label_names), facts.label_names_from or "the dataset's class names (folders / categories)"
+    if _is_int(info.type) and all(re.fullmatch(r"\d+", v) for v in values):
+        return [str(i) for i in range(max(map(int, values)) + 1)], "integer label ids (no names in the data)"
+    where = "every row" if facts.source == "local" else f"{facts.sampled_rows} sampled rows"
+    return sorted(values), f"the sorted values of {column!r} ({where})"
+
+
+def holdout_size(counts: list[int], fraction: float) -> int:
+    """Rows a hold-out takes: per class int(fraction * n_c + 0.5), at least one of a class with 2+ rows (prepare_data.py's rule)."""
+    total = 0
+    for n in counts:
+        k = int(fraction * n + 0.5)
+        total += max(1, k) if n >= 2 else k
+    return total
+
+
+def expected_sizes(facts: DatasetFacts, plan: Any, renames: dict[str, str]) -> tuple[int | None, int | None]:
+    """The train / eval row counts the split plan yields on this dataset, or None where the probe cannot know them."""
+    sizes = facts.splits
+    n_tr = sizes.get(plan.train_split) if plan.train_split else None
+    if n_tr is None:
+        return None, None
+    if plan.eval_split:
+        n_ev = sizes.get(plan.eval_split)
+        return min(plan.n_train, n_tr), (min(plan.n_eval, n_ev) if n_ev is not None else None)
+    if plan.stratify_by:
+        src = next((s for s, n in renames.items() if n == plan.stratify_by), plan.stratify_by)
+        info = facts.columns.get(src)
+        if facts.source != "local" or len(sizes) != 1 or info is None or not info.values:
+            return None, None
+        k = holdout_size(list(info.values.values()), plan.eval_fraction)
+    else:
+        k = max(1, int(plan.eval_fraction * n_tr + 0.5))
+    return min(plan.n_train, n_tr - k), min(plan.n_eval, k)
+
+
+def check_dataset_for_task(facts: DatasetFacts, task: str, renames: dict[str, str] | None = None,
+                           given: dict[str, str] | None = None) -> tuple[dict[str, str], dict[str, Any]]:
+    """Verify columns for the task and plan splits; raises NeedsUser for restructuring and ToolError when unusable.
+
+    Returns (renames, layout); layout['columns'] is the role mapping (a Columns dump, names after renames).
+    """
+    renames = dict(renames or {})
+    if task in ("image-classification", "text-classification"):
+        columns, issues = infer_columns(task, facts, renames, given)
+        layout: dict[str, Any] = {f"{r}_column": c for r, c in columns.model_dump(exclude={"evidence"}).items() if c}
+        if task == "text-classification":
+            layout["text_columns"] = [c for c in (columns.text, columns.text_pair) if c]
+    else:
+        sample_rows = facts.samples or []
+        sample = sample_rows[0] if sample_rows else {}
+        # samples are rendered for display; the verification only needs their Python types
+        types = {renames.get(k, k): v.type for k, v in facts.columns.items()}
+        found, layout, issues = verify_columns(task, types, sample)
+        renames.update(found)
+        roles = {"image": "image", "objects": "objects", "annotation": "mask", "question": "question", "answer": "answer"}
+        after = {renames.get(c, c) for c in types}
+        columns = Columns(**{role: name for name, role in roles.items() if name in after})
+    layout["columns"] = columns.model_dump()
     errors = dataset_issues(facts, "error")
     if errors:
         raise ToolError(f"dataset unusable: {errors[0]['message']}")
     asks = [i.message for i in issues] + [i["message"] for i in dataset_issues(facts, "ask")]
-    layout.update(plan_splits(facts.get("splits") or {}, task))
+    layout.update(plan_splits(facts.splits or {}, task, columns.label))
     if asks:
         raise NeedsUser(
             f"the dataset needs a decision before {task} training: " + "; ".join(asks),
-            "fix the data (or pick another dataset with --dataset-id / --local-dataset-path) and rerun",
+            "say which column plays which role with --set columns.label=NAME (columns.text, columns.text_pair, columns.image), "
+            "fix the data, or pick another dataset with --dataset-id / --local-dataset-path, and rerun",
         )
     return renames, layout
 
@@ -1050,7 +1277,7 @@ class ProbeDatasetArgs(BaseModel):
     n_samples: int = Field(3, ge=0, le=10, description="how many sample rows to show")
 
 
-def probe_dataset_facts(cfg: Any, token_present: bool, n_samples: int = 3) -> dict[str, Any]:
+def probe_dataset_facts(cfg: Any, token_present: bool, n_samples: int = 3) -> DatasetFacts:
     """Probe the dataset named by a RunConfig (Hub id or local path)."""
     if cfg.dataset_id:
         return probe_hub_dataset(cfg.dataset_id, cfg.dataset_config, token_present, n_samples)
@@ -1066,13 +1293,11 @@ def probe_dataset(ctx, args: ProbeDatasetArgs) -> dict:
         facts = probe_dataset_facts(ctx.config, ctx.creds.present("HF_TOKEN"), args.n_samples)
     cfg = ctx.config
     cfg.dataset_facts = facts
-    if facts.get("label_names"):
-        cfg.label_names = list(facts["label_names"])
-    ctx.session.event("probe_dataset", format=facts.get("format"), splits=facts.get("splits"))
+    ctx.session.event("probe_dataset", format=facts.format, splits=facts.splits)
     ctx.save()
     if cfg.task_type:
-        renames, layout = check_dataset_for_task(facts, cfg.task_type)
-        cfg.column_renames = renames
-        cfg.dataset_facts = {**facts, "layout": layout}
+        from tao_finetune.tools.task import fill_project
+
+        fill_project(cfg, facts, cfg.task_type)
         ctx.save()
-    return cfg.dataset_facts
+    return cfg.dataset_facts.model_dump(mode="json", exclude_defaults=True)

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tao_finetune.agent.context import RunContext
-from tao_finetune.tools.base import NeedsUser, NoArgs, tool
+from tao_finetune.agent.errors import ExitCode
+from tao_finetune.agent.facts import AuditItem, FactsError, HostAudit, HostFacts, HostSummary, load_host_facts, recorded_host_path
+from tao_finetune.tools.base import NeedsUser, NoArgs, ToolError, tool
 
 EXPECTED_DRIVER_BRANCH = 580
 EXPECTED_CUDA = (13, 0)
@@ -26,7 +28,7 @@ EXPECTED_CTK = (1, 19, 0)
 DEFAULT_MIN_DISK_GB = 100.0
 SMI_QUERY = ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"]
 SMOKE_IMAGE = "ubuntu:24.04"
-DOCTOR_EXIT_FAIL = 4
+DOCTOR_EXIT_FAIL = ExitCode.GATE_FAILED
 
 Status = Literal["pass", "warn", "fail", "skip"]
 
@@ -75,22 +77,6 @@ class GPU:
     @property
     def vram_gb(self) -> float:
         return round(self.memory_mib * 1024 * 1024 / 1e9, 1)
-
-
-@dataclass
-class HostFacts:
-    """Raw observations of the host; None means the command or daemon was not available."""
-
-    docker_version: str | None = None
-    docker_error: str = ""
-    docker_info: dict[str, Any] = field(default_factory=dict)
-    smi_query: str | None = None
-    smi_banner: str | None = None
-    nvcc_output: str | None = None
-    ctk_output: str | None = None
-    gpu_smoke: tuple[bool | None, str] | None = None  # (None, why) = the smoke image was unavailable
-    free_disk_gb: float | None = None
-    disk_path: str = ""
 
 
 def parse_version(text: str | None, pattern: str = r"(\d+(?:\.\d+)+)") -> tuple[int, ...] | None:
@@ -395,17 +381,28 @@ def min_disk_gb() -> float:
         return DEFAULT_MIN_DISK_GB
 
 
-def host_summary(facts: HostFacts) -> dict[str, Any]:
+def host_summary(facts: HostFacts) -> HostSummary:
     """Facts later steps use (image selection): driver and CUDA versions."""
-    return {
-        "driver_version": driver_version(facts),
-        "driver_major": driver_major(facts),
-        "cuda": fmt_version(driver_cuda(facts)) if driver_cuda(facts) else None,
-        "cuda_toolkit": fmt_version(nvcc_cuda(facts)) if nvcc_cuda(facts) else None,
-        "container_toolkit": fmt_version(ctk_version(facts)) if ctk_version(facts) else None,
-        "docker": facts.docker_version,
-        "gpu_runtime": gpu_runtime(facts.docker_info) if facts.docker_info else None,
-    }
+    return HostSummary(
+        driver_version=driver_version(facts),
+        driver_major=driver_major(facts),
+        cuda=fmt_version(driver_cuda(facts)) if driver_cuda(facts) else None,
+        cuda_toolkit=fmt_version(nvcc_cuda(facts)) if nvcc_cuda(facts) else None,
+        container_toolkit=fmt_version(ctk_version(facts)) if ctk_version(facts) else None,
+        docker=facts.docker_version,
+        gpu_runtime=gpu_runtime(facts.docker_info) if facts.docker_info else None,
+    )
+
+
+def host_facts(platform: Literal["docker", "local"], disk_path: Path, smoke_image: str | None) -> tuple[HostFacts, str | None]:
+    """The host's facts: replayed from $TAO_HOST_FACTS when set (a recorded host), else collected by running the commands."""
+    recorded = recorded_host_path()
+    if recorded is None:
+        return collect_facts(platform, disk_path=disk_path, smoke_image=smoke_image), None
+    try:
+        return load_host_facts(recorded), str(recorded)
+    except FactsError as err:
+        raise ToolError(str(err)) from None
 
 
 def failure_question(items: list[Item]) -> str:
@@ -423,10 +420,10 @@ def failure_question(items: list[Item]) -> str:
 def audit_hardware(ctx: RunContext, args: NoArgs) -> dict:
     """Check-only audit of this host (Docker, NVIDIA driver/CUDA, Container Toolkit, GPUs, disk, needed credentials); records gpu_count, gpu_name, driver_major, vram_gb_per_gpu."""
     cfg = ctx.config
-    creds = needed_credentials(cfg.push_to_hub, bool(cfg.model_facts.get("gated")), cfg.wandb)
+    creds = needed_credentials(cfg.push_to_hub, bool(cfg.model_facts and cfg.model_facts.gated), cfg.wandb)
     if cfg.platform == "slurm":
         return _audit_slurm(ctx, creds)
-    facts = collect_facts(cfg.platform, disk_path=cfg.out, smoke_image=cfg.image or SMOKE_IMAGE)
+    facts, replayed = host_facts(cfg.platform, cfg.out, cfg.image or SMOKE_IMAGE)
     items = assess(
         facts,
         platform=cfg.platform,
@@ -437,9 +434,8 @@ def audit_hardware(ctx: RunContext, args: NoArgs) -> dict:
     ok = passed(items)
     for key, value in hardware_record(facts, cfg.allow_cpu).items():
         setattr(cfg, key, value)
-    ctx.state.record(
-        "audit", {"passed": ok, "items": [asdict(i) for i in items], "host": host_summary(facts)}
-    )
+    audit = HostAudit(passed=ok, items=[AuditItem(**asdict(i)) for i in items], host=host_summary(facts), replayed_from=replayed)
+    ctx.state.record("audit", audit.model_dump())
     ctx.save()
     ctx.session.event("audit", passed=ok, items=[f"{i.status} {i.name}" for i in items])
     if not ok:
@@ -506,7 +502,7 @@ def doctor_command(args: argparse.Namespace) -> int:
             return 2
         c = Credentials.load()
         allow_cpu = allow_cpu or cfg.allow_cpu
-        names = needed_credentials(cfg.push_to_hub, bool(cfg.model_facts.get("gated")), cfg.wandb)
+        names = needed_credentials(cfg.push_to_hub, bool(cfg.model_facts and cfg.model_facts.gated), cfg.wandb)
         creds = {n: c.present(n) for n in names}
     if args.platform == "slurm":  # the cluster from this login node: sinfo/scontrol (tools/runtime/slurm.py)
         from tao_finetune.agent.config import RunConfig
@@ -516,7 +512,11 @@ def doctor_command(args: argparse.Namespace) -> int:
         run_cfg = run_cfg.model_copy(update={"allow_cpu": allow_cpu})
         items, _ = slurm.assess_slurm(slurm.collect_slurm_facts(run_cfg), run_cfg, creds, min_disk_gb())
     else:
-        facts = collect_facts(args.platform, smoke_image=args.smoke_image)
+        try:
+            facts, _ = host_facts(args.platform, Path.cwd(), args.smoke_image)
+        except ToolError as err:
+            Console(stderr=True).print(f"[red]{err}[/red]")
+            return 2
         items = assess(facts, platform=args.platform, allow_cpu=allow_cpu, min_disk_gb=min_disk_gb(), credentials=creds)
     if args.json:
         print(json.dumps({"passed": passed(items), "items": [asdict(i) for i in items]}, indent=1))

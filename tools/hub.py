@@ -156,11 +156,8 @@ def _dataset_label(cfg: RunConfig) -> str:
 
 
 def _license(cfg: RunConfig) -> str:
-    facts = cfg.model_facts or {}
-    lic = facts.get("license") or (facts.get("card_data") or facts.get("cardData") or {}).get("license")
-    if not lic:
-        tags = [t for t in facts.get("tags", []) if isinstance(t, str) and t.startswith("license:")]
-        lic = tags[0].split(":", 1)[1] if tags else None
+    """The base model's license as probe_model recorded it (Hub license tag, else the card's front matter), else 'other'."""
+    lic = cfg.model_facts.license if cfg.model_facts else None
     return str(lic) if lic else "other"
 
 

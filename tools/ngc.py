@@ -18,6 +18,7 @@ import yaml
 from bs4 import BeautifulSoup
 from pydantic import BaseModel, Field
 
+from tao_finetune.agent.facts import audit_of
 from tao_finetune.agent.authority import record_live_attempt
 from tao_finetune.agent.config import atomic_write_text
 from tao_finetune.agent.context import RunContext
@@ -233,7 +234,8 @@ def select_image(ctx: RunContext, args: SelectImageArgs) -> dict:
             "This host has no GPU, so no NGC image can be chosen by driver; which container image should the CPU run use?",
             "rerun with --image NAME (a local image with Python 3 and pip, e.g. tao-base-torch:cpu)",
         )
-    host_cuda = parse_cuda(((state.records.get("audit") or {}).get("host") or {}).get("cuda"))
+    audit = audit_of(state.records)
+    host_cuda = parse_cuda(audit.host.cuda if audit else None)
     url = args.url or os.environ.get(URL_ENV) or SUPPORT_MATRIX_URL
     images, why = live_images(ctx, url)
     rank, source = "live", url
@@ -269,9 +271,9 @@ def select_image(ctx: RunContext, args: SelectImageArgs) -> dict:
     }
 
 
-def fit(num_parameters: int, vram_gb: float) -> tuple[float, float, bool]:
+def fit(param_count: int, vram_gb: float) -> tuple[float, float, bool]:
     """(bf16 weight GB, limit GB = 60% of one GPU, fits)."""
-    need = 2 * num_parameters / 1e9
+    need = 2 * param_count / 1e9
     limit = FIT_FRACTION * vram_gb
     return round(need, 2), round(limit, 2), need <= limit
 
@@ -280,14 +282,14 @@ def fit(num_parameters: int, vram_gb: float) -> tuple[float, float, bool]:
 def check_model_fit(ctx: RunContext, args: NoArgs) -> dict:
     """Check that the model's bf16 weights (2 bytes per parameter) fit in 60% of one GPU's memory; recommends LoRA otherwise."""
     cfg = ctx.config
-    params = cfg.model_facts.get("num_parameters")
+    params = cfg.model_facts.param_count if cfg.model_facts else None
     if not cfg.gpu_count:
         cfg.note("model-fit check skipped: CPU run (no GPU)")
         ctx.state.record("model_fit", {"skipped": "cpu"})
         ctx.save()
         return {"skipped": "CPU run: no GPU memory to check against"}
     if not isinstance(params, int) or params <= 0:
-        raise ToolError("model_facts.num_parameters is not recorded: run probe_model first")
+        raise ToolError("model_facts.param_count is not recorded: run probe_model first")
     if cfg.vram_gb_per_gpu is None:
         raise ToolError("vram_gb_per_gpu is not recorded: run audit_hardware first")
     need, limit, ok = fit(params, cfg.vram_gb_per_gpu)

@@ -28,11 +28,13 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from tao_finetune.agent.facts import ModelFacts
 from tao_finetune.tools.base import NoArgs, ToolError, tool
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 SIDE_FILES = ("preprocessor_config.json", "processor_config.json", "tokenizer_config.json", "README.md")
 AUTOMODEL = re.compile(r"\b(AutoModel(?:For[A-Za-z]+)?|[A-Z][A-Za-z0-9]+For[A-Z][A-Za-z]+)\b")
+GITHUB_LINK = re.compile(r"https?://github\.com/[\w.\-]+/[\w.\-]+[^\s)\]\"'>]*")
 PIPELINE = re.compile(r"pipeline\(\s*(?:task\s*=\s*)?[\"']([a-z\-]+)[\"']")
 TRUTHY = ("1", "true", "yes", "on")
 try:  # huggingface_hub 2.x talks through httpx2
@@ -175,6 +177,8 @@ def config_facts(config: dict[str, Any]) -> dict[str, Any]:
     image_size = _first(config.get("image_size"), vision.get("image_size"))
     if isinstance(image_size, dict):
         image_size = _first(image_size.get("height"), image_size.get("shortest_edge"))
+    if isinstance(image_size, (list, tuple)):
+        image_size = image_size[0] if image_size else None
     return {
         "model_type": config.get("model_type"),
         "architectures": config.get("architectures") or [],
@@ -201,6 +205,8 @@ def side_facts(pre: dict[str, Any], proc: dict[str, Any], tok: dict[str, Any]) -
     size = pre.get("size") or pre.get("crop_size")
     if isinstance(size, dict):
         size = _first(size.get("height"), size.get("shortest_edge"), size.get("longest_edge"))
+    if isinstance(size, (list, tuple)):
+        size = size[0] if size else None
     tok_max = tok.get("model_max_length")
     return {
         "processor_class": _first(proc.get("processor_class"), pre.get("processor_class"), tok.get("processor_class")),
@@ -221,11 +227,12 @@ def card_facts(text: str) -> dict[str, Any]:
         "card_library": meta.get("library_name"),
         "card_classes": sorted(set(AUTOMODEL.findall(body)))[:20],
         "card_pipelines": sorted(set(PIPELINE.findall(body)))[:10],
+        "card_links": list(dict.fromkeys(GITHUB_LINK.findall(body)))[:10],
         "has_card": bool(text.strip()),
     }
 
 
-def _finish(facts: dict[str, Any]) -> dict[str, Any]:
+def _finish(facts: dict[str, Any]) -> ModelFacts:
     n = facts.get("param_count")
     facts["bf16_bytes"] = 2 * n if n else None
     facts["bf16_gb"] = round(2 * n / 1e9, 3) if n else None
@@ -237,10 +244,11 @@ def _finish(facts: dict[str, Any]) -> dict[str, Any]:
         facts.pop(k, None)
     facts["image_size"] = _first(facts.get("image_size"), facts.get("processor_image_size"))
     facts["max_length"] = _first(facts.get("tokenizer_max_length"), facts.get("max_position_embeddings"))
-    return facts
+    facts["torch_dtype"] = str(facts["torch_dtype"]) if facts.get("torch_dtype") is not None else None
+    return ModelFacts.model_validate(facts)
 
 
-def probe_local_model(path: Path) -> dict[str, Any]:
+def probe_local_model(path: Path) -> ModelFacts:
     """Facts for a model folder on disk."""
     if not path.is_dir():
         raise ToolError(f"local model path {str(path)!r} is not a folder")
@@ -310,7 +318,7 @@ def _files_present(siblings: list[str] | None, name: str) -> bool:
     return siblings is None or name in siblings
 
 
-def probe_hub_model(model_id: str, token_present: bool) -> dict[str, Any]:
+def probe_hub_model(model_id: str, token_present: bool) -> ModelFacts:
     """Facts for a Hub model id, or from the local cache when the Hub cannot be reached."""
     api = HfApi(endpoint=endpoint())
     info = None
@@ -365,7 +373,7 @@ def probe_hub_model(model_id: str, token_present: bool) -> dict[str, Any]:
     return _finish(facts)
 
 
-def probe_model_facts(model_id_or_path: str, token_present: bool) -> dict[str, Any]:
+def probe_model_facts(model_id_or_path: str, token_present: bool) -> ModelFacts:
     """Probe a Hub id or a local model folder; raises ToolError with a one-line reason."""
     ref = model_id_or_path.strip()
     if not ref:
@@ -378,9 +386,9 @@ def probe_model_facts(model_id_or_path: str, token_present: bool) -> dict[str, A
     return probe_hub_model(ref, token_present)
 
 
-def compact_model_facts(facts: dict[str, Any]) -> dict[str, Any]:
+def compact_model_facts(facts: ModelFacts) -> dict[str, Any]:
     """The facts without long lists, for the model to read."""
-    out = dict(facts)
+    out = facts.model_dump()
     labels = out.get("label_names") or []
     if len(labels) > 20:
         out["label_names"] = [*labels[:20], f"... {len(labels) - 20} more"]
@@ -394,6 +402,6 @@ def probe_model(ctx, args: NoArgs) -> dict:
     with hub_env(ctx.creds.env(["HF_TOKEN"])):
         facts = probe_model_facts(ctx.config.model_id, ctx.creds.present("HF_TOKEN"))
     ctx.config.model_facts = facts
-    ctx.session.event("probe_model", model_id=ctx.config.model_id, model_type=facts.get("model_type"))
+    ctx.session.event("probe_model", model_id=ctx.config.model_id, model_type=facts.model_type)
     ctx.save()
     return compact_model_facts(facts)

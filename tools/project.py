@@ -72,10 +72,10 @@ def write_file(ctx: RunContext, args: WriteFileArgs) -> dict:
     if len(args.path.encode()) > 1024 or any(len(part.encode()) > 255 for part in Path(args.path).parts):
         raise ToolError(f"path {args.path[:80]!r}... is too long (a name over 255 bytes or a path over 1024)")
     target = ctx.confine(args.path)  # absolute paths, '..' and escapes first: their message names the real problem
-    policy.check_writable(args.path)
-    policy.check_writable(str(target.relative_to(ctx.run_dir.resolve())))  # a symlink planted by a job cannot redirect the write
     if target.is_dir():
         raise ToolError(f"{args.path!r} is a directory")
+    policy.check_writable(args.path)
+    policy.check_writable(str(target.relative_to(ctx.run_dir.resolve())))  # a symlink planted by a job cannot redirect the write
     check_py(args.path, args.content)
     try:
         atomic_write_text(target, args.content)

@@ -24,6 +24,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from tao_finetune.agent import authority, policy
 from tao_finetune.agent.config import RANKS, Hyperparameters, RunConfig, atomic_write_text
 from tao_finetune.agent.context import RunContext
+from tao_finetune.agent import references
 from tao_finetune.agent.gates import RECIPE_SLOTS
 from tao_finetune.agent.state import RunState
 from tao_finetune.tools.base import ToolError, tool
@@ -32,7 +33,9 @@ from tao_finetune.tools.probe import endpoint
 REFERENCES = "tao_finetune.references"
 # training_method is the user's choice (core rule: never substitute it); research may only suggest it.
 HP_NAMES = tuple(n for n in Hyperparameters.model_fields if n != "training_method")
-SLOT_NAMES = (*RECIPE_SLOTS, *HP_NAMES)
+# recordable but not gated: no scaffold reads them yet (a model writing its own project may use them)
+OPTIONAL_SLOTS = ("eval_transforms", "collator", "compute_metrics")
+SLOT_NAMES = (*RECIPE_SLOTS, *OPTIONAL_SLOTS, *HP_NAMES)
 Slot = Literal[SLOT_NAMES]  # type: ignore[valid-type]
 AttemptSlot = Literal[("*", *SLOT_NAMES)]  # type: ignore[valid-type]
 HP_ALIASES = {
@@ -379,7 +382,7 @@ def research_plan(cfg: RunConfig) -> list[dict[str, Any]]:
             {"priority": 1, "what": "model card", "url": card},
             {"priority": 2, "what": "model repo README / example code", "url": raw},
         ]
-    facts = cfg.model_facts or {}
+    facts = cfg.model_facts.model_dump() if cfg.model_facts else {}
     for url in dict.fromkeys(_links(facts, re.compile(r"https?://github\.com/[\w.\-]+/[\w.\-]+[^\s)\]\"'>]*"))):
         plan.append({"priority": 3, "what": "author code", "url": url})
     task = cfg.task_type
@@ -494,27 +497,15 @@ def fetch_docs(ctx: RunContext, args: FetchDocsArgs) -> dict:
     raise ToolError("fetch failed: " + "; ".join(errors))
 
 
-def reference_names() -> list[str]:
-    """Names of the curated reference files shipped with the package."""
-    root = resources.files(REFERENCES)
-    return sorted(p.name for p in root.iterdir() if p.is_file() and p.name.endswith((".md", ".yaml", ".json")))
-
-
-def read_reference_text(name: str) -> str:
-    """Text of one reference file (name with or without extension); raises KeyError listing the names."""
-    names = reference_names()
-    stem = name.removeprefix("references/").split("#")[0]
-    match = next((n for n in names if n == stem or n.rsplit(".", 1)[0] == stem), None)
-    if match is None:
-        raise KeyError(f"no reference named {name!r}; available: {', '.join(names)}")
-    return resources.files(REFERENCES).joinpath(match).read_text(encoding="utf-8")
+reference_names = references.names
+read_reference_text = references.read_text
 
 
 class ReadReferenceArgs(BaseModel):
     name: str = Field(description="reference file name, e.g. 'research-priorities.md' or 'recipes' (extension optional)")
 
 
-@tool(step=3)
+@tool(step=0)
 def read_reference(ctx: RunContext, args: ReadReferenceArgs) -> dict:
     """Read a curated reference file (fallback knowledge: rules, research priorities, per-task recipe defaults, templates); unknown names list what exists."""
     try:
@@ -527,13 +518,7 @@ def read_reference(ctx: RunContext, args: ReadReferenceArgs) -> dict:
     return {"name": args.name, "text": text}
 
 
-def reference_recipe(task: str) -> dict[str, Any]:
-    """The curated per-task recipe defaults from references/recipes.yaml (raises KeyError for an unknown task)."""
-    data = yaml.safe_load(read_reference_text("recipes.yaml")) or {}
-    tasks = data.get("tasks") or {}
-    if task not in tasks:
-        raise KeyError(f"no reference recipe for {task!r}; known: {', '.join(sorted(tasks))}")
-    return tasks[task]
+reference_recipe = references.recipe
 
 
 def _user_owned(cfg: RunConfig, key: str) -> bool:
@@ -568,6 +553,8 @@ def _set_one(ctx: RunContext, key: str, value: Any, rank: str, source: str, reas
     cfg = ctx.config
     is_hp = key.startswith("hyperparameters.")
     if is_hp:
+        if batch_intent_blocks(cfg, key.removeprefix("hyperparameters.")):
+            raise authority.AuthorityError(f"{key!r} not applied: the user's per_device_train_batch_size is the effective batch")
         if _user_owned(cfg, key):
             raise authority.AuthorityError(f"{key!r} was set by the user; a {rank} source cannot overwrite it")
         _check_value(key, value)
@@ -577,6 +564,12 @@ def _set_one(ctx: RunContext, key: str, value: Any, rank: str, source: str, reas
     if is_hp and entry is not None and entry.source == source and entry.value == value:
         _apply_value(cfg, key, value)
     return msg
+
+
+def batch_intent_blocks(cfg: RunConfig, name: str) -> bool:
+    """A recipe's gradient accumulation would silently multiply the batch the user chose."""
+    return (name == "gradient_accumulation_steps" and _user_owned(cfg, "hyperparameters.per_device_train_batch_size")
+            and not _user_owned(cfg, "hyperparameters.gradient_accumulation_steps"))
 
 
 def _check_source(rank: str, source: str) -> None:
@@ -589,8 +582,9 @@ def _check_source(rank: str, source: str) -> None:
 
 class RecordRecipeArgs(BaseModel):
     slot: Slot = Field(  # type: ignore[valid-type]
-        description="recipe slot: model_class, processor_class, train_transforms, eval_transforms, collator, "
-        "compute_metrics, hyperparameters (a dict of hyperparameter names -> values), or one hyperparameter name"
+        description="recipe slot: model_class, processor_class (each naming a transformers class), train_transforms, "
+        "hyperparameters (a dict of hyperparameter names -> values), one hyperparameter name, or an optional "
+        "eval_transforms / collator / compute_metrics"
     )
     value: Any = Field(description="the value found (class name, short code/description, number, or dict for 'hyperparameters')")
     rank: Literal["live", "reference", "memory"] = Field(
@@ -628,6 +622,10 @@ def record_recipe(ctx: RunContext, args: RecordRecipeArgs) -> dict:
                     continue
                 if name not in HP_NAMES:
                     skipped[raw_name] = "kept as a hint only (no config field)"
+                    continue
+                if batch_intent_blocks(ctx.config, name):
+                    skipped[raw_name] = ("not applied: the user set per_device_train_batch_size, which is the effective batch; "
+                                         "accumulation is added only when the user sets it or memory requires it (OOM playbook, logged)")
                     continue
                 try:
                     applied[name] = _set_one(ctx, recipe_key(name), v, args.rank, args.source, args.reason)

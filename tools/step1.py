@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, get_args
 
 from tao_finetune.agent import gates, policy
-from tao_finetune.agent.config import ConfigError, DatasetFormat, TaskType, build_config
+from tao_finetune.agent.errors import ExitCode
+from tao_finetune.agent.config import ConfigError, DatasetFormat, TaskType, apply_overrides, build_config
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.secrets import Credentials
 from tao_finetune.agent.session import SessionLog
@@ -18,7 +19,7 @@ from tao_finetune.tools.dataset import probe_dataset_facts
 from tao_finetune.tools.probe import hub_env, probe_model_facts
 from tao_finetune.tools.task import qualify_config
 
-EXIT_ACCEPT, EXIT_REJECT, EXIT_ASK = 0, 2, 3
+EXIT_ACCEPT, EXIT_REJECT, EXIT_ASK = ExitCode.OK, ExitCode.BAD_INPUT, ExitCode.QUESTION
 MODEL_KEYS = ("model_id", "source", "model_type", "architectures", "pipeline_tag", "library_name", "license", "gated", "param_count",
               "bf16_gb", "num_attention_heads", "num_key_value_heads", "gqa", "image_size", "max_length", "num_labels",
               "processor_class", "image_processor_type", "tokenizer_class")
@@ -37,6 +38,8 @@ def add_inspect_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--task-type", choices=get_args(TaskType), default=None)
     p.add_argument("--output-dir", type=Path, default=None, help="keep the config.yaml skeleton here (default: a temporary dir)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a config value, e.g. --set columns.label=sentiment (repeatable)")
     p.set_defaults(handler=inspect_command)
     return p
 
@@ -49,15 +52,20 @@ def _run(cfg_data: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     try:
         with hub_env(creds.env(["HF_TOKEN"])):
             cfg.model_facts = probe_model_facts(cfg.model_id, creds.present("HF_TOKEN"))
-            report["model"] = {k: cfg.model_facts.get(k) for k in MODEL_KEYS}
+            model = cfg.model_facts.model_dump(mode="json")
+            report["model"] = {k: model[k] for k in MODEL_KEYS}
             if cfg.dataset_id or cfg.local_dataset_path:
                 cfg.dataset_facts = probe_dataset_facts(cfg, creds.present("HF_TOKEN"))
-                report["dataset"] = {k: cfg.dataset_facts[k] for k in DATASET_KEYS if k in cfg.dataset_facts}
-                report["flags"] = policy.instruction_flags([str(x) for x in cfg.dataset_facts.get("label_names") or []], "label") + \
-                    policy.instruction_flags([str(c) for c in cfg.dataset_facts.get("columns") or []], "column")
+                dataset = cfg.dataset_facts.model_dump(mode="json", exclude_none=True)
+                report["dataset"] = {k: dataset[k] for k in DATASET_KEYS if k in dataset}
+                report["flags"] = policy.instruction_flags([str(x) for x in cfg.dataset_facts.label_names], "label") + \
+                    policy.instruction_flags([str(c) for c in cfg.dataset_facts.columns], "column")
         result = qualify_config(cfg)
         ctx.save()
         report.update(result)
+        report["columns"] = cfg.project.columns.model_dump(exclude_none=True)
+        report["split_plan"] = cfg.project.splits.model_dump()
+        report["skip_files"] = len(cfg.project.skip_files)
         if result["verdict"] == "accept":
             gate = gates.check(1, ctx.run_dir, ctx.state)
             report["gate1"] = "met" if gate.met else f"missing: {', '.join(gate.missing)}"
@@ -97,6 +105,10 @@ def _print_human(r: dict[str, Any]) -> None:
             print(f"  counts {split}: {json.dumps(counts)[:300]}")
         for i in d.get("issues") or []:
             print(f"  issue [{i['level']}] {i['kind']} x{i['count']}: {i['message']}")
+    cols = r.get("columns") or {}
+    for role, col in cols.items():
+        if role != "evidence":
+            print(f"column role {role}: {col!r}" + (f" ({cols['evidence'][role]})" if role in cols.get("evidence", {}) else ""))
     if r.get("column_renames"):
         print(f"column renames: {r['column_renames']}")
     if r.get("layout"):
@@ -112,9 +124,12 @@ def inspect_command(args: argparse.Namespace) -> int:
     """Run Step 1 and print the findings; exit 0 accept, 2 reject or bad input, 3 needs a user decision."""
     data: dict[str, Any] = {"model_id": args.model_id, "dataset_id": args.dataset_id, "local_dataset_path": args.local_dataset_path,
                             "local_dataset_format": args.local_dataset_format, "dataset_config": args.dataset_config}
+    user_set = ["task_type"] if args.task_type else []
     if args.task_type:
-        data.update(task_type=args.task_type, user_set=["task_type"])
+        data["task_type"] = args.task_type
     try:
+        data, keys = apply_overrides(data, args.sets)
+        data["user_set"] = sorted(set(user_set) | set(keys))
         if args.output_dir:
             from tao_finetune.agent.cli import check_output_dir
 

@@ -9,8 +9,9 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, Field
 
-from tao_finetune.agent import gates
-from tao_finetune.agent.config import TaskType
+from tao_finetune.agent import gates, references
+from tao_finetune.agent.config import Columns, TaskType, user_columns
+from tao_finetune.agent.facts import DatasetFacts, ModelFacts
 from tao_finetune.tools.base import NeedsUser, NoArgs, ToolError, tool
 from tao_finetune.tools.compat import apply_matches
 
@@ -52,7 +53,7 @@ LORA_PARAMS = 70e9
 NO_DERIVATIVES = re.compile(r"(^|-)nd(-|$)")
 
 
-def model_tasks(facts: dict[str, Any]) -> tuple[list[str], list[str], str | None]:
+def model_tasks(facts: ModelFacts) -> tuple[list[str], list[str], str | None]:
     """Tasks the model supports (strongest evidence first), the evidence lines, and an unsupported task if that is all it is."""
     tasks: list[str] = []
     evidence: list[str] = []
@@ -105,27 +106,29 @@ def model_tasks(facts: dict[str, Any]) -> tuple[list[str], list[str], str | None
     return tasks, evidence, unsupported
 
 
-def dataset_task(facts: dict[str, Any]) -> tuple[str | None, str]:
+def dataset_task(facts: DatasetFacts) -> tuple[str | None, str]:
     """The task a dataset's schema fits, with the evidence."""
-    cols = {k.lower(): v for k, v in (facts.get("columns") or {}).items()}
-    types = {k: str(v.get("type", "")) for k, v in cols.items()}
-    has_image = any(t in ("Image", "image", "image-path") or "image_sizes" in cols[k] for k, t in types.items())
-    images = [k for k, t in types.items() if t in ("Image", "image", "image-path") or "image_sizes" in cols[k]]
-    if "objects" in cols or any("boxes_per_sample" in v for v in cols.values()):
+    from tao_finetune.tools.dataset import _label_tier
+
+    cols = {k.lower(): v for k, v in facts.columns.items()}
+    types = {k: v.type for k, v in cols.items()}
+    images = [k for k, t in types.items() if t in ("Image", "image", "image-path") or cols[k].image_sizes is not None]
+    has_image = bool(images)
+    if "objects" in cols or any(v.boxes_per_sample is not None for v in cols.values()):
         return "object-detection", "dataset has per-image boxes (objects column)"
-    if len(images) >= 2 or facts.get("mask_values") is not None or any(k in ("annotation", "mask", "segmentation") for k in images):
+    if len(images) >= 2 or facts.mask_values is not None or any(k in ("annotation", "mask", "segmentation") for k in images):
         return "semantic-segmentation", f"dataset pairs images with masks ({', '.join(images)})"
     if has_image and any(k in cols for k in ("question", "messages", "conversations", "answer", "caption", "multiple_choice_answer")):
         return "image-text-to-text", "dataset pairs images with question/answer or chat text"
-    label_like = any(k in cols for k in ("label", "labels", "class", "category", "fine_label", "target")) or any(t.startswith("ClassLabel") for t in types.values())
-    if has_image and label_like:
-        return "image-classification", "dataset pairs images with one class label"
-    if not has_image and label_like and any("text_chars" in v for v in cols.values()):
-        return "text-classification", "dataset pairs text with a class label"
+    labels = [k for k, v in cols.items() if k not in images and _label_tier(k, v)]
+    if has_image and labels:
+        return "image-classification", f"dataset pairs images with one class label ({labels[0]!r})"
+    if not has_image and labels and any(v.text_chars is not None and k not in labels for k, v in cols.items()):
+        return "text-classification", f"dataset pairs text with a class label ({labels[0]!r})"
     return None, "dataset schema fits no supported task"
 
 
-def detect_task(model_facts: dict[str, Any], dataset_facts: dict[str, Any] | None, user_task: str | None = None) -> tuple[str, list[str]]:
+def detect_task(model_facts: ModelFacts, dataset_facts: DatasetFacts | None, user_task: str | None = None) -> tuple[str, list[str]]:
     """Decide the task; raises ToolError for unsupported models and NeedsUser when model and dataset disagree."""
     tasks, evidence, unsupported = model_tasks(model_facts)
     notes = [f"task evidence (model): {e}" for e in evidence]
@@ -160,8 +163,7 @@ def detect_task(model_facts: dict[str, Any], dataset_facts: dict[str, Any] | Non
 # ---------------------------------------------------------------- recommendations
 def recommendations(task: str) -> list[dict[str, Any]]:
     """The curated picks for a task."""
-    text = resources.files("tao_finetune.references").joinpath("dataset_recommendations.yaml").read_text()
-    return list(yaml.safe_load(text).get(task) or [])
+    return list((references.load_yaml("dataset_recommendations.yaml") or {}).get(task) or [])
 
 
 def needs_dataset(task: str) -> NeedsUser:
@@ -254,7 +256,7 @@ def verdict(cfg: Any) -> dict[str, Any]:
         rejects.append(f"model has {n / 1e9:.0f}B parameters: full fine-tuning needs 8x80 GB or more; use LoRA (--set training_method=lora)")
     elif n >= 30e9 and not lora:
         warns.append(f"model has {n / 1e9:.0f}B parameters: full fine-tuning needs several 80 GB GPUs; Step 2 checks the fit")
-    errors = [i["message"] for i in df.get("issues", []) if i["level"] == "error"]
+    errors = [i.message for i in df.issues_at("error")] if df else []
     rejects += [f"dataset unusable: {m}" for m in errors]
     if not errors:
         rejects += [f"dataset cannot train {cfg.task_type}: {m}" for m in trainability_problems(cfg.task_type, df)]
@@ -263,9 +265,48 @@ def verdict(cfg: Any) -> dict[str, Any]:
     return {"verdict": "reject" if rejects else "accept", "reasons": rejects, "warnings": warns}
 
 
+CLASSIFICATION = ("image-classification", "text-classification")
+
+
+def fill_project(cfg: Any, facts: DatasetFacts, task: str) -> dict[str, Any]:
+    """Step 1's decisions into `config.project`: column roles (with evidence), renames, label names, the split plan
+    (seed, stratification), the files read and the files skipped. Raises NeedsUser when a role is ambiguous."""
+    from tao_finetune.tools.dataset import check_dataset_for_task, expected_sizes, label_names_for
+
+    renames, layout = check_dataset_for_task(facts, task, cfg.column_renames, user_columns(cfg))
+    columns = Columns.model_validate(layout["columns"])
+    cfg.column_renames = renames
+    cfg.dataset_facts = facts.model_copy(update={"layout": layout})
+    if task in CLASSIFICATION and "label_names" not in cfg.user_set:
+        names, origin = label_names_for(facts, columns.label or "", renames)
+        if not names and cfg.model_facts and cfg.model_facts.label_names:
+            names, origin = list(cfg.model_facts.label_names), "the model's id2label"
+        cfg.label_names = names
+        if origin:
+            cfg.note(f"label names ({len(names)}) from {origin}")
+    elif facts.label_names and "label_names" not in cfg.user_set:
+        cfg.label_names = list(facts.label_names)
+    for role, why in columns.evidence.items():
+        cfg.note(f"column {role} = {getattr(columns, role)!r}: {why}")
+    planned = layout.get("planned_split") or {}
+    splits = cfg.project.splits.model_copy(update={
+        "train_split": layout.get("train_split"), "eval_split": layout.get("eval_split"),
+        "eval_fraction": planned.get("eval_fraction", cfg.project.splits.eval_fraction),
+        "stratify_by": planned.get("stratify_by_column") if planned else None})
+    exp_train, exp_eval = expected_sizes(facts, splits.model_copy(update={"n_train": cfg.n_train, "n_eval": cfg.n_eval}), renames)
+    splits = splits.model_copy(update={"expected_train": exp_train, "expected_eval": exp_eval})
+    cfg.project = cfg.project.model_copy(update={
+        "columns": columns, "splits": splits, "skip_files": list(facts.skip_files), "data_files": dict(facts.data_files),
+        "local_dataset_format": facts.format if facts.source == "local" else cfg.project.local_dataset_format})
+    if planned:
+        strat = f", stratified by {splits.stratify_by!r}" if splits.stratify_by else ""
+        cfg.note(f"no eval split: prepare_data.py holds out {splits.eval_fraction:.0%} of {splits.train_split!r} with seed {cfg.hyperparameters.seed}{strat}")
+    return layout
+
+
 def qualify_config(cfg: Any) -> dict[str, Any]:
     """Task, column check, verdict and compat walk over the probed facts; mutates cfg. Raises NeedsUser / ToolError."""
-    from tao_finetune.tools.dataset import annotation_plan, check_dataset_for_task
+    from tao_finetune.tools.dataset import annotation_plan
 
     if not cfg.model_facts:
         raise ToolError("call probe_model first")
@@ -286,13 +327,8 @@ def qualify_config(cfg: Any) -> dict[str, Any]:
     v = verdict(cfg)
     if v["verdict"] == "reject":
         return {**v, "task_type": task}
-    renames, layout = check_dataset_for_task(cfg.dataset_facts, task)
-    cfg.column_renames = renames
-    cfg.dataset_facts = {**cfg.dataset_facts, "layout": layout}
-    if cfg.dataset_facts.get("label_names"):
-        cfg.label_names = list(cfg.dataset_facts["label_names"])
-    elif cfg.model_facts.get("label_names") and task in ("image-classification", "text-classification"):
-        cfg.label_names = list(cfg.model_facts["label_names"])
+    layout = fill_project(cfg, cfg.dataset_facts, task)
+    renames = cfg.column_renames
     plan = annotation_plan(cfg.dataset_facts, task)
     if plan:
         reason = plan.pop("reason")
@@ -300,9 +336,6 @@ def qualify_config(cfg: Any) -> dict[str, Any]:
         cfg.note(f"{task}: {', '.join(f'{k}={v}' for k, v in plan.items())} ({reason})")
     for w in v["warnings"]:
         cfg.note(f"qualify warning: {w}")
-    if layout.get("planned_split"):
-        p = layout["planned_split"]
-        cfg.note(f"no eval split: prepare_data.py holds out {p['eval_fraction']:.0%} of {p['from']!r} with seed {p['seed']}")
     matches = apply_matches(cfg, "probe")
     return {**v, "task_type": task, "column_renames": renames, "layout": layout, "label_names": cfg.label_names[:30],
             "num_labels": len(cfg.label_names), "applicable_workarounds": cfg.applicable_workarounds,

@@ -127,10 +127,30 @@ def test_unknown_tool_is_an_error_result(ctx):
 
 
 def test_same_error_three_times_stops_and_asks(ctx):
-    turns = [tool_call("fake_push", {}) for _ in range(3)]
-    result = Agent(ScriptedClient(turns), ctx, STAND_INS, "system").run("go")
+    from tao_finetune.agent.errors import ToolError
+    from tao_finetune.agent.tooling import NoArgs, tool
+
+    @tool(step=0, register=False)
+    def flaky(ctx, args: NoArgs) -> str:
+        """Always fails the same way."""
+        raise ToolError("disk full")
+
+    turns = [tool_call("flaky", {}) for _ in range(3)]
+    result = Agent(ScriptedClient(turns), ctx, [*STAND_INS, flaky], "system").run("go")
     assert result.code == 3 and "same error happened 3 times" in result.message
     assert ctx.state.pending_question == result.message
+
+
+def test_gate_refusals_are_their_own_category_not_errors(ctx):
+    client = ScriptedClient([tool_call("fake_push", {}) for _ in range(4)])
+    agent = Agent(client, ctx, STAND_INS, "system", Limits(max_steps=4))
+    result = agent.run("go")
+    assert result.code == 5 and "step limit" in result.message  # four refusals never become "the same error 3 times"
+    assert agent.refusals == 4 and ctx.state.error_counts == {}
+    last = client.requests[-1]["messages"][-1]["content"]
+    assert last[0]["is_error"] and last[0]["content"].startswith("refused:")
+    # every tool-result turn ends with the gate status as it is now
+    assert last[-1]["type"] == "text" and last[-1]["text"].startswith("Gate status now:") and "step 1 (inspect & qualify): missing" in last[-1]["text"]
 
 
 def test_resume_keeps_finished_gates(ctx):

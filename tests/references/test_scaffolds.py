@@ -84,9 +84,22 @@ def reference_recipe(cfg: RunConfig, state: RunState, task: str) -> None:
         set_recipe(cfg, state, slot, value, "reference", f"references/recipes.yaml#{task}")
 
 
+def step1(cfg: RunConfig) -> None:
+    """Step 1 through its real producers: probe the model and the dataset, qualify (fills config.project)."""
+    from tao_finetune.tools.dataset import probe_dataset_facts
+    from tao_finetune.tools.probe import hub_env, probe_model_facts
+    from tao_finetune.tools.task import qualify_config
+
+    with hub_env():
+        cfg.model_facts = probe_model_facts(cfg.model_id, False)
+        cfg.dataset_facts = probe_dataset_facts(cfg, False)
+    assert qualify_config(cfg)["verdict"] == "accept"
+
+
 def make_ctx(run: Path, task: str, **fields) -> RunContext:
     cfg = RunConfig(task_type=task, output_dir=str(run), platform="local", allow_cpu=True, gpu_count=0, gpu_name="cpu",
-                    driver_major=0, vram_gb_per_gpu=0, push_to_hub=False, applicable_workarounds=[], **fields)
+                    driver_major=0, vram_gb_per_gpu=0, push_to_hub=False, user_set=["task_type"], **fields)
+    step1(cfg)
     creds = Credentials({"HF_TOKEN": "hf_" + "q" * 30})
     state = RunState()
     reference_recipe(cfg, state, task)
@@ -152,13 +165,13 @@ def test_image_scaffold_learns_digits_end_to_end(tmp_path, digits):
 
 def test_text_scaffold_finetunes_minilm_end_to_end(tmp_path, sentiment):
     ctx = make_ctx(tmp_path / "run", "text-classification", model_id=str(minilm()), local_dataset_path=str(sentiment),
-                   local_dataset_format="csv", column_renames={"sentence": "text", "sentiment": "label"},
+                   local_dataset_format="csv",
                    n_train=160, n_eval=100, n_epochs=1)
     ctx.config.hyperparameters = ctx.config.hyperparameters.model_copy(
         update={"learning_rate": 1e-4, "per_device_train_batch_size": 16, "warmup_ratio": 0.1, "logging_steps": 2})
     ctx.save()
     out = steps_4_5(ctx)
-    assert out["prepare"]["columns"] == ["text", "label"]
+    assert out["prepare"]["columns"] == ["sentence", "sentiment"]
     base, tuned = out["baseline"]["accuracy"], out["eval"]["accuracy"]
     assert tuned >= 0.9 and tuned > base, (base, tuned)
     samples = sorted((ctx.run_dir / "reports" / "inference_samples").iterdir())
@@ -172,6 +185,7 @@ def test_training_survives_a_kill_and_resumes(tmp_path, digits):
     ctx = make_ctx(tmp_path / "run", "image-classification", model_id=str(digits["model"]),
                    local_dataset_path=str(digits["data"]), n_train=1000, n_eval=200, n_epochs=10)
     ctx.config.hyperparameters = ctx.config.hyperparameters.model_copy(update={"learning_rate": 1e-3, "warmup_ratio": 0.05})
+    ctx.platform = LocalPlatform(extra_env={**OFFLINE, "TAO_SAVE_STEPS": "60"})  # the default cadence is time-based
     ctx.save()
     call(project.render_scaffold, ctx)
     call(jobs.docker_run, ctx, job="prepare")
@@ -186,7 +200,7 @@ def test_training_survives_a_kill_and_resumes(tmp_path, digits):
     assert stopped["state"] == "stopped" and not (ckpts / "final").exists()
     saved = max(int(p.parent.name.split("-")[1]) for p in ckpts.glob("step-*/complete.json"))
     # a fresh platform object (as after a restart of the agent) resumes from the newest complete checkpoint
-    ctx.platform = LocalPlatform(extra_env=OFFLINE)
+    ctx.platform = LocalPlatform(extra_env={**OFFLINE, "TAO_SAVE_STEPS": "60"})
     call(jobs.docker_run, ctx, job="train")
     done = call(jobs.train_status, ctx, wait_s=300)
     assert done["state"] == "done", done
@@ -204,7 +218,7 @@ def test_prepare_reads_a_saved_hf_dataset_with_class_labels(tmp_path):
         "test": datasets.Dataset.from_dict({"sentence": texts[40:], "label": [i % 2 for i in range(40, 60)]}, features=feats)})
     dd.save_to_disk(str(tmp_path / "hfdata"))
     ctx = make_ctx(tmp_path / "run", "text-classification", model_id=str(minilm()), local_dataset_path=str(tmp_path / "hfdata"),
-                   local_dataset_format="arrow", column_renames={"sentence": "text"}, n_train=30, n_eval=15)
+                   local_dataset_format="arrow", n_train=30, n_eval=15)
     call(project.render_scaffold, ctx)
     out = call(jobs.docker_run, ctx, job="prepare")
     assert out["n_train"] == 30 and out["n_eval"] == 15
@@ -235,7 +249,9 @@ def test_prepare_loads_a_hub_dataset_through_hf_endpoint(tmp_path, digits, local
     ctx.platform = LocalPlatform(extra_env={"OMP_NUM_THREADS": "1"})
     call(project.render_scaffold, ctx)
     out = call(jobs.docker_run, ctx, job="prepare")
-    assert (out["n_train"], out["n_eval"], out["num_labels"]) == (12, 6, 3)
+    # no eval split: Step 1 planned a seeded 10% hold-out stratified by the label, one per class of six
+    assert ctx.config.project.splits.stratify_by == "label" and ctx.config.project.splits.eval_split is None
+    assert (out["n_train"], out["n_eval"], out["num_labels"]) == (12, 3, 3)
     meta = json.loads((ctx.run_dir / "data" / "meta.json").read_text())
     assert meta["label_names"] == D.CLASSES and meta["source"] == "org/digits"
     assert np.load(ctx.run_dir / "data" / "train_pixel_values.npy").shape == (12, 3, 32, 32)

@@ -120,7 +120,7 @@ def test_jsonl_string_labels_are_renamed_and_encoded(tmp_path):
     assert f["format"] == "jsonl" and f["label_names"] == ["neg", "pos"]
     assert f["columns"]["sentence"]["text_chars"]["max"] == 23
     renames, layout = check_dataset_for_task(f, "text-classification")
-    assert renames == {"sentence": "text", "labels": "label"} and layout["label_string_to_id"] is True
+    assert renames == {} and layout["columns"]["text"] == "sentence" and layout["columns"]["label"] == "labels"
     assert load_local_dataset(path)["train"].num_rows == 12
 
 
@@ -154,7 +154,7 @@ def test_csv_numeric_labels_and_mixed(tmp_path):
     assert f["format"] == "csv" and f["splits"] == {"train": 12}
     assert f["columns"]["labels"]["type"] == "int" and f["label_counts"]["train"] == {"0": 6, "1": 6}
     renames, layout = check_dataset_for_task(f, "text-classification")
-    assert "label_string_to_id" not in layout and renames == {"sentence": "text", "labels": "label"}
+    assert renames == {} and (layout["columns"]["text"], layout["columns"]["label"]) == ("sentence", "labels")
     mixed = D.text_rows(4) + [{"sentence": "x", "labels": "dog"}]
     f = probe_local_dataset(str(D.csv_file(tmp_path / "b" / "data.csv", mixed)))
     assert kinds(f)["mixed_label_types"][0] == "ask"
@@ -169,8 +169,9 @@ def test_parquet_and_arrow_with_renames(tmp_path):
         assert f["format"] == fmt
         assert f["columns"]["img"]["type"] == "Image" and f["columns"]["labels"]["type"] == "ClassLabel(3)"
         assert f["label_names"] == D.CLASSES and f["label_counts"]["train"]["two"] == 4
-        renames, _ = check_dataset_for_task(f, "image-classification")
-        assert renames == {"img": "image", "labels": "label"}
+        renames, layout = check_dataset_for_task(f, "image-classification")
+        assert renames == {} and (layout["columns"]["image"], layout["columns"]["label"]) == ("img", "labels")
+        assert "ClassLabel(3)" in layout["columns"]["evidence"]["label"]
         assert load_local_dataset(path)["train"].num_rows == 12
 
 
@@ -287,5 +288,6 @@ def test_probe_dataset_tool_records_renames(tmp_path):
     out = probe_dataset(ctx, probe_dataset.args_model())
     assert out["layout"]["image_column"] == "img"
     saved = load_config(tmp_path / "run" / "config.yaml")
-    assert saved.column_renames == {"img": "image", "labels": "label"} and saved.label_names == D.CLASSES
+    assert saved.column_renames == {} and saved.label_names == D.CLASSES
+    assert (saved.project.columns.image, saved.project.columns.label) == ("img", "labels")
     assert FAKE_TOKEN not in json.dumps(out)

@@ -53,8 +53,8 @@ def test_good_host_passes_and_records_hardware():
     assert hw.hardware_record(facts, allow_cpu=False) == {
         "gpu_count": 2, "gpu_name": "NVIDIA H100 80GB HBM3", "driver_major": 580, "vram_gb_per_gpu": 85.5,
     }
-    assert hw.host_summary(facts)["cuda"] == "13.0"
-    assert hw.host_summary(facts)["container_toolkit"] == "1.19.0"
+    assert hw.host_summary(facts).cuda == "13.0"
+    assert hw.host_summary(facts).container_toolkit == "1.19.0"
 
 
 def test_old_driver_fails_with_install_steps():

@@ -167,26 +167,26 @@ def test_local_platform_needs_no_image(tmp_path):
 
 
 def test_model_fit(tmp_path):
-    ctx = make_ctx(tmp_path, model_facts={"num_parameters": 7_000_000_000})
+    ctx = make_ctx(tmp_path, model_facts={"param_count": 7_000_000_000})
     out = ngc.check_model_fit(ctx, NoArgs())
     assert out == {"bf16_gb": 14.0, "limit_gb": 51.3, "fits": True, "training_method": "full"}
 
-    big = make_ctx(tmp_path, model_facts={"num_parameters": 30_000_000_000})
+    big = make_ctx(tmp_path, model_facts={"param_count": 30_000_000_000})
     with pytest.raises(NeedsUser) as exc:
         ngc.check_model_fit(big, NoArgs())
     assert "LoRA" in exc.value.question and "60.0 GB" in exc.value.question
     assert big.state.records["model_fit"]["fits"] is False
 
-    lora = make_ctx(tmp_path, model_facts={"num_parameters": 30_000_000_000},
+    lora = make_ctx(tmp_path, model_facts={"param_count": 30_000_000_000},
                     hyperparameters={"training_method": "lora"})
     assert ngc.check_model_fit(lora, NoArgs())["fits"] is False
 
 
 def test_model_fit_skips_cpu_and_needs_params(tmp_path):
-    cpu = make_ctx(tmp_path, gpu_count=0, gpu_name="cpu", driver_major=0, vram_gb_per_gpu=0.0, model_facts={"num_parameters": 10})
+    cpu = make_ctx(tmp_path, gpu_count=0, gpu_name="cpu", driver_major=0, vram_gb_per_gpu=0.0, model_facts={"param_count": 10})
     assert "skipped" in ngc.check_model_fit(cpu, NoArgs())
     assert any("model-fit check skipped" in n for n in cpu.config.notes)
-    with pytest.raises(ToolError, match="num_parameters"):
+    with pytest.raises(ToolError, match="param_count"):
         ngc.check_model_fit(make_ctx(tmp_path), NoArgs())
 
 

@@ -101,7 +101,7 @@ def test_hub_gated_with_token_from_the_environment(local_hub, vit_dir):
     assert f["model_type"] == "vit" and f["gated"] == "auto"
     resolves = [r for r in local_hub.requests if "/resolve/" in r.path]
     assert resolves and all(r.headers.get("authorization") == f"Bearer {FAKE_TOKEN}" for r in resolves)
-    assert FAKE_TOKEN not in json.dumps(f)
+    assert FAKE_TOKEN not in f.model_dump_json()
 
 
 def test_hub_gated_file_refused_despite_presence_flag(local_hub, vit_dir, monkeypatch):

@@ -3,6 +3,7 @@ import yaml
 
 from servers import step1_data as D
 from tao_finetune.agent.config import RunConfig
+from tao_finetune.agent.facts import DatasetFacts, ModelFacts
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.secrets import Credentials
 from tao_finetune.agent.session import SessionLog
@@ -35,22 +36,22 @@ def make_ctx(tmp_path, **cfg):
     ({"model_type": "vit", "card_classes": ["AutoModelForImageClassification"]}, None, "image-classification", "model card names"),
 ])
 def test_detect_task(model, dataset, task, evidence):
-    got, notes = detect_task(model, dataset)
+    got, notes = detect_task(ModelFacts.model_validate(model), DatasetFacts.model_validate(dataset) if dataset else None)
     assert got == task
     assert any(evidence in n for n in notes)
 
 
 def test_unsupported_and_conflicting_tasks():
     with pytest.raises(ToolError, match="unsupported task: the model is for text-generation"):
-        detect_task({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}, TEXT_DS)
+        detect_task(ModelFacts(architectures=["LlamaForCausalLM"], model_type="llama"), DatasetFacts.model_validate(TEXT_DS))
     with pytest.raises(NeedsUser, match="the model fits image-classification but the dataset looks like object-detection"):
-        detect_task({"architectures": ["ViTForImageClassification"]}, BOX_DS)
+        detect_task(ModelFacts(architectures=["ViTForImageClassification"]), DatasetFacts.model_validate(BOX_DS))
     with pytest.raises(NeedsUser, match="you asked for object-detection"):
-        detect_task({"architectures": ["ViTForImageClassification"]}, IMG_DS, "object-detection")
+        detect_task(ModelFacts(architectures=["ViTForImageClassification"]), DatasetFacts.model_validate(IMG_DS), "object-detection")
     with pytest.raises(NeedsUser, match="cannot tell the task"):
-        detect_task({"model_type": "mystery", "model_id": "x/y"}, {"columns": {"blob": {"type": "binary"}}})
+        detect_task(ModelFacts(model_type="mystery", model_id="x/y"), DatasetFacts.model_validate({"columns": {"blob": {"type": "binary"}}}))
     with pytest.raises(ToolError, match="is not supported"):
-        detect_task({"architectures": ["ViTForImageClassification"]}, IMG_DS, "depth")
+        detect_task(ModelFacts(architectures=["ViTForImageClassification"]), DatasetFacts.model_validate(IMG_DS), "depth")
 
 
 def test_recommendations_are_curated_for_every_task():

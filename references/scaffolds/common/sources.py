@@ -12,10 +12,12 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Dataset sources for prepare_data.py: a Hub id (via `datasets`, honours HF_ENDPOINT) or a local folder/file.
+"""Dataset sources for prepare_data.py, exactly as Step 1 of the agent read them (config.yaml's `project:` section).
 
-Local formats: imagefolder (root/[split/]class/file), csv, jsonl, arrow (datasets.save_to_disk), parquet.
-API sources: https://huggingface.co/docs/datasets/main/en/loading (load_dataset, load_from_disk, parquet),
+Nothing is detected here: the format, the files of each split, the unreadable files to skip, the column of each role,
+the renames and the split plan (seeded, optionally stratified hold-out) all come from the project spec.
+Hub datasets are read with `datasets` (honours HF_ENDPOINT).
+API sources: https://huggingface.co/docs/datasets/main/en/loading (load_dataset, load_from_disk, parquet, Dataset.from_file),
 https://huggingface.co/docs/datasets/main/en/image_load#imagefolder (folder layout),
 datasets/features/features.py ClassLabel.names (installed datasets 5.2).
 """
@@ -29,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-EVAL_SPLITS = ("validation", "valid", "val", "test", "eval")
 
 
 class Table:
@@ -51,125 +52,132 @@ class Table:
         r = self.rows[int(i)]
         return {self.renames.get(k, k): v for k, v in r.items()}
 
+    def column(self, name: str) -> list:
+        """Every value of one column (after renames)."""
+        src = next((s for s, n in self.renames.items() if n == name), name)
+        if hasattr(self.rows, "column_names"):
+            return list(self.rows[src])
+        return [r.get(src) for r in self.rows]
 
-def _hf_tables(dd, renames: dict[str, str]) -> dict[str, Table]:
-    """Wrap a DatasetDict (or one Dataset) into Tables, reading ClassLabel names when present."""
+
+def _hf_tables(dd, renames: dict[str, str], label: str | None) -> dict[str, Table]:
+    """Wrap a DatasetDict (or one Dataset) into Tables, reading ClassLabel names of the label column when present."""
     if hasattr(dd, "column_names") and not isinstance(dd.column_names, dict):
         dd = {"train": dd}
+    src = next((k for k, v in renames.items() if v == label), label)
     out = {}
     for name, ds in dd.items():
-        names = None
-        src = next((k for k, v in renames.items() if v == "label"), "label")
-        feat = ds.features.get(src) if hasattr(ds, "features") else None
-        if feat is not None and hasattr(feat, "names"):
-            names = list(feat.names)
-        out[name] = Table(ds, renames, names)
+        feat = ds.features.get(src) if hasattr(ds, "features") and src else None
+        out[name] = Table(ds, renames, list(feat.names) if feat is not None and hasattr(feat, "names") else None)
     return out
 
 
-def _imagefolder(root: Path) -> dict[str, list[dict]]:
-    def classes(d: Path) -> list[Path]:
-        return sorted(p for p in d.iterdir() if p.is_dir())
-
-    def rows(d: Path) -> list[dict]:
-        return [{"image": str(f), "label": c.name} for c in classes(d) for f in sorted(c.iterdir())
-                if f.suffix.lower() in IMAGE_EXT]
-
-    subdirs = {p.name.lower(): p for p in classes(root)}
-    splits = {k: v for k, v in subdirs.items() if k in ("train", *EVAL_SPLITS)}
-    if "train" in splits and all(classes(v) for v in splits.values()):
-        return {k: rows(v) for k, v in splits.items()}
-    return {"train": rows(root)}
+def _imagefolder_rows(root: Path, skip: set[str]) -> list[dict]:
+    """root/class/file rows; the class name is the label."""
+    return [{"image": str(f), "label": c.name} for c in sorted(p for p in root.iterdir() if p.is_dir())
+            for f in sorted(c.iterdir()) if f.suffix.lower() in IMAGE_EXT and str(f) not in skip]
 
 
-def _read_text_file(path: Path, fmt: str) -> list[dict]:
-    """Rows of a CSV/JSONL file; relative image paths in it are resolved against the file's own folder (as Step 1 reads them)."""
-    if fmt == "csv":
-        with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
+def _read_rows(path: Path) -> list[dict]:
+    """Rows of a csv / tsv / json / jsonl file; lines that are not JSON objects are skipped, as Step 1 counted them."""
+    if path.stat().st_size == 0:
+        return []
+    if path.suffix.lower() in (".csv", ".tsv"):
+        with path.open(newline="", errors="replace") as f:
+            rows = [dict(r) for r in csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")]
     else:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    for r in rows:
+        text = path.read_text(errors="replace")
+        if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+            rows = [r for r in json.loads(text) if isinstance(r, dict)]
+        else:
+            rows = []
+            for line in text.splitlines():
+                try:
+                    r = json.loads(line) if line.strip() else None
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(r, dict):
+                    rows.append(r)
+    for r in rows:  # relative image paths are relative to the data file
         for k, v in r.items():
             if isinstance(v, str) and Path(v).suffix.lower() in IMAGE_EXT and not Path(v).is_absolute():
                 r[k] = str((path.parent / v).resolve())
     return rows
 
 
-def _files(root: Path, ext: str) -> dict[str, Path]:
-    if root.is_file():
-        return {"train": root}
-    found = {p.stem.lower(): p for p in sorted(root.glob(f"*.{ext}"))}
-    if not found:
-        raise SystemExit(f"no *.{ext} files in {root}")
-    train = found.pop("train", None) or found.pop(next(iter(found)))
-    return {"train": train, **{k: v for k, v in found.items() if k in EVAL_SPLITS}}
-
-
-def detect_format(root: Path) -> str:
-    """Guess a local dataset's format from its files."""
-    if root.is_file():
-        ext = root.suffix.lower().lstrip(".")
-        return {"json": "jsonl", "jsonl": "jsonl", "csv": "csv", "parquet": "parquet", "arrow": "arrow"}.get(ext, ext)
-    if (root / "dataset_dict.json").exists() or (root / "dataset_info.json").exists() or (root / "state.json").exists():
-        return "arrow"
-    exts = {p.suffix.lower() for p in root.rglob("*") if p.is_file()}
-    for ext, fmt in ((".csv", "csv"), (".jsonl", "jsonl"), (".parquet", "parquet")):
-        if ext in exts:
-            return fmt
-    if exts & IMAGE_EXT:
-        return "imagefolder"
-    raise SystemExit(f"cannot tell the format of {root}; set local_dataset_format in config.yaml")
-
-
 def open_splits(cfg: dict) -> dict[str, Table]:
-    """All splits of the configured dataset as Tables, column renames applied."""
-    renames = dict(cfg.get("column_renames") or {})
-    if cfg.get("dataset_id"):
+    """All splits of the configured dataset as Tables, renames applied, Step 1's skipped files left out."""
+    renames = dict(cfg["column_renames"])
+    label = cfg["columns"]["label"]
+    if cfg["dataset_id"]:
         import datasets
 
-        return _hf_tables(datasets.load_dataset(cfg["dataset_id"], cfg.get("dataset_config")), renames)
-    root = Path(cfg["local_dataset_path"]).expanduser()
-    fmt = cfg.get("local_dataset_format") or "auto"
-    if fmt == "auto":
-        fmt = detect_format(root)
+        return _hf_tables(datasets.load_dataset(cfg["dataset_id"], cfg["dataset_config"]), renames, label)
+    fmt, files, skip = cfg["local_dataset_format"], cfg["data_files"], set(cfg["skip_files"])
     if fmt == "imagefolder":
-        return {k: Table(v, renames) for k, v in _imagefolder(root).items()}
+        return {split: Table([r for d in dirs for r in _imagefolder_rows(Path(d), skip)], renames) for split, dirs in files.items()}
     if fmt in ("csv", "jsonl"):
-        return {k: Table(_read_text_file(p, fmt), renames) for k, p in _files(root, "csv" if fmt == "csv" else "jsonl").items()}
+        tables = {}
+        for split, paths in files.items():
+            rows = [r for p in paths for r in _read_rows(Path(p))]
+            tables[split] = Table([r for r in rows if not any(isinstance(v, str) and v in skip for v in r.values())], renames)
+        return tables
+    import datasets
+
+    if fmt == "arrow" and not files:
+        return _hf_tables(datasets.load_from_disk(cfg["local_dataset_path"]), renames, label)
     if fmt == "arrow":
-        import datasets
-
-        return _hf_tables(datasets.load_from_disk(str(root)), renames)
+        dd = {s: datasets.concatenate_datasets([datasets.Dataset.from_file(f) for f in fs]) for s, fs in files.items()}
+        return _hf_tables(dd, renames, label)
     if fmt == "parquet":
-        import datasets
-
-        files = {k: str(p) for k, p in _files(root, "parquet").items()}
-        return _hf_tables(datasets.load_dataset("parquet", data_files=files), renames)
+        return _hf_tables(datasets.load_dataset("parquet", data_files=files), renames, label)
     raise SystemExit(f"local_dataset_format {fmt!r} is not supported by this scaffold")
 
 
+def holdout(labels: list | None, n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(train, eval) indices: `fraction` of n held out, per class when labels are given (at least one per class of 2+).
+
+    Per class c with n_c rows: int(fraction * n_c + 0.5) rows, the first of a seeded permutation; classes in sorted order.
+    """
+    if labels is None:
+        perm = rng.permutation(n)
+        k = max(1, int(fraction * n + 0.5))
+        return np.sort(perm[k:]), np.sort(perm[:k])
+    keys = [str(v) for v in labels]
+    ev, tr = [], []
+    for c in sorted(set(keys)):
+        idx = np.asarray([i for i, k in enumerate(keys) if k == c])
+        idx = idx[rng.permutation(len(idx))]
+        k = int(fraction * len(idx) + 0.5)
+        k = max(1, k) if len(idx) >= 2 else k
+        ev += idx[:k].tolist()
+        tr += idx[k:].tolist()
+    return np.sort(np.asarray(tr, dtype=np.int64)), np.sort(np.asarray(ev, dtype=np.int64))
+
+
+def _cap(idx: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """A seeded subset of at most n indices."""
+    return idx if len(idx) <= n else np.sort(rng.permutation(idx)[:n])
+
+
 def choose(cfg: dict, tables: dict[str, Table]) -> tuple[Table, np.ndarray, Table, np.ndarray]:
-    """Train and eval tables with seeded subsets of n_train / n_eval (eval carved from train when absent)."""
-    seed = int((cfg.get("hyperparameters") or {}).get("seed", 42))
-    rng = np.random.default_rng(seed)
-    n_train, n_eval = int(cfg.get("n_train", 10000)), int(cfg.get("n_eval", 1000))
-    train = tables.get("train") or tables[next(iter(tables))]
-    eval_name = next((s for s in EVAL_SPLITS if s in tables), None)
-    if eval_name:
-        tr = rng.permutation(len(train))[:n_train]
-        ev_t = tables[eval_name]
-        ev = rng.permutation(len(ev_t))[:n_eval]
-        return train, np.sort(tr), ev_t, np.sort(ev)
-    perm = rng.permutation(len(train))
-    n_eval_eff = min(n_eval, max(1, len(train) // 5)) if len(train) < n_train + n_eval else n_eval
-    ev, tr = perm[:n_eval_eff], perm[n_eval_eff:n_eval_eff + n_train]
-    return train, np.sort(tr), train, np.sort(ev)
+    """Train and eval tables with the indices Step 1's split plan names (hold-out, stratification, caps, seed)."""
+    plan = cfg["splits"]
+    rng = np.random.default_rng(int(plan["seed"]))
+    train = tables[plan["train_split"]]
+    if plan["eval_split"]:
+        ev_t = tables[plan["eval_split"]]
+        tr, ev = np.arange(len(train)), np.arange(len(ev_t))
+    else:
+        ev_t = train
+        strat = plan["stratify_by"]
+        tr, ev = holdout(train.column(strat) if strat else None, len(train), float(plan["eval_fraction"]), rng)
+    return train, _cap(tr, int(plan["n_train"]), rng), ev_t, _cap(ev, int(plan["n_eval"]), rng)
 
 
 def label_names(cfg: dict, train: Table, values: list) -> list[str]:
-    """Label names: config.yaml first, then the dataset's ClassLabel, then the values seen."""
-    if cfg.get("label_names"):
+    """Label names: Step 1's (config.yaml), then the dataset's ClassLabel, then the values seen."""
+    if cfg["label_names"]:
         return [str(x) for x in cfg["label_names"]]
     if train.class_names:
         return list(train.class_names)

@@ -14,8 +14,9 @@
 # limitations under the License.
 """Prepare: `python prepare_data.py` -> data/{train,eval}_{pixel_values,labels}.npy + data/meta.json.
 
-Applies config.yaml's column_renames, takes seeded n_train / n_eval subsets (eval carved from train when the dataset
-has no eval split), decodes and resizes every image once (the image processor's size / crop) and caches uint8 NCHW
+Reads config.yaml's `project:` section only: the image and label columns Step 1 chose, its renames, the files it
+skipped, and its split plan (seeded hold-out, stratified by the label when there is no eval split; n_train / n_eval
+caps), then decodes and resizes every image once (the image processor's size / crop) and caches uint8 NCHW
 tensors; normalisation with the processor's mean/std happens on the device at train time.
 Sources: https://huggingface.co/docs/transformers/main/en/tasks/image_classification (processor size, mean, std),
 transformers/image_processing_base.py + image_utils.SizeDict (installed 5.24), https://pillow.readthedocs.io/en/stable/.
@@ -32,7 +33,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from PIL import Image
 
-from common import DATA, load_config, save_split, write_json
+from common import DATA, load_config, recipe_class, save_split, write_json
 from sources import choose, encode_labels, label_names, open_splits
 
 _JOB: dict = {}
@@ -46,12 +47,14 @@ def _get(obj, key):
     return getattr(obj, key, None) if not hasattr(obj, "get") else obj.get(key)
 
 
-def image_spec(model_id: str) -> dict:
-    """Target size, crop and normalisation stats from the model's image processor (config as fallback)."""
-    from transformers import AutoConfig, AutoImageProcessor
+def image_spec(model_id: str, processor_cls=None) -> dict:
+    """Target size, crop and normalisation stats from the model's image processor (the recipe's processor_class;
+    the model config's image_size when the model ships no processor)."""
+    from transformers import AutoConfig
 
+    processor_cls = processor_cls or recipe_class(load_config(), "processor_class")
     try:
-        proc = AutoImageProcessor.from_pretrained(model_id)
+        proc = processor_cls.from_pretrained(model_id)
     except (OSError, ValueError):
         proc = None
     if proc is None:
@@ -102,7 +105,7 @@ def resize(img: Image.Image, spec: dict) -> np.ndarray:
 
 def _decode(i: int) -> tuple[np.ndarray, object]:
     row = _JOB["table"].row(i)
-    return resize(to_pil(row["image"]), _JOB["spec"]), row["label"]
+    return resize(to_pil(row[_JOB["image"]]), _JOB["spec"]), row[_JOB["label"]]
 
 
 def _fill(results, pixels: np.ndarray, labels: list) -> None:
@@ -111,12 +114,13 @@ def _fill(results, pixels: np.ndarray, labels: list) -> None:
         labels.append(lab)
 
 
-def build_split(table, idx: np.ndarray, spec: dict) -> tuple[np.ndarray, list]:
+def build_split(table, idx: np.ndarray, spec: dict, columns: dict) -> tuple[np.ndarray, list]:
     """Decode and resize the chosen rows (in worker processes for large splits)."""
-    missing = {"image", "label"} - set(table.columns)
+    wanted = {columns["image"], columns["label"]}
+    missing = wanted - set(table.columns)
     if missing:
-        raise SystemExit(f"columns {sorted(missing)} missing after renames; columns are {table.columns}; set column_renames")
-    _JOB.update(table=table, spec=spec)
+        raise SystemExit(f"columns {sorted(missing)} missing after renames; columns are {table.columns}; set columns.image / columns.label")
+    _JOB.update(table=table, spec=spec, image=columns["image"], label=columns["label"])
     pixels = np.empty((len(idx), 3, spec["height"], spec["width"]), dtype=np.uint8)
     labels = []
     workers = min(os.cpu_count() or 1, 16)
@@ -140,18 +144,19 @@ def main() -> int:
     cfg = load_config()
     tables = open_splits(cfg)
     train_t, tr, eval_t, ev = choose(cfg, tables)
-    spec = image_spec(cfg["model_id"])
-    train_px, train_lab = build_split(train_t, tr, spec)
-    eval_px, eval_lab = build_split(eval_t, ev, spec)
+    spec = image_spec(cfg["model_id"], recipe_class(cfg, "processor_class"))
+    train_px, train_lab = build_split(train_t, tr, spec, cfg["columns"])
+    eval_px, eval_lab = build_split(eval_t, ev, spec, cfg["columns"])
     names = label_names(cfg, train_t, train_lab + eval_lab)
     save_split("train", {"pixel_values": train_px, "labels": encode_labels(train_lab, names)})
     save_split("eval", {"pixel_values": eval_px, "labels": encode_labels(eval_lab, names)})
-    recipe = cfg.get("recipe") or {}
-    aug = str((recipe.get("train_transforms") or {}).get("value", "")).lower()
-    meta = {"task": "image-classification", "label_names": names, "columns": train_t.columns,
+    aug = str(cfg["recipe"].get("train_transforms", "")).lower()
+    meta = {"task": "image-classification", "label_names": names, "columns": [cfg["columns"]["image"], cfg["columns"]["label"]],
             "n_train": int(len(tr)), "n_eval": int(len(ev)), "height": spec["height"], "width": spec["width"],
             "image_mean": spec["image_mean"], "image_std": spec["image_std"], "processor": spec["processor"],
-            "hflip": wants_hflip(aug), "source": cfg.get("dataset_id") or cfg.get("local_dataset_path")}
+            "hflip": wants_hflip(aug), "source": cfg["dataset_id"] or cfg["local_dataset_path"],
+            "splits": {"train": cfg["splits"]["train_split"], "eval": cfg["splits"]["eval_split"] or f"held out of {cfg['splits']['train_split']}"},
+            "eval_label_counts": {names[int(k)]: int(v) for k, v in zip(*np.unique(encode_labels(eval_lab, names), return_counts=True))}}
     write_json(DATA / "meta.json", meta)
     print(f"prepared {len(tr)} train / {len(ev)} eval images at {spec['height']}x{spec['width']}, {len(names)} classes")
     return 0

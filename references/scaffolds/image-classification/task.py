@@ -15,7 +15,7 @@
 """Image-classification specifics: model class, cached fields, on-device normalisation, sample drawing.
 
 Sources: https://huggingface.co/docs/transformers/main/en/tasks/image_classification (AutoModelForImageClassification,
-label maps, mean/std normalisation from the image processor); https://pillow.readthedocs.io/en/stable/reference/ImageDraw.html
+label maps, mean/std normalisation from the image processor); the classes are the recipe's model_class / processor_class; https://pillow.readthedocs.io/en/stable/reference/ImageDraw.html
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoImageProcessor, AutoModelForImageClassification
+from common import load_config, recipe_class
 
-AUTO_CLASS = AutoModelForImageClassification
+# the recipe's model_class (Step 3; e.g. AutoModelForImageClassification) is the class every job loads
+AUTO_CLASS = recipe_class(load_config(), "model_class")
 FIELDS = ("pixel_values", "labels")
 _STATS: dict = {}
 
@@ -62,7 +63,7 @@ def channels_last(model) -> bool:
 def save_processor(cfg: dict, meta: dict, out: Path) -> None:
     """Save the image processor next to the fine-tuned weights (from model_id, else one built from the cache's stats)."""
     try:
-        proc = AutoImageProcessor.from_pretrained(cfg["model_id"])
+        proc = recipe_class(cfg, "processor_class").from_pretrained(cfg["model_id"])
     except (OSError, ValueError):
         from transformers import ViTImageProcessor
 

@@ -75,7 +75,7 @@ def cfg() -> dict:
 
 @pytest.fixture(scope="module")
 def spec(cfg) -> dict:
-    return prepare_data.image_spec(cfg["model_id"])
+    return prepare_data.image_spec(cfg["model_id"], common.recipe_class(cfg, "processor_class"))
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_every_mode_and_size_decodes_to_the_model_input(tmp_path, spec, mode, si
 
 
 def test_mixed_rows_cache_and_collate_to_one_batch(tmp_path, monkeypatch, cfg, spec, meta, rows):
-    pixels, labels = prepare_data.build_split(Table(rows, {}), np.arange(len(rows)), spec)
+    pixels, labels = prepare_data.build_split(Table(rows, {}), np.arange(len(rows)), spec, {"image": "image", "label": "label"})
     assert pixels.shape == (len(rows), 3, spec["height"], spec["width"])
     monkeypatch.setattr(common, "DATA", tmp_path)
     common.save_split("train", {"pixel_values": pixels, "labels": np.asarray([LABELS.index(x) for x in labels])})
@@ -115,7 +115,7 @@ def test_mixed_rows_cache_and_collate_to_one_batch(tmp_path, monkeypatch, cfg, s
 
 def test_one_training_step_on_a_mixed_batch(cfg, spec, meta, rows):
     rt = common.Runtime(cfg)
-    pixels, labels = prepare_data.build_split(Table(rows, {}), np.arange(len(rows)), spec)
+    pixels, labels = prepare_data.build_split(Table(rows, {}), np.arange(len(rows)), spec, {"image": "image", "label": "label"})
     batch = {"pixel_values": torch.from_numpy(pixels), "labels": torch.tensor([LABELS.index(x) for x in labels])}
     model = common.load_model(task.AUTO_CLASS, cfg["model_id"], meta, fresh_head=True)
     if common.hp(cfg).get("gradient_checkpointing"):

@@ -24,11 +24,10 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from common import DATA, load_config, recipe_class
 
-from common import DATA
-
-AUTO_CLASS = AutoModelForSequenceClassification
+# the recipe's model_class (Step 3; e.g. AutoModelForSequenceClassification) is the class every job loads
+AUTO_CLASS = recipe_class(load_config(), "model_class")
 FIELDS = ("input_ids", "lengths", "labels")
 
 
@@ -36,7 +35,7 @@ def to_inputs(batch: dict, rt, meta: dict, train: bool) -> dict:
     """Trim the batch to its longest sequence, build the attention mask, move to the device."""
     longest = int(batch["lengths"].max())
     ids = batch["input_ids"][:, :longest].long()
-    mask = (batch["lengths"].view(-1, 1) > torch.arange(longest).view(1, -1)).long()
+    mask = (batch["lengths"].view(-1, 1) > torch.arange(longest, device=batch["lengths"].device).view(1, -1)).long()
     return {"input_ids": ids.to(rt.device, non_blocking=True), "attention_mask": mask.to(rt.device, non_blocking=True),
             "labels": batch["labels"].to(rt.device, non_blocking=True)}
 
@@ -48,16 +47,16 @@ def channels_last(model) -> bool:
 
 def save_processor(cfg: dict, meta: dict, out: Path) -> None:
     """Save the tokenizer next to the fine-tuned weights."""
-    AutoTokenizer.from_pretrained(cfg["model_id"]).save_pretrained(out)
+    recipe_class(cfg, "processor_class").from_pretrained(cfg["model_id"]).save_pretrained(out)
 
 
-def _texts() -> list[str]:
+def _texts() -> list[dict]:
     path = DATA / "eval_text.jsonl"
-    return [json.loads(line)["text"] for line in path.read_text().splitlines()]
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def write_sample(out_dir: Path, j: int, i: int, batch: dict, item: dict, meta: dict) -> str:
-    """One JSON file per sample with the text, prediction and score; returns the file name."""
+    """One JSON file per sample with the text (and text_pair), prediction and score; returns the file name."""
     name = f"sample_{j}_idx{i}.json"
-    (out_dir / name).write_text(json.dumps({"text": _texts()[int(i)], **item}, indent=1))
+    (out_dir / name).write_text(json.dumps({**_texts()[int(i)], **item}, indent=1))
     return name

@@ -63,9 +63,7 @@ def cfg() -> dict:
 
 @pytest.fixture(scope="module")
 def tokenized(cfg) -> tuple[np.ndarray, np.ndarray, int, int]:
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(cfg["model_id"])
+    tok = common.recipe_class(cfg, "processor_class").from_pretrained(cfg["model_id"])
     limit = prepare_data.max_length(tok, cfg["model_id"])
     ids, lengths = prepare_data.tokenize(tok, TEXTS, limit)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0

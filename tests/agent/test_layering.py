@@ -1,0 +1,75 @@
+"""The core imports no tools: only the CLI (the composition root) wires tools/ and evals/ in."""
+
+import ast
+from pathlib import Path
+
+from tao_finetune.agent import steps
+from tao_finetune.agent.autopilot import ACTIONS
+from tao_finetune.tools import all_tools
+
+AGENT = Path(steps.__file__).resolve().parent
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at any depth (function-level imports included)."""
+    mods: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            mods |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            mods.add(node.module)
+            mods |= {f"{node.module}.{a.name}" for a in node.names}
+    return mods
+
+
+def test_no_core_module_imports_tools_or_evals():
+    offenders = {}
+    for path in sorted(AGENT.glob("*.py")):
+        if path.name == "cli.py":
+            continue
+        bad = sorted(m for m in imported_modules(path) if m.startswith(("tao_finetune.tools", "tao_finetune.evals")))
+        if bad:
+            offenders[path.name] = bad
+    assert not offenders, f"agent/ modules other than cli.py import tools/evals: {offenders}"
+
+
+def test_the_import_check_catches_a_function_level_import(tmp_path):
+    f = tmp_path / "x.py"
+    f.write_text("def later():\n    from tao_finetune.tools.research import reference_recipe\n")
+    assert "tao_finetune.tools.research" in imported_modules(f)
+
+
+def test_evals_do_not_import_the_cli():
+    harness = AGENT.parent / "evals" / "harness.py"
+    assert not any(m.startswith("tao_finetune.agent.cli") for m in imported_modules(harness))
+
+
+def test_every_tool_is_in_the_steps_table_with_its_own_step():
+    tools = all_tools()
+    steps.check_tools(tools)  # raises on a mismatch
+    assert {t.name for t in tools} == set(steps.ANY_STEP_TOOLS) | {n for s in steps.STEPS for n in s.tools}
+
+
+def test_a_tool_declaring_another_step_is_caught():
+    from tao_finetune.agent.tooling import NoArgs, tool
+
+    def probe_model(ctx, args: NoArgs) -> dict:
+        """Probe in the wrong step."""
+
+    wrong = tool(step=3, register=False)(probe_model)
+    try:
+        steps.check_tools([wrong])
+    except ValueError as err:
+        assert "step 3" in str(err) and "step 1" in str(err)
+    else:
+        raise AssertionError("a tool in the wrong step was accepted")
+
+
+def test_autopilot_rules_and_prompt_follow_the_table():
+    for act in ACTIONS:
+        if act.tool != "docker_run":
+            assert steps.step_of(act.tool) == act.step
+    text = steps.prompt_list()
+    for s in steps.STEPS:
+        assert f"{s.number}. " in text and all(t in text for t in s.tools)
+    assert steps.step_of("read_reference") == steps.ANY
