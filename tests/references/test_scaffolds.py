@@ -185,6 +185,7 @@ def test_training_survives_a_kill_and_resumes(tmp_path, digits):
     ctx = make_ctx(tmp_path / "run", "image-classification", model_id=str(digits["model"]),
                    local_dataset_path=str(digits["data"]), n_train=1000, n_eval=200, n_epochs=10)
     ctx.config.hyperparameters = ctx.config.hyperparameters.model_copy(update={"learning_rate": 1e-3, "warmup_ratio": 0.05})
+    ctx.platform = LocalPlatform(extra_env={**OFFLINE, "TAO_SAVE_STEPS": "60"})  # the default cadence is time-based
     ctx.save()
     call(project.render_scaffold, ctx)
     call(jobs.docker_run, ctx, job="prepare")
@@ -199,7 +200,7 @@ def test_training_survives_a_kill_and_resumes(tmp_path, digits):
     assert stopped["state"] == "stopped" and not (ckpts / "final").exists()
     saved = max(int(p.parent.name.split("-")[1]) for p in ckpts.glob("step-*/complete.json"))
     # a fresh platform object (as after a restart of the agent) resumes from the newest complete checkpoint
-    ctx.platform = LocalPlatform(extra_env=OFFLINE)
+    ctx.platform = LocalPlatform(extra_env={**OFFLINE, "TAO_SAVE_STEPS": "60"})
     call(jobs.docker_run, ctx, job="train")
     done = call(jobs.train_status, ctx, wait_s=300)
     assert done["state"] == "done", done

@@ -1,4 +1,11 @@
-"""The local platform: each job is a process of this machine's Python (or a run venv), cwd = the output dir."""
+"""The local platform: jobs run in this machine's Python (or a run venv), cwd = the output dir.
+
+`python script.py ...` jobs run in a persistent worker (tools/runtime/worker.py): one interpreter per run that keeps
+torch, transformers, the CUDA context and the project's modules loaded between prepare, smoke, baseline, train, eval
+and infer instead of seven cold starts; each job still has its own log, exit file and exit code, and a failed job ends
+the worker. Other commands (torchrun, `python -m pytest`) and runs with persistent=False (or TAO_PERSISTENT_WORKER=0)
+are plain subprocesses.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +25,8 @@ from tao_finetune.agent.secrets import KNOWN, SECRET_NAMES
 from tao_finetune.tools.base import ToolError
 
 TAIL_CHARS = 3000
+WORKER = Path(__file__).resolve().with_name("worker.py")
+POLL_S = 0.02
 
 
 def tail(path: Path, chars: int = TAIL_CHARS) -> str:
@@ -54,14 +63,116 @@ def redact_log(ctx: RunContext, log: Path) -> None:
 
 
 class LocalPlatform:
-    """Runs jobs as subprocesses; detached jobs leave a pid file and an exit-code file in logs/."""
+    """Runs jobs in the run's persistent worker (or as subprocesses); detached jobs leave a pid file and an exit-code file in logs/."""
 
     name = "local"
 
-    def __init__(self, python: str | None = None, extra_env: dict[str, str] | None = None):
+    def __init__(self, python: str | None = None, extra_env: dict[str, str] | None = None, persistent: bool | None = None):
         self.python = python or sys.executable
         self.extra_env = dict(extra_env or {})
         self._procs: dict[str, subprocess.Popen] = {}
+        if persistent is None:
+            persistent = os.environ.get("TAO_PERSISTENT_WORKER", "1") != "0"
+        self.persistent = persistent
+        self._worker: subprocess.Popen | None = None
+        self._worker_key = ""
+        self._worker_job: Path | None = None  # exit file of the job the worker runs now
+
+    # ------------------------------------------------------------ persistent worker
+    def _key(self, ctx: RunContext, env: dict[str, str]) -> str:
+        return json.dumps([str(ctx.run_dir.resolve()), self.python, sorted(env.items())])
+
+    def _worker_busy(self) -> bool:
+        return self._worker_job is not None and not self._worker_job.exists() and self._worker is not None \
+            and self._worker.poll() is None
+
+    def _kill_worker(self) -> None:
+        w, self._worker, self._worker_job = self._worker, None, None
+        if w is None or w.poll() is not None:
+            return
+        try:
+            os.killpg(w.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        w.wait(timeout=10)
+
+    def _get_worker(self, ctx: RunContext) -> subprocess.Popen | None:
+        """The run's warm worker (started if needed); None when it is busy with another job or cannot start."""
+        env = self._env(ctx)
+        key = self._key(ctx, env)
+        w = self._worker
+        if w is not None and w.poll() is None:
+            if self._worker_busy():
+                return None
+            if self._worker_key == key:
+                return w
+            self._kill_worker()  # env or run dir changed: imports made under the old env are stale
+        log = self._logs(ctx) / "worker.log"
+        try:
+            with log.open("ab") as out:
+                w = subprocess.Popen([self.python, str(WORKER)], cwd=ctx.run_dir, env=env, stdin=subprocess.PIPE,
+                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError:
+            return None
+        self._worker, self._worker_key, self._worker_job = w, key, None
+        return w
+
+    def _send(self, w: subprocess.Popen, req: dict) -> bool:
+        try:
+            w.stdin.write((json.dumps(req) + "\n").encode())
+            w.stdin.flush()
+            return True
+        except (BrokenPipeError, OSError):
+            return False
+
+    def _worker_argv(self, argv: list[str]) -> bool:
+        return self.persistent and len(argv) >= 2 and argv[0] in ("python", "python3") and argv[1].endswith(".py")
+
+    def _submit(self, ctx: RunContext, kind: str, argv: list[str], code: str | None = None) -> subprocess.Popen | None:
+        """Hand a job to the worker; None = run it as a plain subprocess instead (also for a job that policy gives a
+        credential: it stays in that job's own process, never in the shared interpreter)."""
+        if self._env(ctx, kind) != self._env(ctx):
+            return None
+        w = self._get_worker(ctx)
+        if w is None:
+            return None
+        _, _, exit_file = self._files(ctx, kind)
+        exit_file.unlink(missing_ok=True)
+        log, _, _ = self._files(ctx, kind)
+        if not self._send(w, {"kind": kind, "argv": argv[1:] if code is None else ["-c"], "code": code,
+                              "log": str(log), "exit": str(exit_file)}):
+            self._kill_worker()
+            return None
+        self._worker_job = exit_file
+        return w
+
+    def _wait(self, w: subprocess.Popen, exit_file: Path) -> int:
+        """Block until the worker wrote the job's exit file (or died); Ctrl-C kills the worker and its job."""
+        try:
+            while not exit_file.exists():
+                if w.poll() is not None:
+                    if exit_file.exists():
+                        break
+                    self._worker = None
+                    return w.returncode if w.returncode and w.returncode > 0 else (w.returncode or -1)
+                time.sleep(POLL_S)
+        except KeyboardInterrupt:
+            self._kill_worker()
+            raise
+        text = exit_file.read_text().strip()
+        return int(text) if text.lstrip("-").isdigit() else -1
+
+    def prewarm(self, ctx: RunContext) -> bool:
+        """Start the run's worker now and let it import torch/transformers and create the CUDA context while the
+        agent works on Steps 1-3; False when the worker is off, could not start, or this is no GPU host (there the
+        worker starts with the first job instead: on a small CPU box a parallel import only competes with the agent).
+        TAO_PREWARM=1 / 0 forces it on or off."""
+        forced = os.environ.get("TAO_PREWARM", "")
+        if not self.persistent or forced == "0" or (forced != "1" and not gpu_host()):
+            return False
+        ctx.run_dir.mkdir(parents=True, exist_ok=True)
+        w = self._get_worker(ctx)
+        return w is not None and self._send(w, {"op": "prewarm"})
 
     # ------------------------------------------------------------ helpers
     def _logs(self, ctx: RunContext) -> Path:
@@ -98,6 +209,21 @@ class LocalPlatform:
             return proc.poll() is None
         return _alive(pid)
 
+    def _alive_pid(self, kind: str, pid: int) -> bool:
+        w = self._worker
+        if w is not None and w.pid == pid:
+            return w.poll() is None
+        return self._running(kind, pid)
+
+    def _job_running(self, kind: str, info: dict, exit_file: Path) -> bool:
+        pid = int(info["pid"])
+        if info.get("worker"):  # the worker outlives its jobs: the job runs until its exit file exists
+            if exit_file.exists():
+                return False
+            w = self._worker
+            return w.poll() is None if (w is not None and w.pid == pid) else _alive(pid)
+        return self._running(kind, pid)
+
     def _files(self, ctx: RunContext, kind: str) -> tuple[Path, Path, Path]:
         d = self._logs(ctx)
         return d / f"{kind}.log", d / f"{kind}.pid", d / f"{kind}.exit"
@@ -105,24 +231,32 @@ class LocalPlatform:
     # ------------------------------------------------------------ protocol
     def build(self, ctx: RunContext) -> dict:
         """Check that the run's Python imports torch and transformers (and datasets for prepare_data.py)."""
-        code = ("import json, sys, torch, transformers\n"
-                "try:\n import datasets; dv = datasets.__version__\nexcept ImportError:\n dv = None\n"
+        cfg = ctx.config
+        needs_datasets = bool(cfg.dataset_id) or cfg.local_dataset_format in ("arrow", "parquet")
+        probe = "try:\n import datasets; dv = datasets.__version__\nexcept ImportError:\n dv = None\n" if needs_datasets else "dv = None\n"
+        code = ("import json, sys, torch, transformers\n" + probe +
                 "print(json.dumps({'python': sys.executable, 'python_version': sys.version.split()[0],"
                 " 'torch': torch.__version__, 'transformers': transformers.__version__, 'datasets': dv,"
                 " 'cuda': torch.cuda.is_available(), 'gpus': torch.cuda.device_count()}))")
-        log, _, _ = self._files(ctx, "build")
-        try:
-            proc = subprocess.run([self.python, "-c", code], capture_output=True, text=True, timeout=300,
-                                  env=self._env(ctx), cwd=ctx.run_dir)
-        except FileNotFoundError:
-            return {"ok": False, "platform": "local", "python": self.python, "error": f"python not found: {self.python!r}"}
-        log.write_text(proc.stdout + proc.stderr)
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["import failed"])[-1]
+        log, _, exit_file = self._files(ctx, "build")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_bytes(b"")
+        w = self._submit(ctx, "build", ["python", "-c"], code=code) if self.persistent else None
+        if w is not None:  # the warm worker checks its own imports (free: a job needs them anyway)
+            returncode = self._wait(w, exit_file)
+            stdout = stderr = log.read_text(errors="replace")
+        else:
+            try:
+                proc = subprocess.run([self.python, "-c", code], capture_output=True, text=True, timeout=300,
+                                      env=self._env(ctx), cwd=ctx.run_dir)
+            except FileNotFoundError:
+                return {"ok": False, "platform": "local", "python": self.python, "error": f"python not found: {self.python!r}"}
+            log.write_text(proc.stdout + proc.stderr)
+            returncode, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+        if returncode != 0:
+            last = (stderr.strip().splitlines() or ["import failed"])[-1]
             return {"ok": False, "platform": "local", "python": self.python, "error": ctx.creds.redact(last)}
-        info = json.loads(proc.stdout.strip().splitlines()[-1])
-        cfg = ctx.config
-        needs_datasets = bool(cfg.dataset_id) or cfg.local_dataset_format in ("arrow", "parquet")
+        info = json.loads(stdout.strip().splitlines()[-1])
         ok = info["datasets"] is not None or not needs_datasets
         rec = {"ok": bool(ok), "platform": "local", **info, "image": f"local:{info['python']}"}
         if not ok:
@@ -147,6 +281,13 @@ class LocalPlatform:
             if self.status(ctx, kind).get("running"):
                 raise ToolError(f"job {kind!r} is already running; use train_status or stop it first")
             exit_file.unlink(missing_ok=True)
+            if self._worker_argv(argv):
+                with log.open("ab") as out:
+                    out.write(f"\n$ {' '.join(argv)}\n".encode())
+                w = self._submit(ctx, kind, argv)
+                if w is not None:
+                    pid_file.write_text(json.dumps({"pid": w.pid, "argv": argv, "started": time.time(), "worker": True}))
+                    return JobResult(kind, 0, log, "", detached=True, handle=str(w.pid))
             wrapped = ["/bin/sh", "-c", 'trap "" HUP; "$@"; echo $? > "$TAO_EXIT_FILE"', "sh", *cmd]
             env = {**self._env(ctx, kind), "TAO_EXIT_FILE": str(exit_file)}
             with log.open("ab") as out:
@@ -156,6 +297,13 @@ class LocalPlatform:
             self._procs[kind] = proc
             pid_file.write_text(json.dumps({"pid": proc.pid, "argv": argv, "started": time.time()}))
             return JobResult(kind, 0, log, "", detached=True, handle=str(proc.pid))
+        with log.open("wb") as out:
+            out.write((ctx.creds.redact(f"$ {' '.join(argv)}") + "\n").encode())
+        w = self._submit(ctx, kind, argv) if self._worker_argv(argv) else None
+        if w is not None:
+            code = self._wait(w, exit_file)
+            redact_log(ctx, log)  # the job wrote its log directly: every credential form is scrubbed from it
+            return JobResult(kind, code, log, ctx.creds.redact(tail(log)))
         with log.open("w", encoding="utf-8") as out:
             out.write(ctx.creds.redact(f"$ {' '.join(argv)}") + "\n")
             out.flush()
@@ -176,7 +324,7 @@ class LocalPlatform:
         redact_log(ctx, log)
         info = json.loads(pid_file.read_text())
         pid = int(info["pid"])
-        running = self._running(kind, pid)
+        running = self._job_running(kind, info, exit_file)
         code = None
         if not running:
             text = exit_file.read_text().strip() if exit_file.exists() else ""
@@ -192,23 +340,33 @@ class LocalPlatform:
 
     def stop(self, ctx: RunContext, kind: JobKind) -> None:
         """Stop a detached job: SIGTERM to its process group, SIGKILL after 10 s."""
-        _, pid_file, _ = self._files(ctx, kind)
+        _, pid_file, exit_file = self._files(ctx, kind)
         if not pid_file.exists():
             return
         info = json.loads(pid_file.read_text())
         pid = int(info["pid"])
+        if info.get("worker") and not self._job_running(kind, info, exit_file):
+            return  # the job is over; the worker stays for the next one
         for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(pid, sig)
             except ProcessLookupError:
                 break
             deadline = time.monotonic() + wait
-            while self._running(kind, pid) and time.monotonic() < deadline:
+            while self._alive_pid(kind, pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if not self._running(kind, pid):
+            if not self._alive_pid(kind, pid):
                 break
+        if self._worker is not None and self._worker.pid == pid:
+            self._worker.poll()
+            self._worker, self._worker_job = None, None
         info["stopped"] = time.time()
         pid_file.write_text(json.dumps(info))
+
+
+def gpu_host() -> bool:
+    """An NVIDIA driver is present (device nodes or nvidia-smi), without running anything."""
+    return any(Path(p).exists() for p in ("/dev/nvidiactl", "/dev/nvidia0")) or shutil.which("nvidia-smi") is not None
 
 
 def hardware_facts(path: Path | str = ".") -> dict:

@@ -23,18 +23,22 @@ API sources (transformers 5.x, checked against the installed 5.24 source):
 - https://docs.pytorch.org/docs/stable/generated/torch.optim.AdamW.html (fused=True on CUDA)
 - https://docs.pytorch.org/docs/stable/notes/ddp.html and torch.distributed.run (torchrun env vars)
 - https://docs.pytorch.org/docs/stable/amp.html (autocast bf16, GradScaler for fp16)
-- torch/utils/flop_counter.py (FlopCounterMode, used for the MFU estimate)
+- torch/utils/flop_counter.py (FlopCounterMode, used for the MFU estimate; counted once in the smoke job, never in train)
+- transformers/modeling_utils.py PreTrainedModel.save_pretrained(state_dict=...) (saves a given CPU copy; tied weights
+  are dropped from it by the model's own rules), https://docs.pytorch.org/docs/stable/backends.html (cudnn.benchmark)
 - torch/distributed/elastic/agent/server/api.py (torchrun forwards SIGTERM to its workers, then waits before SIGKILL)
 - https://slurm.schedmd.com/sbatch.html (--signal, --requeue: a SIGTERM/SIGUSR1 before the time limit or on scancel)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -89,11 +93,24 @@ def recipe_class(cfg: dict, slot: str):
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically."""
+    """Write JSON atomically (a failed write, e.g. a full disk, leaves the previous file as it was)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=1, default=float))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_json_file(path: Path) -> dict:
+    """A JSON object from a file, {} when it is absent or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def read_meta() -> dict:
@@ -152,7 +169,8 @@ class Batches(torch.utils.data.Dataset):
 
 
 def num_workers(cfg: dict, device: torch.device, world: int) -> int:
-    """Data-loader workers: the configured number, or derived from CPUs (0 on CPU-only runs)."""
+    """Data-loader workers: the configured number, or derived from CPUs (0 on CPU-only runs). Training reads the
+    cache with one prefetch thread when this is > 0 (see Prefetcher), in the loop itself when 0."""
     n = int(hp(cfg)["dataloader_num_workers"])
     if n >= 0:
         return n
@@ -166,6 +184,62 @@ def loader(split: CachedSplit, batches: list[np.ndarray], workers: int, pin: boo
     kw = {"prefetch_factor": 4, "persistent_workers": False} if workers > 0 else {}
     return torch.utils.data.DataLoader(Batches(split, batches), batch_size=None, shuffle=False,
                                        num_workers=workers, pin_memory=pin, **kw)
+
+
+class Prefetcher:
+    """Batches of the cache gathered (and pinned) by one background thread, `depth` ahead of the training loop.
+
+    The cache needs no decoding, only a memory-mapped gather (numpy releases the GIL for it), so a thread keeps up with
+    the GPU; worker processes would each be forked from a process holding a CUDA context and a model (tens of ms each,
+    paid at every job start). Iterate it; close() stops the thread early (an exception in the loop)."""
+
+    def __init__(self, split: CachedSplit, batches: list[np.ndarray], pin: bool, depth: int = 8):
+        import queue
+
+        self.split, self.batches, self.pin = split, batches, pin
+        self.q: "queue.Queue" = queue.Queue(depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
+        self.thread.start()
+
+    def _put(self, item) -> bool:
+        import queue
+
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for b in self.batches:
+                batch = self.split.take(b)
+                if self.pin:
+                    batch = {k: v.pin_memory() for k, v in batch.items()}
+                if not self._put(batch):
+                    return
+            self._put(StopIteration())
+        except BaseException as err:  # noqa: BLE001  (re-raised in the training loop)
+            self._put(err)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        item = self.q.get()
+        if isinstance(item, StopIteration):
+            self.q.put(item)
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
 
 
 def eval_batches(n: int, batch_size: int) -> list[np.ndarray]:
@@ -191,7 +265,8 @@ class Runtime:
             torch.cuda.set_device(self.device)
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-            torch.backends.cudnn.benchmark = True
+            # cuDNN autotuning costs seconds per new shape (~9 s on ConvNeXt-T's first step): only long runs turn it on
+            torch.backends.cudnn.benchmark = False
         precision = hp(cfg)["precision"]
         if precision == "auto":
             precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
@@ -362,29 +437,172 @@ class PreemptFlag:
 
 
 def complete_checkpoints() -> list[Path]:
-    """Checkpoint dirs with a completion marker, oldest first."""
+    """Checkpoint dirs with a completion marker, oldest first (not yet verified: see resumable_checkpoint)."""
     if not CKPT.is_dir():
         return []
-    out = [p for p in CKPT.glob("step-*") if (p / "complete.json").is_file()]
+    out = [p for p in CKPT.glob("step-*") if (p / "complete.json").is_file() and p.name.split("-")[1].isdigit()]
     return sorted(out, key=lambda p: int(p.name.split("-")[1]))
 
 
-def save_checkpoint(model, optimizer, scheduler, scaler, step: int, keep: int) -> Path:
-    """Write checkpoints/step-N atomically (temp dir + rename + marker), keep the newest `keep`."""
+def file_digest(path: Path) -> str:
+    """sha256 of a file, read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_checkpoint(ckpt: Path) -> str | None:
+    """None if the checkpoint is whole (marker present, every file it lists has its recorded sha256), else why not."""
+    try:
+        marker = json.loads((ckpt / "complete.json").read_text())
+    except (OSError, ValueError) as err:
+        return f"completion marker unreadable ({type(err).__name__})"
+    files = marker.get("files")
+    if not isinstance(files, dict) or not files:
+        return "completion marker lists no file digests"
+    for name, digest in files.items():
+        f = ckpt / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if file_digest(f) != digest:
+            return f"{name} does not match its digest"
+    return None
+
+
+def resumable_checkpoint(log=print) -> Path | None:
+    """The newest checkpoint that verifies, falling back to older ones; a broken one is reported and skipped."""
+    for ckpt in reversed(complete_checkpoints()):
+        why = verify_checkpoint(ckpt)
+        if why is None:
+            return ckpt
+        log(f"checkpoint {ckpt.name} skipped: {why}")
+    return None
+
+
+def _cpu_copy(obj, memo: dict):
+    """A CPU copy of a (nested) state dict; tensors that share storage stay shared (tied weights)."""
+    if isinstance(obj, torch.Tensor):
+        key = (obj.untyped_storage().data_ptr(), obj.storage_offset(), tuple(obj.shape), tuple(obj.stride()), obj.dtype)
+        if key not in memo:
+            memo[key] = obj.detach().to("cpu", copy=True)
+        return memo[key]
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v, memo) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v, memo) for v in obj)
+    return obj
+
+
+def snapshot(model, optimizer, scheduler, scaler, step: int) -> dict:
+    """Everything a step checkpoint holds, copied to CPU now (the GPU keeps training while it is written)."""
+    memo: dict = {}
+    model_state = _cpu_copy(model.state_dict(), memo) if hasattr(model, "save_pretrained") else None
+    state = {"optimizer": _cpu_copy(optimizer.state_dict(), memo), "scheduler": scheduler.state_dict(), "step": step,
+             "rng": torch.get_rng_state(), "scaler": scaler.state_dict() if scaler else None}
+    return {"model_state": model_state, "training_state": state, "step": step}
+
+
+def write_checkpoint(model, snap: dict, keep: int) -> Path:
+    """Write checkpoints/step-N from a snapshot: temp dir, sha256 of every file in the completion marker, rename.
+
+    Older checkpoints are pruned only after the new one is complete, so a failed write (a full disk) leaves them and
+    every result as they were; the temp dir is removed and the error re-raised."""
+    step = snap["step"]
     target = CKPT / f"step-{step:07d}"
     tmp = CKPT / f".tmp-step-{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
-    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-             "rng": torch.get_rng_state(), "scaler": scaler.state_dict() if scaler else None}
-    torch.save(state, tmp / "training_state.pt")
-    (tmp / "complete.json").write_text(json.dumps({"step": step, "time": time.time()}))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp, state_dict=snap["model_state"])
+        torch.save(snap["training_state"], tmp / "training_state.pt")
+        files = {p.name: file_digest(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        marker = tmp / "complete.json"
+        marker.write_text(json.dumps({"step": step, "time": time.time(), "files": files}))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     for old in complete_checkpoints()[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def save_checkpoint(model, optimizer, scheduler, scaler, step: int, keep: int) -> Path:
+    """Write checkpoints/step-N now (blocking); see write_checkpoint."""
+    return write_checkpoint(model, snapshot(model, optimizer, scheduler, scaler, step), keep)
+
+
+class CheckpointWriter:
+    """Step checkpoints written by a background thread from a CPU snapshot taken at the step boundary.
+
+    One save in flight at a time (a new one waits for the previous); a failed save (e.g. ENOSPC) is logged as a
+    `checkpoint_failed` event, the previous checkpoints stay, and training goes on."""
+
+    def __init__(self, model, keep: int, metrics_path: Path, background: bool = True):
+        self.model, self.keep, self.metrics_path, self.background = model, keep, metrics_path, background
+        self.thread: threading.Thread | None = None
+        self.saved: list[int] = []
+        self.failed: list[str] = []
+
+    def _write(self, snap: dict) -> None:
+        t0 = time.perf_counter()
+        try:
+            write_checkpoint(self.model, snap, self.keep)
+        except Exception as err:  # noqa: BLE001  (a failed save must not kill the run; the event says why)
+            msg = f"{type(err).__name__}: {err}"
+            self.failed.append(msg)
+            print(f"checkpoint step-{snap['step']:07d} not written ({msg}); previous checkpoints kept", flush=True)
+            log_jsonl(self.metrics_path, {"event": "checkpoint_failed", "step": snap["step"], "error": msg, "time": time.time()})
+            return
+        self.saved.append(snap["step"])
+        log_jsonl(self.metrics_path, {"event": "checkpoint", "step": snap["step"], "seconds": round(time.perf_counter() - t0, 3),
+                                      "time": time.time()})
+
+    def save(self, optimizer, scheduler, scaler, step: int) -> None:
+        self.wait()
+        snap = snapshot(self.model, optimizer, scheduler, scaler, step)
+        if not self.background or snap["model_state"] is None:
+            self._write(snap)
+            return
+        self.thread = threading.Thread(target=self._write, args=(snap,), name=f"ckpt-{step}", daemon=False)
+        self.thread.start()
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+
+
+def save_cadence(h: dict, total: int) -> tuple[int | None, float]:
+    """(every N steps, or None) and (every S seconds): TAO_SAVE_STEPS / hyperparameters.save_steps pin a step cadence
+    (0 = only the final save); otherwise a checkpoint is due every TAO_SAVE_SECONDS / save_seconds (600 s) of training,
+    so a run shorter than that writes none and a long one loses at most that much on a crash."""
+    steps = os.environ.get("TAO_SAVE_STEPS") or h.get("save_steps")
+    if steps not in (None, ""):
+        return int(steps), 0.0
+    return None, float(os.environ.get("TAO_SAVE_SECONDS") or h.get("save_seconds") or 600.0)
+
+
+def write_final(model, task, cfg: dict, meta: dict) -> Path:
+    """checkpoints/final via a temp dir; an existing final is replaced only once the new one is whole."""
+    tmp = CKPT / ".tmp-final"
+    old = CKPT / ".old-final"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        task.save_processor(cfg, meta, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if final_dir().exists():
+        os.replace(final_dir(), old)
+    os.replace(tmp, final_dir())
+    shutil.rmtree(old, ignore_errors=True)
+    return final_dir()
 
 
 def batch_plan(n: int, per_device: int, accum: int, world: int, rank: int, seed: int,
@@ -460,7 +678,7 @@ def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics
     total, steps_per_epoch, micro_batches = batch_plan(
         len(split), int(h["per_device_train_batch_size"]), int(h["gradient_accumulation_steps"]),
         rt.world, rt.rank, seed, float(cfg["n_epochs"]), max_steps)
-    resume = None if smoke else (complete_checkpoints() or [None])[-1]
+    resume = None if smoke else resumable_checkpoint()
     model = load_model(task.AUTO_CLASS, str(resume or cfg["model_id"]), meta, fresh_head=resume is None)
     if h["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
@@ -486,8 +704,13 @@ def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics
         if scaler and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start = int(state["step"])
-    first = split.take(micro_batches(0)[0][:1])
-    fps = flops_per_sample(model, task.to_inputs(first, rt, meta, train=False), rt)
+    if rt.device.type == "cuda":
+        torch.backends.cudnn.benchmark = bool(h.get("cudnn_benchmark", total - start >= 2000))
+    if smoke:  # counted once here, off the training job's clock
+        first = split.take(micro_batches(0)[0][:1])
+        fps = flops_per_sample(model, task.to_inputs(first, rt, meta, train=False), rt)
+    else:
+        fps = read_json_file(REPORTS / "smoke.json").get("flops_per_sample")
     peak = rt.peak_flops()
     net = model
     if rt.world > 1:
@@ -497,10 +720,10 @@ def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics
     plan = [mb for s in range(start, total) for mb in micro_batches(s)]
     accum = len(micro_batches(0))
     workers = num_workers(cfg, rt.device, rt.world)
-    it = iter(loader(split, plan, workers, rt.device.type == "cuda"))
+    it = Prefetcher(split, plan, pin=rt.device.type == "cuda") if workers > 0 else iter(loader(split, plan, 0, False))
     logging_steps = 1 if smoke else int(h["logging_steps"])
-    save_every = int(os.environ.get("TAO_SAVE_STEPS") or max(1, total // 5))  # 0 = only the final save
-    keep = 2
+    save_every, save_seconds = save_cadence(h, total)
+    writer = CheckpointWriter(model, keep=2, metrics_path=metrics_path, background=rt.device.type == "cuda")
     if rt.main:
         log_jsonl(metrics_path, {"event": "resume" if start else "start", "step": start, "total_steps": total,
                                  "steps_per_epoch": steps_per_epoch, "warmup_steps": warmup, "world_size": rt.world, "precision": rt.precision,
@@ -510,83 +733,105 @@ def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics
     window_samples, window_start, logged_at = 0, time.perf_counter(), start
     last = {"loss": None, "grad_norm": None}
     total_samples, run_start = 0, time.perf_counter()
-    for step in range(start, total):
-        for k in range(accum):
-            batch = next(it)
-            inputs = task.to_inputs(batch, rt, meta, train=True)
-            sync = k == accum - 1 or rt.world == 1
-            ctx = net.no_sync() if (not sync and hasattr(net, "no_sync")) else _null()
-            with ctx:
-                with rt.autocast():
-                    loss = net(**inputs).loss / accum
-                (scaler.scale(loss) if scaler else loss).backward()
-            loss_sum += loss.detach()
-            n = int(batch["labels"].shape[0]) * rt.world
-            window_samples += n
-            total_samples += n
-        if scaler:
-            scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)  # 1.0 = the Trainer's max_grad_norm default
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        done = step + 1
-        if done % logging_steps == 0 or done == total or step == start:
-            if rt.world > 1:
-                torch.distributed.all_reduce(loss_sum)
-                loss_sum /= rt.world
-            loss_val = float(loss_sum.item()) / max(1, done - logged_at)
-            logged_at = done
-            if rt.device.type == "cuda":
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - window_start
-            sps = window_samples / dt if dt > 0 else None
-            rec = {"step": done, "total_steps": total, "epoch": round(done / steps_per_epoch, 4), "loss": loss_val,
-                   "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0], "samples_per_s": sps,
-                   "mfu": (sps * fps / (peak * rt.world)) if (sps and fps and peak) else None, "time": time.time()}
-            if rt.device.type == "cuda":
-                rec["max_memory_gb"] = torch.cuda.max_memory_allocated(rt.device) / 1e9
-            if rt.main:
-                log_jsonl(metrics_path, rec)
-                tracker.log(rec)
-            last = rec
-            loss_sum.zero_()
-            window_samples, window_start = 0, time.perf_counter()
-        if not smoke and done < total and preempt.requested(rt, synced=done % logging_steps == 0):
-            if rt.main:
-                path = save_checkpoint(model, optimizer, scheduler, scaler, done, keep)
-                log_jsonl(metrics_path, {"event": "preempted", "step": done, "total_steps": total, "signal": preempt.signum,
-                                         "checkpoint": path.name, "time": time.time()})
-                print(f"signal {preempt.signum}: checkpoint {path.name} written at step {done}/{total}; run train.py again to resume",
-                      flush=True)
-            rt.barrier()
-            raise Preempted(done)
-        if not smoke and save_every and done % save_every == 0 and done < total:
-            if rt.main:
-                save_checkpoint(model, optimizer, scheduler, scaler, done, keep)
-            rt.barrier()
+    last_save = run_start
+    try:
+        for step in range(start, total):
+            for k in range(accum):
+                batch = next(it)
+                inputs = task.to_inputs(batch, rt, meta, train=True)
+                sync = k == accum - 1 or rt.world == 1
+                ctx = net.no_sync() if (not sync and hasattr(net, "no_sync")) else _null()
+                with ctx:
+                    with rt.autocast():
+                        loss = net(**inputs).loss / accum
+                    (scaler.scale(loss) if scaler else loss).backward()
+                loss_sum += loss.detach()
+                n = int(batch["labels"].shape[0]) * rt.world
+                window_samples += n
+                total_samples += n
+            if scaler:
+                scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)  # 1.0 = the Trainer's max_grad_norm default
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            done = step + 1
+            if done % logging_steps == 0 or done == total or step == start:
+                if rt.world > 1:
+                    torch.distributed.all_reduce(loss_sum)
+                    loss_sum /= rt.world
+                loss_val = float(loss_sum.item()) / max(1, done - logged_at)
+                logged_at = done
+                if rt.device.type == "cuda":
+                    torch.cuda.synchronize()
+                dt = time.perf_counter() - window_start
+                sps = window_samples / dt if dt > 0 else None
+                rec = {"step": done, "total_steps": total, "epoch": round(done / steps_per_epoch, 4), "loss": loss_val,
+                       "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0], "samples_per_s": sps,
+                       "mfu": (sps * fps / (peak * rt.world)) if (sps and fps and peak) else None, "time": time.time()}
+                if rt.device.type == "cuda":
+                    rec["max_memory_gb"] = torch.cuda.max_memory_allocated(rt.device) / 1e9
+                if rt.main:
+                    log_jsonl(metrics_path, rec)
+                    tracker.log(rec)
+                last = rec
+                loss_sum.zero_()
+                window_samples, window_start = 0, time.perf_counter()
+            if not smoke and done < total and preempt.requested(rt, synced=done % logging_steps == 0):
+                if rt.main:
+                    writer.wait()  # an async save in flight completes first
+                    path = save_checkpoint(model, optimizer, scheduler, scaler, done, 2)
+                    log_jsonl(metrics_path, {"event": "preempted", "step": done, "total_steps": total, "signal": preempt.signum,
+                                             "checkpoint": path.name, "time": time.time()})
+                    print(f"signal {preempt.signum}: checkpoint {path.name} written at step {done}/{total}; run train.py again to resume",
+                          flush=True)
+                rt.barrier()
+                raise Preempted(done)
+            if not smoke and done < total:
+                if save_every is not None:
+                    due = bool(save_every) and done % save_every == 0
+                else:  # time-based: rank 0's clock decides for every rank
+                    due = time.perf_counter() - last_save >= save_seconds
+                    if rt.world > 1 and done % logging_steps:
+                        due = False  # ranks agree only at logging steps (no extra sync per step)
+                    elif rt.world > 1:
+                        flag = torch.tensor([1.0 if due else 0.0], device=rt.device)
+                        torch.distributed.broadcast(flag, 0)
+                        due = bool(flag.item())
+                if due:
+                    if rt.main:
+                        writer.save(optimizer, scheduler, scaler, done)
+                    last_save = time.perf_counter()
+                    rt.barrier()
+    finally:
+        if isinstance(it, Prefetcher):
+            it.close()
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize()
     runtime = time.perf_counter() - run_start
+    writer.wait()
     tracker.finish()
     result = {"loss": last["loss"], "grad_norm": last["grad_norm"], "steps": total - start,
               "finite_loss": last["loss"] is not None and math.isfinite(last["loss"]),
               "grad_norm_positive": last["grad_norm"] is not None and math.isfinite(last["grad_norm"]) and last["grad_norm"] > 0}
     if smoke:
         result["step1"] = last
+        result["flops_per_sample"] = fps
         return result
     if rt.main:
-        tmp = CKPT / ".tmp-final"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        task.save_processor(cfg, meta, tmp)
-        shutil.rmtree(final_dir(), ignore_errors=True)
-        os.replace(tmp, final_dir())
+        try:
+            write_final(model, task, cfg, meta)
+        except OSError as err:
+            raise SystemExit(f"could not write checkpoints/final ({type(err).__name__}: {err}); "
+                             f"the step checkpoints and earlier results are kept") from None
         summary = {"total_steps": total, "resumed_from": start, "train_runtime_s": round(runtime, 2),
                    "train_samples_per_s": total_samples / runtime if runtime > 0 else None, "final_loss": last["loss"],
-                   "mfu": last.get("mfu"), "precision": rt.precision, "device": rt.gpu_name, "world_size": rt.world}
+                   "mfu": last.get("mfu"), "precision": rt.precision, "device": rt.gpu_name, "world_size": rt.world,
+                   "checkpoints_saved": writer.saved, "checkpoints_failed": writer.failed}
         write_json(REPORTS / "train_summary.json", summary)
         log_jsonl(metrics_path, {"event": "done", **summary, "time": time.time()})
     rt.barrier()
@@ -604,22 +849,41 @@ class _null:
 # ---------------------------------------------------------------- evaluation
 
 
+_DEVICE_CACHE: dict = {}
+DEVICE_CACHE_BYTES = 4 << 30
+
+
+def device_batches(split: CachedSplit, rt: Runtime, batch_size: int):
+    """The split's batches, moved to the device once and kept for this process's later jobs (under the persistent
+    job runner the baseline eval, the final eval and infer share them); splits over 4 GiB are streamed instead."""
+    batches = eval_batches(len(split), batch_size)
+    size = sum(a.nbytes for a in split.arrays.values())
+    if size > DEVICE_CACHE_BYTES:
+        return (split.take(b) for b in batches)
+    stamp = tuple((str(a.filename), os.stat(a.filename).st_mtime_ns) for a in split.arrays.values() if getattr(a, "filename", None))
+    key = (stamp, batch_size, str(rt.device))
+    if key not in _DEVICE_CACHE:
+        _DEVICE_CACHE.clear()
+        _DEVICE_CACHE[key] = [{k: v.to(rt.device, non_blocking=True) for k, v in split.take(b).items()} for b in batches]
+    return _DEVICE_CACHE[key]
+
+
 def predict(task, model, split: CachedSplit, meta: dict, rt: Runtime, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Predictions, top-1 probabilities, labels and mean loss over a cached split."""
     model.eval()
     preds, probs, labels, losses = [], [], [], []
-    for batch in loader(split, eval_batches(len(split), batch_size), 0, False):
+    for batch in device_batches(split, rt, batch_size):
         inputs = task.to_inputs(batch, rt, meta, train=False)
         with torch.no_grad(), rt.autocast():
             out = model(**inputs)
-        p = out.logits.float().softmax(-1)
-        top = p.max(-1)
-        preds.append(top.indices.cpu().numpy())
-        probs.append(top.values.cpu().numpy())
-        labels.append(batch["labels"].numpy())
-        losses.append(float(out.loss) * len(batch["labels"]))
-    labels_arr = np.concatenate(labels)
-    return np.concatenate(preds), np.concatenate(probs), labels_arr, sum(losses) / max(1, len(labels_arr))
+        top = out.logits.float().softmax(-1).max(-1)
+        preds.append(top.indices)
+        probs.append(top.values)
+        labels.append(batch["labels"])
+        losses.append(out.loss.float() * len(batch["labels"]))  # stays on the device: one transfer at the end
+    labels_arr = torch.cat(labels).cpu().numpy()
+    loss = float(torch.stack(losses).sum()) / max(1, len(labels_arr))
+    return torch.cat(preds).cpu().numpy(), torch.cat(probs).cpu().numpy(), labels_arr, loss
 
 
 def evaluate(task, argv: list[str] | None = None) -> int:

@@ -35,7 +35,7 @@ def to_inputs(batch: dict, rt, meta: dict, train: bool) -> dict:
     """Trim the batch to its longest sequence, build the attention mask, move to the device."""
     longest = int(batch["lengths"].max())
     ids = batch["input_ids"][:, :longest].long()
-    mask = (batch["lengths"].view(-1, 1) > torch.arange(longest).view(1, -1)).long()
+    mask = (batch["lengths"].view(-1, 1) > torch.arange(longest, device=batch["lengths"].device).view(1, -1)).long()
     return {"input_ids": ids.to(rt.device, non_blocking=True), "attention_mask": mask.to(rt.device, non_blocking=True),
             "labels": batch["labels"].to(rt.device, non_blocking=True)}
 

@@ -163,3 +163,42 @@ def test_hardware_facts_without_a_gpu(tmp_path, monkeypatch):
 
 def test_tail_of_a_missing_file(tmp_path):
     assert tail(tmp_path / "none.log") == ""
+
+
+def test_jobs_share_one_warm_worker_with_separate_logs_and_exit_codes(tmp_path):
+    ctx = make_ctx(tmp_path)
+    py(ctx, "helper.py", "VALUE = 'one'\nCALLS = []\n")
+    py(ctx, "job.py", "import os, sys, helper\nhelper.CALLS.append(sys.argv[1])\n"
+                      "print('pid', os.getpid(), 'value', helper.VALUE, 'calls', len(helper.CALLS), 'argv', sys.argv[1:], "
+                      "'token', os.environ.get('HF_TOKEN') is not None)\n")
+    a = ctx.platform.run(ctx, "smoke", ["python", "job.py", "a"])
+    b = ctx.platform.run(ctx, "baseline", ["python", "job.py", "b"])
+    assert a.exit_code == 0 and b.exit_code == 0
+    pid = lambda r: r.log_tail.split("pid ")[1].split()[0]  # noqa: E731
+    assert pid(a) == pid(b) and pid(a) != str(__import__("os").getpid())  # one interpreter, not the agent's
+    assert "calls 2 argv ['b']" in b.log_tail and "argv ['b']" not in a.log_tail  # modules stay imported; logs stay apart
+    p = ctx.platform.run(ctx, "prepare", ["python", "job.py", "p"])  # policy gives prepare HF_TOKEN: its own process
+    assert p.exit_code == 0 and pid(p) != pid(a) and "calls 1" in p.log_tail and "token True" in p.log_tail
+    time.sleep(0.01)
+    py(ctx, "helper.py", "VALUE = 'two'\nCALLS = []\n")  # a changed project file is imported afresh
+    c = ctx.platform.run(ctx, "eval", ["python", "job.py", "c"])
+    assert "value two calls 1" in c.log_tail and pid(c) == pid(a) and "token False" in c.log_tail
+    py(ctx, "bad.py", "raise ValueError('broken job')\n")
+    d = ctx.platform.run(ctx, "infer", ["python", "bad.py"])
+    assert d.exit_code == 1 and "ValueError: broken job" in d.log_tail and (ctx.run_dir / "logs" / "infer.exit").read_text() == "1"
+    e = ctx.platform.run(ctx, "merge", ["python", "job.py", "e"])  # a failed job ends the worker: a fresh one runs the next
+    assert e.exit_code == 0 and pid(e) != pid(a)
+
+
+def test_prewarm_starts_the_worker_and_plain_subprocess_mode_still_works(tmp_path, monkeypatch):
+    ctx = make_ctx(tmp_path)
+    monkeypatch.setenv("TAO_PREWARM", "0")
+    assert not ctx.platform.prewarm(ctx)  # off: the first job starts the worker
+    monkeypatch.setenv("TAO_PREWARM", "1")  # on a GPU host this is the default
+    assert ctx.platform.prewarm(ctx)
+    py(ctx, "job.py", "import sys\nprint('torch' in sys.modules)\n")
+    assert ctx.platform.run(ctx, "smoke", ["python", "job.py"]).log_tail.strip().endswith("True")
+    plain = LocalPlatform(persistent=False)
+    assert not plain.prewarm(ctx)
+    res = plain.run(ctx, "smoke", ["python", "job.py"])
+    assert res.exit_code == 0 and res.log_tail.strip().endswith("False")
