@@ -16,7 +16,7 @@ import tao_finetune
 failed = []
 names = []
 for info in pkgutil.walk_packages(tao_finetune.__path__, "tao_finetune."):
-    if info.name.endswith(".__main__") or info.name.startswith(("tao_finetune.references.scaffolds", "tao_finetune.tests", "tao_finetune.evals.bench")):
+    if info.name.endswith(".__main__") or info.name.startswith(("tao_finetune.references.scaffolds", "tao_finetune.tests", "tao_finetune.evals.bench", "tao_finetune.evals.peer")):
         continue
     names.append(info.name)
     try:

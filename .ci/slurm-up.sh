@@ -28,7 +28,7 @@ fi
 node_idle() { sinfo -h -N -o '%T' 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; }
 
 if node_idle; then
-    log "cluster already up ($(sinfo -h -o '%P %D %T' | head -n1))"
+    log "cluster already up ($(sinfo -h -o '%P %D %T' | sed -n 1p))"
     exit 0
 fi
 
@@ -113,4 +113,4 @@ if ! node_idle; then
     exit 1
 fi
 stage_end start
-log "cluster up ($(sinfo -h -o '%P %D %T' | head -n1))"
+log "cluster up ($(sinfo -h -o '%P %D %T' | sed -n 1p))"

@@ -5,4 +5,4 @@ if ! command -v pdftoppm >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq && apt-get install -y -qq --no-install-recommends poppler-utils >/dev/null
 fi
-pdftoppm -v 2>&1 | head -1
+pdftoppm -v 2>&1 | sed -n 1p  # sed reads all: head would end the pipe early (SIGPIPE under pipefail)

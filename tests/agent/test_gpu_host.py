@@ -50,8 +50,12 @@ def test_steps_1_and_2_pass_on_a_recorded_gpu_host_with_docker(tmp_path, monkeyp
 def test_all_six_gates_on_a_recorded_h200_host(tmp_path, monkeypatch, inputs):
     monkeypatch.setenv(HOST_FACTS_ENV, str(HOSTS / "h200.json"))
     run = tmp_path / "run"
-    code = main(["run", "--model-id", str(inputs["model"]), "--local-dataset-path", str(inputs["data"]), "--output-dir", str(run),
-                 "--llm", "autopilot", "--platform", "local", "--no-push-to-hub", "--n-epochs", "1", "--yes", "--quiet"])
+    argv = ["run", "--model-id", str(inputs["model"]), "--local-dataset-path", str(inputs["data"]), "--output-dir", str(run),
+            "--llm", "autopilot", "--platform", "local", "--no-push-to-hub", "--n-epochs", "1", "--yes", "--quiet"]
+    code = main(argv)
+    if code == 3:  # one epoch of a 10k-parameter ViT may not learn: gate 5 asks, and the answer keeps the model
+        assert "did not clearly learn" in (RunState.load(run).pending_question or "")
+        code = main([*argv, "--answer", "accept"])
     assert code == 0
     state = RunState.load(run)
     assert gates.first_unmet(run, state) is None

@@ -37,7 +37,10 @@ def test_demo_fine_tunes_digits_through_all_gates(tmp_path, capsys):
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file of a run, but the append-only session log and result.json (each command logs its exit and writes its
+    own result there, by design)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and str(p.relative_to(root)) not in ("session.jsonl", "result.json")}
 
 
 def rerun_skill_leaves_the_finished_run_untouched(run: Path, tmp_path: Path, capsys) -> None:
@@ -49,7 +52,7 @@ def rerun_skill_leaves_the_finished_run_untouched(run: Path, tmp_path: Path, cap
     skill = next((run / "skills").glob("run-*/SKILL.md")).read_text()
     cmds = [line for line in skill.splitlines() if line.startswith("tao-finetune run --config")]
     rerun, resume = (shlex.split(c)[1:] for c in cmds[:2])
-    before = tree(run)
+    before, log = tree(run), (run / "session.jsonl").read_bytes()
     os.environ.pop("ANTHROPIC_API_KEY", None)
     assert main(resume) == 0
     assert "all six gates already met" in capsys.readouterr().err
@@ -57,7 +60,7 @@ def rerun_skill_leaves_the_finished_run_untouched(run: Path, tmp_path: Path, cap
     assert main(rerun) == 2  # no API key: one line, and nothing written anywhere
     assert tree(run) == before and not (tmp_path / "demo-rerun" / "config.yaml").exists()
     assert main([*rerun, "--llm", "autopilot", "--max-steps", "1"]) == 5
-    assert tree(run) == before
+    assert tree(run) == before and (run / "session.jsonl").read_bytes().startswith(log)
     old, new = load_config(run / "config.yaml"), load_config(tmp_path / "demo-rerun" / "config.yaml")
     assert new.recipe == old.recipe and new.user_set == old.user_set and new.output_dir == str(tmp_path / "demo-rerun")
 

@@ -379,11 +379,12 @@ def test_the_loop_stops_on_a_model_that_did_not_learn_and_an_accepted_one_is_on_
     ctx.yes = True
     ctx.platform.extra_env.update(STUB_ACC="0.52", STUB_BASE="0.5")
     script(ctx, "run_eval.py", EVAL_STUB)
-    turns = [tool_call("docker_run", {"job": "train"}), tool_call("train_status", {"wait_s": 60}), tool_call("docker_run", {"job": "eval"}),
-             tool_call("docker_run", {"job": "baseline"})]
+    turns = [tool_call("run_job", {"job": "train"}), tool_call("watch", {"wait_s": 60}), tool_call("run_job", {"job": "eval"}),
+             tool_call("run_job", {"job": "baseline"})]
     import dataclasses
 
-    ungated = [dataclasses.replace(t, step=0, step_for=None) for t in (jobs.docker_run, jobs.train_status)]  # steps 1-4 are not the point
+    # steps 1-4 are not the point here: the same functions as ungated tools under other names
+    ungated = [dataclasses.replace(t, name=n, step=0, step_for=None) for t, n in ((jobs.docker_run, "run_job"), (jobs.train_status, "watch"))]
     result = Agent(ScriptedClient(turns), ctx, ungated, "s").run("go")
     assert result.code == 3 and result.message.startswith(gates.LEARNING_MARK)  # asked only once the baseline was there too
     assert "training loss did not fall (2.3 -> 2.3, trend flat)" in result.message and '"margin": 0.0707' in result.message
