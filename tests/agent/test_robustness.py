@@ -150,7 +150,7 @@ CLI_BAD = [
     ("set-lr-zero", lambda t: run_args(t, "--set", "learning_rate=0"), BAD, r"learning_rate"),
     ("set-unknown-key", lambda t: run_args(t, "--set", "no_such_key=1"), BAD, r"no_such_key"),
     ("set-bad-platform", lambda t: run_args(t, "--set", "platform=k8s"), BAD, r"platform"),
-    ("flag-bad-task", lambda t: run_args(t, "--task-type", "mind-reading"), BAD, r"task_type"),
+    ("flag-bad-task", lambda t: run_args(t, "--task-type", "mind-reading"), BAD, r"task.type"),
     ("n-train-zero", lambda t: run_args(t, "--n-train", "0"), BAD, r"n_train"),
     ("n-epochs-negative", lambda t: run_args(t, "--n-epochs", "-1"), BAD, r"n_epochs"),
     ("no-model", lambda t: ["run", "--output-dir", str(t / "o"), "--llm", "autopilot"], BAD, r"a model is required"),
@@ -677,7 +677,7 @@ def test_csv_relative_paths_reach_prepare(tmp_path):
     finally:
         sys.path.pop(0)
     csv_path = images_csv(tmp_path / "d")
-    rows = sources._read_text_file(csv_path, "csv")
+    rows = sources._read_rows(csv_path)
     assert all(Path(r["image"]).is_file() and Path(r["image"]).is_absolute() for r in rows)
 
 

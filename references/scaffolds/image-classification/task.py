@@ -26,8 +26,15 @@ import numpy as np
 import torch
 from common import load_config, recipe_class
 
-# the recipe's model_class (Step 3; e.g. AutoModelForImageClassification) is the class every job loads
-AUTO_CLASS = recipe_class(load_config(), "model_class")
+
+# the recipe's model_class (Step 3; e.g. AutoModelForImageClassification) is the class every job loads: task.AUTO_CLASS
+def __getattr__(name: str):
+    """AUTO_CLASS is resolved on first use, so `script.py --help` needs no config (PEP 562 module attribute)."""
+    if name == "AUTO_CLASS":
+        return recipe_class(load_config(), "model_class")
+    raise AttributeError(name)
+
+
 FIELDS = ("pixel_values", "labels")
 _STATS: dict = {}
 

@@ -26,8 +26,15 @@ from pathlib import Path
 import torch
 from common import DATA, load_config, recipe_class
 
-# the recipe's model_class (Step 3; e.g. AutoModelForSequenceClassification) is the class every job loads
-AUTO_CLASS = recipe_class(load_config(), "model_class")
+
+# the recipe's model_class (Step 3; e.g. AutoModelForSequenceClassification) is the class every job loads: task.AUTO_CLASS
+def __getattr__(name: str):
+    """AUTO_CLASS is resolved on first use, so `script.py --help` needs no config (PEP 562 module attribute)."""
+    if name == "AUTO_CLASS":
+        return recipe_class(load_config(), "model_class")
+    raise AttributeError(name)
+
+
 FIELDS = ("input_ids", "lengths", "labels")
 
 
