@@ -66,11 +66,11 @@ class ModelFacts(Facts):
     architectures: list[str] = Field(default_factory=list)
     text_model_type: str | None = None
     vision_model_type: str | None = None
-    num_attention_heads: int | None = None
-    num_key_value_heads: int | None = None
+    num_attention_heads: int | list[int] | None = None  # hierarchical models (SegFormer, Swin) list one per stage
+    num_key_value_heads: int | list[int] | None = None  # hierarchical models (SegFormer, Swin) list one per stage
     gqa: bool = False
-    hidden_size: int | None = None
-    num_hidden_layers: int | None = None
+    hidden_size: int | list[int] | None = None  # hierarchical models (SegFormer, Swin) list one per stage
+    num_hidden_layers: int | list[int] | None = None  # hierarchical models (SegFormer, Swin) list one per stage
     image_size: int | None = None
     max_position_embeddings: int | None = None
     max_length: int | None = Field(None, description="tokenizer limit, else position embeddings")

@@ -920,7 +920,7 @@ def probe_local_dataset(path: str, fmt: str = "auto", task: str | None = None, n
         ds = scan.dataset
         first = next(iter(ds.values()))
         types = feature_types(first.features)
-        label_col = next((c for c, f in first.features.items() if "ClassLabel" in types[c]), None)
+        label_col = next((c for c, f in first.features.items() if "ClassLabel" in types[c] and hasattr(f, "names")), None)  # top-level only: a ClassLabel inside `objects` is not the label
         if label_col:
             label_names = list(first.features[label_col].names)
         for s, d in ds.items():

@@ -73,7 +73,7 @@ def test_a_stopped_run_resumes_at_the_first_unmet_gate(tmp_path):
     run = tmp_path / "run"
     argv = ["run", "--model-id", inputs["model_id"], "--local-dataset-path", inputs["local_dataset_path"], "--output-dir", str(run),
             "--llm", "autopilot", "--platform", "local", "--allow-cpu", "--no-push-to-hub", "--yes", "--quiet", *DEMO_SETTINGS,
-            "--set", "n_epochs=1"]
+            "--set", "n_epochs=10"]  # one epoch does not learn: gate 5 would ask
     assert main([*argv, "--max-steps", "6"]) == 5  # ExitCode.LIMIT
     assert gates.first_unmet(run, RunState.load(run)) == 3
     lines = (run / "session.jsonl").read_text().splitlines()

@@ -43,7 +43,10 @@ _JOB: dict = {}
 
 
 def mask_column(p: dict, columns: list[str]) -> str:
-    col = p["columns"].get("mask") or next((c for c in MASK_COLUMNS if c in columns), None)
+    # the column Step 1 named (its name before or after the rename Step 1 recorded), else a known mask column name
+    named = p["columns"].get("mask")
+    renamed = {v: k for k, v in (p.get("column_renames") or {}).items()}
+    col = next((c for c in (named, renamed.get(named or ""), *MASK_COLUMNS) if c and c in columns), None)
     if not col or col not in columns:
         raise SystemExit(f"no mask column among {columns}; set project.columns.mask")
     return col
