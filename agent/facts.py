@@ -191,6 +191,8 @@ class HostSummary(BaseModel):
     container_toolkit: str | None = None
     docker: str | None = None
     gpu_runtime: str | None = None
+    platform: str | None = Field(None, description="set for a cluster audit: 'slurm'")
+    container: str | None = Field(None, description="slurm: pyxis | apptainer | venv")
 
 
 class HostAudit(BaseModel):
@@ -201,6 +203,7 @@ class HostAudit(BaseModel):
     items: list[AuditItem] = Field(default_factory=list)
     host: HostSummary = Field(default_factory=HostSummary)
     replayed_from: str | None = Field(None, description="the recorded host-facts file, when the audit replayed one")
+    slurm: dict[str, Any] | None = Field(None, description="the SLURM audit record (partition, GPU type/count, container mode)")
 
 
 class FactsError(ValueError):

@@ -136,9 +136,13 @@ def test_text_pair_classification_end_to_end(tmp_path):
             b = a if same else rng.choice([c for c in colors if c != a])
             w.writerow([f"The {t} is {a}.", f"Someone painted the {t} {b} yesterday.", "agree" if same else "disagree"])
     run = tmp_path / "run"
-    code = main(["run", "--model-id", str(model), "--local-dataset-path", str(root), "--task-type", "text-classification",
-                 "--output-dir", str(run), "--llm", "autopilot", "--platform", "local", "--allow-cpu", "--no-push-to-hub",
-                 "--n-epochs", "1", "--yes", "--quiet"])
+    argv = ["run", "--model-id", str(model), "--local-dataset-path", str(root), "--task-type", "text-classification",
+            "--output-dir", str(run), "--llm", "autopilot", "--platform", "local", "--allow-cpu", "--no-push-to-hub",
+            "--n-epochs", "1", "--yes", "--quiet"]
+    code = main(argv)
+    if code == 3:  # one epoch may not learn the relation: gate 5 asks, and the user keeps the model (the plumbing is the point)
+        assert "did not clearly learn" in (RunState.load(run).pending_question or "")
+        code = main([*argv, "--answer", "accept"])
     assert code == 0, (run / "session.jsonl").read_text()[-3000:]
     from tao_finetune.agent.config import load_config
 
