@@ -340,14 +340,14 @@ def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], 
         print(summary(run_dir, state))
         return EXIT_OK
     ctx.platform = make_platform(cfg, echo=None if args.quiet else view.job_output)
+    client = make_client(args, ctx)  # a missing API key fails here, before anything is written
     if first <= 5 and hasattr(ctx.platform, "prewarm"):
         ctx.save()  # config.yaml first: the job runner reads the model id from it
         ctx.platform.prewarm(ctx)  # it imports torch and creates the CUDA context while Steps 1-3 run
-    from tao_finetune.agent.loop import Agent, Limits  # the API client's imports: after the job runner started
+    from tao_finetune.agent.loop import Agent, Limits
     from tao_finetune.agent.prompts import render
     from tao_finetune.tools import all_tools
 
-    client = make_client(args, ctx)
     ctx.save()
     tools = all_tools()
     steps.check_tools(tools)
