@@ -49,6 +49,8 @@ def test_collator_puts_loss_on_the_answer_tokens_only(tmp_path, vqa):
     sys.path.insert(0, str(path))
     try:
         os.environ["TAO_PROJECT_DIR"] = str(path)
+        # another test may have imported the scaffold's `common` (with paths fixed at import time): import this project's own
+        sys.modules.pop("task", None), sys.modules.pop("common", None)
         import task  # the rendered project's module
 
         proc = task.load_processor(str(vqa["model"]))
