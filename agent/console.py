@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.text import Text
 
 from tao_finetune.agent import gates
+from tao_finetune.agent.metrics import METRICS_LOG, read_records
 
 Mode = Literal["quiet", "normal", "verbose"]
 BUILD_STEP = re.compile(r"^\[build\] Step (\d+)/(\d+) : (.*)$")
@@ -28,25 +29,9 @@ JOB_LINE = re.compile(r"^\[(\w+)\] (.*)$")
 TOOL_WORDS = {"docker_build": "building the image", "train_status": "training", "hf_push": "pushing to the Hub"}
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    out = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
-
-
 def training_eta(run_dir: Path) -> dict[str, Any] | None:
     """step, total, loss, samples/s, steps/s, eta_s and done from logs/metrics.jsonl; None before training logs anything."""
-    recs = read_records(run_dir / "logs" / "metrics.jsonl")
+    recs = read_records(run_dir / METRICS_LOG)
     if not recs:
         return None
     i0 = max((i for i, r in enumerate(recs) if r.get("event") in ("start", "resume")), default=0)
