@@ -60,7 +60,6 @@ BOOL_FLAGS: list[tuple[str, str]] = [
     ("--emit-report", "emit_report"),
     ("--emit-unit-tests", "emit_unit_tests"),
     ("--allow-cpu", "allow_cpu"),
-    ("--wandb", "wandb"),
 ]
 
 
@@ -89,6 +88,7 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--push-to-hub", dest="push_to_hub", action=argparse.BooleanOptionalAction, default=None, help=field_help("push_to_hub")[0])
     for flag, key in BOOL_FLAGS:
         p.add_argument(flag, dest=key, action="store_true", default=None, help=field_help(key)[0])
+    p.add_argument("--wandb", dest="wandb", action=argparse.BooleanOptionalAction, default=None, help=field_help("wandb")[0])
     p.add_argument("--config", type=Path, help="a config.yaml to start from (a finished run's config.yaml repeats that run)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="set any config value (repeatable), e.g. --set learning_rate=1e-4")
     p.add_argument("--llm", choices=LLMS, default="anthropic", help="who drives the run: the Anthropic API (default), the built-in autopilot (no key, no network), or a replay")
@@ -135,6 +135,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
     flags = {key: getattr(args, key) for _, key, _ in VALUE_FLAGS}
     flags.update({key: getattr(args, key) for _, key in BOOL_FLAGS})
     flags["push_to_hub"] = args.push_to_hub
+    flags["wandb"] = args.wandb
     given = {k: v for k, v in flags.items() if v is not None}
     data.update(given)
     data, set_keys = apply_overrides(data, args.sets)
@@ -178,6 +179,12 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
     data["output_dir"] = str(out)
     cfg = build_config(data)
     return cfg, [k for k in user_keys if k != "output_dir"]
+
+
+def wandb_default(cfg: RunConfig, user_keys: list[str], creds) -> None:
+    """The spec's rule: W&B is on when WANDB_API_KEY is present, unless WANDB_MODE=disabled or --no-wandb/--wandb was given."""
+    if "wandb" not in user_keys and not cfg.wandb and creds.present("WANDB_API_KEY") and os.environ.get("WANDB_MODE") != "disabled":
+        cfg.wandb = True
 
 
 def match_choice(choices: dict[str, dict[str, Any]], answer: str) -> dict[str, Any] | None:
@@ -275,9 +282,9 @@ def summary(run_dir: Path, state: RunState) -> str:
         lines.append(f"{ev['primary_metric']}: {f'{b:.4f}' if b is not None else 'n/a'} → {value:.4f}{delta}")
     hub = (state.records.get("hub") or {}).get("url")
     lines.append(f"hub: {hub or 'not pushed'}")
-    wandb_url = gates.read_json(run_dir / "reports" / "wandb.json").get("url")  # written by the project's tracker
-    if wandb_url:
-        lines.append(f"wandb: {wandb_url}")
+    from tao_finetune.agent.metrics import tracking_lines
+
+    lines += tracking_lines(run_dir)  # reports/tracking.json, written by the project's Tracker: TensorBoard, W&B
     lines.append(f"samples: {run_dir / 'reports' / 'inference_samples'}")
     cfg_short = next(iter(sorted((run_dir / 'skills').glob('run-*/SKILL.md'))), None) if (run_dir / "skills").is_dir() else None
     lines.append(f"rerun skill: {cfg_short or 'not emitted'}")
@@ -291,6 +298,7 @@ def run_command(args: argparse.Namespace) -> int:
     cfg, user_keys = config_from_args(args)
     run_dir = cfg.out
     creds = load_credentials(args.env_file)
+    wandb_default(cfg, user_keys, creds)
     from tao_finetune.agent.console import LiveView
 
     view = LiveView(console, run_dir, "quiet" if args.quiet else "verbose" if args.verbose else "normal")
@@ -321,6 +329,7 @@ def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], 
 
         args.sets = [*args.sets, *(f"{k}={v}" for k, v in chosen.items())]
         cfg, user_keys = config_from_args(args)
+        wandb_default(cfg, user_keys, creds)
         gone = restart_training(run_dir)
         state.pending_choices = {}
     notes.append(state.load_note)
