@@ -24,7 +24,8 @@ from tao_finetune.agent import gates
 from tao_finetune.agent.metrics import METRICS_LOG, read_records
 
 Mode = Literal["quiet", "normal", "verbose"]
-BUILD_STEP = re.compile(r"^\[build\] Step (\d+)/(\d+) : (.*)$")
+# legacy builder "Step 2/5 : RUN ..." and BuildKit plain progress "#7 [2/5] RUN ..." ("[stage 2/5]" in multi-stage builds)
+BUILD_STEP = re.compile(r"^\[build\] (?:Step (\d+)/(\d+) : |#\d+ \[(?:[^\]]+ )?(\d+)/(\d+)\] )(.*)$")
 JOB_LINE = re.compile(r"^\[(\w+)\] (.*)$")
 TOOL_WORDS = {"docker_build": "building the image", "train_status": "training", "hf_push": "pushing to the Hub"}
 
@@ -165,10 +166,10 @@ class LiveView:
         with self._lock:
             m = BUILD_STEP.match(line)
             if m:
-                n, total = int(m.group(1)), int(m.group(2))
+                n, total = int(m.group(1) or m.group(3)), int(m.group(2) or m.group(4))
                 if self.build_task is None:
                     self.build_task = self.bar.add_task("building image", total=total, info="")
-                self.bar.update(self.build_task, completed=n - 1, total=total, info=m.group(3)[:60])
+                self.bar.update(self.build_task, completed=n - 1, total=total, info=m.group(5)[:60])
             mj = JOB_LINE.match(line)
             self.last_line = (mj.group(2) if mj else line).strip()[:200]
             if self.mode == "verbose":
