@@ -592,9 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "through the run's platform. Re-running the same `run` command resumes.")
     sp.add_argument("dir", type=Path, metavar="DIR", help="the run's output dir")
     sp.add_argument("--wait-s", type=float, default=30.0, help="how long to wait for the agent process to exit (default 30)")
-    st = sub.add_parser("status", help="show which gates of a run dir hold")
-    st.add_argument("--output-dir", type=Path, required=True)
-    st.add_argument("--json", action="store_true")
+    st = sub.add_parser("status", help="show which gates of a run dir hold, training progress with ETA, a pending question")
+    st.add_argument("--output-dir", type=Path, required=True, help="the run's output dir")
+    st.add_argument("--json", action="store_true", help="print one JSON object (gates, training, pending question)")
     rp = sub.add_parser("replay", help="replay a recorded session.jsonl and report where it departs from the recording",
                         description="Replay every invocation recorded in a session log (inputs are taken from the log). "
                                     "--mode model serves the recorded model turns and runs the tools; --mode full also serves "
@@ -615,6 +615,10 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--platform", choices=("local", "docker", "slurm"), default="local")
     dm.add_argument("--image", default=None, help="base image for --platform docker")
     dm.set_defaults(handler=demo_command)
+    from tao_finetune.agent.completion import add_completion_parser, completion_command
+
+    add_completion_parser(sub)
+    sub.choices["completion"].set_defaults(handler=lambda a: completion_command(a, parser))
     return parser
 
 
