@@ -229,3 +229,7 @@ def test_train_job_writes_tensorboard_and_an_offline_wandb_run_the_card_and_cons
     assert f"tensorboard: tensorboard --logdir {run / 'logs' / 'tensorboard'}" in closing
     assert f"wandb: offline run {run / t.wandb.run_dir}" in closing
     assert read_records(run / "logs" / "metrics.jsonl")[-1]["event"] == "done"
+    from tao_finetune.tools.report import _facts, collect
+
+    facts = dict(_facts(collect(run, []), "report"))  # the report's summary table
+    assert facts["tensorboard"] == "tensorboard --logdir logs/tensorboard" and facts["wandb"].startswith(f"offline run {t.wandb.run_dir}")
