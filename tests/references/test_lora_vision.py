@@ -47,6 +47,7 @@ def no_adapters(final) -> None:
 
 
 def test_detr_trains_lora_adapters_with_its_class_and_box_heads_whole(tmp_path):
+    torch.manual_seed(0)  # the random init is part of what the run does: fixed
     model_dir = tiny_detr(tmp_path / "detr")
     ctx = make_ctx(tmp_path / "run", "object-detection", model_id=str(model_dir),
                    local_dataset_path=str(detection_coco(tmp_path / "coco", n=50)), n_epochs=2)
@@ -70,6 +71,7 @@ def test_detr_trains_lora_adapters_with_its_class_and_box_heads_whole(tmp_path):
 
 
 def test_segformer_trains_lora_with_the_decode_head_whole_and_learns(tmp_path):
+    torch.manual_seed(0)
     model_dir = tiny_segformer(tmp_path / "segformer")
     ctx = make_ctx(tmp_path / "run", "semantic-segmentation", model_id=str(model_dir),
                    local_dataset_path=str(segmentation_folders(tmp_path / "masks", n=60)), n_epochs=10)
@@ -87,3 +89,42 @@ def test_segformer_trains_lora_with_the_decode_head_whole_and_learns(tmp_path):
     base_ev = json.loads((ctx.run_dir / "reports" / "baseline_results.json").read_text())
     ev = json.loads((ctx.run_dir / "reports" / "eval_results.json").read_text())
     assert ev["mean_iou"] > base_ev["mean_iou"] + 0.1, (base_ev["mean_iou"], ev["mean_iou"])
+
+
+def test_the_oom_answer_lora_trains_segformer_with_lora(tmp_path):
+    """The OOM playbook's question at batch 1 carries the LoRA choice; `--answer lora` resumes into a LoRA run."""
+    from tao_finetune.agent.cli import main
+    from tao_finetune.agent.config import RunConfig
+    from tao_finetune.agent.context import RunContext
+    from tao_finetune.agent.fakes import ScriptedClient, tool_call
+    from tao_finetune.agent.loop import Agent
+    from tao_finetune.agent.secrets import Credentials
+    from tao_finetune.agent.session import SessionLog
+    from tao_finetune.agent.state import RunState
+    from tao_finetune.tools.base import tool
+
+    @tool(step=0, register=False)
+    def train_job_oom(ctx, args: NoArgs) -> dict:
+        """Stand-in for a training job whose log is a CUDA OOM: the real playbook handles it."""
+        jobs.handle_failure(ctx, "train", 1, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
+        return {}
+
+    torch.manual_seed(0)
+    model, data = str(tiny_segformer(tmp_path / "segformer")), str(segmentation_folders(tmp_path / "masks", n=60))
+    run = tmp_path / "run"
+    cfg = RunConfig(model_id=model, local_dataset_path=data, task_type="semantic-segmentation", output_dir=str(run), platform="local",
+                    allow_cpu=True, push_to_hub=False, n_epochs=10, lora_r=4)
+    cfg.hyperparameters = cfg.hyperparameters.model_copy(update={"per_device_train_batch_size": 1, "gradient_checkpointing": True})
+    ctx = RunContext(cfg, SessionLog(run / "session.jsonl", Credentials({})), Credentials({}), RunState(), yes=True)
+    ctx.save()
+    asked = Agent(ScriptedClient([tool_call("train_job_oom")]), ctx, [train_job_oom], "system").run("go")
+    assert asked.code == 3 and "Switch to LoRA" in asked.message and RunState.load(run).pending_choices == jobs.LORA_CHOICE
+    code = main(["run", "--model-id", model, "--local-dataset-path", data, "--task-type", "semantic-segmentation",
+                 "--output-dir", str(run), "--llm", "autopilot", "--platform", "local", "--allow-cpu", "--no-push-to-hub",
+                 "--set", "learning_rate=1e-2", "--set", "per_device_train_batch_size=8", "--set", "gradient_checkpointing=false",
+                 "--set", "logging_steps=5", "--yes", "--quiet", "--answer", "lora"])
+    assert code == 0
+    assert "training_method: lora" in (run / "config.yaml").read_text()
+    lora = json.loads((run / "reports" / "lora.json").read_text())
+    assert lora["r"] == 4 and lora["modules_to_save"] == ["decode_head"] and lora["targets_derived"]
+    no_adapters(run / "checkpoints" / "final")
