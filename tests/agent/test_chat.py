@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tao_finetune.agent.autopilot import AutopilotClient
+from tao_finetune.agent.cli import main
 from tao_finetune.agent.config import load_config
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.secrets import Credentials
@@ -124,7 +125,7 @@ def test_a_natural_language_request_is_confirmed_and_runs_to_the_end(tmp_path, i
     assert words in json.dumps(start["history"]) and events[-1]["kind"] == "exit" and events[-1]["code"] == 0
 
 
-def test_an_inline_answer_applies_a_protected_change_with_the_user_as_source(tmp_path):
+def test_an_inline_answer_applies_a_protected_change_with_the_user_as_source(tmp_path, capsys):
     run = tmp_path / "run"
     intake = request_turn(model_id="org/tiny-vit", dataset_id="org/digits", platform="local", allow_cpu=True, push_to_hub=False)
     change = tool_use("set_config", {"key": "n_epochs", "value": "2", "reason": "the loss will have converged by then"},
@@ -151,6 +152,9 @@ def test_an_inline_answer_applies_a_protected_change_with_the_user_as_source(tmp
     seen = [b for m in api.requests[2]["messages"] if isinstance(m["content"], list) for b in m["content"]
             if b.get("tool_use_id") == "toolu_epochs"]
     assert "The user answered: yes, two epochs" in seen[0]["content"] and "Applied the user's choice: n_epochs=2 (source: user)" in seen[0]["content"]
+    # the chat's session replays with its conversation: the recorded answer and outcome are served, nothing departs
+    code = main(["replay", str(run / "session.jsonl"), "--mode", "full", "--strict", "--output-dir", str(tmp_path / "replayed")])
+    assert code == 4 and "no divergence" in capsys.readouterr().out
 
 
 def test_ctrl_c_mid_run_then_resume_restores_the_conversation(tmp_path):
