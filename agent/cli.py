@@ -403,11 +403,12 @@ def apply_answer(ctx, question, answer: str) -> str | None:
         ctx.session.event("note", text=f"answer not applied: {err}")
         return f"Not applied: {err}"
     ctx.config = new
+    listed = ", ".join(f"{k}={v!r}" for k, v in chosen.items())
+    new.note(f"the user approved {listed} (answer: {' '.join(answer.split())[:120]!r})")
     ctx.state.pending_choices = {}
     gone = restart_training(ctx.run_dir) if set(keys) - NO_RESET_KEYS else []
     ctx.save()
     ctx.session.event("user_choice", answer=answer, applied=chosen, reset=gone)
-    listed = ", ".join(f"{k}={v!r}" for k, v in chosen.items())
     return (f"Applied the user's choice: {listed} (source: user)" + ("; Step 1 runs again for the new input" if identity else "")
             + (f"; reset: {', '.join(gone)}" if gone else "") + ".")
 

@@ -290,6 +290,8 @@ class Agent:
 
     def guard_substitution(self, name: str, args: BaseModel) -> None:
         """Never let a tool silently change the model, the dataset or the training method."""
+        if name in policy.ASKS_ITSELF:
+            return
         cfg = self.ctx.config
         current = {"model_id": cfg.model_id, "dataset_id": cfg.dataset_id, "local_dataset_path": cfg.local_dataset_path,
                    "training_method": cfg.hyperparameters.training_method}

@@ -206,3 +206,35 @@ def test_ctrl_c_mid_run_then_resume_restores_the_conversation(tmp_path):
     assert got[:-1] == want[:-1] and got[-1]["content"][:-1] == want[-1]["content"]
     assert got[-1]["content"][-1]["text"].startswith("where were we?")
     assert "fine-tune org/tiny-vit on org/digits" in user_texts(got[0])
+
+
+def test_approving_another_model_mid_run_applies_the_whole_request_and_reopens_step_1(tmp_path):
+    """In-process: a request naming a new model and new epochs is one question; "yes" applies both (the user as source)."""
+    from tao_finetune.agent import gates
+    from tao_finetune.agent.cli import apply_answer
+    from tao_finetune.agent.fakes import ScriptedClient, final, tool_call
+    from tao_finetune.agent.loop import Agent, Limits
+    from tao_finetune.tools import all_tools
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from agent_standins import make_ctx
+
+    ctx = make_ctx(tmp_path)
+    ctx.yes = False
+    ctx.config.task_type, ctx.config.applicable_workarounds = "image-classification", []
+    ctx.save()
+    assert gates.check(1, ctx.run_dir, ctx.state).met
+    asked = []
+    turns = [tool_call("set_request", {"model_id": "org/other-vit", "n_epochs": 5}, id="toolu_switch"), final("switched")]
+    client = ScriptedClient(turns + [final("waiting")])
+    agent = Agent(client, ctx, all_tools(), "system", Limits(max_nudges=1), ask=lambda q: asked.append(q) or "yes please",
+                  on_answer=lambda q, a: apply_answer(ctx, q, a))
+    result = agent.run("go")
+    assert len(asked) == 1 and "org/other-vit" in asked[0] and "n_epochs=5" in asked[0]
+    cfg = load_config(ctx.run_dir / "config.yaml")
+    assert cfg.model_id == "org/other-vit" and cfg.n_epochs == 5 and cfg.recipe["n_epochs"].rank == "user"
+    assert cfg.applicable_workarounds is None and cfg.task_type is None and cfg.model_facts is None  # Step 1 runs again
+    assert any("the user approved model_id='org/other-vit', n_epochs=5" in n for n in cfg.notes)
+    assert result.code == 4 and "gate 1" in result.message
+    result_block = [b for b in client.requests[1]["messages"][-1]["content"] if b.get("tool_use_id") == "toolu_switch"][0]
+    assert "Applied the user's choice: model_id='org/other-vit', n_epochs=5.0 (source: user); Step 1 runs again" in result_block["content"]
