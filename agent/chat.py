@@ -245,6 +245,14 @@ class Chat:
                 self.messages.append({"role": "user", "content": results})
 
     def model_turn(self, tool: Tool):
+        streamed: list[str] = []
+
+        def show(delta: str) -> None:  # the intake's reply, printed as it streams
+            streamed.append(delta)
+            self.console.print(escape(delta), end="")
+
+        if hasattr(self.w.client, "on_text"):
+            self.w.client.on_text = show  # type: ignore[attr-defined]
         try:
             resp = self.w.client.create(system=self.w.intake_system, messages=self.messages, tools=[tool.schema()], max_tokens=4096)
         except LLMAuthError as err:
@@ -255,7 +263,9 @@ class Chat:
         content = json.loads(self.w.credentials.redact(json.dumps(resp.content)))
         self.messages.append({"role": "assistant", "content": content})
         text = resp.text()
-        if text:
+        if streamed:
+            self.console.print()
+        elif text:
             self.console.print(escape(text))
         return resp
 
@@ -427,6 +437,8 @@ class Chat:
         first = gates.first_unmet(ctx.run_dir, ctx.state)
         view.step = first or 6
         view.met = {s: gates.check(s, ctx.run_dir, ctx.state).met for s in gates.GATES}
+        if hasattr(self.w.client, "on_text"):
+            self.w.client.on_text = view.stream_text if view.live_mode else None  # type: ignore[attr-defined]
         agent = Agent(self.w.client, ctx, self.w.tools, self.w.system_for(ctx), copy.copy(self.w.limits),
                       ask=lambda q: view.paused(self.ask_inline, q), on_answer=lambda q, a: self.w.apply_answer(ctx, q, a))
         close_dangling(self.messages)

@@ -110,6 +110,7 @@ def test_a_natural_language_request_is_confirmed_and_runs_to_the_end(tmp_path, i
         assert finish(child) == 0
     first, second = api.requests[0], api.requests[1]
     assert [t["name"] for t in first["tools"]] == ["set_request"]  # the intake offers only the request tool
+    assert first.get("stream") is True and second.get("stream") is True  # replies stream into the terminal
     assert words in user_texts(first["messages"][0])
     assert {"probe_model", "docker_run", "set_request"} <= {t["name"] for t in second["tools"]}
     # the run continues the same conversation: the request, the tool call and the person's yes come first
