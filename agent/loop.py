@@ -233,11 +233,12 @@ class Agent:
             if not self.ask or self.ctx.yes:
                 raise
             self.ctx.state.pending_question = q.question  # survives a Ctrl-C at the prompt
+            self.ctx.state.pending_choices = q.choices
             self.ctx.save()
             answer = self.ask(q.question)
             if answer is None:
                 raise
-            self.ctx.state.pending_question = None
+            self.ctx.state.pending_question, self.ctx.state.pending_choices = None, {}
             self.ctx.session.event("user", question=q.question, answer=answer)
             applied = self.on_answer(q, answer) if self.on_answer else None
             out, is_error = f"The user answered: {answer}" + (f"\n{applied}" if applied else ""), False

@@ -239,3 +239,19 @@ def test_approving_another_model_mid_run_applies_the_whole_request_and_reopens_s
     assert result.code == 4 and "gate 1" in result.message
     result_block = [b for b in client.requests[1]["messages"][-1]["content"] if b.get("tool_use_id") == "toolu_switch"][0]
     assert "Applied the user's choice: model_id='org/other-vit', n_epochs=5.0 (source: user); Step 1 runs again" in result_block["content"]
+
+
+def test_chat_help_and_bad_input_are_one_line(tmp_path, capsys, monkeypatch):
+    from tao_finetune.agent.cli import build_parser
+
+    chat = build_parser()._subparsers._group_actions[0].choices["chat"]
+    assert all(a.help and a.help.strip() for a in chat._actions)
+    assert {"--resume", "--request", "--output-dir", "--set", "--platform", "--allow-cpu", "--model"} <= {s for a in chat._actions for s in a.option_strings}
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    assert main(["chat"]) == 2 and "ANTHROPIC_API_KEY is not set" in capsys.readouterr().err
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    for argv, pattern in ((["chat", "--set", "n_epochs"], "--set expects key=value"),
+                          (["chat", "--resume", str(tmp_path / "nothing")], "no run there")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert pattern in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
