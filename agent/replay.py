@@ -2,8 +2,9 @@
 
 Session format (agent/session.py FORMAT_VERSION 2, one JSON object per line, appended as the run goes; every line has `t` and `kind`):
 - `user` {question, answer}: an answer given with --answer (before the `start` it belongs to) or at a prompt;
-- `start` {v, client, task, config, first_unmet}: one invocation of `run` begins; `task` is the first user message
-  and `config` the RunConfig it started from;
+- `start` {v, client, task, config, first_unmet, history?}: one invocation of `run` (or one request of a chat) begins;
+  `task` is the first user message and `config` the RunConfig it started from; `history` (chat only) holds the
+  conversation before it (the intake and earlier requests), which the replay sends first as the chat did;
 - `response` {step, request_sha, content, stop_reason, model, usage, cost_usd}: one model turn; `request_sha` is a
   digest of the conversation sent (run dir abstracted);
 - `tool_call` {id, name, input} / `tool_result` {id, name, is_error, content} / `refused` {name, step, gate, missing};
@@ -315,7 +316,8 @@ def replay(session_file: Path, output_dir: Path, mode: Mode, *, tools: list, pla
         agent = cls(client, ctx, tools, system_for(ctx), Limits(max_steps=len(turns) + 1), ask=None)
         if mode == "full":
             agent.recorded = _Recorded(seg, recorded_gates)
-        result = _run(agent, client, len(turns), seg.start.get("task", ""))
+        history = seg.start.get("history") if isinstance(seg.start.get("history"), list) else None  # a chat's earlier conversation
+        result = _run(agent, client, len(turns), seg.start.get("task", ""), history)
         recorded_code = (seg.exit or {}).get("code")
         code = result.code
         new = session.events()[before:]
@@ -342,9 +344,9 @@ class _Outcome:
     exhausted: bool = False
 
 
-def _run(agent: Agent, client: ScriptedClient, n_turns: int, task: str) -> _Outcome:
+def _run(agent: Agent, client: ScriptedClient, n_turns: int, task: str, history: list | None = None) -> _Outcome:
     try:
-        result = agent.run(task)
+        result = agent.run(task, history=history)
     except ScriptExhausted as err:
         agent.ctx.session.event("exit", code=1, message=f"replay: {err}", steps=agent.steps, cost_usd=0.0)
         return _Outcome(1, str(err), exhausted=True)

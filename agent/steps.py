@@ -30,7 +30,7 @@ class StepDef:
 # docker_run spans Steps 4 and 5: its job decides the step
 JOB_STEPS: dict[str, int] = {"prepare": 4, "smoke": 4, "tests": 4, "baseline": 5, "train": 5, "eval": 5, "infer": 5, "merge": 5}
 
-ANY_STEP_TOOLS: tuple[str, ...] = ("read_file", "list_files", "ask_user", "set_config", "note", "read_reference")
+ANY_STEP_TOOLS: tuple[str, ...] = ("read_file", "list_files", "ask_user", "set_config", "set_request", "note", "read_reference")
 
 STEPS: tuple[StepDef, ...] = (
     StepDef(1, gates.STEP_NAMES[1], ("probe_model", "recommend_datasets", "probe_dataset", "check_compat", "qualify"), gates.gate1,
