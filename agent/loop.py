@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import traceback
 from dataclasses import dataclass
@@ -21,11 +22,19 @@ PROTECTED = policy.SUBSTITUTION_ARGS  # tool arguments that name a protected run
 RESULT_LIMIT = 20_000
 
 
+def replace_path(text: str, path: str, new: str) -> str:
+    """`path` replaced by `new` wherever it stands as a whole path or a path's head, never inside a longer name: the
+    run dir `out/x` is no part of `out/x-inputs/model` nor of `out/x.2`."""
+    if not path:
+        return text
+    return re.sub(re.escape(path) + r"(?![\w-]|\.\w)", lambda _: new, text)
+
+
 def request_digest(messages: list[dict[str, Any]], run_dir: Any) -> str:
     """A digest of the conversation sent to the model, with the run dir's path abstracted (replays compare it)."""
     import hashlib
 
-    text = json.dumps(messages, sort_keys=True, ensure_ascii=False, default=str).replace(str(run_dir), "<run>")
+    text = replace_path(json.dumps(messages, sort_keys=True, ensure_ascii=False, default=str), str(run_dir), "<run>")
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
