@@ -30,6 +30,14 @@ def replace_path(text: str, path: str, new: str) -> str:
     return re.sub(re.escape(path) + r"(?![\w-]|\.\w)", lambda _: new, text)
 
 
+def chain_digest(previous: str, text: str) -> str:
+    """The invocation's tool results so far, chained (the exit event carries it: a replay checks even the results no
+    later model turn saw)."""
+    import hashlib
+
+    return hashlib.sha256(f"{previous}\n{text}".encode()).hexdigest()[:16]
+
+
 def request_digest(messages: list[dict[str, Any]], run_dir: Any) -> str:
     """A digest of the conversation sent to the model, with the run dir's path abstracted (replays compare it)."""
     import hashlib
@@ -96,6 +104,7 @@ class Agent:
         self.ctx.session.event("start", client=self.client.name, task=task, config=self.ctx.config.model_dump(mode="json"),
                                first_unmet=gates.first_unmet(self.ctx.run_dir, self.ctx.state), **extra)
         self.messages = [dict(m) for m in history or []]
+        self.results_sha = ""  # this invocation's tool results, chained (a chat's follow-up is an invocation of its own)
         text = self.ctx.creds.redact(task)
         if self.messages and self.messages[-1]["role"] == "user":
             last = self.messages[-1]
@@ -125,7 +134,8 @@ class Agent:
             self.ctx.state.pending_question = result.message
             self.ctx.state.pending_choices = choices
             self.ctx.save()
-        self.ctx.session.event("exit", code=result.code, message=result.message, steps=self.steps, cost_usd=round(self.cost, 4))
+        self.ctx.session.event("exit", code=result.code, message=result.message, steps=self.steps, cost_usd=round(self.cost, 4),
+                               results_sha=getattr(self, "results_sha", ""))
         self.journal.stop(result)
         return result
 
@@ -253,6 +263,7 @@ class Agent:
             out, is_error = f"The user answered: {answer}" + (f"\n{applied}" if applied else ""), False
         text = self.result_text(name, out, is_error)
         self.ctx.session.event("tool_result", id=tid, name=name, is_error=is_error, content=text)
+        self.results_sha = chain_digest(getattr(self, "results_sha", ""), replace_path(text, str(self.ctx.run_dir), "<run>"))
         if is_error:
             self.journal.tool_error(name, text)
         block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tid, "content": text}

@@ -274,6 +274,11 @@ def compare(seg: Segment, new: list[dict[str, Any]], mode: Mode, run_dirs: tuple
                           len(rec), len(got))
     if len(rec_turns) != len(new_turns):
         return Divergence(seg.index, len(new_turns), "the number of model turns differs", None, len(rec_turns), len(new_turns))
+    rec_sha = (seg.exit or {}).get("results_sha")
+    new_exit = next((e for e in reversed(new) if e["kind"] == "exit"), {})
+    if mode == "full" and rec_sha and new_exit.get("results_sha") != rec_sha:
+        return Divergence(seg.index, len(new_turns), "the tool results differ from those the recorded run saw (an edited "
+                          "result, perhaps one no later model turn read)", None, rec_sha, new_exit.get("results_sha"))
     return None
 
 
