@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from job_contract import FAILING_JOB, KILLED_JOB, check_failed_job, check_killed_job
 
 from tao_finetune.agent import gates
 from tao_finetune.agent.cli import DEMO_SETTINGS, main
@@ -201,6 +202,14 @@ def test_a_failed_job_returns_its_exit_code_and_log(tmp_path):
     res = ctx.platform.run(ctx, "smoke", ["python", "job.py"])
     assert res.exit_code == 3 and "about to fail" in res.log_tail and res.handle.isdigit()
     assert slurm.query_job(res.handle).state == "FAILED"
+
+
+def test_a_failed_or_killed_job_is_reported_like_on_every_platform(tmp_path):
+    ctx = small_ctx(tmp_path)
+    (ctx.run_dir / "fail.py").write_text(FAILING_JOB)
+    (ctx.run_dir / "killed.py").write_text(KILLED_JOB)
+    check_failed_job(ctx, ctx.platform.run(ctx, "eval", ["python", "fail.py"]), "eval")
+    check_killed_job(ctx.platform.run(ctx, "infer", ["python", "killed.py"]), "infer")
 
 
 def test_a_gpu_request_on_the_gpu_less_node_fails_in_one_line(tmp_path):
