@@ -15,9 +15,11 @@ from pydantic import BaseModel, Field
 from tao_finetune.agent import policy
 from tao_finetune.agent.config import atomic_write_text
 from tao_finetune.agent.context import RunContext
+from tao_finetune.agent.errors import LimitReached
 from tao_finetune.agent.gates import N_SAMPLES, primary_metric, read_json, uses_lora_merge
 from tao_finetune.agent.state import files_since, record_job
 from tao_finetune.tools.base import NeedsUser, NoArgs, ToolError, tool
+from tao_finetune.tools.runtime.outcome import deadline_message
 
 PLAYBOOK = Path(__file__).resolve().parent.parent / "references" / "error_playbook.yaml"
 Job = Literal["prepare", "smoke", "tests", "baseline", "eval", "infer", "train", "merge"]
@@ -593,9 +595,11 @@ def train_status(ctx: RunContext, args: StatusArgs) -> dict:
                     f"judged after step {prog['flat_after']} (warm-up, first epoch and half the run are past)"))
             if time.monotonic() >= deadline:
                 prog = {**prog, **{k: st[k] for k in ("job_id", "slurm_state", "pending_reason") if st.get(k)}}  # SLURM: why it waits
-                if run_ends:
-                    return {"state": "running", **prog, "note": "the run's wall-time limit (--max-hours) is reached; training keeps "
-                                                                "running detached: `tao-finetune stop DIR` stops it, re-running resumes"}
+                if run_ends:  # the run ends here with ExitCode.LIMIT; the loop saves its state; training runs on detached
+                    ctx.session.event("train_wait_cut", step=prog.get("step"), total_steps=prog.get("total_steps"))
+                    raise LimitReached(deadline_message(
+                        f"while training ran (step {prog.get('step')}/{prog.get('total_steps')}): training keeps running "
+                        f"detached (`tao-finetune stop {ctx.run_dir}` stops it; a re-run continues watching it)"))
                 return {"state": "running", **prog}
             time.sleep(0.2)  # a short job's end is seen within 0.2 s
             continue

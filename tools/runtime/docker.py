@@ -24,7 +24,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from tao_finetune.agent.context import JobKind, JobResult, RunContext
 from tao_finetune.agent.policy import job_credentials
 from tao_finetune.tools.base import ToolError
-from tao_finetune.tools.runtime.outcome import STATUS_TAIL_CHARS, exit_code, failure_tail, oom_killed, tail
+from tao_finetune.tools.runtime.outcome import STATUS_TAIL_CHARS, Watchdog, exit_code, failure_tail, oom_killed, tail
 
 WORKDIR = "/workspace"
 RUNTIME_ENV = "meta/runtime_env.json"  # env vars of the applicable compat fixes (written by render_scaffold)
@@ -338,11 +338,13 @@ class DockerPlatform:
         if detach:
             self._follow(ctx, container, kind, log_path)
             return JobResult(kind=kind, exit_code=0, log_path=log_path, detached=True, handle=name)
-        self._stream(ctx, container.logs(stream=True, follow=True), kind, log_path)
-        code = exit_code(int(container.wait().get("StatusCode", -1)))
+        with Watchdog(ctx, kind, lambda: container.stop(timeout=10)) as dog:  # --max-hours ends the job there
+            self._stream(ctx, container.logs(stream=True, follow=True), kind, log_path)
+            code = exit_code(int(container.wait().get("StatusCode", -1)))
         container.reload()
-        oom = oom_killed(code, oom_flag=bool(container.attrs.get("State", {}).get("OOMKilled")))
+        oom = oom_killed(code, oom_flag=bool(container.attrs.get("State", {}).get("OOMKilled")), stopped=dog.fired.is_set())
         container.remove(force=True)
+        dog.check()
         text = failure_tail(kind, code, ctx.creds.redact(tail(log_path)), oom=oom)
         return JobResult(kind=kind, exit_code=code, log_path=log_path, log_tail=text)
 

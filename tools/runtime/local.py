@@ -23,10 +23,19 @@ from tao_finetune.agent.lock import pid_alive
 from tao_finetune.agent.policy import job_credentials
 from tao_finetune.agent.secrets import KNOWN, SECRET_NAMES
 from tao_finetune.tools.base import ToolError
-from tao_finetune.tools.runtime.outcome import STATUS_TAIL_CHARS, exit_code, failure_tail, oom_killed, tail
+from tao_finetune.tools.runtime.outcome import STATUS_TAIL_CHARS, Watchdog, exit_code, failure_tail, oom_killed, tail
 
 WORKER = Path(__file__).resolve().with_name("worker.py")
 POLL_S = 0.02
+
+
+def _terminate(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `grace_s`."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def redact_log(ctx: RunContext, log: Path) -> None:
@@ -276,8 +285,10 @@ class LocalPlatform:
             out.write((ctx.creds.redact(f"$ {' '.join(argv)}") + "\n").encode())
         w = self._submit(ctx, kind, argv) if self._worker_argv(argv) else None
         if w is not None:
-            code = exit_code(self._wait(w, exit_file))
+            with Watchdog(ctx, kind, self._kill_worker) as dog:  # --max-hours: the job (and its worker) end there
+                code = exit_code(self._wait(w, exit_file))
             redact_log(ctx, log)  # the job wrote its log directly: every credential form is scrubbed from it
+            dog.check()
             return JobResult(kind, code, log, failure_tail(kind, code, ctx.creds.redact(tail(log)), oom=oom_killed(code)))
         with log.open("w", encoding="utf-8") as out:
             out.write(ctx.creds.redact(f"$ {' '.join(argv)}") + "\n")
@@ -285,10 +296,12 @@ class LocalPlatform:
             proc = subprocess.Popen(cmd, cwd=ctx.run_dir, env=self._env(ctx, kind), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL)
             assert proc.stdout is not None
-            for raw in proc.stdout:  # every line is redacted before it is stored
-                out.write(ctx.creds.redact(raw.decode("utf-8", errors="replace")))
-                out.flush()
-            code = exit_code(proc.wait())
+            with Watchdog(ctx, kind, lambda: _terminate(proc)) as dog:
+                for raw in proc.stdout:  # every line is redacted before it is stored
+                    out.write(ctx.creds.redact(raw.decode("utf-8", errors="replace")))
+                    out.flush()
+                code = exit_code(proc.wait())
+        dog.check()
         return JobResult(kind, code, log, failure_tail(kind, code, ctx.creds.redact(tail(log)), oom=oom_killed(code)))
 
     def status(self, ctx: RunContext, kind: JobKind) -> dict:

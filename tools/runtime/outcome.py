@@ -14,7 +14,12 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from pathlib import Path
+from typing import Callable
+
+from tao_finetune.agent.errors import LimitReached
 
 TAIL_CHARS = 3000  # the tail a blocking job returns (and the failure message carries)
 STATUS_TAIL_CHARS = 1500  # the tail of status() while polling a detached job
@@ -68,3 +73,49 @@ def failure_tail(kind: str, code: int, log_tail: str, *, oom: bool = False, stop
     """The log tail with the evidence line appended (unchanged for a success or a stop)."""
     line = evidence_line(kind, code, oom=oom, stopped=stopped, state=state)
     return f"{log_tail.rstrip()}\n{line}" if line else log_tail
+
+
+class Watchdog:
+    """Cuts a blocking job at the run's deadline (ctx.deadline, from --max-hours): at that moment `cut()` stops the job
+    (the platform's own stop: kill the process group, stop the container, scancel), and `check()` after the job's wait
+    raises LimitReached, so the run ends with ExitCode.LIMIT (5) like every other limit; the loop saves the run state.
+
+        with Watchdog(ctx, kind, cut) as dog:
+            ...wait for the job...
+        dog.check()
+    """
+
+    def __init__(self, ctx, kind: str, cut: Callable[[], None]):
+        self.ctx, self.kind, self.cut = ctx, kind, cut
+        self.fired = threading.Event()
+        self._timer: threading.Timer | None = None
+
+    def _fire(self) -> None:
+        self.fired.set()
+        try:
+            self.cut()
+        except Exception:  # noqa: BLE001  (the waiting thread sees the job end, or the check below reports the cut)
+            pass
+
+    def __enter__(self) -> "Watchdog":
+        deadline = getattr(self.ctx, "deadline", None)
+        if deadline is not None:
+            self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def check(self) -> None:
+        """LimitReached when the deadline cut the job (after the platform cleaned up)."""
+        if self.fired.is_set():
+            self.ctx.session.event("job_cut", job=self.kind, reason="deadline (--max-hours)")
+            raise LimitReached(deadline_message(f"while the {self.kind} job ran: the job was stopped"))
+
+
+def deadline_message(what: str) -> str:
+    """The one wording of a run cut at --max-hours (agent/loop.py's own check says the same)."""
+    return f"wall-time limit reached (--max-hours) {what}; raise it and re-run the same command to resume"

@@ -40,7 +40,7 @@ from tao_finetune.agent.policy import job_credentials
 from tao_finetune.agent.secrets import KNOWN, SECRET_NAMES
 from tao_finetune.tools.base import ToolError
 from tao_finetune.tools.runtime.local import redact_log
-from tao_finetune.tools.runtime.outcome import STATUS_TAIL_CHARS, exit_code, failure_tail, oom_killed, tail
+from tao_finetune.tools.runtime.outcome import STATUS_TAIL_CHARS, Watchdog, exit_code, failure_tail, oom_killed, tail
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
           "SUSPENDED", "STAGE_OUT", "SIGNALING", "RESV_DEL_HOLD", "STOPPED", "SPECIAL_EXIT"}
@@ -596,11 +596,15 @@ class SlurmPlatform:
         if detach:
             return JobResult(kind, 0, log, "", detached=True, handle=job_id)
         try:
-            js = self.wait(ctx, kind, job_id)
+            with Watchdog(ctx, kind, lambda: _run(["scancel", job_id])) as dog:  # --max-hours ends the job there
+                js = self.wait(ctx, kind, job_id)
         finally:
             follower.stop()
             self._followers.pop(kind, None)
         redact_log(ctx, log)  # the job wrote its log itself: remove every credential form
+        if dog.fired.is_set():
+            ctx.session.event("slurm_end", job=kind, job_id=job_id, state=js.state, exit_code=js.returncode(), reason="deadline")
+        dog.check()
         code = js.returncode()
         text = failure_tail(kind, code, ctx.creds.redact(tail(log)), oom=js.oom(), state=js.evidence())
         ctx.session.event("slurm_end", job=kind, job_id=job_id, state=js.state, exit_code=code, reason=js.reason)

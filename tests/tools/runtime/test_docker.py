@@ -274,6 +274,24 @@ def test_a_failed_or_killed_job_is_reported_like_on_every_platform(client, built
     check_killed_job(platform.run(ctx, "infer", ["python", "killed.py"]), "infer")
 
 
+def test_a_blocking_job_is_cut_at_the_runs_deadline(client, built):
+    import time
+
+    from tao_finetune.agent.errors import ExitCode, LimitReached
+
+    ctx, _ = built
+    ctx.deadline = time.monotonic() + 3
+    try:
+        with pytest.raises(LimitReached, match=r"--max-hours\) while the eval job ran: the job was stopped") as err:
+            DockerPlatform(client, echo=None).run(ctx, "eval", ["python", "job.py", "sleep"])
+    finally:
+        ctx.deadline = None
+    assert err.value.code == ExitCode.LIMIT
+    assert "sleeping" in (ctx.run_dir / "logs" / "eval.log").read_text()
+    with pytest.raises(docker.errors.NotFound):
+        client.containers.get(container_name("eval", ctx.run_dir))
+
+
 def test_oom_kill_is_reported(client, built):
     ctx, _ = built
     res = DockerPlatform(client, mem_limit="128m", echo=None).run(ctx, "smoke", ["python", "job.py", "oom"])

@@ -212,6 +212,19 @@ def test_a_failed_or_killed_job_is_reported_like_on_every_platform(tmp_path):
     check_killed_job(ctx.platform.run(ctx, "infer", ["python", "killed.py"]), "infer")
 
 
+def test_a_blocking_job_is_cut_at_the_runs_deadline(tmp_path):
+    from tao_finetune.agent.errors import ExitCode, LimitReached
+
+    ctx = small_ctx(tmp_path)
+    (ctx.run_dir / "job.py").write_text("import time\nprint('evaluating', flush=True)\ntime.sleep(300)\n")
+    ctx.deadline = time.monotonic() + 5
+    with pytest.raises(LimitReached, match=r"--max-hours\) while the eval job ran: the job was stopped") as err:
+        ctx.platform.run(ctx, "eval", ["python", "job.py"])
+    assert err.value.code == ExitCode.LIMIT
+    end = [json.loads(x) for x in (ctx.run_dir / "session.jsonl").read_text().splitlines() if '"slurm_end"' in x][-1]
+    assert end["reason"] == "deadline" and slurm.query_job(end["job_id"]).state == "CANCELLED"
+
+
 def test_a_gpu_request_on_the_gpu_less_node_fails_in_one_line(tmp_path):
     ctx = small_ctx(tmp_path, gpus_per_node=1)
     facts = slurm.collect_slurm_facts(ctx.config, disk_path=tmp_path)
