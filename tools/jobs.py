@@ -124,6 +124,13 @@ def apply_fix(ctx: RunContext, fix: dict, attempt: int = 1) -> str | None:
                                            "gradient_accumulation_steps": hp.gradient_accumulation_steps * 2})
         if not hp.gradient_checkpointing:
             return _set_hparams(ctx, fid, {"gradient_checkpointing": True})
+        from tao_finetune.tools.task import lora_unavailable
+
+        no_lora = None if hp.training_method == "lora" else lora_unavailable(ctx.config)
+        if no_lora or hp.training_method == "lora":  # LoRA is not offered where it cannot help
+            raise NeedsUser("out of memory at batch size 1 with gradient checkpointing on"
+                            + (f", and {no_lora}" if no_lora else " with LoRA already on") + ". Use a larger GPU or more GPUs?",
+                            "change the hardware (or --set a smaller image size / max length), then resume the run")
         raise NeedsUser("out of memory at batch size 1 with gradient checkpointing on. Switch to LoRA "
                         f"(r={ctx.config.lora_r}) or use a larger GPU?",
                         "re-run with --answer lora to set hyperparameters.training_method=lora (training restarts), or change the hardware",
