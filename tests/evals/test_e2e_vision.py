@@ -19,7 +19,8 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS":
 
 def run_cli(model: Path, data: Path, task: str, run: Path, *extra: str) -> int:
     return main(["run", "--model-id", str(model), "--local-dataset-path", str(data), "--task-type", task, "--output-dir", str(run),
-                 "--llm", "autopilot", "--platform", "local", "--allow-cpu", "--no-push-to-hub", "--yes", "--quiet", *extra])
+                 "--llm", "autopilot", "--platform", "local", "--allow-cpu", "--no-push-to-hub", "--emit-unit-tests", "--yes", "--quiet",
+                 *extra])
 
 
 def reports(run: Path) -> tuple[dict, dict, dict]:
@@ -59,6 +60,7 @@ def test_object_detection_runs_all_six_gates(tmp_path):
     meta = json.loads((run / "data" / "meta.json").read_text())
     assert meta["boxes"]["train"]["boxes_kept"] > 0 and meta["pixel_mask"] is True
     assert "object-detection" in gates.skill_path(run, {"model_id": str(model)}).read_text()
+    assert json.loads((run / "reports" / "unit_tests.json").read_text())["passed"]  # the project's own tests (gate 4)
 
 
 def test_semantic_segmentation_learns_through_all_six_gates(tmp_path):
@@ -74,3 +76,4 @@ def test_semantic_segmentation_learns_through_all_six_gates(tmp_path):
     assert len(list((run / "reports" / "inference_samples").glob("*.png"))) == 5 and len(summary["samples"]) == 5
     meta = json.loads((run / "data" / "meta.json").read_text())
     assert meta["reduce_labels"] is False and meta["ignore_index"] == 255 and meta["label_names"] == ["background", *SHAPES]
+    assert json.loads((run / "reports" / "unit_tests.json").read_text())["passed"]  # the project's own tests (gate 4)
