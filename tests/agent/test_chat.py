@@ -32,9 +32,15 @@ DEMO_SETS = ["learning_rate=1e-3", "per_device_train_batch_size=32", "warmup_rat
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
+    import torch
+
     from tao_finetune.agent.demo import demo_inputs
 
-    return demo_inputs(tmp_path_factory.mktemp("chat-inputs"))
+    # a fixed init (the demo model's draw is otherwise random): with this one the loss falls well before half of the 8
+    # epochs (1.8 at step 150 of 352), so the flat-loss watch never asks and gate 5 sees it learn (0.09 -> 0.64)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2)
+        return demo_inputs(tmp_path_factory.mktemp("chat-inputs"))
 
 
 def spawn(tmp_path: Path, api_url: str, *args: str):
@@ -106,9 +112,21 @@ def test_a_natural_language_request_is_confirmed_and_runs_to_the_end(tmp_path, i
         child.expect("done: all six gates met")
         child.expect("accuracy:")
         child.expect("you>")
+        n_run = len(api.requests)
+        child.sendline("what accuracy did it reach?")  # a follow-up on the same conversation
+        child.expect("done: All six gates hold.")
+        child.expect("you>")
         child.sendline("quit")
         assert finish(child) == 0
     first, second = api.requests[0], api.requests[1]
+    last_run, follow = api.requests[n_run - 1], api.requests[n_run]
+    assert len(api.requests) == n_run + 1
+    # the follow-up carries the whole conversation: the last run turn's tool results (never sent before), then the words
+    assert strip_cache(follow["messages"][:len(last_run["messages"])]) == strip_cache(last_run["messages"])
+    assert follow["messages"][-2]["role"] == "assistant" and follow["messages"][-2]["content"][-1]["name"] == "emit_rerun_skill"
+    tail = follow["messages"][-1]["content"]
+    assert tail[0]["type"] == "tool_result" and tail[0]["tool_use_id"] == follow["messages"][-2]["content"][-1]["id"]
+    assert tail[-1]["text"].startswith("what accuracy did it reach?") and "All six gates hold." in tail[-1]["text"]
     assert [t["name"] for t in first["tools"]] == ["set_request"]  # the intake offers only the request tool
     assert first.get("stream") is True and second.get("stream") is True  # replies stream into the terminal
     assert words in user_texts(first["messages"][0])
