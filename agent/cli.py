@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from tao_finetune.agent import gates
-from tao_finetune.agent.config import ConfigError, RunConfig, apply_overrides, build_config, load_config
+from tao_finetune.agent.config import ConfigError, RunConfig, apply_overrides, build_config, check_output_dir, load_config
 from tao_finetune.agent.errors import ExitCode, LoopExit, ToolError
 from tao_finetune.agent.session import SessionFormatError, SessionLog
 from tao_finetune.agent.state import RunState
@@ -189,20 +189,6 @@ def match_choice(choices: dict[str, dict[str, Any]], answer: str) -> dict[str, A
         if key.lower() in words:
             return dict(overrides)
     return None
-
-
-def check_output_dir(out: Path) -> None:
-    """The output dir must be a writable folder (or creatable under a writable one); ConfigError in one line otherwise."""
-    if "\x00" in str(out) or any(len(part.encode()) > 255 for part in out.parts):
-        raise ConfigError(f"--output-dir {str(out)[:80]!r}: not a usable path (a NUL byte or a name over 255 bytes)")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output-dir {str(out)!r} is a file, not a folder: choose another path")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"--output-dir {str(out)!r} cannot be created: {err.strerror}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ConfigError(f"--output-dir {str(out)!r} is not writable by this user: choose another path or fix its permissions")
 
 
 def check_limits(args: argparse.Namespace) -> None:

@@ -87,8 +87,9 @@ def prompt_list() -> str:
 
 def status_lines(run_dir: Path, state: RunState) -> list[str]:
     """One line per gate: met, or what is missing."""
-    out = []
-    for s in STEPS:
-        missing = s.gate(run_dir, state)
-        out.append(f"step {s.number} ({s.name}): {'met' if not missing else 'missing ' + ', '.join(missing)}")
-    return out
+    return [status_line(s.number, s.gate(run_dir, state)) for s in STEPS]
+
+
+def status_line(number: int, missing: list[str]) -> str:
+    """A gate's line in the status sent with every tool-result turn (a full replay renders recorded gates with it)."""
+    return f"step {number} ({name(number)}): {'met' if not missing else 'missing ' + ', '.join(missing)}"
