@@ -147,12 +147,20 @@ def test_a_natural_language_request_is_confirmed_and_runs_to_the_end(tmp_path, i
 def test_an_inline_answer_applies_a_protected_change_with_the_user_as_source(tmp_path, capsys):
     run = tmp_path / "run"
     intake = request_turn(model_id="org/tiny-vit", dataset_id="org/digits", platform="local", allow_cpu=True, push_to_hub=False)
+    edited = tool_use("set_request", {"model_id": "org/tiny-vit", "dataset_id": "org/digits", "platform": "local", "allow_cpu": True,
+                                      "push_to_hub": False, "n_epochs": 3}, id="toolu_request_2", text="With 3 epochs, then.")
     change = tool_use("set_config", {"key": "n_epochs", "value": "2", "reason": "the loss will have converged by then"},
                       id="toolu_epochs", text="Two epochs are enough here.")
-    with FakeAnthropic([intake, change, end_turn("Applied."), end_turn("Waiting."), end_turn("Still waiting.")]) as api:
+    replies = [intake, edited, change, end_turn("Applied."), end_turn("Waiting."), end_turn("Still waiting.")]
+    with FakeAnthropic(replies) as api:
         child = spawn(tmp_path, api.url, "--output-dir", str(run))
         child.expect("you>")
         child.sendline("fine-tune org/tiny-vit on org/digits locally, no push")
+        child.expect("start with these inputs")
+        child.sendline("e")
+        child.expect("what should change")
+        child.sendline("make it 3 epochs")
+        child.expect("With 3 epochs, then.")
         child.expect("start with these inputs")
         child.sendline("yes")
         child.expect("needs the user's approval")
@@ -162,13 +170,16 @@ def test_an_inline_answer_applies_a_protected_change_with_the_user_as_source(tmp
         child.expect("you>")
         child.sendline("quit")
         assert finish(child) == 4
+    edit = api.requests[1]["messages"][-1]["content"][0]
+    assert edit["tool_use_id"] == "toolu_request_1" and "The user wants changes: make it 3 epochs" in edit["content"]
+    assert "n_epochs=3" in user_texts(api.requests[2]["messages"][4])  # the confirmed request starts the run
     cfg = load_config(run / "config.yaml")
     assert cfg.n_epochs == 2 and "n_epochs" in cfg.user_set
     assert cfg.recipe["n_epochs"].rank == "user" and cfg.recipe["n_epochs"].source == "user" and cfg.recipe["n_epochs"].value == 2
     events = read_events(run / "session.jsonl")
     assert any(e["kind"] == "user" and e["answer"] == "yes, two epochs" for e in events)
     assert any(e["kind"] == "user_choice" and e["applied"] == {"n_epochs": 2} for e in events)
-    seen = [b for m in api.requests[2]["messages"] if isinstance(m["content"], list) for b in m["content"]
+    seen = [b for m in api.requests[3]["messages"] if isinstance(m["content"], list) for b in m["content"]
             if b.get("tool_use_id") == "toolu_epochs"]
     assert "The user answered: yes, two epochs" in seen[0]["content"] and "Applied the user's choice: n_epochs=2 (source: user)" in seen[0]["content"]
     # the chat's session replays with its conversation: the recorded answer and outcome are served, nothing departs
