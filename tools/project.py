@@ -230,6 +230,7 @@ SCRIPT_ROLES = {
     "task.py": "the task's specifics (model class, cached fields, batch -> model inputs, sample drawing); imported by the scripts",
     "common.py": "the shared loop, data cache, checkpoints, metrics and config reading; imported by the scripts",
     "sources.py": "opens the dataset (Hub id or local folder/file) as tables; imported by prepare_data.py",
+    "vision.py": "the detection and segmentation eval/infer set-up and pixel statistics; imported by their task.py",
 }
 
 
