@@ -142,3 +142,28 @@ def test_verbose_shows_tool_arguments_and_results(tmp_path, capsys, monkeypatch)
     assert f"→ {call['name']} {json.dumps(call['input'])}" in text  # the arguments, as the model sent them
     first = str(result["content"])[:60]
     assert ("✓ " if not result.get("is_error") else "✗ ") in text and re.sub(r"\s+", " ", first) in text  # and the result
+
+
+def test_a_blocking_job_gets_a_bar_from_its_log_progress_lines(tmp_path):
+    """prepare_data.py prints `progress: WHAT k/N` (sources.progress); lines of an earlier attempt do not count."""
+    import io
+
+    from rich.console import Console
+
+    from tao_finetune.agent.console import LiveView, job_progress
+
+    log = tmp_path / "logs" / "prepare.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("progress: decoding images 90/90\nprepared 90 train\n")  # a previous attempt
+    view = LiveView(Console(file=io.StringIO()), tmp_path)
+    view.event({"kind": "tool_call", "name": "docker_run", "input": {"job": "prepare"}})
+    view._job_update()
+    assert not view.bar.tasks
+    with log.open("a") as f:
+        f.write("loading\nprogress: decoding images 120/400\n")
+    view._job_update()
+    task = view.bar.tasks[0]
+    assert (task.description, task.completed, task.total, task.fields["info"]) == ("prepare", 120, 400, "decoding images")
+    assert job_progress(tmp_path, "prepare") == ("decoding images", 120, 400) and job_progress(tmp_path, "smoke") is None
+    view.event({"kind": "tool_result", "name": "docker_run", "is_error": False, "content": "{}"})
+    assert not view.bar.tasks

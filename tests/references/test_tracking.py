@@ -20,6 +20,7 @@ import yaml
 from tao_finetune.agent import gates
 from tao_finetune.agent.authority import record_live_attempt, set_recipe
 from tao_finetune.agent.config import RunConfig
+from tao_finetune.agent.console import job_progress
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.metrics import read_records, tracking, tracking_lines, training_steps
 from tao_finetune.agent.secrets import Credentials
@@ -203,6 +204,9 @@ def test_train_job_writes_tensorboard_and_an_offline_wandb_run_the_card_and_cons
     jobs.docker_build.fn(ctx, NoArgs())
     for job in ("prepare", "smoke", "train"):
         jobs.docker_run.fn(ctx, jobs.RunArgs(job=job))
+        if job == "prepare":  # its progress lines, which the live view turns into a bar (eval split last)
+            what, done, total = job_progress(run, "prepare")
+            assert what == "decoding images" and 0 < done == total
     status = jobs.train_status.fn(ctx, jobs.StatusArgs(wait_s=300))
     assert status["state"] == "done", status
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sources import IMAGE_EXT, Table
+from sources import IMAGE_EXT, Table, progress
 
 EVAL_SPLITS = ("validation", "valid", "val", "test", "eval")
 SPLIT_NAMES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation", "val": "validation",
@@ -304,8 +304,8 @@ def decode_rows(decode, idx: list[int]) -> list:
     workers = min(os.cpu_count() or 1, 16)
     if len(idx) > 1000 and workers > 1:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as ex:
-            return list(ex.map(decode, idx, chunksize=32))
-    return [decode(i) for i in idx]
+            return list(progress(ex.map(decode, idx, chunksize=32), len(idx), "decoding rows"))
+    return list(progress(map(decode, idx), len(idx), "decoding rows"))
 
 
 def skipped(row: dict, skip: set[str]) -> bool:
