@@ -576,8 +576,11 @@ def status_command(args: argparse.Namespace) -> int:
     if args.json:
         from tao_finetune.agent.console import training_eta
 
-        print(json.dumps({"gates": rows, "training": training_eta(run_dir), "pending_question": state.pending_question,
-                          "agent_pid": agent_pid}, indent=1))
+        from tao_finetune.agent.metrics import tracking
+
+        t = tracking(run_dir)
+        print(json.dumps({"gates": rows, "training": training_eta(run_dir), "tracking": t.model_dump() if t else None,
+                          "pending_question": state.pending_question, "agent_pid": agent_pid}, indent=1))
     else:
         for step, r in rows.items():
             print(f"{'✅' if r['met'] else '❌'} step {step} {r['name']}" + ("" if r["met"] else f": missing {', '.join(r['missing'])}"))
@@ -586,6 +589,10 @@ def status_command(args: argparse.Namespace) -> int:
         train = training_eta(run_dir)
         if train and train.get("total"):
             print(progress_line(train))
+        from tao_finetune.agent.metrics import tracking_lines
+
+        for line in tracking_lines(run_dir):  # where the curves are: the TensorBoard command, the W&B run
+            print(line)
         if state.pending_question:
             print(f"pending question: {state.pending_question}")
         if agent_pid is not None:

@@ -180,7 +180,7 @@ def digits(tmp_path_factory):
     return {"data": root / "images", "model": root / "tiny-vit"}
 
 
-def test_train_job_writes_tensorboard_and_an_offline_wandb_run_the_card_and_console_show(tmp_path, digits):
+def test_train_job_writes_tensorboard_and_an_offline_wandb_run_the_card_and_console_show(tmp_path, digits, capsys):
     """Through the real tools and the local platform: the train job gets WANDB_API_KEY (W&B on) with WANDB_MODE=offline."""
     from tao_finetune.tools.card import _tracking_section
     from tao_finetune.tools.hub import upload_plan
@@ -233,6 +233,13 @@ def test_train_job_writes_tensorboard_and_an_offline_wandb_run_the_card_and_cons
     assert f"tensorboard: tensorboard --logdir {run / 'logs' / 'tensorboard'}" in closing
     assert f"wandb: offline run {run / t.wandb.run_dir}" in closing
     assert read_records(run / "logs" / "metrics.jsonl")[-1]["event"] == "done"
+    from tao_finetune.agent.cli import main
+
+    main(["status", "--output-dir", str(run)])
+    shown = capsys.readouterr().out
+    assert f"tensorboard: tensorboard --logdir {run / 'logs' / 'tensorboard'}" in shown and "· done" in shown
+    main(["status", "--output-dir", str(run), "--json"])
+    assert json.loads(capsys.readouterr().out)["tracking"]["wandb"]["run_dir"] == t.wandb.run_dir
     from tao_finetune.tools.report import _facts, collect
 
     facts = dict(_facts(collect(run, []), "report"))  # the report's summary table
