@@ -22,6 +22,8 @@ architecture has it, resumable checkpoints in checkpoints/step-N, checkpoints/fi
 What differs between tasks comes from task.py (FIELDS: the cached arrays; to_inputs: a cached batch -> the model's
 keyword arguments, labels included, so `model(**inputs).loss` is the loss; channels_last; save_processor). What every
 script shares (config, the cache reader, Runtime, checkpoint IO, metrics log) lives in common.py.
+A NaN or flat loss is judged from logs/metrics.jsonl by the agent (tao-finetune's train_status), which stops the
+run; this loop only logs (one host-device sync per logging step, none in between besides checkpoint saves).
 Sources: https://github.com/karpathy/nanoGPT/blob/master/train.py (the shape of this file: one loop, read top to
 bottom); https://huggingface.co/docs/transformers/main/en/main_classes/optimizer_schedules (get_scheduler);
 https://docs.pytorch.org/docs/stable/generated/torch.optim.AdamW.html (fused=True on CUDA);

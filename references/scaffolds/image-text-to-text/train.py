@@ -20,6 +20,8 @@ accumulation, clipping, logging, checkpoints every fifth of the run) → final s
 processor (task.Collator) with the loss on the answer tokens only; bf16 autocast on GPU; resumable checkpoints in
 checkpoints/step-N, checkpoints/final (the adapter for LoRA, else the model) + processor, logs/metrics.jsonl
 (samples/s, tokens/s, memory). A resume restores the RNG, so LoRA dropout continues exactly.
+A NaN or flat loss is judged from logs/metrics.jsonl by the agent (tao-finetune's train_status), which stops the
+run; this loop only logs (one host-device sync per logging step, none in between besides checkpoint saves).
 Sources: https://github.com/karpathy/nanoGPT/blob/master/train.py (one loop, read top to bottom);
 https://huggingface.co/docs/transformers/main/en/main_classes/optimizer_schedules (get_scheduler);
 https://docs.pytorch.org/docs/stable/generated/torch.optim.AdamW.html (fused=True on CUDA);
