@@ -107,3 +107,46 @@ def user_recipe(cfg: RunConfig, keys: list[str]) -> None:
             node = node.get(p) if isinstance(node, dict) else None
         cfg.recipe = {**cfg.recipe, key: Sourced(value=node, rank="user", source="user")}
     cfg.user_set = sorted(set(cfg.user_set) | set(keys))
+
+
+IDENTITY_KEYS = ("model_id", "dataset_id", "dataset_config", "local_dataset_path", "local_dataset_format", "task_type")
+"""Inputs that say what is trained on what: changing one voids Step 1's probes (they are re-run)."""
+
+
+def user_change(cfg: RunConfig, overrides: dict[str, Any]) -> tuple[RunConfig, list[str], bool]:
+    """Apply a change the user approved (an answer typed at a question, a confirmed request) the way --set does.
+
+    Validated by the config model (ConfigError in one line), recorded with the user as source (user_set and a rank-1
+    recipe entry, as `run --set` does through `user_recipe`). Returns the new config, the keys set and whether an
+    identity input changed (then the Step 1 facts are cleared so the probes run again for the new model/dataset).
+    """
+    from tao_finetune.agent.config import build_config
+    from tao_finetune.agent.policy import normalise_key
+
+    data = cfg.model_dump()
+    keys: list[str] = []
+    for raw_key, value in overrides.items():
+        key = normalise_key(str(raw_key))
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+        keys.append(key)
+    changed = {k for k in keys if k in IDENTITY_KEYS and getattr(cfg, k) != data.get(k)}
+    if data.get("dataset_id") and "dataset_id" in changed and "local_dataset_path" not in keys:
+        data["local_dataset_path"] = None  # a Hub dataset replaces a local one (and the other way round)
+    if data.get("local_dataset_path") and "local_dataset_path" in changed and "dataset_id" not in keys:
+        data["dataset_id"] = data["dataset_config"] = None
+    if changed:
+        data["dataset_source"] = None  # recomputed from the dataset inputs
+        data["applicable_workarounds"] = None
+        if "model_id" in changed:
+            data["model_facts"] = None
+        if changed & {"dataset_id", "dataset_config", "local_dataset_path", "local_dataset_format"}:
+            data["dataset_facts"] = None
+        if "task_type" not in keys and "task_type" not in cfg.user_set:
+            data["task_type"] = None
+    new = build_config(data)
+    user_recipe(new, [k for k in keys if k != "model_id"])
+    return new, keys, bool(changed)

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from tao_finetune.agent import gates
-from tao_finetune.agent.config import ConfigError, RunConfig, apply_overrides, build_config, load_config
+from tao_finetune.agent.config import ConfigError, RunConfig, apply_overrides, build_config, check_output_dir, load_config
 from tao_finetune.agent.errors import ExitCode, LoopExit, ToolError
 from tao_finetune.agent.session import SessionFormatError, SessionLog
 from tao_finetune.agent.state import RunState
@@ -191,20 +191,6 @@ def match_choice(choices: dict[str, dict[str, Any]], answer: str) -> dict[str, A
     return None
 
 
-def check_output_dir(out: Path) -> None:
-    """The output dir must be a writable folder (or creatable under a writable one); ConfigError in one line otherwise."""
-    if "\x00" in str(out) or any(len(part.encode()) > 255 for part in out.parts):
-        raise ConfigError(f"--output-dir {str(out)[:80]!r}: not a usable path (a NUL byte or a name over 255 bytes)")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output-dir {str(out)!r} is a file, not a folder: choose another path")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"--output-dir {str(out)!r} cannot be created: {err.strerror}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ConfigError(f"--output-dir {str(out)!r} is not writable by this user: choose another path or fix its permissions")
-
-
 def check_limits(args: argparse.Namespace) -> None:
     """--max-steps/--max-cost/--max-hours must be positive finite numbers."""
     for flag, value in (("--max-steps", args.max_steps), ("--max-cost", args.max_cost), ("--max-hours", args.max_hours)):
@@ -367,7 +353,7 @@ def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], 
     ask = None if ctx.yes else (lambda q: view.paused(prompt_user, q))
     view.step = first
     with view:
-        result = Agent(client, ctx, tools, system, limits, ask=ask).run(task)
+        result = Agent(client, ctx, tools, system, limits, ask=ask, on_answer=None if ctx.yes else (lambda q, a: apply_answer(ctx, q, a))).run(task)
     args.outcome = {"run_dir": run_dir, "message": result.message, "how": getattr(result, "how_to_answer", "") or None}
     if result.code == EXIT_OK:
         console.print(f"[bold green]done[/]: {escape(result.message)}")
@@ -381,6 +367,96 @@ def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], 
     else:
         console.print(f"[bold red]stopped[/]: {escape(result.message)}")
     return result.code
+
+
+NO_RESET_KEYS = frozenset({"push_to_hub", "hf_model_repo", "emit_progress_log", "emit_report", "emit_unit_tests", "license", "wandb"})
+"""Inputs whose change leaves the training valid; any other approved change voids it (tools/jobs.py restart_training)."""
+
+
+def apply_answer(ctx, question, answer: str) -> str | None:
+    """An answer typed at a question: when it picks one of the question's choices ("yes" to a proposed change), apply it
+    as `--answer`/`--set` would (agent/authority.py user_change: validated, the user recorded as source), void the training
+    it invalidates, and say what changed; None when the answer applies nothing."""
+    from tao_finetune.agent.authority import user_change
+    from tao_finetune.tools.jobs import restart_training
+
+    chosen = match_choice(getattr(question, "choices", None) or {}, answer)
+    if not chosen:
+        return None
+    try:
+        new, keys, identity = user_change(ctx.config, chosen)
+    except ConfigError as err:
+        ctx.session.event("note", text=f"answer not applied: {err}")
+        return f"Not applied: {err}"
+    ctx.config = new
+    listed = ", ".join(f"{k}={v!r}" for k, v in chosen.items())
+    new.note(f"the user approved {listed} (answer: {' '.join(answer.split())[:120]!r})")
+    ctx.state.pending_choices = {}
+    gone = restart_training(ctx.run_dir) if set(keys) - NO_RESET_KEYS else []
+    ctx.save()
+    ctx.session.event("user_choice", answer=answer, applied=chosen, reset=gone)
+    return (f"Applied the user's choice: {listed} (source: user)" + ("; Step 1 runs again for the new input" if identity else "")
+            + (f"; reset: {', '.join(gone)}" if gone else "") + ".")
+
+
+def chat_command(args: argparse.Namespace) -> int:
+    """`tao-finetune chat`: the request in natural language, a confirmed plan, the run and follow-ups in one conversation."""
+    from tao_finetune.agent.chat import Chat, Wiring
+    from tao_finetune.agent.loop import Limits
+    from tao_finetune.agent.prompts import render
+    from tao_finetune.tools import all_tools
+
+    check_limits(args)
+    defaults = list(args.sets)
+    if args.platform:
+        defaults.append(f"platform={args.platform}")
+    if args.allow_cpu:
+        defaults.append("allow_cpu=true")
+    apply_overrides({}, defaults)  # a malformed --set is a one-line error before anything starts
+    creds = load_credentials(args.env_file)
+    client = make_client(argparse.Namespace(llm="anthropic", llm_model=args.llm_model, replay=None), None)
+    blank = {key: None for _, key, _ in VALUE_FLAGS} | {key: None for _, key in BOOL_FLAGS}
+
+    def open_config(inputs: dict[str, Any]):
+        sets = [*defaults, *(f"{k}={json.dumps(v)}" for k, v in inputs.items())]
+        ns = argparse.Namespace(**{**blank, "config": None, "push_to_hub": None, "sets": sets,
+                                   "output_dir": str(args.output_dir) if args.output_dir else None})
+        return config_from_args(ns)
+
+    def on_open(run_dir: Path, session: SessionLog) -> None:
+        _ACTIVE.update(run_dir=run_dir, session=session)
+
+    tools = all_tools()
+    wiring = Wiring(tools=tools, client=client, credentials=creds, open_config=open_config, make_platform=make_platform,
+                    system_for=lambda ctx: render("system.md", **system_vars(ctx)), apply_answer=apply_answer,
+                    after_interrupt=after_interrupt, summary=summary,
+                    limits=Limits(max_steps=args.max_steps, max_cost_usd=args.max_cost, max_wall_s=args.max_hours * 3600),
+                    defaults=defaults, intake_system=render("chat.md", defaults=", ".join(defaults) or "none"), on_open=on_open,
+                    output_dir=args.output_dir)
+    return Chat(wiring, console, "verbose" if args.verbose else "normal").main(args.resume, args.request)
+
+
+def add_chat_parser(sub: argparse._SubParsersAction) -> None:
+    cp = sub.add_parser("chat", help="say what to fine-tune in your own words; follow the run and continue the conversation",
+                        description="An interactive fine-tune: describe it in your own words, confirm what the agent understood "
+                                    "(y/n/edit), watch the six steps, answer its questions inline, then ask follow-ups "
+                                    "('train two more epochs', 'now push it'). Ctrl-C stops (exit 130); --resume DIR continues "
+                                    "the conversation. Needs ANTHROPIC_API_KEY (ANTHROPIC_BASE_URL honoured).")
+    cp.add_argument("--resume", type=Path, default=None, metavar="DIR",
+                    help="continue the conversation recorded in DIR/session.jsonl (an earlier chat's or run's output dir)")
+    cp.add_argument("--request", default=None, metavar="TEXT", help="your first message (instead of typing it at the prompt)")
+    cp.add_argument("--output-dir", type=Path, default=None, metavar="DIR", help="run directory (default ./output/<model short name>)")
+    cp.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a default for the request (repeatable; any config key, as `run --set`); what you say in the chat overrides it")
+    cp.add_argument("--platform", choices=("docker", "local", "slurm"), default=None, help="where jobs run (default: docker; the request may name it)")
+    cp.add_argument("--allow-cpu", action="store_true", help=field_help("allow_cpu")[0])
+    cp.add_argument("--model", dest="llm_model", default=None, metavar="MODEL", help="Anthropic model id (default: TAO_MODEL or a current Sonnet-class model)")
+    cp.add_argument("--env-file", type=Path, default=Path("~/.config/tao/.env"), help="credentials file (default ~/.config/tao/.env)")
+    cp.add_argument("--max-steps", type=int, default=250, help="model turns at most per request or follow-up")
+    cp.add_argument("--max-cost", type=float, default=25.0, help="USD at most for model calls per request or follow-up")
+    cp.add_argument("--max-hours", type=float, default=24.0, help="wall time at most per request or follow-up")
+    cp.add_argument("--verbose", action="store_true", help="also print tool arguments and results and job output")
+    cp.set_defaults(handler=chat_command)
 
 
 def render_prompt_file(path: Path, variables: dict[str, Any]) -> str:
@@ -568,6 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="tao-finetune", description="Fine-tune Hugging Face models on local NVIDIA GPUs, gated step by step.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_run_parser(sub)
+    add_chat_parser(sub)
     from tao_finetune.tools.hardware import add_doctor_parser, doctor_command
     from tao_finetune.tools.step1 import add_inspect_parser, inspect_command
 

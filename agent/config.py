@@ -299,6 +299,21 @@ def load_config(path: Path) -> RunConfig:
     return build_config(data)
 
 
+def check_output_dir(out: Path) -> None:
+    """The output dir must be a writable folder (or creatable under a writable one); ConfigError in one line otherwise.
+    The one check of `run`, `inspect --output-dir` (tools/step1.py) and the other commands that write a run dir."""
+    if "\x00" in str(out) or any(len(part.encode()) > 255 for part in out.parts):
+        raise ConfigError(f"--output-dir {str(out)[:80]!r}: not a usable path (a NUL byte or a name over 255 bytes)")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output-dir {str(out)!r} is a file, not a folder: choose another path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--output-dir {str(out)!r} cannot be created: {err.strerror}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output-dir {str(out)!r} is not writable by this user: choose another path or fix its permissions")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via temp file + fsync + rename, so a crash never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -106,6 +106,9 @@ class LiveView:
         self.live: Live | None = None
         self._thread: threading.Thread | None = None
         self._train_seen = 0.0
+        self.chat = False  # `tao-finetune chat`: model text shown as it arrives, and a row with the six steps' state
+        self.met: dict[int, bool] = {}
+        self.streamed = ""  # the model's reply so far, while it streams (chat)
 
     def __enter__(self) -> "LiveView":
         if self.live_mode:
@@ -161,16 +164,26 @@ class LiveView:
                 if ev.get("name") in ("train_status", "docker_run"):
                     self._train_update(force=True)
                 self.tool = ""
+            elif kind == "gate" and not ev.get("met"):
+                self.met[int(ev["step"])] = False
             elif kind == "gate" and ev.get("met"):
                 step = int(ev["step"])
+                self.met[step] = True
                 self.print(Text.assemble(("✅ ", "green"), (f"step {step}/6 ", "bold"), gates.STEP_NAMES[step]))
                 self.step = min(6, step + 1)
-            elif kind == "response" and self.mode == "verbose":
+            elif kind == "response" and (self.mode == "verbose" or self.chat):
+                self.streamed = ""
                 text = " ".join(b.get("text", "") for b in ev.get("content") or [] if b.get("type") == "text").strip()
                 if text:
-                    self.print(Text(text[:1000], style="dim"))
+                    self.print(Text(text[:4000], style="" if self.chat else "dim"))
             elif kind == "note" and self.mode == "verbose":
                 self.print(Text(f"  note: {ev.get('text')}", style="dim"))
+        self._refresh()
+
+    def stream_text(self, delta: str) -> None:
+        """Model-client echo (chat): a piece of the reply as it streams; shown in the live view until the turn is complete."""
+        with self._lock:
+            self.streamed += delta
         self._refresh()
 
     def job_output(self, line: str) -> None:
@@ -227,11 +240,24 @@ class LiveView:
             head.append("  ·  ")
             head.append(self.label(), style="cyan")
         parts: list[Any] = [head]
+        if self.chat:
+            parts.insert(0, self.steps_row())
         if self.bar.tasks:
             parts.append(self.bar)
+        if self.chat and self.streamed:
+            parts.append(Text(" ".join(self.streamed.split())[-300:], style="italic", overflow="ellipsis"))
         if self.tool and self.last_line:
             parts.append(Text(f"  {self.last_line}", style="dim", overflow="ellipsis", no_wrap=True))
         return Group(*parts)
+
+    def steps_row(self) -> Text:
+        """The six steps on one line: ✅ met, ▶ the current one, · not reached."""
+        row = Text()
+        for n, name in gates.STEP_NAMES.items():
+            mark, style = ("✅", "green") if self.met.get(n) else ("▶", "bold cyan") if n == self.step else ("·", "dim")
+            row.append(f"{mark} {n} {name}", style=style)
+            row.append("   ")
+        return row
 
     def _refresh(self) -> None:
         if self.live:

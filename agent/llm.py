@@ -174,6 +174,7 @@ class AnthropicClient:
         self.wait_max = WAIT_MAX_S if wait_max is None else wait_max
         self.request_timeout = request_timeout or REQUEST_TIMEOUT_S
         self.deadline = deadline
+        self.on_text: Any = None  # set (chat): every reply is streamed and its text deltas passed here as they arrive
 
     def projected_cost(self, *, system: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_tokens: int) -> float:
         return projected_cost_usd(self.model, system, messages, tools, max_tokens)
@@ -186,8 +187,11 @@ class AnthropicClient:
         if left <= 0:
             raise LLMDeadline("the run's wall-time limit (--max-hours) passed while waiting for the model")
         timeout = min(self.request_timeout, left)  # a float: anthropic 2.15 rejects httpx objects (it uses httpx2)
-        if kw["max_tokens"] > STREAM_ABOVE_TOKENS:
+        if kw["max_tokens"] > STREAM_ABOVE_TOKENS or self.on_text is not None:
             with self.client.messages.stream(**kw, timeout=timeout) as stream:
+                if self.on_text is not None:  # anthropic 2.15 lib/streaming/_messages.py MessageStream.text_stream
+                    for delta in stream.text_stream:
+                        self.on_text(delta)
                 msg = stream.get_final_message()
             data: Any = msg.model_dump(mode="json", exclude_none=True)
         else:

@@ -26,6 +26,8 @@ def _start_time(pid: int) -> str | None:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists and is not a zombie (an exited child nobody reaped, state Z/X in
+    /proc/PID/stat); the one liveness check of the run lock and the local platform's jobs."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

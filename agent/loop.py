@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import traceback
 from dataclasses import dataclass
@@ -21,11 +22,27 @@ PROTECTED = policy.SUBSTITUTION_ARGS  # tool arguments that name a protected run
 RESULT_LIMIT = 20_000
 
 
+def replace_path(text: str, path: str, new: str) -> str:
+    """`path` replaced by `new` wherever it stands as a whole path or a path's head, never inside a longer name: the
+    run dir `out/x` is no part of `out/x-inputs/model` nor of `out/x.2`."""
+    if not path:
+        return text
+    return re.sub(re.escape(path) + r"(?![\w-]|\.\w)", lambda _: new, text)
+
+
+def chain_digest(previous: str, text: str) -> str:
+    """The invocation's tool results so far, chained (the exit event carries it: a replay checks even the results no
+    later model turn saw)."""
+    import hashlib
+
+    return hashlib.sha256(f"{previous}\n{text}".encode()).hexdigest()[:16]
+
+
 def request_digest(messages: list[dict[str, Any]], run_dir: Any) -> str:
     """A digest of the conversation sent to the model, with the run dir's path abstracted (replays compare it)."""
     import hashlib
 
-    text = json.dumps(messages, sort_keys=True, ensure_ascii=False, default=str).replace(str(run_dir), "<run>")
+    text = replace_path(json.dumps(messages, sort_keys=True, ensure_ascii=False, default=str), str(run_dir), "<run>")
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -54,8 +71,10 @@ class Agent:
     """One run: a conversation with the model over typed tools, gated by the six steps."""
 
     def __init__(self, client: LLMClient, ctx: RunContext, tools: list[Tool], system: str, limits: Limits | None = None,
-                 ask: Callable[[str], str | None] | None = None):
+                 ask: Callable[[str], str | None] | None = None, on_answer: Callable[[NeedsUser, str], str | None] | None = None):
         self.client, self.ctx, self.system = client, ctx, system
+        self.on_answer = on_answer  # applies an answer typed at a question (an approved change); returns what it did
+        self.unsent: list[dict[str, Any]] | None = None  # tool results of the last turn when the run ended right after it
         self.tools = {t.name: t for t in tools}
         steps.check_tools(t for t in tools if t.name in steps.ANY_STEP_TOOLS or any(t.name in s.tools for s in steps.STEPS))
         self.refusals = 0
@@ -75,11 +94,24 @@ class Agent:
         ctx.deadline = self.deadline
         self.journal = Journal(ctx)
 
-    def run(self, task: str) -> LoopExit:
-        """Run until done, a question, a limit or an error; always returns the exit."""
+    def run(self, task: str, history: list[dict[str, Any]] | None = None) -> LoopExit:
+        """Run until done, a question, a limit or an error; always returns the exit.
+
+        `history` continues an earlier conversation (chat): its messages come first and are recorded in the start event;
+        a trailing user message (e.g. tool results) gets the task appended to it.
+        """
+        extra = {"history": history} if history else {}
         self.ctx.session.event("start", client=self.client.name, task=task, config=self.ctx.config.model_dump(mode="json"),
-                               first_unmet=gates.first_unmet(self.ctx.run_dir, self.ctx.state))
-        self.messages.append({"role": "user", "content": self.ctx.creds.redact(task)})
+                               first_unmet=gates.first_unmet(self.ctx.run_dir, self.ctx.state), **extra)
+        self.messages = [dict(m) for m in history or []]
+        self.results_sha = ""  # this invocation's tool results, chained (a chat's follow-up is an invocation of its own)
+        text = self.ctx.creds.redact(task)
+        if self.messages and self.messages[-1]["role"] == "user":
+            last = self.messages[-1]
+            blocks = last["content"] if isinstance(last["content"], list) else [{"type": "text", "text": last["content"]}]
+            last["content"] = [*blocks, {"type": "text", "text": text}]
+        else:
+            self.messages.append({"role": "user", "content": text})
         choices: dict = {}
         try:
             while True:
@@ -102,7 +134,8 @@ class Agent:
             self.ctx.state.pending_question = result.message
             self.ctx.state.pending_choices = choices
             self.ctx.save()
-        self.ctx.session.event("exit", code=result.code, message=result.message, steps=self.steps, cost_usd=round(self.cost, 4))
+        self.ctx.session.event("exit", code=result.code, message=result.message, steps=self.steps, cost_usd=round(self.cost, 4),
+                               results_sha=getattr(self, "results_sha", ""))
         self.journal.stop(result)
         return result
 
@@ -158,7 +191,9 @@ class Agent:
         uses = resp.tool_uses()
         if uses:
             results: list[dict[str, Any]] = [self.call(u) for u in uses]
+            self.unsent = results  # kept when after_tools ends the run: a chat continues the conversation from them
             self.after_tools()
+            self.unsent = None
             results.append({"type": "text", "text": self.gate_status()})
             self.messages.append({"role": "user", "content": results})
             return
@@ -217,15 +252,18 @@ class Agent:
             if not self.ask or self.ctx.yes:
                 raise
             self.ctx.state.pending_question = q.question  # survives a Ctrl-C at the prompt
+            self.ctx.state.pending_choices = q.choices
             self.ctx.save()
             answer = self.ask(q.question)
             if answer is None:
                 raise
-            self.ctx.state.pending_question = None
+            self.ctx.state.pending_question, self.ctx.state.pending_choices = None, {}
             self.ctx.session.event("user", question=q.question, answer=answer)
-            out, is_error = f"The user answered: {answer}", False
+            applied = self.on_answer(q, answer) if self.on_answer else None
+            out, is_error = f"The user answered: {answer}" + (f"\n{applied}" if applied else ""), False
         text = self.result_text(name, out, is_error)
         self.ctx.session.event("tool_result", id=tid, name=name, is_error=is_error, content=text)
+        self.results_sha = chain_digest(getattr(self, "results_sha", ""), replace_path(text, str(self.ctx.run_dir), "<run>"))
         if is_error:
             self.journal.tool_error(name, text)
         block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tid, "content": text}
@@ -273,14 +311,18 @@ class Agent:
 
     def guard_substitution(self, name: str, args: BaseModel) -> None:
         """Never let a tool silently change the model, the dataset or the training method."""
+        if name in policy.ASKS_ITSELF:
+            return
         cfg = self.ctx.config
         current = {"model_id": cfg.model_id, "dataset_id": cfg.dataset_id, "local_dataset_path": cfg.local_dataset_path,
                    "training_method": cfg.hyperparameters.training_method}
         for key in PROTECTED:
             new = getattr(args, key, None)
             if new is not None and current[key] is not None and new != current[key]:
+                cfg_key = "hyperparameters.training_method" if key == "training_method" else key
                 raise NeedsUser(f"{name!r} would change {key} from {current[key]!r} to {new!r}; the agent never substitutes it on its own. "
-                                f"Approve by re-running with the new value.", f"re-run with --set {key}={new}")
+                                f"Approve by re-running with the new value.", f"re-run with --set {key}={new}",
+                                choices={"yes": {cfg_key: new}})
 
     def tool_error(self, name: str, message: str) -> str:
         """Count identical errors; the third one stops the run with a question."""

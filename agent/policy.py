@@ -32,6 +32,9 @@ PROTECTED_KEYS = frozenset({
 """Config keys that are the user's inputs (or that would make a gate cheaper to pass): changing one is a question."""
 SUBSTITUTION_ARGS = ("model_id", "dataset_id", "local_dataset_path", "training_method")
 """Tool arguments that name one of the protected identity inputs; the loop asks before a call that would change one."""
+ASKS_ITSELF = ("set_request",)
+"""Tools that turn every change of a user input into a question of their own (with all the changes as one choice); the
+loop's substitution guard leaves them to it, so a request that names a new model and new epochs is one question."""
 
 
 def normalise_key(key: str) -> str:

@@ -2,8 +2,9 @@
 
 Session format (agent/session.py FORMAT_VERSION 2, one JSON object per line, appended as the run goes; every line has `t` and `kind`):
 - `user` {question, answer}: an answer given with --answer (before the `start` it belongs to) or at a prompt;
-- `start` {v, client, task, config, first_unmet}: one invocation of `run` begins; `task` is the first user message
-  and `config` the RunConfig it started from;
+- `start` {v, client, task, config, first_unmet, history?}: one invocation of `run` (or one request of a chat) begins;
+  `task` is the first user message and `config` the RunConfig it started from; `history` (chat only) holds the
+  conversation before it (the intake and earlier requests), which the replay sends first as the chat did;
 - `response` {step, request_sha, content, stop_reason, model, usage, cost_usd}: one model turn; `request_sha` is a
   digest of the conversation sent (run dir abstracted);
 - `tool_call` {id, name, input} / `tool_result` {id, name, is_error, content} / `refused` {name, step, gate, missing};
@@ -30,7 +31,7 @@ from tao_finetune.agent.config import ConfigError, build_config
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.errors import NeedsUser, ToolError
 from tao_finetune.agent.fakes import ScriptedClient, ScriptExhausted
-from tao_finetune.agent.loop import Agent, InvalidArgs, Limits, LoopExit
+from tao_finetune.agent.loop import Agent, InvalidArgs, Limits, LoopExit, replace_path
 from tao_finetune.agent.secrets import Credentials
 from tao_finetune.agent.session import SessionLog
 from tao_finetune.agent.state import RunState
@@ -142,24 +143,44 @@ def normalize(value: Any, run_dirs: tuple[str, ...]) -> str:
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
     for d in run_dirs:
         if d:
-            text = text.replace(d, "<run>")
+            text = replace_path(text, d, "<run>")
     return NUMBER.sub("#", text)
 
 
 class _Recorded:
     """The recorded tool outcomes of one invocation, served in order (full mode)."""
 
-    def __init__(self, seg: Segment):
+    def __init__(self, seg: Segment, gates: dict[int, list[str]] | None = None):
+        self.events = seg.events
         self.calls = [e for e in seg.events if e["kind"] == "tool_call"]
         self.results = {e["id"]: e for e in seg.events if e["kind"] == "tool_result"}
         self.exit = seg.exit or {}
         self.nudges = [str(e.get("text", "")) for e in seg.events if e["kind"] == "nudge"]
+        self.gates = gates if gates is not None else {}  # step -> missing, as the recording's gate events left it
+        self.pos = 0  # events up to here are served
+        self.run_dir = str((seg.start.get("config") or {}).get("output_dir") or "")  # the recorded run's folder
 
     def next(self, name: str) -> dict[str, Any]:
         if not self.calls:
             raise ToolError(f"replay: the recording has no outcome for a further call of {name!r}")
         call = self.calls.pop(0)
-        return {"call": call, "result": self.results.get(call["id"])}
+        result = self.results.get(call["id"])
+        self.pos = self.events.index(result if result is not None else call)
+        return {"call": call, "result": result}
+
+    def advance_gates(self) -> None:
+        """Apply the gate events the recording logged after the tools just served (before the next turn or call)."""
+        for e in self.events[self.pos + 1:]:
+            if e["kind"] in ("response", "tool_call"):
+                break
+            if e["kind"] == "gate" and isinstance(e.get("step"), int):
+                self.gates[e["step"]] = [] if e.get("met") else list(e.get("missing") or [])
+
+    def status(self) -> str:
+        """The gate status the recorded run sent with this tool-result turn (steps without a recorded gate: unknown)."""
+        from tao_finetune.agent import steps
+
+        return "Gate status now:\n" + "\n".join(f"- {steps.status_line(s.number, self.gates.get(s.number, ['?']))}" for s in steps.STEPS)
 
 
 class _RecordedExit(LoopExit):
@@ -187,10 +208,12 @@ class FullReplayAgent(Agent):
         result = got["result"]
         if result is None:  # the recorded call ended the invocation with a question
             raise NeedsUser(self.recorded.exit.get("message") or f"{name} asked the user", "")
+        text = str(result.get("content", ""))
+        if self.recorded.run_dir:  # the recorded run's folder is this replay's (the model saw its own run dir)
+            text = replace_path(text, self.recorded.run_dir, str(self.ctx.run_dir))
         if result.get("is_error"):
-            text = str(result.get("content", ""))
             raise (InvalidArgs if text.startswith("invalid arguments for") else ToolError)(text)
-        return str(result.get("content", ""))
+        return text
 
     def result_text(self, name: str, out: Any, is_error: bool) -> str:
         return out if isinstance(out, str) else super().result_text(name, out, is_error)  # the recorded text, verbatim
@@ -199,8 +222,12 @@ class FullReplayAgent(Agent):
         return message  # the recording already holds what the same-error rule decided
 
     def after_tools(self) -> None:
+        self.recorded.advance_gates()
         if self._ended():
             self._end()
+
+    def gate_status(self) -> str:
+        return self.recorded.status()  # the recorded run's gates: nothing ran here, so the live ones would differ
 
     def finish_turn(self, resp: Any) -> None:
         if not self.recorded.nudges or self._ended():
@@ -247,6 +274,11 @@ def compare(seg: Segment, new: list[dict[str, Any]], mode: Mode, run_dirs: tuple
                           len(rec), len(got))
     if len(rec_turns) != len(new_turns):
         return Divergence(seg.index, len(new_turns), "the number of model turns differs", None, len(rec_turns), len(new_turns))
+    rec_sha = (seg.exit or {}).get("results_sha")
+    new_exit = next((e for e in reversed(new) if e["kind"] == "exit"), {})
+    if mode == "full" and rec_sha and new_exit.get("results_sha") != rec_sha:
+        return Divergence(seg.index, len(new_turns), "the tool results differ from those the recorded run saw (an edited "
+                          "result, perhaps one no later model turn read)", None, rec_sha, new_exit.get("results_sha"))
     return None
 
 
@@ -263,11 +295,12 @@ def replay(session_file: Path, output_dir: Path, mode: Mode, *, tools: list, pla
     output_dir.mkdir(parents=True, exist_ok=True)
     report = ReplayReport(mode, output_dir, len(segments))
     creds = Credentials.load(env_file) if env_file else Credentials({})
+    recorded_gates: dict[int, list[str]] = {}  # carried across invocations, as the run state carries them
     for seg in segments:
         recorded_dir = str((seg.start.get("config") or {}).get("output_dir") or "")
         raw = json.dumps(seg.start["config"])
         if recorded_dir:
-            raw = raw.replace(json.dumps(recorded_dir)[1:-1], json.dumps(str(output_dir))[1:-1])
+            raw = replace_path(raw, json.dumps(recorded_dir)[1:-1], json.dumps(str(output_dir))[1:-1])
         try:
             cfg = build_config({**json.loads(raw), "output_dir": str(output_dir)})
         except ConfigError as err:
@@ -287,8 +320,9 @@ def replay(session_file: Path, output_dir: Path, mode: Mode, *, tools: list, pla
         cls = FullReplayAgent if mode == "full" else Agent
         agent = cls(client, ctx, tools, system_for(ctx), Limits(max_steps=len(turns) + 1), ask=None)
         if mode == "full":
-            agent.recorded = _Recorded(seg)
-        result = _run(agent, client, len(turns), seg.start.get("task", ""))
+            agent.recorded = _Recorded(seg, recorded_gates)
+        history = seg.start.get("history") if isinstance(seg.start.get("history"), list) else None  # a chat's earlier conversation
+        result = _run(agent, client, len(turns), seg.start.get("task", ""), history)
         recorded_code = (seg.exit or {}).get("code")
         code = result.code
         new = session.events()[before:]
@@ -315,9 +349,9 @@ class _Outcome:
     exhausted: bool = False
 
 
-def _run(agent: Agent, client: ScriptedClient, n_turns: int, task: str) -> _Outcome:
+def _run(agent: Agent, client: ScriptedClient, n_turns: int, task: str, history: list | None = None) -> _Outcome:
     try:
-        result = agent.run(task)
+        result = agent.run(task, history=history)
     except ScriptExhausted as err:
         agent.ctx.session.event("exit", code=1, message=f"replay: {err}", steps=agent.steps, cost_usd=0.0)
         return _Outcome(1, str(err), exhausted=True)

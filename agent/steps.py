@@ -30,7 +30,7 @@ class StepDef:
 # docker_run spans Steps 4 and 5: its job decides the step
 JOB_STEPS: dict[str, int] = {"prepare": 4, "smoke": 4, "tests": 4, "baseline": 5, "train": 5, "eval": 5, "infer": 5, "merge": 5}
 
-ANY_STEP_TOOLS: tuple[str, ...] = ("read_file", "list_files", "ask_user", "set_config", "note", "read_reference")
+ANY_STEP_TOOLS: tuple[str, ...] = ("read_file", "list_files", "ask_user", "set_config", "set_request", "note", "read_reference")
 
 STEPS: tuple[StepDef, ...] = (
     StepDef(1, gates.STEP_NAMES[1], ("probe_model", "recommend_datasets", "probe_dataset", "check_compat", "qualify"), gates.gate1,
@@ -87,8 +87,9 @@ def prompt_list() -> str:
 
 def status_lines(run_dir: Path, state: RunState) -> list[str]:
     """One line per gate: met, or what is missing."""
-    out = []
-    for s in STEPS:
-        missing = s.gate(run_dir, state)
-        out.append(f"step {s.number} ({s.name}): {'met' if not missing else 'missing ' + ', '.join(missing)}")
-    return out
+    return [status_line(s.number, s.gate(run_dir, state)) for s in STEPS]
+
+
+def status_line(number: int, missing: list[str]) -> str:
+    """A gate's line in the status sent with every tool-result turn (a full replay renders recorded gates with it)."""
+    return f"step {number} ({name(number)}): {'met' if not missing else 'missing ' + ', '.join(missing)}"

@@ -7,9 +7,12 @@ peak memory from logs/metrics.jsonl and the metric against the baseline.
 
     python evals/bench_vision.py [--task object-detection|semantic-segmentation|all] [--n 2000] [--epochs 3] [--out DIR]
 
-Progress lines start with [bench_vision]; drawing the synthetic PNGs is single-process (about 1,000 images a minute
-per task on a busy host), so keep --n small where the run has a time limit. Not yet run on a GPU from this repo: the
-one attempt (H200, --n 1000 --epochs 5) ran past its 330 s limit with its output held in a pipe buffer.
+Progress lines start with [bench_vision] and every job runs unbuffered (PYTHONUNBUFFERED=1), so a run stopped at a
+time limit still shows how far it got; the last lines are one table (task, model, px, steps, samples/s, peak GB,
+loss first -> last, metric baseline -> fine-tuned, seconds per phase). Drawing the synthetic PNGs takes about 15 ms
+to 70 ms an image; with --task all both tasks' data are drawn at once in two processes. The one-shot GPU command
+(under 150 s on one H200, both tasks) is `--n 400 --epochs 5`. Not yet run on a GPU from this repo: an earlier
+attempt (H200, --n 1000 --epochs 5) ran past its 330 s limit with its output held in a pipe buffer.
 
 Needs torch, transformers, numpy, pillow, pyyaml, scipy and pycocotools; not datasets, not this package installed.
 """
@@ -17,6 +20,7 @@ Needs torch, transformers, numpy, pillow, pyyaml, scipy and pycocotools; not dat
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import shutil
@@ -83,24 +87,31 @@ def project(task: str, root: Path, model: Path, data: Path, n: int, epochs: floa
 def run(cmd: list[str], cwd: Path) -> float:
     print(f"[bench_vision] {cwd.parent.name}: {' '.join(cmd)}", flush=True)
     t = time.perf_counter()
-    env = {**os.environ, "TAO_SAVE_STEPS": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    env = {**os.environ, "TAO_SAVE_STEPS": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "PYTHONUNBUFFERED": "1"}
     subprocess.run([sys.executable, *cmd], cwd=cwd, env=env, check=True)
     return time.perf_counter() - t
 
 
-def bench(task: str, out: Path, n: int, epochs: float) -> dict:
+def make_data(task: str, out: Path, n: int) -> float:
+    """Draw the task's synthetic images (COCO boxes on a 640x480 canvas, or 512x512 masks); returns the seconds."""
     root = out / task
     shutil.rmtree(root, ignore_errors=True)
-    data = root / "data-src"
     t0 = time.perf_counter()
     if task == "object-detection":
-        detection_coco(data, n=n, size=(640, 480), bad_boxes=True)
+        detection_coco(root / "data-src", n=n, size=(640, 480), bad_boxes=True)
     else:
-        segmentation_folders(data, n=n, size=512)
+        segmentation_folders(root / "data-src", n=n, size=512)
+    return round(time.perf_counter() - t0, 1)
+
+
+def bench(task: str, out: Path, n: int, epochs: float, data_s: float) -> dict:
+    root = out / task
+    data = root / "data-src"
+    t0 = time.perf_counter()
     make_model(task, root / "model")
     proj = project(task, root, root / "model", data, n, epochs)
-    times = {"make_data_s": round(time.perf_counter() - t0, 1)}
-    print(f"[bench_vision] {task}: {n} synthetic images and a random-init model in {times['make_data_s']} s", flush=True)
+    times = {"make_data_s": data_s, "make_model_s": round(time.perf_counter() - t0, 1)}
+    print(f"[bench_vision] {task}: {n} synthetic images in {data_s} s, a random-init model in {times['make_model_s']} s", flush=True)
     times["prepare_s"] = round(run(["prepare_data.py"], proj), 1)
     times["baseline_s"] = round(run(["run_eval.py", "--baseline"], proj), 1)
     times["train_s"] = round(run(["train.py"], proj), 1)
@@ -132,12 +143,32 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tasks = ["semantic-segmentation", "object-detection"] if args.task == "all" else [args.task]
+    t0 = time.perf_counter()
+    with concurrent.futures.ProcessPoolExecutor(len(tasks)) as pool:  # drawing PNGs is single-threaded per task
+        data_s = dict(zip(tasks, pool.map(make_data, tasks, [out] * len(tasks), [args.n] * len(tasks))))
+    print(f"[bench_vision] data for {', '.join(tasks)} drawn in {time.perf_counter() - t0:.1f} s", flush=True)
     results = []
     for t in tasks:
-        results.append(bench(t, out, args.n, args.epochs))
+        results.append(bench(t, out, args.n, args.epochs, data_s[t]))
         print(json.dumps(results[-1]), flush=True)
     (out / "bench_vision.json").write_text(json.dumps(results, indent=1))
+    print(table(results), flush=True)
     return 0
+
+
+def table(results: list[dict]) -> str:
+    """One fixed-width table of the figures (the lines a log tail shows)."""
+    head = ("task", "model", "px", "device", "prec", "n_train", "batch", "steps", "img/s med", "img/s all", "peak GB",
+            "loss first->last", "metric", "baseline->tuned", "data/prep/base/train/eval s")
+    rows = [head]
+    for r in results:
+        f = lambda v, d=1: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+        rows.append((r["task"], r["model"], str(r["size"]), str(r["device"]), str(r["precision"]), str(r["n_train"]), str(r["batch"]),
+                     str(r["steps"]), f(r["samples_per_s_median"]), f(r["train_samples_per_s"]), f(r["peak_memory_gb"], 2),
+                     f"{r['loss_first']:.3f}->{r['loss_last']:.3f}", r["metric"], f"{r['baseline']:.4f}->{r['fine_tuned']:.4f}",
+                     "/".join(str(r[k]) for k in ("make_data_s", "prepare_s", "baseline_s", "train_s", "eval_s"))))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    return "\n".join("[bench_vision] " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
 
 
 if __name__ == "__main__":

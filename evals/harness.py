@@ -3,6 +3,9 @@ run dir, and print a scorecard; `--repeat N` and `--compare A B` run the same ca
 
 A case is a YAML file (evals/cases/*.yaml) with these keys, and no others:
   id, args (run flags), driver (autopilot | replay | anthropic), replay (a session.jsonl with the model turns),
+  replay_mode (full: `tao-finetune replay --mode full --strict` of that session instead of a run: every recorded tool
+  outcome is served, nothing runs, so no GPU, data or network is needed; the case passes only when the replay does not
+  diverge, and gates_met / gates_unmet / min_primary_metric / beats_baseline are read from the recording it reproduced),
   turns (scripted model turns: [{tool: NAME, input: {...}} | {text: "..."}]), demo_inputs (bool: the demo's model,
   digits and settings), setup ({autopilot_until: N}: the autopilot first brings the run to step N), env (variables for
   the run), expect (exit_code, gates_met, gates_unmet, min_primary_metric, beats_baseline, min_refusals, refused_tools
@@ -33,6 +36,7 @@ from tao_finetune.agent.state import RunState
 EXPECT_KEYS = {"exit_code", "gates_met", "gates_unmet", "min_primary_metric", "beats_baseline", "min_refusals", "refused_tools",
                "failed_tools", "not_pushed", "absent_strings", "absent_files", "max_tool_errors"}
 DRIVERS = ("autopilot", "replay", "anthropic")
+REPLAY_MODES = ("full",)
 
 
 class CaseError(ConfigError):
@@ -47,6 +51,7 @@ class Case:
     args: list[str]
     driver: str = "autopilot"
     replay: str | None = None
+    replay_mode: str | None = None  # "full": replay the recording (replay --mode full --strict) instead of running
     turns: list[dict[str, Any]] | None = None
     demo_inputs: bool = False  # build the demo model + digits and use the demo's settings
     setup: dict[str, Any] = field(default_factory=dict)
@@ -120,6 +125,8 @@ def parse_case(data: Any, source: Path) -> Case:
         raise CaseError(f"eval case {source.name!r}: a case needs 'id' and 'args'")
     if data.get("driver", "autopilot") not in DRIVERS:
         raise CaseError(f"eval case {source.name!r}: driver must be one of {', '.join(DRIVERS)}")
+    if data.get("replay_mode") is not None and (data["replay_mode"] not in REPLAY_MODES or not data.get("replay")):
+        raise CaseError(f"eval case {source.name!r}: replay_mode must be one of {', '.join(REPLAY_MODES)} and needs 'replay'")
     if data.get("replay"):
         data = {**data, "replay": str((source.parent / data["replay"]).resolve())}
     try:
@@ -150,8 +157,11 @@ def load_cases(folder: Path | None = None) -> list[Case]:
 def score_run(case: Case, run_dir: Path, code: int, seconds: float) -> Score:
     """Read the run dir and session log; compare with the case's expectations."""
     state = RunState.load(run_dir) if (run_dir / ".tao").is_dir() else RunState()
-    met = [s for s in gates.GATES if gates.check(s, run_dir, state).met]
     events = read_events(run_dir / "session.jsonl") if (run_dir / "session.jsonl").exists() else []
+    if case.replay_mode == "full":  # nothing ran: the gates and metrics are the recording's, which the replay reproduced
+        met, recorded = recorded_outcome(Path(case.replay))
+    else:
+        met, recorded = [s for s in gates.GATES if gates.check(s, run_dir, state).met], None
     refused = [e.get("name") for e in events if e["kind"] == "refused"]
     errors = sum(1 for e in events if e["kind"] == "tool_result" and e["is_error"])
     failed = {e.get("name") for e in events if e["kind"] == "tool_result" and e["is_error"]}
@@ -161,6 +171,8 @@ def score_run(case: Case, run_dir: Path, code: int, seconds: float) -> Score:
         return gates.primary_metric(gates.read_json(run_dir / "reports" / name))
 
     primary, baseline = metric("eval_results.json"), metric("baseline_results.json")
+    if recorded is not None:
+        primary, baseline = recorded.get("eval"), recorded.get("baseline")
     exp, fails = case.expect, []
     if "exit_code" in exp and code != exp["exit_code"]:
         fails.append(f"exit code {code}, expected {exp['exit_code']}")
@@ -197,6 +209,29 @@ def score_run(case: Case, run_dir: Path, code: int, seconds: float) -> Score:
             fails.append(f"secret found in {', '.join(leaks[:3])}")
     return Score(case.id, case.driver, code, met, len(refused), errors, usage.turns, round(usage.cost_usd, 4), round(seconds, 1),
                  primary, baseline, fails, usage.input_tokens, usage.output_tokens, round(usage.cache_read_share, 3), 0, str(run_dir))
+
+
+def recorded_outcome(session: Path) -> tuple[list[int], dict[str, float]]:
+    """The gates a recorded session ended with (its last `gate` event per step) and the primary metric of its eval and
+    baseline jobs (from their recorded tool results)."""
+    events = read_events(session)
+    last: dict[int, bool] = {}
+    for e in events:
+        if e["kind"] == "gate" and isinstance(e.get("step"), int):
+            last[e["step"]] = bool(e.get("met"))
+    calls = {e["id"]: e for e in events if e["kind"] == "tool_call"}
+    metrics: dict[str, float] = {}
+    for e in events:
+        job = (calls.get(e.get("id")) or {}).get("input", {}).get("job") if e["kind"] == "tool_result" else None
+        if job in ("eval", "baseline") and not e.get("is_error"):
+            try:
+                out = json.loads(str(e.get("content", "")))
+            except json.JSONDecodeError:
+                continue
+            value = gates.primary_metric(out.get("results") if isinstance(out.get("results"), dict) else out)
+            if value is not None:
+                metrics[job] = value
+    return sorted(s for s, ok in last.items() if ok), metrics
 
 
 def fresh_dir(base: Path) -> Path:
@@ -248,7 +283,9 @@ def run_case(case: Case, out: Path, driver: Driver | None = None, main: Callable
             main(["run", *case.args, *common, "--output-dir", str(run_dir), "--llm", "autopilot", "--yes", "--quiet",
                   "--stop-before-step", str(until)])
         argv = ["run", *case.args, *common, "--output-dir", str(run_dir), "--llm", llm, "--yes", "--quiet"]
-        if case.turns:
+        if case.replay_mode == "full":
+            argv = ["replay", str(case.replay), "--mode", "full", "--strict", "--output-dir", str(run_dir)]
+        elif case.turns:
             argv += ["--replay", str(scripted_session(case.turns, run_dir.parent / f".{run_dir.name}.turns.jsonl"))]
         elif case.replay:
             argv += ["--replay", case.replay]

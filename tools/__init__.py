@@ -8,6 +8,7 @@ from tao_finetune.tools.base import REGISTRY, Tool
 
 MODULES = (
     "general",
+    "request",
     "probe",
     "dataset",
     "task",

@@ -94,7 +94,8 @@ def set_config(ctx: RunContext, args: SetConfigArgs) -> str:
     why = policy.needs_user(cfg, key)
     if why:
         value = parse_value(args.value)
-        raise NeedsUser(f"changing {key!r} to {value!r} needs the user's approval: {why} ({args.reason})", f"re-run with --set {key}={args.value}")
+        raise NeedsUser(f"changing {key!r} to {value!r} needs the user's approval: {why} ({args.reason})", f"re-run with --set {key}={args.value}",
+                        choices={"yes": {key: value}})
     if not key.startswith(FREE_KEYS):
         raise ToolError(f"{key!r} is recorded by its own step's tools, not set_config")
     data = cfg.model_dump()

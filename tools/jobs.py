@@ -15,9 +15,11 @@ from pydantic import BaseModel, Field
 from tao_finetune.agent import policy
 from tao_finetune.agent.config import atomic_write_text
 from tao_finetune.agent.context import RunContext
+from tao_finetune.agent.errors import LimitReached
 from tao_finetune.agent.gates import N_SAMPLES, primary_metric, read_json, uses_lora_merge
 from tao_finetune.agent.state import files_since, record_job
 from tao_finetune.tools.base import NeedsUser, NoArgs, ToolError, tool
+from tao_finetune.tools.runtime.outcome import deadline_message
 
 PLAYBOOK = Path(__file__).resolve().parent.parent / "references" / "error_playbook.yaml"
 Job = Literal["prepare", "smoke", "tests", "baseline", "eval", "infer", "train", "merge"]
@@ -122,6 +124,13 @@ def apply_fix(ctx: RunContext, fix: dict, attempt: int = 1) -> str | None:
                                            "gradient_accumulation_steps": hp.gradient_accumulation_steps * 2})
         if not hp.gradient_checkpointing:
             return _set_hparams(ctx, fid, {"gradient_checkpointing": True})
+        from tao_finetune.tools.task import lora_unavailable
+
+        no_lora = None if hp.training_method == "lora" else lora_unavailable(ctx.config)
+        if no_lora or hp.training_method == "lora":  # LoRA is not offered where it cannot help
+            raise NeedsUser("out of memory at batch size 1 with gradient checkpointing on"
+                            + (f", and {no_lora}" if no_lora else " with LoRA already on") + ". Use a larger GPU or more GPUs?",
+                            "change the hardware (or --set a smaller image size / max length), then resume the run")
         raise NeedsUser("out of memory at batch size 1 with gradient checkpointing on. Switch to LoRA "
                         f"(r={ctx.config.lora_r}) or use a larger GPU?",
                         "re-run with --answer lora to set hyperparameters.training_method=lora (training restarts), or change the hardware",
@@ -367,9 +376,8 @@ def run_unit_tests(ctx: RunContext, plat, argv: list[str]) -> dict:
     try:
         res = plat.run(ctx, "tests", argv)
         code, text, log = res.exit_code, res.log_tail, f"logs/{res.log_path.name}"
-    except ToolError as err:  # platforms that check the exit themselves (Docker) raise with the log tail
-        found = re.search(r"exited with code (-?\d+)", str(err))
-        code, text, log = int(found.group(1)) if found else None, str(err), "logs/tests.log"
+    except ToolError as err:  # the platform could not run the job at all (no image, no daemon, a refused submission)
+        code, text, log = None, str(err), "logs/tests.log"
     text = ctx.creds.redact(text)
     summary = pytest_summary(text)
     passed = code == 0
@@ -432,7 +440,7 @@ def docker_run(ctx: RunContext, args: RunArgs) -> dict:
         return out
     try:
         res = plat.run(ctx, args.job, argv)
-    except ToolError as err:  # platforms that check the exit themselves (Docker) raise with the log tail
+    except ToolError as err:  # the platform could not run the job at all; a job that ran and failed returns its exit code
         sweep_credentials(ctx, started)
         handle_failure(ctx, args.job, None, str(err))
     ctx.session.event("job_end", job=args.job, exit_code=res.exit_code)
@@ -594,9 +602,11 @@ def train_status(ctx: RunContext, args: StatusArgs) -> dict:
                     f"judged after step {prog['flat_after']} (warm-up, first epoch and half the run are past)"))
             if time.monotonic() >= deadline:
                 prog = {**prog, **{k: st[k] for k in ("job_id", "slurm_state", "pending_reason") if st.get(k)}}  # SLURM: why it waits
-                if run_ends:
-                    return {"state": "running", **prog, "note": "the run's wall-time limit (--max-hours) is reached; training keeps "
-                                                                "running detached: `tao-finetune stop DIR` stops it, re-running resumes"}
+                if run_ends:  # the run ends here with ExitCode.LIMIT; the loop saves its state; training runs on detached
+                    ctx.session.event("train_wait_cut", step=prog.get("step"), total_steps=prog.get("total_steps"))
+                    raise LimitReached(deadline_message(
+                        f"while training ran (step {prog.get('step')}/{prog.get('total_steps')}): training keeps running "
+                        f"detached (`tao-finetune stop {ctx.run_dir}` stops it; a re-run continues watching it)"))
                 return {"state": "running", **prog}
             time.sleep(0.2)  # a short job's end is seen within 0.2 s
             continue
@@ -615,6 +625,6 @@ def train_status(ctx: RunContext, args: StatusArgs) -> dict:
         return {**rec, "next": "docker_run job=eval, then job=infer"}
     if st.get("stopped"):
         return {"state": "stopped", **prog, "next": "docker_run job=train resumes from the newest checkpoint"}
-    oom = "\nOutOfMemoryError: the container was OOM-killed" if st.get("oom_killed") else ""
-    handle_failure(ctx, "train", st.get("exit_code"), st.get("log_tail", "") + oom)
+    # every platform's status ends a failed job's log tail with the same evidence line (tools/runtime/outcome.py)
+    handle_failure(ctx, "train", st.get("exit_code"), st.get("log_tail", ""))
     raise AssertionError("unreachable")

@@ -298,6 +298,13 @@ def check_model_fit(ctx: RunContext, args: NoArgs) -> dict:
     ctx.state.record("model_fit", record)
     ctx.save()
     if not ok and method != "lora":
+        from tao_finetune.tools.task import lora_unavailable
+
+        no_lora = lora_unavailable(cfg)
+        if no_lora:  # not offered: one line saying why
+            raise NeedsUser(f"{cfg.model_id} needs about {need} GB for its bf16 weights alone, more than 60% of one "
+                            f"{cfg.gpu_name} ({cfg.vram_gb_per_gpu} GB -> {limit} GB), and {no_lora}.",
+                            "run on a host with larger GPUs (or choose a smaller model), then start the run again")
         raise NeedsUser(
             f"{cfg.model_id} needs about {need} GB for its bf16 weights alone, more than 60% of one "
             f"{cfg.gpu_name} ({cfg.vram_gb_per_gpu} GB -> {limit} GB). Recommended: LoRA (hyperparameters.training_method=lora). "

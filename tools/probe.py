@@ -161,6 +161,23 @@ def meta_param_count(config: dict[str, Any]) -> int | None:
         return None
 
 
+def meta_lora_targets(config: dict[str, Any]) -> int | None:
+    """How many LoRA targets the model offers: its nn.Linear layers inside repeated (numbered) blocks, counted on the
+    backbone (AutoModel, no task head) built on the meta device from config.json — the rule the scaffolds'
+    common.derive_lora_targets applies to the loaded model. 0 = the model cannot take LoRA here; None = not buildable."""
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModel
+
+        cfg = AutoConfig.for_model(**config)
+        with torch.device("meta"):
+            model = AutoModel.from_config(cfg)
+        return sum(1 for name, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and any(p.isdigit() for p in name.split(".")[:-1]))
+    except (ImportError, ValueError, KeyError, TypeError, AttributeError, RuntimeError):
+        return None
+
+
 def _first(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
 
@@ -280,6 +297,7 @@ def probe_local_model(path: Path) -> ModelFacts:
         "files": sorted(p.name for p in path.iterdir())[:50],
         "param_count": count,
         "param_source": source,
+        "lora_targets": meta_lora_targets(config),
         **config_facts(config),
         **side_facts(*(_read_json(path / f) for f in SIDE_FILES[:3])),
         **card_facts(readme.read_text(errors="replace") if readme.is_file() else ""),
@@ -366,6 +384,7 @@ def probe_hub_model(model_id: str, token_present: bool) -> ModelFacts:
         "files": (siblings or [])[:50],
         "param_count": count,
         "param_source": source,
+        "lora_targets": meta_lora_targets(config),
         **config_facts(config),
         **side_facts(*(_read_json(p) for p in side[:3])),
         **card_facts(card),

@@ -231,6 +231,7 @@ SCRIPT_ROLES = {
     "common.py": "what the scripts share: config reading, data cache and prefetcher, device/precision, model loading, "
                  "checkpoint IO, metrics log; imported by the scripts",
     "sources.py": "opens the dataset (Hub id or local folder/file) as tables; imported by prepare_data.py",
+    "vision.py": "the detection and segmentation eval/infer set-up and pixel statistics; imported by their task.py",
 }
 
 

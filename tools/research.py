@@ -29,6 +29,7 @@ from tao_finetune.agent.gates import RECIPE_SLOTS
 from tao_finetune.agent.state import RunState
 from tao_finetune.tools.base import ToolError, tool
 from tao_finetune.tools.probe import endpoint
+from tao_finetune.tools.task import lora_unavailable
 
 REFERENCES = "tao_finetune.references"
 # training_method is the user's choice (core rule: never substitute it); research may only suggest it.
@@ -611,7 +612,10 @@ def record_recipe(ctx: RunContext, args: RecordRecipeArgs) -> dict:
             for raw_name, v in args.value.items():
                 name = HP_ALIASES.get(raw_name, raw_name)
                 if name == "training_method":
-                    if v != ctx.config.hyperparameters.training_method:
+                    no_lora = lora_unavailable(ctx.config) if v == "lora" else None
+                    if no_lora:  # not offered at all: the model cannot take it
+                        skipped[raw_name] = f"not applied and not offered: {no_lora}"
+                    elif v != ctx.config.hyperparameters.training_method:
                         skipped[raw_name] = (
                             f"not applied: the source suggests {v!r} but training_method is the user's choice "
                             f"(now {ctx.config.hyperparameters.training_method!r}); ask the user before switching"

@@ -10,7 +10,7 @@ from typing import Any, get_args
 
 from tao_finetune.agent import gates, policy
 from tao_finetune.agent.errors import ExitCode
-from tao_finetune.agent.config import ConfigError, DatasetFormat, TaskType, apply_overrides, build_config
+from tao_finetune.agent.config import ConfigError, DatasetFormat, TaskType, apply_overrides, build_config, check_output_dir
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.secrets import Credentials
 from tao_finetune.agent.session import SessionLog
@@ -131,8 +131,6 @@ def inspect_command(args: argparse.Namespace) -> int:
         data, keys = apply_overrides(data, args.sets)
         data["user_set"] = sorted(set(user_set) | set(keys))
         if args.output_dir:
-            from tao_finetune.agent.cli import check_output_dir
-
             check_output_dir(args.output_dir.resolve())
             report = _run(data, args.output_dir.resolve())
         else:

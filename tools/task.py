@@ -244,16 +244,32 @@ def trainability_problems(task: str | None, df: dict[str, Any]) -> list[str]:
     return out
 
 
+def lora_unavailable(cfg: Any) -> str | None:
+    """One line when the model cannot take LoRA (probe_model counted no nn.Linear inside its repeated blocks, the
+    layers the scaffolds derive LoRA targets from); None when it can or the count is unknown. Where this is set, LoRA
+    is neither offered nor accepted."""
+    mf = cfg.model_facts
+    if mf is None or mf.get("lora_targets") is None or mf.get("lora_targets") > 0:
+        return None
+    kind = mf.get("model_type") or "this architecture"
+    return (f"{cfg.model_id} ({kind}) cannot take LoRA: it has no nn.Linear inside its repeated blocks, where LoRA "
+            "targets are derived from; full fine-tuning only")
+
+
 def verdict(cfg: Any) -> dict[str, Any]:
     """Accept or reject the run from config facts; reasons and warnings in plain words."""
     mf, df = cfg.model_facts or {}, cfg.dataset_facts or {}
     rejects, warns = license_problems(mf, df, cfg.push_to_hub)
     n = mf.get("param_count") or 0
     lora = cfg.hyperparameters.training_method == "lora"
+    no_lora = lora_unavailable(cfg)
+    if lora and no_lora:
+        rejects.append(f"training_method lora: {no_lora}")
     if n >= 5 * LORA_PARAMS:
         rejects.append(f"model has {n / 1e9:.0f}B parameters: too large to fine-tune on any single host here, even with LoRA")
     elif n >= LORA_PARAMS and not lora:
-        rejects.append(f"model has {n / 1e9:.0f}B parameters: full fine-tuning needs 8x80 GB or more; use LoRA (--set training_method=lora)")
+        rejects.append(f"model has {n / 1e9:.0f}B parameters: full fine-tuning needs 8x80 GB or more; "
+                       + (f"and {no_lora}" if no_lora else "use LoRA (--set training_method=lora)"))
     elif n >= 30e9 and not lora:
         warns.append(f"model has {n / 1e9:.0f}B parameters: full fine-tuning needs several 80 GB GPUs; Step 2 checks the fit")
     errors = [i.message for i in df.issues_at("error")] if df else []

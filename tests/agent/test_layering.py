@@ -73,3 +73,11 @@ def test_autopilot_rules_and_prompt_follow_the_table():
     for s in steps.STEPS:
         assert f"{s.number}. " in text and all(t in text for t in s.tools)
     assert steps.step_of("read_reference") == steps.ANY
+
+
+def test_no_tool_imports_the_cli():
+    """tools/ are wired in by the CLI, never the reverse (step1's output-dir check lives in agent/config.py)."""
+    tools_dir = AGENT.parent / "tools"
+    offenders = {str(p.relative_to(tools_dir)): sorted(m for m in imported_modules(p) if m.startswith("tao_finetune.agent.cli"))
+                 for p in sorted(tools_dir.rglob("*.py"))}
+    assert not {k: v for k, v in offenders.items() if v}, offenders

@@ -7,6 +7,7 @@ import pytest
 
 from tao_finetune.agent.config import RunConfig
 from tao_finetune.agent.context import RunContext
+from tao_finetune.agent.errors import ExitCode, LimitReached
 from tao_finetune.agent.secrets import Credentials
 from tao_finetune.agent.session import SessionLog
 from tao_finetune.tools import jobs
@@ -457,12 +458,60 @@ def test_the_flat_loss_fix_is_applied_and_the_retry_says_what_changed(tmp_path):
     ctx.platform.stop(ctx, "train")
 
 
-def test_a_status_wait_ends_at_the_runs_deadline(tmp_path):
+def test_a_status_wait_ends_the_run_at_its_deadline(tmp_path):
     import time
     ctx = training_ctx(tmp_path, [2.3, 2.1], hang=True)
     run(ctx, "train")
     ctx.deadline = time.monotonic() + 1.5
     t0 = time.monotonic()
-    st = jobs.train_status.fn(ctx, jobs.StatusArgs(wait_s=600))
-    assert time.monotonic() - t0 < 10 and st["state"] == "running" and "--max-hours" in st["note"]
+    with pytest.raises(LimitReached, match=r"wall-time limit reached \(--max-hours\) while training ran .*keeps running detached") as err:
+        jobs.train_status.fn(ctx, jobs.StatusArgs(wait_s=600))
+    assert err.value.code == ExitCode.LIMIT and time.monotonic() - t0 < 10
+    assert ctx.platform.status(ctx, "train")["running"]  # training is detached on every platform: it runs on
     ctx.platform.stop(ctx, "train")
+
+
+SLOW_EVAL = "import os, time\nopen('eval.pid', 'w').write(str(os.getpid()))\nprint('evaluating', flush=True)\ntime.sleep(300)\n"
+
+
+@pytest.mark.parametrize("persistent", [True, False], ids=["worker", "process"])
+def test_a_blocking_job_is_cut_at_the_runs_deadline(tmp_path, persistent):
+    import time
+
+    from tao_finetune.agent.lock import pid_alive
+
+    ctx = make_ctx(tmp_path)
+    ctx.platform = LocalPlatform(persistent=persistent)
+    prepared(ctx)
+    script(ctx, "run_eval.py", SLOW_EVAL)
+    ctx.deadline = time.monotonic() + 3
+    t0 = time.monotonic()
+    with pytest.raises(LimitReached, match=r"--max-hours\) while the baseline job ran: the job was stopped; raise it and re-run") as err:
+        run(ctx, "baseline")
+    assert err.value.code == ExitCode.LIMIT and time.monotonic() - t0 < 20
+    assert not pid_alive(int((ctx.run_dir / "eval.pid").read_text()))
+    assert "evaluating" in (ctx.run_dir / "logs" / "baseline.log").read_text()
+    kinds = [json.loads(x)["kind"] for x in (ctx.run_dir / ".tao" / "session.jsonl").read_text().splitlines()]
+    assert "job_cut" in kinds and "baseline" not in ctx.state.evidence
+
+
+def test_the_loop_ends_with_the_limit_exit_code_when_a_job_outlives_max_hours(tmp_path):
+    """Through the agent loop: a blocking job past --max-hours ends the run with exit 5, the state saved."""
+    from tao_finetune.agent.fakes import ScriptedClient, tool_call
+    from tao_finetune.agent.loop import Agent, Limits
+    from tao_finetune.agent.state import RunState
+    from tao_finetune.tools.base import tool
+
+    @tool(step=1, register=False)
+    def run_baseline(ctx, args: NoArgs) -> dict:
+        """The real docker_run job=baseline (its step gates are not what this test is about)."""
+        return jobs.docker_run.fn(ctx, jobs.RunArgs(job="baseline"))
+
+    ctx = make_ctx(tmp_path)
+    prepared(ctx)
+    script(ctx, "run_eval.py", SLOW_EVAL)
+    result = Agent(ScriptedClient([tool_call("run_baseline")]), ctx, [run_baseline], "system", Limits(max_wall_s=3)).run("go")
+    assert result.code == ExitCode.LIMIT == 5 and "--max-hours" in result.message
+    events = [json.loads(x) for x in (ctx.run_dir / ".tao" / "session.jsonl").read_text().splitlines()]
+    assert [e["kind"] for e in events][-2:] == ["job_cut", "exit"] and events[-1]["code"] == 5
+    assert RunState.load(ctx.run_dir).records.get("baseline") is None and "baseline" not in RunState.load(ctx.run_dir).evidence

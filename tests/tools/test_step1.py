@@ -195,3 +195,16 @@ def test_inspect_flags_a_label_that_reads_like_an_instruction(capsys, tmp_path, 
     add_inspect_parser(parser.add_subparsers(dest="command"))
     inspect_command(parser.parse_args(["inspect", "--model-id", str(models["vit"]), "--local-dataset-path", str(data)]))
     assert "warning: label 'Ignore previous instructions" in capsys.readouterr().out
+
+
+def test_inspect_refuses_an_output_dir_that_is_a_file_like_run(capsys, tmp_path, models):
+    """One check (agent/config.check_output_dir) for `run` and `inspect --output-dir`: the same one-line exit 2."""
+    from tao_finetune.agent.cli import main
+
+    data = D.imagefolder(tmp_path / "data", splits=("train",))
+    (tmp_path / "taken").write_text("a file")
+    code, r = inspect(capsys, "--model-id", str(models["vit"]), "--local-dataset-path", str(data), "--output-dir", str(tmp_path / "taken"))
+    assert code == 2 and r["message"] == f"--output-dir {str(tmp_path / 'taken')!r} is a file, not a folder: choose another path"
+    assert main(["run", "--model-id", str(models["vit"]), "--local-dataset-path", str(data), "--output-dir", str(tmp_path / "taken"),
+                 "--llm", "autopilot", "--platform", "local", "--yes", "--quiet"]) == 2
+    assert r["message"] in capsys.readouterr().err

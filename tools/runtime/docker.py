@@ -7,6 +7,7 @@ OOM kills and logs can be read back.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -23,11 +24,11 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from tao_finetune.agent.context import JobKind, JobResult, RunContext
 from tao_finetune.agent.policy import job_credentials
 from tao_finetune.tools.base import ToolError
+from tao_finetune.tools.runtime.outcome import STATUS_TAIL_CHARS, Watchdog, exit_code, failure_tail, oom_killed, tail
 
 WORKDIR = "/workspace"
 RUNTIME_ENV = "meta/runtime_env.json"  # env vars of the applicable compat fixes (written by render_scaffold)
 CONTAINER_HF_HOME = "/root/.cache/huggingface"
-TRAIN_CONTAINER = "hft_train"
 NETWORKED_JOBS = {"prepare"}  # every other job runs with network_mode none
 TAIL_LINES = 40
 CLIENT_TIMEOUT = 24 * 3600  # builds and log streams may be silent for long stretches
@@ -52,9 +53,11 @@ def image_tag(short_name: str) -> str:
     return f"run-{safe}:latest"
 
 
-def container_name(kind: str) -> str:
-    """The training container is `hft_train`; other jobs get `hft_<kind>`."""
-    return TRAIN_CONTAINER if kind == "train" else f"hft_{kind}"
+def container_name(kind: str, run_dir: Path) -> str:
+    """`hft_<kind>_<10 hex digits of the run dir's absolute path>`: unique per run dir, so two runs on one host never
+    collide, and the same in every process that works on that run dir (the agent, a rerun, `tao-finetune stop`)."""
+    digest = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:10]
+    return f"hft_{kind}_{digest}"
 
 
 def default_shm_size() -> int:
@@ -280,7 +283,7 @@ class DockerPlatform:
         """Run argv in a fresh container of the project image; detached for training, else wait and check the exit."""
         cfg = ctx.config
         tag = image_tag(cfg.short_name)
-        name = container_name(kind)
+        name = container_name(kind, ctx.run_dir)
         try:
             self.client.images.get(tag)
         except ImageNotFound:
@@ -335,14 +338,15 @@ class DockerPlatform:
         if detach:
             self._follow(ctx, container, kind, log_path)
             return JobResult(kind=kind, exit_code=0, log_path=log_path, detached=True, handle=name)
-        self._stream(ctx, container.logs(stream=True, follow=True), kind, log_path)
-        code = int(container.wait().get("StatusCode", -1))
+        with Watchdog(ctx, kind, lambda: container.stop(timeout=10)) as dog:  # --max-hours ends the job there
+            self._stream(ctx, container.logs(stream=True, follow=True), kind, log_path)
+            code = exit_code(int(container.wait().get("StatusCode", -1)))
         container.reload()
-        oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
+        oom = oom_killed(code, oom_flag=bool(container.attrs.get("State", {}).get("OOMKilled")), stopped=dog.fired.is_set())
         container.remove(force=True)
-        tail = ctx.creds.redact(_tail(log_path))
-        check_exit(kind, code, oom, tail)
-        return JobResult(kind=kind, exit_code=code, log_path=log_path, log_tail=tail)
+        dog.check()
+        text = failure_tail(kind, code, ctx.creds.redact(tail(log_path)), oom=oom)
+        return JobResult(kind=kind, exit_code=code, log_path=log_path, log_tail=text)
 
     def _stream(self, ctx: RunContext, chunks: Iterable[bytes], kind: str, log_path: Path) -> None:
         out = _LineWriter(log_path, ctx.creds.redact, self.echo, f"[{kind}] ")
@@ -364,9 +368,9 @@ class DockerPlatform:
 
     def wait(self, ctx: RunContext, kind: JobKind, timeout: float | None = None) -> dict:
         """Block until a detached job ends (or timeout seconds pass); returns status()."""
-        name = container_name(kind)
+        name = container_name(kind, ctx.run_dir)
         try:
-            self.client.containers.get(name).wait(timeout=timeout)
+            self._container(ctx, kind).wait(timeout=timeout)
         except NotFound:
             pass
         except requests.exceptions.ReadTimeout:
@@ -378,13 +382,14 @@ class DockerPlatform:
 
     def status(self, ctx: RunContext, kind: JobKind) -> dict:
         """State of a job's container: running, exit code, OOM kill and the redacted log tail."""
-        name = container_name(kind)
         log_path = ctx.run_dir / "logs" / f"{kind}.log"
         try:
-            container = self.client.containers.get(name)
+            container = self._container(ctx, kind)
+            name = container.name
         except NotFound:
+            name = container_name(kind, ctx.run_dir)
             return {"name": name, "exists": False, "started": False, "running": False, "exit_code": None,
-                    "log_tail": ctx.creds.redact(_tail(log_path))}
+                    "log_tail": ctx.creds.redact(tail(log_path, STATUS_TAIL_CHARS))}
         except (DockerException, requests.exceptions.ConnectionError) as err:
             raise _daemon_error(err) from None
         state = container.attrs.get("State", {})
@@ -395,7 +400,7 @@ class DockerPlatform:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             text = container.logs().decode("utf-8", errors="replace")
             log_path.write_text(ctx.creds.redact(text))
-        code = None if running else int(state.get("ExitCode", -1))
+        code = None if running else exit_code(int(state.get("ExitCode", -1)))
         out = {
             "name": name,
             "exists": True,
@@ -404,11 +409,24 @@ class DockerPlatform:
             "status": container.status,
             "exit_code": code,
             "stopped": self._stop_marker(ctx, kind).exists(),
-            "log_tail": ctx.creds.redact(_tail(log_path, 20)),
+            "log_tail": ctx.creds.redact(tail(log_path, STATUS_TAIL_CHARS)),
         }
-        if not running:
-            out["oom_killed"] = bool(state.get("OOMKilled")) or (code == 137 and not out["stopped"])
+        if code is not None:
+            out["oom_killed"] = oom = oom_killed(code, oom_flag=bool(state.get("OOMKilled")), stopped=out["stopped"])
+            out["log_tail"] = failure_tail(kind, code, out["log_tail"], oom=oom, stopped=out["stopped"])
         return out
+
+    def _container(self, ctx: RunContext, kind: str) -> Any:
+        """The job's container by its name; else by the labels every container of this run carries (one started under
+        another name, e.g. the global `hft_<kind>` of earlier versions). NotFound when there is none."""
+        try:
+            return self.client.containers.get(container_name(kind, ctx.run_dir))
+        except NotFound:
+            pass
+        found = self.client.containers.list(all=True, filters={"label": [f"tao-finetune.run={ctx.run_dir}", f"tao-finetune.kind={kind}"]})
+        if not found:
+            raise NotFound(f"no {kind} container for {ctx.run_dir}")
+        return found[0]
 
     @staticmethod
     def _stop_marker(ctx: RunContext, kind: str) -> Path:
@@ -417,7 +435,7 @@ class DockerPlatform:
     def stop(self, ctx: RunContext, kind: JobKind) -> None:
         """Stop the job's container (kept, so its logs and exit code stay readable)."""
         try:
-            container = self.client.containers.get(container_name(kind))
+            container = self._container(ctx, kind)
         except NotFound:
             return
         except (DockerException, requests.exceptions.ConnectionError) as err:
@@ -432,14 +450,3 @@ class DockerPlatform:
         except (DockerException, requests.exceptions.ConnectionError) as err:
             raise _daemon_error(err) from None
 
-
-def check_exit(kind: str, code: int, oom: bool, tail: str) -> None:
-    """Raise a ToolError naming the cause for a failed job."""
-    if oom or code == 137:
-        why = "OOM-killed" if oom else "killed (exit 137, usually out of memory)"
-        raise ToolError(
-            f"{kind} was {why}: halve the batch size and double gradient_accumulation_steps, "
-            f"or enable gradient checkpointing\nlast log lines:\n{tail}"
-        )
-    if code != 0:
-        raise ToolError(f"{kind} exited with code {code}\nlast log lines:\n{tail}")

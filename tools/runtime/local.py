@@ -19,39 +19,23 @@ import time
 from pathlib import Path
 
 from tao_finetune.agent.context import JobKind, JobResult, RunContext
-from tao_finetune.agent.errors import ToolError
+from tao_finetune.agent.lock import pid_alive
 from tao_finetune.agent.policy import job_credentials
 from tao_finetune.agent.secrets import KNOWN, SECRET_NAMES
 from tao_finetune.tools.base import ToolError
+from tao_finetune.tools.runtime.outcome import STATUS_TAIL_CHARS, Watchdog, exit_code, failure_tail, oom_killed, tail
 
-TAIL_CHARS = 3000
 WORKER = Path(__file__).resolve().with_name("worker.py")
 POLL_S = 0.02
 
 
-def tail(path: Path, chars: int = TAIL_CHARS) -> str:
-    """The last `chars` characters of a text file ('' if absent)."""
+def _terminate(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `grace_s`."""
+    proc.terminate()
     try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - chars))
-            return f.read().decode(errors="replace")
-    except FileNotFoundError:
-        return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return True
-    return state not in ("Z", "X")
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def redact_log(ctx: RunContext, log: Path) -> None:
@@ -207,7 +191,7 @@ class LocalPlatform:
         proc = self._procs.get(kind)
         if proc is not None and proc.pid == pid:
             return proc.poll() is None
-        return _alive(pid)
+        return pid_alive(pid)
 
     def _alive_pid(self, kind: str, pid: int) -> bool:
         w = self._worker
@@ -221,7 +205,7 @@ class LocalPlatform:
             if exit_file.exists():
                 return False
             w = self._worker
-            return w.poll() is None if (w is not None and w.pid == pid) else _alive(pid)
+            return w.poll() is None if (w is not None and w.pid == pid) else pid_alive(pid)
         return self._running(kind, pid)
 
     def _files(self, ctx: RunContext, kind: str) -> tuple[Path, Path, Path]:
@@ -301,20 +285,24 @@ class LocalPlatform:
             out.write((ctx.creds.redact(f"$ {' '.join(argv)}") + "\n").encode())
         w = self._submit(ctx, kind, argv) if self._worker_argv(argv) else None
         if w is not None:
-            code = self._wait(w, exit_file)
+            with Watchdog(ctx, kind, self._kill_worker) as dog:  # --max-hours: the job (and its worker) end there
+                code = exit_code(self._wait(w, exit_file))
             redact_log(ctx, log)  # the job wrote its log directly: every credential form is scrubbed from it
-            return JobResult(kind, code, log, ctx.creds.redact(tail(log)))
+            dog.check()
+            return JobResult(kind, code, log, failure_tail(kind, code, ctx.creds.redact(tail(log)), oom=oom_killed(code)))
         with log.open("w", encoding="utf-8") as out:
             out.write(ctx.creds.redact(f"$ {' '.join(argv)}") + "\n")
             out.flush()
             proc = subprocess.Popen(cmd, cwd=ctx.run_dir, env=self._env(ctx, kind), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL)
             assert proc.stdout is not None
-            for raw in proc.stdout:  # every line is redacted before it is stored
-                out.write(ctx.creds.redact(raw.decode("utf-8", errors="replace")))
-                out.flush()
-            code = proc.wait()
-        return JobResult(kind, code, log, ctx.creds.redact(tail(log)))
+            with Watchdog(ctx, kind, lambda: _terminate(proc)) as dog:
+                for raw in proc.stdout:  # every line is redacted before it is stored
+                    out.write(ctx.creds.redact(raw.decode("utf-8", errors="replace")))
+                    out.flush()
+                code = exit_code(proc.wait())
+        dog.check()
+        return JobResult(kind, code, log, failure_tail(kind, code, ctx.creds.redact(tail(log)), oom=oom_killed(code)))
 
     def status(self, ctx: RunContext, kind: JobKind) -> dict:
         """running / exit_code / pid / log tail of a detached job."""
@@ -326,17 +314,22 @@ class LocalPlatform:
         pid = int(info["pid"])
         running = self._job_running(kind, info, exit_file)
         code = None
+        out = {"running": running, "exit_code": None, "pid": pid, "started": True, "stopped": bool(info.get("stopped")),
+               "log_tail": ctx.creds.redact(tail(log, STATUS_TAIL_CHARS))}
         if not running:
             text = exit_file.read_text().strip() if exit_file.exists() else ""
             proc = self._procs.get(kind)
+            w = self._worker
             if text.lstrip("-").isdigit():
                 code = int(text)
             elif proc is not None and proc.pid == pid:
                 code = proc.returncode
-            else:
-                code = -1  # ended without an exit record: killed
-        return {"running": running, "exit_code": None if running else code, "pid": pid, "started": True,
-                "stopped": bool(info.get("stopped")), "log_tail": ctx.creds.redact(tail(log, 1500))}
+            elif w is not None and w.pid == pid and w.poll() is not None:
+                code = w.returncode  # the job took the worker down with it (a signal, os._exit)
+            out["exit_code"] = code = exit_code(code)  # None (ended without an exit record: killed) -> -1
+            out["oom_killed"] = oom = oom_killed(code, stopped=out["stopped"])
+            out["log_tail"] = failure_tail(kind, code, out["log_tail"], oom=oom, stopped=out["stopped"])
+        return out
 
     def stop(self, ctx: RunContext, kind: JobKind) -> None:
         """Stop a detached job: SIGTERM to its process group, SIGKILL after 10 s."""

@@ -39,7 +39,8 @@ from tao_finetune.agent.context import JobKind, JobResult, RunContext
 from tao_finetune.agent.policy import job_credentials
 from tao_finetune.agent.secrets import KNOWN, SECRET_NAMES
 from tao_finetune.tools.base import ToolError
-from tao_finetune.tools.runtime.local import redact_log, tail
+from tao_finetune.tools.runtime.local import redact_log
+from tao_finetune.tools.runtime.outcome import STATUS_TAIL_CHARS, Watchdog, exit_code, failure_tail, oom_killed, tail
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
           "SUSPENDED", "STAGE_OUT", "SIGNALING", "RESV_DEL_HOLD", "STOPPED", "SPECIAL_EXIT"}
@@ -143,6 +144,18 @@ class JobState:
     @property
     def active(self) -> bool:
         return self.state in ACTIVE
+
+    def returncode(self) -> int:
+        """The exit code in the platforms' one convention (tools/runtime/outcome.py): 128+N for a job killed by signal N,
+        1 for an ended job that is not COMPLETED yet exited 0 (TIMEOUT, NODE_FAIL, a cancel), -1 when unknown."""
+        if self.exit_code is None:
+            return -1
+        code = exit_code(self.exit_code if not self.signal or self.exit_code else -self.signal)
+        return 1 if code == 0 and self.state != "COMPLETED" else code
+
+    def oom(self, stopped: bool = False) -> bool:
+        """OUT_OF_MEMORY, or a SIGKILL nobody asked for (tools/runtime/outcome.oom_killed)."""
+        return oom_killed(self.returncode(), oom_flag=self.state == "OUT_OF_MEMORY", stopped=stopped or self.state == "CANCELLED")
 
     def evidence(self) -> str:
         """The line for the error playbook when the state says more than the exit code."""
@@ -583,18 +596,17 @@ class SlurmPlatform:
         if detach:
             return JobResult(kind, 0, log, "", detached=True, handle=job_id)
         try:
-            js = self.wait(ctx, kind, job_id)
+            with Watchdog(ctx, kind, lambda: _run(["scancel", job_id])) as dog:  # --max-hours ends the job there
+                js = self.wait(ctx, kind, job_id)
         finally:
             follower.stop()
             self._followers.pop(kind, None)
         redact_log(ctx, log)  # the job wrote its log itself: remove every credential form
-        text = ctx.creds.redact(tail(log))
-        code = js.exit_code if js.exit_code is not None else -1
-        evidence = js.evidence()
-        if js.state != "COMPLETED" and code == 0:
-            code = 1
-        if evidence:
-            text = f"{text.rstrip()}\n{evidence}"
+        if dog.fired.is_set():
+            ctx.session.event("slurm_end", job=kind, job_id=job_id, state=js.state, exit_code=js.returncode(), reason="deadline")
+        dog.check()
+        code = js.returncode()
+        text = failure_tail(kind, code, ctx.creds.redact(tail(log)), oom=js.oom(), state=js.evidence())
         ctx.session.event("slurm_end", job=kind, job_id=job_id, state=js.state, exit_code=code, reason=js.reason)
         return JobResult(kind, code, log, text, handle=job_id)
 
@@ -608,7 +620,7 @@ class SlurmPlatform:
             js = query_job(str(rec["job_id"]))
         except ControllerTimeout as err:  # not an ended job: report it as still running and let the caller poll again
             return {"running": True, "started": True, "job_id": rec["job_id"], "slurm_state": "UNKNOWN", "reason": str(err),
-                    "exit_code": None, "stopped": False, "log_tail": ctx.creds.redact(tail(log, 1500))}
+                    "exit_code": None, "stopped": False, "log_tail": ctx.creds.redact(tail(log, STATUS_TAIL_CHARS))}
         stopped = (ctx.run_dir / ".tao" / f"{kind}.stopped").exists()
         running = js.active
         if running and kind not in self._followers:
@@ -617,7 +629,7 @@ class SlurmPlatform:
             self._followers.pop(kind).stop()
         if not running:
             redact_log(ctx, log)
-        text = ctx.creds.redact(tail(log, 1500))
+        text = ctx.creds.redact(tail(log, STATUS_TAIL_CHARS))
         out = {"running": running, "started": True, "job_id": rec["job_id"], "slurm_state": js.state or "UNKNOWN",
                "stopped": stopped, "restarts": js.restarts}
         if js.reason:
@@ -625,13 +637,9 @@ class SlurmPlatform:
         if running:
             out["exit_code"] = None
         else:
-            code = js.exit_code if js.exit_code is not None else -1
-            if js.state != "COMPLETED" and code == 0:
-                code = 1
-            out["exit_code"] = code
-            out["oom_killed"] = js.state == "OUT_OF_MEMORY"
-            if js.evidence() and not stopped:
-                text = f"{text.rstrip()}\n{js.evidence()}"
+            out["exit_code"] = code = js.returncode()
+            out["oom_killed"] = oom = js.oom(stopped)
+            text = failure_tail(kind, code, text, oom=oom, stopped=stopped, state=js.evidence())
         out["log_tail"] = text
         return out
 

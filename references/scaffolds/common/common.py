@@ -344,13 +344,17 @@ def lora_spec(cfg: dict) -> dict | None:
             "dropout": float(lora.get("dropout", 0.05)), "target_modules": lora.get("target_modules") or None}
 
 
-def derive_lora_targets(model, within: str | None = None) -> list[str]:
+def derive_lora_targets(model, within: str | None = None, exclude: list[str] | None = None) -> list[str]:
     """LoRA targets read from the loaded model: every nn.Linear inside a repeated block (a numbered layer), optionally
-    only under the submodule `within` (e.g. a VLM's text model). Attention and MLP projections under whatever names
-    this transformers version gives them; heads, embeddings and connectors are never targeted."""
+    only under the submodule `within` (e.g. a VLM's text model) and never under a module of `exclude` (the task heads,
+    trained whole: a SegFormer decode head's per-stage projections are numbered too). Attention and MLP projections
+    under whatever names this transformers version gives them; heads, embeddings and connectors are never targeted."""
     out = []
+    skip = tuple(f"{h}." for h in exclude or ())
     for name, mod in model.named_modules():
         if not isinstance(mod, torch.nn.Linear) or (within and not name.startswith(within + ".")):
+            continue
+        if skip and (name + ".").startswith(skip):
             continue
         if any(part.isdigit() for part in name.split(".")[:-1]):
             out.append(name)
@@ -370,7 +374,7 @@ def apply_lora(model, spec: dict, within: str | None = None, modules_to_save: li
     from peft import LoraConfig, get_peft_model
 
     derived = spec["target_modules"] is None
-    targets = list(spec["target_modules"]) if not derived else derive_lora_targets(model, within)
+    targets = list(spec["target_modules"]) if not derived else derive_lora_targets(model, within, exclude=modules_to_save)
     conf = LoraConfig(r=spec["r"], lora_alpha=spec["alpha"], lora_dropout=spec["dropout"], target_modules=targets,
                       modules_to_save=modules_to_save or None)
     model = get_peft_model(model, conf)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -39,19 +38,12 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
 import common
+import vision
+from vision import channels_last  # noqa: F401 (the training loop asks the task)
 
 AUTO_CLASS = AutoModelForObjectDetection
 FIELDS = ("pixel_values", "sizes", "boxes", "labels")
 SCORE_TO_DRAW = 0.5
-_STATS: dict = {}
-
-
-def _stats(meta: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    key = str(device)
-    if key not in _STATS:
-        _STATS[key] = (torch.tensor(meta["image_mean"], device=device).view(1, -1, 1, 1) * 255.0,
-                       torch.tensor(meta["image_std"], device=device).view(1, -1, 1, 1) * 255.0)
-    return _STATS[key]
 
 
 def flip_boxes(boxes: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
@@ -67,7 +59,7 @@ def to_inputs(batch: dict, rt, meta: dict, train: bool) -> dict:
     x = batch["pixel_values"][:, :, :hb, :wb].to(rt.device, non_blocking=True)
     boxes = batch["boxes"].float().clone()
     labels = batch["labels"].long()
-    mean, std = _stats(meta, rt.device)
+    mean, std = vision.pixel_stats(meta, rt.device)
     x = (x.float() - mean) / std
     if train and meta.get("hflip"):
         flip = (torch.rand(len(x)) < 0.5).tolist()
@@ -92,11 +84,6 @@ def to_inputs(batch: dict, rt, meta: dict, train: bool) -> dict:
     if meta.get("pixel_mask", True):
         out["pixel_mask"] = mask
     return out
-
-
-def channels_last(model) -> bool:
-    """Convolutional backbones run faster in channels-last layout."""
-    return sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) > 2
 
 
 def processor(source: str, meta: dict):
@@ -171,23 +158,8 @@ def coco_map(gts: list[tuple[np.ndarray, np.ndarray]], dets: list[dict], names: 
 
 def evaluate(argv: list[str] | None = None) -> int:
     """run_eval.py: baseline (model_id with a fresh head) or checkpoints/final; COCO mAP on the cached eval split."""
-    import argparse
-
-    ap = argparse.ArgumentParser(description="Evaluate on the cached eval split (COCO mAP).")
-    ap.add_argument("--baseline", action="store_true", help="evaluate model_id with an untrained head -> reports/baseline_results.json")
-    args = ap.parse_args(argv)
-    cfg = common.load_config()
-    h = common.hp(cfg)
-    meta = common.read_meta()
-    rt = common.Runtime(cfg)
-    common.seed_all(int(h.get("seed", 42)))
-    if args.baseline:
-        source, out_path = cfg["model_id"], common.REPORTS / "baseline_results.json"
-    else:
-        if not common.final_dir().is_dir():
-            raise SystemExit("checkpoints/final is missing: run train.py first")
-        source, out_path = str(common.final_dir()), common.REPORTS / "eval_results.json"
-    model = common.load_model(AUTO_CLASS, source, meta, fresh_head=args.baseline).to(rt.device).eval()
+    run = vision.open_eval(AUTO_CLASS, "COCO mAP", argv)
+    h, meta, rt, model, source = run.h, run.meta, run.rt, run.model, run.source
     proc = processor(source, meta)
     split = common.CachedSplit("eval", FIELDS)
     gts, dets, losses = [], [], []
@@ -201,9 +173,9 @@ def evaluate(argv: list[str] | None = None) -> int:
     m = coco_map(gts, dets, meta["label_names"], np.asarray(split.arrays["sizes"]))
     res = {"primary_metric": "map", **m, "eval_loss": sum(losses) / max(1, len(gts)), "n_eval": len(gts),
            "n_boxes": int(sum(len(g[1]) for g in gts)), "num_labels": len(meta["label_names"]), "model": source,
-           "baseline": args.baseline, "eval_runtime_s": round(dt, 3), "eval_samples_per_s": len(gts) / dt if dt > 0 else None,
+           "baseline": run.baseline, "eval_runtime_s": round(dt, 3), "eval_samples_per_s": len(gts) / dt if dt > 0 else None,
            "task": "object-detection"}
-    common.write_json(out_path, res)
+    common.write_json(run.out_path, res)
     print(json.dumps({k: res[k] for k in ("primary_metric", "map", "map_50", "map_75", "n_eval")}))
     rt.close()
     return 0
@@ -236,26 +208,9 @@ def draw(pixels: np.ndarray, size: tuple[int, int], truth: list[dict], preds: li
 
 def infer(argv: list[str] | None = None) -> int:
     """infer.py: detect objects in a few eval images with checkpoints/final; draw boxes, labels and scores."""
-    import argparse
-
-    ap = argparse.ArgumentParser(description="Write detection samples from checkpoints/final.")
-    ap.add_argument("--n", type=int, default=5, help="number of samples")
-    args = ap.parse_args(argv)
-    cfg = common.load_config()
-    meta = common.read_meta()
-    rt = common.Runtime(cfg)
-    if not common.final_dir().is_dir():
-        raise SystemExit("checkpoints/final is missing: run train.py first")
-    source = str(common.final_dir())
-    model = common.load_model(AUTO_CLASS, source, meta, fresh_head=False).to(rt.device).eval()
-    proc = processor(source, meta)
-    split = common.CachedSplit("eval", FIELDS)
-    idx = np.sort(np.random.default_rng(int(common.hp(cfg).get("seed", 42))).choice(len(split), size=min(args.n, len(split)), replace=False))
-    batch = split.take(idx)
-    dets, _ = predict(model, proc, batch, rt, meta)
-    out_dir = common.REPORTS / "inference_samples"
-    shutil.rmtree(out_dir, ignore_errors=True)
-    out_dir.mkdir(parents=True)
+    run = vision.open_infer(AUTO_CLASS, "detection", FIELDS, argv)
+    meta, rt, source, idx, batch, out_dir = run.meta, run.rt, run.source, run.idx, run.batch, run.out_dir
+    dets, _ = predict(run.model, processor(source, meta), batch, rt, meta)
     names = meta["label_names"]
     summary = []
     for j, i in enumerate(idx):

@@ -28,7 +28,6 @@ https://huggingface.co/spaces/evaluate-metric/mean_iou (the metric's definition:
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -37,9 +36,10 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 import common
+import vision
+from vision import channels_last  # noqa: F401 (the training loop asks the task)
 
 FIELDS = ("pixel_values", "labels")
-_STATS: dict = {}
 
 
 class AUTO_CLASS:  # noqa: N801 (stands in for an Auto class in common.load_model)
@@ -49,14 +49,6 @@ class AUTO_CLASS:  # noqa: N801 (stands in for an Auto class in common.load_mode
     def from_pretrained(source: str, **kw):
         kw.setdefault("semantic_loss_ignore_index", int(common.read_meta().get("cache_ignore_index", 255)))
         return AutoModelForSemanticSegmentation.from_pretrained(source, **kw)
-
-
-def _stats(meta: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    key = str(device)
-    if key not in _STATS:
-        _STATS[key] = (torch.tensor(meta["image_mean"], device=device).view(1, -1, 1, 1) * 255.0,
-                       torch.tensor(meta["image_std"], device=device).view(1, -1, 1, 1) * 255.0)
-    return _STATS[key]
 
 
 def joint_transform(x: torch.Tensor, y: torch.Tensor, meta: dict, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,15 +72,11 @@ def to_inputs(batch: dict, rt, meta: dict, train: bool) -> dict:
     y = batch["labels"].to(rt.device, non_blocking=True).long()
     if train:
         x, y = joint_transform(x, y, meta)
-    mean, std = _stats(meta, rt.device)
+    mean, std = vision.pixel_stats(meta, rt.device)
     x = (x - mean) / std
     if rt.device.type == "cuda" and meta.get("channels_last"):
         x = x.contiguous(memory_format=torch.channels_last)
     return {"pixel_values": x, "labels": y}
-
-
-def channels_last(model) -> bool:
-    return sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) > 2
 
 
 def save_processor(cfg: dict, meta: dict, out: Path) -> None:
@@ -140,23 +128,8 @@ def segmentation_metrics(cm: np.ndarray, names: list[str]) -> dict:
 
 def evaluate(argv: list[str] | None = None) -> int:
     """run_eval.py: baseline (model_id with a fresh head) or checkpoints/final; mIoU on the cached eval split."""
-    import argparse
-
-    ap = argparse.ArgumentParser(description="Evaluate on the cached eval split (mean IoU).")
-    ap.add_argument("--baseline", action="store_true", help="evaluate model_id with an untrained head -> reports/baseline_results.json")
-    args = ap.parse_args(argv)
-    cfg = common.load_config()
-    h = common.hp(cfg)
-    meta = common.read_meta()
-    rt = common.Runtime(cfg)
-    common.seed_all(int(h.get("seed", 42)))
-    if args.baseline:
-        source, out_path = cfg["model_id"], common.REPORTS / "baseline_results.json"
-    else:
-        if not common.final_dir().is_dir():
-            raise SystemExit("checkpoints/final is missing: run train.py first")
-        source, out_path = str(common.final_dir()), common.REPORTS / "eval_results.json"
-    model = common.load_model(AUTO_CLASS, source, meta, fresh_head=args.baseline).to(rt.device).eval()
+    run = vision.open_eval(AUTO_CLASS, "mean IoU", argv)
+    h, meta, rt, model, source = run.h, run.meta, run.rt, run.model, run.source
     split = common.CachedSplit("eval", FIELDS)
     names = meta["label_names"]
     cm = torch.zeros(len(names), len(names), dtype=torch.long)
@@ -169,9 +142,9 @@ def evaluate(argv: list[str] | None = None) -> int:
         n += len(pred)
     dt = time.perf_counter() - t0
     res = {"primary_metric": "mean_iou", **segmentation_metrics(cm.numpy(), names), "eval_loss": sum(losses) / max(1, n),
-           "n_eval": n, "num_labels": len(names), "model": source, "baseline": args.baseline, "eval_runtime_s": round(dt, 3),
+           "n_eval": n, "num_labels": len(names), "model": source, "baseline": run.baseline, "eval_runtime_s": round(dt, 3),
            "eval_samples_per_s": n / dt if dt > 0 else None, "task": "semantic-segmentation"}
-    common.write_json(out_path, res)
+    common.write_json(run.out_path, res)
     print(json.dumps({k: res[k] for k in ("primary_metric", "mean_iou", "pixel_accuracy", "n_eval")}))
     rt.close()
     return 0
@@ -219,25 +192,9 @@ def draw(pixels: np.ndarray, truth: np.ndarray, pred: np.ndarray, names: list[st
 
 def infer(argv: list[str] | None = None) -> int:
     """infer.py: segment a few eval images with checkpoints/final; mask overlays with a legend."""
-    import argparse
-
-    ap = argparse.ArgumentParser(description="Write segmentation samples from checkpoints/final.")
-    ap.add_argument("--n", type=int, default=5, help="number of samples")
-    args = ap.parse_args(argv)
-    cfg = common.load_config()
-    meta = common.read_meta()
-    rt = common.Runtime(cfg)
-    if not common.final_dir().is_dir():
-        raise SystemExit("checkpoints/final is missing: run train.py first")
-    source = str(common.final_dir())
-    model = common.load_model(AUTO_CLASS, source, meta, fresh_head=False).to(rt.device).eval()
-    split = common.CachedSplit("eval", FIELDS)
-    idx = np.sort(np.random.default_rng(int(common.hp(cfg).get("seed", 42))).choice(len(split), size=min(args.n, len(split)), replace=False))
-    batch = split.take(idx)
-    pred, _ = predict_masks(model, batch, rt, meta)
-    out_dir = common.REPORTS / "inference_samples"
-    shutil.rmtree(out_dir, ignore_errors=True)
-    out_dir.mkdir(parents=True)
+    run = vision.open_infer(AUTO_CLASS, "segmentation", FIELDS, argv)
+    meta, rt, source, idx, batch, out_dir = run.meta, run.rt, run.source, run.idx, run.batch, run.out_dir
+    pred, _ = predict_masks(run.model, batch, rt, meta)
     names, ignore = meta["label_names"], int(meta["cache_ignore_index"])
     summary = []
     for j, i in enumerate(idx):

@@ -8,6 +8,8 @@ import uuid
 import docker
 import pytest
 
+from job_contract import FAILING_JOB, KILLED_JOB, check_failed_job, check_killed_job
+
 from tao_finetune.agent.config import RunConfig
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.secrets import Credentials
@@ -193,8 +195,8 @@ def test_detached_training_logs_and_wait(client, built):
     ctx, _ = built
     platform = DockerPlatform(client, echo=None)
     result = platform.run(ctx, "train", ["python", "train.py"], detach=True)
-    assert result.detached and result.handle == "hft_train"
-    attrs = client.containers.get("hft_train").attrs["HostConfig"]
+    assert result.detached and result.handle == container_name("train", ctx.run_dir)
+    attrs = client.containers.get(result.handle).attrs["HostConfig"]
     assert attrs["NetworkMode"] == "none" and attrs["Init"] is True
     assert attrs["ShmSize"] == default_shm_size() and attrs["IpcMode"] != "host"
     assert attrs["DeviceRequests"] in (None, [])
@@ -225,22 +227,77 @@ def test_stop_detached_job(client, built):
     platform.stop(ctx, "eval")  # nothing to stop is not an error
 
 
+def test_two_runs_on_one_host_have_their_own_containers_and_stop_finds_each(client, built, tmp_path):
+    ctx, _ = built
+    other = make_ctx(tmp_path / "other")  # another run dir of the same model: the same image
+    (other.run_dir / "job.py").write_text(JOB)
+    assert container_name("train", ctx.run_dir) != container_name("train", other.run_dir)
+    assert container_name("train", ctx.run_dir) == container_name("train", ctx.run_dir / ".." / ctx.run_dir.name)
+    a, b = DockerPlatform(client, echo=None), DockerPlatform(client, echo=None)
+    try:
+        a.run(ctx, "train", ["python", "job.py", "sleep"], detach=True)
+        b.run(other, "train", ["python", "job.py", "sleep"], detach=True)  # no collision with the first run's container
+        assert a.status(ctx, "train")["running"] and b.status(other, "train")["running"]
+        DockerPlatform(client, echo=None).stop(other, "train")  # `tao-finetune stop` is another process: a fresh platform
+        assert not b.status(other, "train")["running"] and b.status(other, "train")["stopped"]
+        assert a.status(ctx, "train")["running"]
+        # a container of this run under another name (the global `hft_train` of earlier versions) is found by its labels
+        a.stop(ctx, "train")
+        client.containers.get(container_name("train", ctx.run_dir)).remove(force=True)
+        legacy = client.containers.run(image_tag(ctx.config.short_name), ["sleep", "120"], name=f"hft_train_{uuid.uuid4().hex[:8]}",
+                                       labels={"tao-finetune.run": str(ctx.run_dir), "tao-finetune.kind": "train"},
+                                       detach=True, init=True, network_mode="none")
+        assert a.status(ctx, "train")["running"] and a.status(ctx, "train")["name"] == legacy.name
+        DockerPlatform(client, echo=None).stop(ctx, "train")
+        legacy.reload()
+        assert legacy.status == "exited"
+    finally:
+        for c in client.containers.list(all=True, filters={"label": f"tao-finetune.run={other.run_dir}"}):
+            c.remove(force=True)
+
+
 def test_nonzero_exit_returns_log_tail(client, built):
     ctx, _ = built
-    with pytest.raises(ToolError) as exc:
-        DockerPlatform(client, echo=None).run(ctx, "eval", ["python", "job.py", "fail"])
-    assert "eval exited with code 3" in str(exc.value)
-    assert "bad column 'img'" in str(exc.value)
+    res = DockerPlatform(client, echo=None).run(ctx, "eval", ["python", "job.py", "fail"])
+    assert res.exit_code == 3 and "about to fail: bad column 'img'" in res.log_tail
+    assert res.log_tail.rstrip().endswith("TAO_JOB_EXIT: the eval job exited with code 3")
     with pytest.raises(docker.errors.NotFound):
-        client.containers.get(container_name("eval"))
+        client.containers.get(container_name("eval", ctx.run_dir))
+
+
+def test_a_failed_or_killed_job_is_reported_like_on_every_platform(client, built):
+    ctx, _ = built
+    (ctx.run_dir / "fail.py").write_text(FAILING_JOB)  # the output dir is mounted at /workspace
+    (ctx.run_dir / "killed.py").write_text(KILLED_JOB)
+    platform = DockerPlatform(client, echo=None)
+    check_failed_job(ctx, platform.run(ctx, "eval", ["python", "fail.py"]), "eval")
+    check_killed_job(platform.run(ctx, "infer", ["python", "killed.py"]), "infer")
+
+
+def test_a_blocking_job_is_cut_at_the_runs_deadline(client, built):
+    import time
+
+    from tao_finetune.agent.errors import ExitCode, LimitReached
+
+    ctx, _ = built
+    ctx.deadline = time.monotonic() + 3
+    try:
+        with pytest.raises(LimitReached, match=r"--max-hours\) while the eval job ran: the job was stopped") as err:
+            DockerPlatform(client, echo=None).run(ctx, "eval", ["python", "job.py", "sleep"])
+    finally:
+        ctx.deadline = None
+    assert err.value.code == ExitCode.LIMIT
+    assert "sleeping" in (ctx.run_dir / "logs" / "eval.log").read_text()
+    with pytest.raises(docker.errors.NotFound):
+        client.containers.get(container_name("eval", ctx.run_dir))
 
 
 def test_oom_kill_is_reported(client, built):
     ctx, _ = built
-    with pytest.raises(ToolError) as exc:
-        DockerPlatform(client, mem_limit="128m", echo=None).run(ctx, "smoke", ["python", "job.py", "oom"])
-    assert "OOM" in str(exc.value) or "exit 137" in str(exc.value)
-    assert "halve the batch size" in str(exc.value)
+    res = DockerPlatform(client, mem_limit="128m", echo=None).run(ctx, "smoke", ["python", "job.py", "oom"])
+    assert res.exit_code == 137 and "survived" not in res.log_tail
+    assert res.log_tail.rstrip().splitlines()[-1].startswith("OutOfMemoryError: the smoke job was killed (exit 137)")
+    assert "halve the batch size" in res.log_tail
 
 
 def test_missing_image(client, tmp_path):

@@ -1,6 +1,7 @@
 """LocalPlatform: blocking and detached jobs, logs, exit codes, stop, env passing, the runtime check."""
 
 import json
+import os
 import sys
 import time
 
@@ -10,6 +11,9 @@ from tao_finetune.agent.config import RunConfig
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.secrets import Credentials
 from tao_finetune.agent.session import SessionLog
+from job_contract import FAILING_JOB, KILLED_JOB, check_failed_job, check_killed_job
+
+from tao_finetune.tools import jobs
 from tao_finetune.tools.base import ToolError
 from tao_finetune.tools.runtime.local import LocalPlatform, hardware_facts, tail
 
@@ -97,6 +101,43 @@ def test_detached_job_status_and_exit_code(tmp_path):
     assert st["exit_code"] == 7 and "finished" in st["log_tail"]
     # another platform object (the agent restarted) reads the same state from the files
     assert LocalPlatform().status(ctx, "train")["exit_code"] == 7
+
+
+def test_a_job_ended_but_not_reaped_reads_as_ended_everywhere(tmp_path):
+    """agent/lock.pid_alive is the one liveness check (run lock and local jobs): a zombie is not alive."""
+    from tao_finetune.agent.lock import pid_alive
+
+    ctx = make_ctx(tmp_path)
+    ctx.platform = LocalPlatform(persistent=False)  # a plain child of this process, left unreaped below
+    py(ctx, "job.py", "print('done')\n")
+    pid = int(ctx.platform.run(ctx, "train", ["python", "job.py"], detach=True).handle)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        if state == "Z":
+            break
+        time.sleep(0.05)
+    assert state == "Z"  # exited; its parent (this test) has not waited for it: kill(pid, 0) still succeeds
+    assert not pid_alive(pid) and pid_alive(os.getpid())
+    st = LocalPlatform(persistent=False).status(ctx, "train")  # another agent process reads only the files and the PID
+    assert not st["running"] and st["exit_code"] == 0
+    ctx.platform._procs["train"].wait()
+    assert not pid_alive(pid) and not pid_alive(2**31 - 1) and not pid_alive(2**80)
+
+
+@pytest.mark.parametrize("persistent", [True, False], ids=["worker", "process"])
+def test_a_failed_or_killed_job_is_reported_like_on_every_platform(tmp_path, persistent):
+    ctx = make_ctx(tmp_path)
+    ctx.platform = LocalPlatform(persistent=persistent)
+    py(ctx, "fail.py", FAILING_JOB)
+    py(ctx, "killed.py", KILLED_JOB)
+    check_failed_job(ctx, ctx.platform.run(ctx, "eval", ["python", "fail.py"]), "eval")
+    check_killed_job(ctx.platform.run(ctx, "infer", ["python", "killed.py"]), "infer")
+    ctx.platform.run(ctx, "train", ["python", "killed.py"], detach=True)  # detached: status() reports the same
+    deadline = time.monotonic() + 30
+    while (st := ctx.platform.status(ctx, "train"))["running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert st["exit_code"] == 137 and st["oom_killed"] and jobs.consult_playbook(st["log_tail"])["id"] == "oom"
 
 
 def test_stop_kills_the_whole_process_group(tmp_path):
