@@ -21,32 +21,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.text import Text
 
 from tao_finetune.agent import gates
+from tao_finetune.agent.metrics import METRICS_LOG, read_records
 
 Mode = Literal["quiet", "normal", "verbose"]
-BUILD_STEP = re.compile(r"^\[build\] Step (\d+)/(\d+) : (.*)$")
+# legacy builder "Step 2/5 : RUN ..." and BuildKit plain progress "#7 [2/5] RUN ..." ("[stage 2/5]" in multi-stage builds)
+BUILD_STEP = re.compile(r"^\[build\] (?:Step (\d+)/(\d+) : |#\d+ \[(?:[^\]]+ )?(\d+)/(\d+)\] )(.*)$")
 JOB_LINE = re.compile(r"^\[(\w+)\] (.*)$")
 TOOL_WORDS = {"docker_build": "building the image", "train_status": "training", "hf_push": "pushing to the Hub"}
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    out = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
-
-
 def training_eta(run_dir: Path) -> dict[str, Any] | None:
     """step, total, loss, samples/s, steps/s, eta_s and done from logs/metrics.jsonl; None before training logs anything."""
-    recs = read_records(run_dir / "logs" / "metrics.jsonl")
+    recs = read_records(run_dir / METRICS_LOG)
     if not recs:
         return None
     i0 = max((i for i, r in enumerate(recs) if r.get("event") in ("start", "resume")), default=0)
@@ -193,10 +179,10 @@ class LiveView:
         with self._lock:
             m = BUILD_STEP.match(line)
             if m:
-                n, total = int(m.group(1)), int(m.group(2))
+                n, total = int(m.group(1) or m.group(3)), int(m.group(2) or m.group(4))
                 if self.build_task is None:
                     self.build_task = self.bar.add_task("building image", total=total, info="")
-                self.bar.update(self.build_task, completed=n - 1, total=total, info=m.group(3)[:60])
+                self.bar.update(self.build_task, completed=n - 1, total=total, info=m.group(5)[:60])
             mj = JOB_LINE.match(line)
             self.last_line = (mj.group(2) if mj else line).strip()[:200]
             if self.mode == "verbose":

@@ -285,6 +285,10 @@ def render_project_readme(ctx: RunContext) -> str:
         "Multi-GPU training: `torchrun --standalone --nproc_per_node=N train.py`. Training resumes from the newest",
         "complete checkpoint in checkpoints/ when it is started again.",
         "",
+        "Training curves: train.py writes TensorBoard event files (`tensorboard --logdir logs/tensorboard`) and, with",
+        "`wandb: true` in config.yaml, a Weights & Biases run (offline without WANDB_API_KEY: `wandb sync logs/wandb/offline-run-*`",
+        "uploads it); `reports/tracking.json` says where each went.",
+        "",
     ])
 
 
@@ -356,9 +360,9 @@ def preflight_fields(ctx: RunContext) -> dict[str, str]:
         push = f"https://huggingface.co/{cfg.hf_model_repo}" if cfg.hf_model_repo else ""
     else:
         push = "disabled (push_to_hub: false)"
-    if cfg.wandb:
-        project = "WANDB_PROJECT set" if ctx.creds.present("WANDB_PROJECT") else ""
-        wandb = f"enabled ({project})" if project and ctx.creds.present("WANDB_API_KEY") else ""
+    if cfg.wandb:  # the project's Tracker: online with WANDB_API_KEY, else an offline run (wandb sync uploads it)
+        project = "WANDB_PROJECT" if ctx.creds.present("WANDB_PROJECT") else "project tao-finetune"
+        wandb = f"online ({project})" if ctx.creds.present("WANDB_API_KEY") else "offline (no WANDB_API_KEY; logs/wandb/, wandb sync uploads it)"
     else:
         wandb = "disabled"
     if cfg.platform == "local":

@@ -122,3 +122,23 @@ def test_quiet_prints_only_the_result(tmp_path, capsys, monkeypatch):
     lines = [ln for ln in out.err.splitlines() if ln.strip()]
     assert code != 0 and len(lines) == 1 and lines[0].startswith(("stopped", "question")), out.err
     assert "→" not in out.err and "✅" not in out.err
+
+
+def test_verbose_shows_tool_arguments_and_results(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    data = tmp_path / "data" / "train"
+    for c in ("a", "b"):
+        (data / c).mkdir(parents=True)
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "vit", "architectures": ["ViTForImageClassification"]}))
+    main(["run", "--model-id", str(model), "--local-dataset-path", str(tmp_path / "data"), "--output-dir", str(tmp_path / "o"),
+          "--llm", "autopilot", "--platform", "local", "--allow-cpu", "--no-push-to-hub", "--yes", "--verbose", "--max-steps", "2"])
+    out = capsys.readouterr()
+    calls = [json.loads(line) for line in (tmp_path / "o" / "session.jsonl").read_text().splitlines()]
+    call = next(e for e in calls if e.get("kind") == "tool_call")
+    result = next(e for e in calls if e.get("kind") == "tool_result")
+    text = re.sub(r"\s+", " ", out.err + out.out)
+    assert f"→ {call['name']} {json.dumps(call['input'])}" in text  # the arguments, as the model sent them
+    first = str(result["content"])[:60]
+    assert ("✓ " if not result.get("is_error") else "✗ ") in text and re.sub(r"\s+", " ", first) in text  # and the result

@@ -456,28 +456,77 @@ def classification_metrics(preds: np.ndarray, labels: np.ndarray, num_labels: in
 
 
 class Tracker:
-    """Weights & Biases logging when config.yaml has `wandb: true` (rank 0 only); the run URL goes to reports/wandb.json."""
+    """Training curves beyond logs/metrics.jsonl (rank 0 only); where they went is written to reports/tracking.json.
+
+    - TensorBoard, the default that needs no account: event files in logs/tensorboard/ through
+      torch.utils.tensorboard.SummaryWriter (torch/utils/tensorboard/writer.py; it needs the `tensorboard` package,
+      listed in requirements.txt). View them with `tensorboard --logdir logs/tensorboard`.
+    - Weights & Biases when config.yaml has `wandb: true` (tao-finetune sets it with --wandb, or when WANDB_API_KEY is
+      present) and WANDB_MODE is not `disabled`. Without WANDB_API_KEY (or with WANDB_MODE=offline) the run is offline:
+      its files stay in logs/wandb/offline-run-*/ and `wandb sync <that dir>` uploads them later
+      (wandb.init(dir=, mode=), run.settings.sync_dir: wandb/sdk/wandb_init.py, wandb_settings.py; wandb 0.31).
+    A tracker that cannot start prints one line and training goes on: the metrics log stays the record.
+    """
+
+    TB_DIR = LOGS / "tensorboard"
+    SKIP = ("step", "time", "total_steps")
 
     def __init__(self, cfg: dict, rt: "Runtime", job: str):
-        self.run = None
-        if not cfg.get("wandb") or not rt.main or os.environ.get("WANDB_MODE") == "disabled":
+        self.run = self.tb = None
+        if not cfg or not rt.main:
             return
+        info: dict = {}
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=str(self.TB_DIR))
+            info["tensorboard"] = {"logdir": str(self.TB_DIR.relative_to(ROOT))}
+        except ImportError as err:  # torch.utils.tensorboard raises ImportError when tensorboard is missing
+            print(f"tracker: no TensorBoard event files ({err}); pip install tensorboard")
+            info["tensorboard"] = {"error": "the tensorboard package is not installed"}
+        if cfg.get("wandb") and os.environ.get("WANDB_MODE") != "disabled":
+            info["wandb"] = self._start_wandb(cfg, job)
+        write_json(REPORTS / "tracking.json", info)
+
+    def _start_wandb(self, cfg: dict, job: str) -> dict:
         try:
             import wandb
         except ImportError:
-            print("wandb is enabled in config.yaml but not installed; metrics stay in logs/metrics.jsonl")
-            return
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT"), name=f"{Path(cfg['model_id']).name}-{job}",
-                              config={"model_id": cfg["model_id"], "n_train": cfg["splits"]["n_train"], **hp(cfg)})
-        write_json(REPORTS / "wandb.json", {"url": self.run.url, "project": os.environ.get("WANDB_PROJECT")})
+            print("tracker: wandb is on in config.yaml but not installed (pip install wandb); metrics stay in logs/metrics.jsonl")
+            return {"error": "the wandb package is not installed"}
+        offline = not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE")
+        try:
+            # console="off": wandb would otherwise wrap this process's stdout, which the job runner reads
+            self.run = wandb.init(project=os.environ.get("WANDB_PROJECT") or "tao-finetune", name=f"{Path(cfg['model_id']).name}-{job}",
+                                  dir=str(LOGS), mode="offline" if offline else None, settings=wandb.Settings(console="off"),
+                                  config={"model_id": cfg["model_id"], "n_train": cfg["splits"]["n_train"], **hp(cfg)})
+        except Exception as err:  # wandb's own errors (auth, network, its service): the tracker must not end the training
+            line = (str(err).strip().splitlines() or [""])[0][:200]
+            print(f"tracker: wandb did not start ({type(err).__name__}: {line}); metrics stay in logs/metrics.jsonl")
+            return {"error": f"{type(err).__name__}: {line}"}
+        sync_dir = Path(self.run.settings.sync_dir).resolve()
+        rel = str(sync_dir.relative_to(ROOT)) if sync_dir.is_relative_to(ROOT) else str(sync_dir)
+        mode = str(self.run.settings.mode)
+        print(f"tracker: wandb {mode} run " + (self.run.url or f"{rel} (upload it with: wandb sync {rel})"))
+        return {"mode": mode, "url": self.run.url, "project": self.run.project, "run_dir": rel}
 
     def log(self, record: dict) -> None:
-        if self.run is not None and "step" in record and "event" not in record:
-            self.run.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "time"}, step=record["step"])
+        if "step" not in record or "event" in record:
+            return
+        values = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in self.SKIP}
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(f"train/{k}", v, record["step"])
+        if self.run is not None:
+            self.run.log(values, step=record["step"])
 
     def finish(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
         if self.run is not None:
             self.run.finish()
+            self.run = None
 
 
 def log_jsonl(path: Path, record: dict) -> None:
