@@ -8,7 +8,7 @@ Apptainer (`apptainer exec --nv`) or in the submitting host's Python (a venv on 
 
 Training: one task per node; several GPUs or nodes run `torchrun` with a c10d rendezvous on the first host of
 `scontrol show hostnames`; `--signal=B:USR1@<signal_s>` warns the batch shell before the time limit, which passes SIGTERM
-to the training (it writes a checkpoint and exits 75, see the scaffold's common.py) and requeues the job; the requeued
+to the training (it writes a checkpoint and exits 75, see the scaffold's train.py) and requeues the job; the requeued
 job resumes from that checkpoint.
 
 Sources: https://slurm.schedmd.com/sbatch.html (--parsable, --export, --signal, --requeue, --open-mode),
