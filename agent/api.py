@@ -24,6 +24,7 @@ def _input_keys() -> dict[str, str]:
 
     keys = {key: flag for flag, key, _ in cli.VALUE_FLAGS}
     keys.update({key: flag for flag, key in cli.BOOL_FLAGS})
+    keys["wandb"] = "--wandb"  # --wandb/--no-wandb (False is --no-wandb: W&B is on by default when WANDB_API_KEY is set)
     return keys
 
 

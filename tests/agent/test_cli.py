@@ -109,3 +109,30 @@ def test_user_keys_are_leaves_and_local_paths_absolute(tmp_path, monkeypatch):
     assert cfg.model_id == str(tmp_path / "model") and cfg.local_dataset_path == str(tmp_path / "data")
     args = build_parser().parse_args(["run", "--model-id", "org/name"])
     assert config_from_args(args)[0].model_id == "org/name"
+
+
+@pytest.mark.parametrize("flags,env,key,expected", [
+    ([], {}, True, True),  # the spec: W&B when WANDB_API_KEY is present
+    ([], {}, False, False),
+    ([], {"WANDB_MODE": "disabled"}, True, False),  # ... and not disabled
+    (["--no-wandb"], {}, True, False),
+    (["--wandb"], {}, False, True),  # asked for without a key: the project's tracker logs offline
+])
+def test_wandb_is_on_when_the_key_is_present_unless_disabled(tmp_path, monkeypatch, flags, env, key, expected):
+    from tao_finetune.agent.cli import config_from_args, wandb_default
+    from tao_finetune.agent.secrets import Credentials
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    args = build_parser().parse_args(["run", "--model-id", "org/m", "--output-dir", str(tmp_path / "o"), *flags])
+    cfg, user_keys = config_from_args(args)
+    wandb_default(cfg, user_keys, Credentials({"WANDB_API_KEY": "k" * 40} if key else {}))
+    assert cfg.wandb is expected
+
+
+def test_the_python_api_maps_wandb_false_to_no_wandb():
+    from tao_finetune.agent.api import argv_for
+
+    assert "--no-wandb" in argv_for("org/m", wandb=False) and "--wandb" in argv_for("org/m", wandb=True)
+    assert not {"--wandb", "--no-wandb"} & set(argv_for("org/m"))
