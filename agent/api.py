@@ -60,8 +60,8 @@ def argv_for(model_id: str | None = None, *, config: str | Path | None = None, s
             continue
         flag = known[key]
         if isinstance(value, bool):
-            if value:
-                argv.append(flag)
+            if value or key == "wandb":  # wandb=False is --no-wandb (it is on by default when WANDB_API_KEY is set)
+                argv.append(flag if value else "--no-wandb")
             continue
         argv += [flag, str(value)]
     if push_to_hub is not None:

@@ -60,7 +60,6 @@ BOOL_FLAGS: list[tuple[str, str]] = [
     ("--emit-report", "emit_report"),
     ("--emit-unit-tests", "emit_unit_tests"),
     ("--allow-cpu", "allow_cpu"),
-    ("--wandb", "wandb"),
 ]
 
 
@@ -89,6 +88,7 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--push-to-hub", dest="push_to_hub", action=argparse.BooleanOptionalAction, default=None, help=field_help("push_to_hub")[0])
     for flag, key in BOOL_FLAGS:
         p.add_argument(flag, dest=key, action="store_true", default=None, help=field_help(key)[0])
+    p.add_argument("--wandb", dest="wandb", action=argparse.BooleanOptionalAction, default=None, help=field_help("wandb")[0])
     p.add_argument("--config", type=Path, help="a config.yaml to start from (a finished run's config.yaml repeats that run)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="set any config value (repeatable), e.g. --set learning_rate=1e-4")
     p.add_argument("--llm", choices=LLMS, default="anthropic", help="who drives the run: the Anthropic API (default), the built-in autopilot (no key, no network), or a replay")
@@ -135,6 +135,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
     flags = {key: getattr(args, key) for _, key, _ in VALUE_FLAGS}
     flags.update({key: getattr(args, key) for _, key in BOOL_FLAGS})
     flags["push_to_hub"] = args.push_to_hub
+    flags["wandb"] = getattr(args, "wandb", None)  # --wandb/--no-wandb (chat's inputs come through --set)
     given = {k: v for k, v in flags.items() if v is not None}
     data.update(given)
     data, set_keys = apply_overrides(data, args.sets)
@@ -178,6 +179,12 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
     data["output_dir"] = str(out)
     cfg = build_config(data)
     return cfg, [k for k in user_keys if k != "output_dir"]
+
+
+def wandb_default(cfg: RunConfig, user_keys: list[str], creds) -> None:
+    """The spec's rule: W&B is on when WANDB_API_KEY is present, unless WANDB_MODE=disabled or --no-wandb/--wandb was given."""
+    if "wandb" not in user_keys and not cfg.wandb and creds.present("WANDB_API_KEY") and os.environ.get("WANDB_MODE") != "disabled":
+        cfg.wandb = True
 
 
 def match_choice(choices: dict[str, dict[str, Any]], answer: str) -> dict[str, Any] | None:
@@ -261,9 +268,9 @@ def summary(run_dir: Path, state: RunState) -> str:
         lines.append(f"{ev['primary_metric']}: {f'{b:.4f}' if b is not None else 'n/a'} → {value:.4f}{delta}")
     hub = (state.records.get("hub") or {}).get("url")
     lines.append(f"hub: {hub or 'not pushed'}")
-    wandb_url = gates.read_json(run_dir / "reports" / "wandb.json").get("url")  # written by the project's tracker
-    if wandb_url:
-        lines.append(f"wandb: {wandb_url}")
+    from tao_finetune.agent.metrics import tracking_lines
+
+    lines += tracking_lines(run_dir)  # reports/tracking.json, written by the project's Tracker: TensorBoard, W&B
     lines.append(f"samples: {run_dir / 'reports' / 'inference_samples'}")
     cfg_short = next(iter(sorted((run_dir / 'skills').glob('run-*/SKILL.md'))), None) if (run_dir / "skills").is_dir() else None
     lines.append(f"rerun skill: {cfg_short or 'not emitted'}")
@@ -277,6 +284,7 @@ def run_command(args: argparse.Namespace) -> int:
     cfg, user_keys = config_from_args(args)
     run_dir = cfg.out
     creds = load_credentials(args.env_file)
+    wandb_default(cfg, user_keys, creds)
     from tao_finetune.agent.console import LiveView
 
     view = LiveView(console, run_dir, "quiet" if args.quiet else "verbose" if args.verbose else "normal")
@@ -307,6 +315,7 @@ def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], 
 
         args.sets = [*args.sets, *(f"{k}={v}" for k, v in chosen.items())]
         cfg, user_keys = config_from_args(args)
+        wandb_default(cfg, user_keys, creds)
         gone = restart_training(run_dir)
         state.pending_choices = {}
     notes.append(state.load_note)
@@ -421,7 +430,9 @@ def chat_command(args: argparse.Namespace) -> int:
         sets = [*defaults, *(f"{k}={json.dumps(v)}" for k, v in inputs.items())]
         ns = argparse.Namespace(**{**blank, "config": None, "push_to_hub": None, "sets": sets,
                                    "output_dir": str(args.output_dir) if args.output_dir else None})
-        return config_from_args(ns)
+        cfg, keys = config_from_args(ns)
+        wandb_default(cfg, keys, creds)
+        return cfg, keys
 
     def on_open(run_dir: Path, session: SessionLog) -> None:
         _ACTIVE.update(run_dir=run_dir, session=session)
@@ -565,8 +576,11 @@ def status_command(args: argparse.Namespace) -> int:
     if args.json:
         from tao_finetune.agent.console import training_eta
 
-        print(json.dumps({"gates": rows, "training": training_eta(run_dir), "pending_question": state.pending_question,
-                          "agent_pid": agent_pid}, indent=1))
+        from tao_finetune.agent.metrics import tracking
+
+        t = tracking(run_dir)
+        print(json.dumps({"gates": rows, "training": training_eta(run_dir), "tracking": t.model_dump() if t else None,
+                          "pending_question": state.pending_question, "agent_pid": agent_pid}, indent=1))
     else:
         for step, r in rows.items():
             print(f"{'✅' if r['met'] else '❌'} step {step} {r['name']}" + ("" if r["met"] else f": missing {', '.join(r['missing'])}"))
@@ -575,6 +589,10 @@ def status_command(args: argparse.Namespace) -> int:
         train = training_eta(run_dir)
         if train and train.get("total"):
             print(progress_line(train))
+        from tao_finetune.agent.metrics import tracking_lines
+
+        for line in tracking_lines(run_dir):  # where the curves are: the TensorBoard command, the W&B run
+            print(line)
         if state.pending_question:
             print(f"pending question: {state.pending_question}")
         if agent_pid is not None:
@@ -660,9 +678,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "through the run's platform. Re-running the same `run` command resumes.")
     sp.add_argument("dir", type=Path, metavar="DIR", help="the run's output dir")
     sp.add_argument("--wait-s", type=float, default=30.0, help="how long to wait for the agent process to exit (default 30)")
-    st = sub.add_parser("status", help="show which gates of a run dir hold")
-    st.add_argument("--output-dir", type=Path, required=True)
-    st.add_argument("--json", action="store_true")
+    st = sub.add_parser("status", help="show which gates of a run dir hold, training progress with ETA, a pending question")
+    st.add_argument("--output-dir", type=Path, required=True, help="the run's output dir")
+    st.add_argument("--json", action="store_true", help="print one JSON object (gates, training, pending question)")
     rp = sub.add_parser("replay", help="replay a recorded session.jsonl and report where it departs from the recording",
                         description="Replay every invocation recorded in a session log (inputs are taken from the log). "
                                     "--mode model serves the recorded model turns and runs the tools; --mode full also serves "
@@ -683,6 +701,10 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--platform", choices=("local", "docker", "slurm"), default="local")
     dm.add_argument("--image", default=None, help="base image for --platform docker")
     dm.set_defaults(handler=demo_command)
+    from tao_finetune.agent.completion import add_completion_parser, completion_command
+
+    add_completion_parser(sub)
+    sub.choices["completion"].set_defaults(handler=lambda a: completion_command(a, parser))
     return parser
 
 

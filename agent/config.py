@@ -175,7 +175,7 @@ class RunConfig(BaseModel):
     emit_progress_log: bool = Field(False, description="keep PROGRESS.md, one line per event")
     emit_report: bool = Field(False, description="write reports/report.html and reports/report.pdf")
     emit_unit_tests: bool = Field(False, description="render tests/test_project.py and require it to pass (gate 4)")
-    wandb: bool = Field(False, description="log training to Weights & Biases (needs WANDB_API_KEY, else offline)")
+    wandb: bool = Field(False, description="log training to Weights & Biases: on by default when WANDB_API_KEY is set (WANDB_MODE=disabled or --no-wandb turns it off); without the key the run is logged offline (wandb sync uploads it)")
     platform: Platform = Field("docker", description="where jobs run: docker containers, the local Python or a SLURM cluster")
     allow_cpu: bool = Field(False, description="allow a run without an NVIDIA GPU (small models only)")
     image: str | None = Field(None, description="user-chosen container image; overrides NGC selection")

@@ -21,32 +21,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.text import Text
 
 from tao_finetune.agent import gates
+from tao_finetune.agent.metrics import METRICS_LOG, read_records
 
 Mode = Literal["quiet", "normal", "verbose"]
-BUILD_STEP = re.compile(r"^\[build\] Step (\d+)/(\d+) : (.*)$")
+# legacy builder "Step 2/5 : RUN ..." and BuildKit plain progress "#7 [2/5] RUN ..." ("[stage 2/5]" in multi-stage builds)
+BUILD_STEP = re.compile(r"^\[build\] (?:Step (\d+)/(\d+) : |#\d+ \[(?:[^\]]+ )?(\d+)/(\d+)\] )(.*)$")
 JOB_LINE = re.compile(r"^\[(\w+)\] (.*)$")
+JOB_PROGRESS = re.compile(r"^progress: (.+?) (\d+)/(\d+)\s*$")  # printed by the project's sources.progress (prepare_data.py)
 TOOL_WORDS = {"docker_build": "building the image", "train_status": "training", "hf_push": "pushing to the Hub"}
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    out = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
 
 
 def training_eta(run_dir: Path) -> dict[str, Any] | None:
     """step, total, loss, samples/s, steps/s, eta_s and done from logs/metrics.jsonl; None before training logs anything."""
-    recs = read_records(run_dir / "logs" / "metrics.jsonl")
+    recs = read_records(run_dir / METRICS_LOG)
     if not recs:
         return None
     i0 = max((i for i, r in enumerate(recs) if r.get("event") in ("start", "resume")), default=0)
@@ -67,6 +54,30 @@ def training_eta(run_dir: Path) -> dict[str, Any] | None:
     eta = 0.0 if done else ((total - step) / rate if rate and total else None)
     return {"step": step, "total": total, "loss": last.get("loss"), "samples_per_s": last.get("samples_per_s"),
             "steps_per_s": rate, "eta_s": eta, "done": done, "epoch": last.get("epoch")}
+
+
+def log_size(run_dir: Path, job: str) -> int:
+    try:
+        return (run_dir / "logs" / f"{job}.log").stat().st_size
+    except OSError:
+        return 0
+
+
+def job_progress(run_dir: Path, job: str, since: int = 0, tail_bytes: int = 16384) -> tuple[str, int, int] | None:
+    """(what, done, total) from the last `progress: WHAT k/N` line of logs/<job>.log written after byte `since` (the
+    log is appended to across attempts), else None."""
+    try:
+        with (run_dir / "logs" / f"{job}.log").open("rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(since if since <= size else 0, size - tail_bytes))
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        m = JOB_PROGRESS.match(line.strip())
+        if m and int(m.group(3)) > 0:
+            return m.group(1), int(m.group(2)), int(m.group(3))
+    return None
 
 
 def fmt_eta(seconds: float | None) -> str:
@@ -103,6 +114,8 @@ class LiveView:
                             TextColumn("{task.fields[info]}"), console=console)
         self.train_task: Any = None
         self.build_task: Any = None
+        self.job_task: Any = None  # data preparation's bar, from its log's progress lines
+        self._job_since = 0
         self.live: Live | None = None
         self._thread: threading.Thread | None = None
         self._train_seen = 0.0
@@ -148,6 +161,8 @@ class LiveView:
         with self._lock:
             if kind == "tool_call":
                 self.tool, self.tool_args, self.last_line = str(ev.get("name", "")), ev.get("input") or {}, ""
+                if self.tool == "docker_run":
+                    self._job_since = log_size(self.run_dir, str(self.tool_args.get("job")))
                 if self.mode == "verbose":
                     self.print(Text.assemble(("→ ", "cyan"), (self.tool, "cyan"), " ", json.dumps(self.tool_args)[:2000]))
                 elif not self.live_mode:
@@ -163,6 +178,9 @@ class LiveView:
                     self.build_task = None
                 if ev.get("name") in ("train_status", "docker_run"):
                     self._train_update(force=True)
+                if self.job_task is not None:
+                    self.bar.remove_task(self.job_task)
+                    self.job_task = None
                 self.tool = ""
             elif kind == "gate" and not ev.get("met"):
                 self.met[int(ev["step"])] = False
@@ -193,10 +211,10 @@ class LiveView:
         with self._lock:
             m = BUILD_STEP.match(line)
             if m:
-                n, total = int(m.group(1)), int(m.group(2))
+                n, total = int(m.group(1) or m.group(3)), int(m.group(2) or m.group(4))
                 if self.build_task is None:
                     self.build_task = self.bar.add_task("building image", total=total, info="")
-                self.bar.update(self.build_task, completed=n - 1, total=total, info=m.group(3)[:60])
+                self.bar.update(self.build_task, completed=n - 1, total=total, info=m.group(5)[:60])
             mj = JOB_LINE.match(line)
             self.last_line = (mj.group(2) if mj else line).strip()[:200]
             if self.mode == "verbose":
@@ -264,8 +282,20 @@ class LiveView:
             with self._lock:
                 self.live.update(self._render())
 
+    def _job_update(self) -> None:
+        """A bar for a blocking job that reports progress (prepare_data.py's decoding/tokenizing)."""
+        job = self.tool_args.get("job") if self.tool == "docker_run" else None
+        p = job_progress(self.run_dir, str(job), self._job_since) if job and job != "train" else None
+        if p is None:
+            return
+        what, done, total = p
+        if self.job_task is None:
+            self.job_task = self.bar.add_task(str(job), total=total, info=what)
+        self.bar.update(self.job_task, completed=done, total=total, info=what)
+
     def _poll(self) -> None:
         while not self._stop.wait(self.refresh_s):
             with self._lock:
                 self._train_update()
+                self._job_update()
             self._refresh()

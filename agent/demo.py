@@ -34,8 +34,13 @@ def make_digits_imagefolder(root: Path, test_fraction: float = 0.2, seed: int = 
     return root
 
 
-def make_tiny_vit(path: Path, num_labels: int = 10) -> Path:
-    """Save a 2-layer ViT (random init, ~75k parameters) with its image processor, as a local model folder."""
+def make_tiny_vit(path: Path, num_labels: int = 10, seed: int = 2) -> Path:
+    """Save a 2-layer ViT (random init from `seed`, ~75k parameters) with its image processor, as a local model folder.
+
+    The init is seeded: how fast a model this small learns depends on the draw (some draws stay flat long enough for the
+    flat-loss watch to ask), and the demo and the tests must behave the same on every machine.
+    """
+    import torch
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     if (path / "config.json").is_file():
@@ -43,7 +48,9 @@ def make_tiny_vit(path: Path, num_labels: int = 10) -> Path:
     labels = {i: str(i) for i in range(num_labels)}
     config = ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=DIGITS_PX,
                        patch_size=4, num_labels=num_labels, id2label=labels, label2id={v: k for k, v in labels.items()})
-    model = ViTForImageClassification(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ViTForImageClassification(config)
     model.save_pretrained(path)
     ViTImageProcessor(size={"height": DIGITS_PX, "width": DIGITS_PX}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(path)
     card = "---\nlicense: apache-2.0\npipeline_tag: image-classification\ntags: [vision, image-classification]\n---\n# tiny-vit\nA 2-layer ViT for 32 px digits, random init.\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import traceback
 from dataclasses import dataclass
@@ -21,11 +22,27 @@ PROTECTED = policy.SUBSTITUTION_ARGS  # tool arguments that name a protected run
 RESULT_LIMIT = 20_000
 
 
+def replace_path(text: str, path: str, new: str) -> str:
+    """`path` replaced by `new` wherever it stands as a whole path or a path's head, never inside a longer name: the
+    run dir `out/x` is no part of `out/x-inputs/model` nor of `out/x.2`."""
+    if not path:
+        return text
+    return re.sub(re.escape(path) + r"(?![\w-]|\.\w)", lambda _: new, text)
+
+
+def chain_digest(previous: str, text: str) -> str:
+    """The invocation's tool results so far, chained (the exit event carries it: a replay checks even the results no
+    later model turn saw)."""
+    import hashlib
+
+    return hashlib.sha256(f"{previous}\n{text}".encode()).hexdigest()[:16]
+
+
 def request_digest(messages: list[dict[str, Any]], run_dir: Any) -> str:
     """A digest of the conversation sent to the model, with the run dir's path abstracted (replays compare it)."""
     import hashlib
 
-    text = json.dumps(messages, sort_keys=True, ensure_ascii=False, default=str).replace(str(run_dir), "<run>")
+    text = replace_path(json.dumps(messages, sort_keys=True, ensure_ascii=False, default=str), str(run_dir), "<run>")
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -87,6 +104,7 @@ class Agent:
         self.ctx.session.event("start", client=self.client.name, task=task, config=self.ctx.config.model_dump(mode="json"),
                                first_unmet=gates.first_unmet(self.ctx.run_dir, self.ctx.state), **extra)
         self.messages = [dict(m) for m in history or []]
+        self.results_sha = ""  # this invocation's tool results, chained (a chat's follow-up is an invocation of its own)
         text = self.ctx.creds.redact(task)
         if self.messages and self.messages[-1]["role"] == "user":
             last = self.messages[-1]
@@ -116,7 +134,8 @@ class Agent:
             self.ctx.state.pending_question = result.message
             self.ctx.state.pending_choices = choices
             self.ctx.save()
-        self.ctx.session.event("exit", code=result.code, message=result.message, steps=self.steps, cost_usd=round(self.cost, 4))
+        self.ctx.session.event("exit", code=result.code, message=result.message, steps=self.steps, cost_usd=round(self.cost, 4),
+                               results_sha=getattr(self, "results_sha", ""))
         self.journal.stop(result)
         return result
 
@@ -244,6 +263,7 @@ class Agent:
             out, is_error = f"The user answered: {answer}" + (f"\n{applied}" if applied else ""), False
         text = self.result_text(name, out, is_error)
         self.ctx.session.event("tool_result", id=tid, name=name, is_error=is_error, content=text)
+        self.results_sha = chain_digest(getattr(self, "results_sha", ""), replace_path(text, str(self.ctx.run_dir), "<run>"))
         if is_error:
             self.journal.tool_error(name, text)
         block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tid, "content": text}

@@ -31,7 +31,7 @@ from tao_finetune.agent.config import ConfigError, build_config
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.errors import NeedsUser, ToolError
 from tao_finetune.agent.fakes import ScriptedClient, ScriptExhausted
-from tao_finetune.agent.loop import Agent, InvalidArgs, Limits, LoopExit
+from tao_finetune.agent.loop import Agent, InvalidArgs, Limits, LoopExit, replace_path
 from tao_finetune.agent.secrets import Credentials
 from tao_finetune.agent.session import SessionLog
 from tao_finetune.agent.state import RunState
@@ -143,7 +143,7 @@ def normalize(value: Any, run_dirs: tuple[str, ...]) -> str:
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
     for d in run_dirs:
         if d:
-            text = text.replace(d, "<run>")
+            text = replace_path(text, d, "<run>")
     return NUMBER.sub("#", text)
 
 
@@ -210,7 +210,7 @@ class FullReplayAgent(Agent):
             raise NeedsUser(self.recorded.exit.get("message") or f"{name} asked the user", "")
         text = str(result.get("content", ""))
         if self.recorded.run_dir:  # the recorded run's folder is this replay's (the model saw its own run dir)
-            text = text.replace(self.recorded.run_dir, str(self.ctx.run_dir))
+            text = replace_path(text, self.recorded.run_dir, str(self.ctx.run_dir))
         if result.get("is_error"):
             raise (InvalidArgs if text.startswith("invalid arguments for") else ToolError)(text)
         return text
@@ -274,6 +274,11 @@ def compare(seg: Segment, new: list[dict[str, Any]], mode: Mode, run_dirs: tuple
                           len(rec), len(got))
     if len(rec_turns) != len(new_turns):
         return Divergence(seg.index, len(new_turns), "the number of model turns differs", None, len(rec_turns), len(new_turns))
+    rec_sha = (seg.exit or {}).get("results_sha")
+    new_exit = next((e for e in reversed(new) if e["kind"] == "exit"), {})
+    if mode == "full" and rec_sha and new_exit.get("results_sha") != rec_sha:
+        return Divergence(seg.index, len(new_turns), "the tool results differ from those the recorded run saw (an edited "
+                          "result, perhaps one no later model turn read)", None, rec_sha, new_exit.get("results_sha"))
     return None
 
 
@@ -295,7 +300,7 @@ def replay(session_file: Path, output_dir: Path, mode: Mode, *, tools: list, pla
         recorded_dir = str((seg.start.get("config") or {}).get("output_dir") or "")
         raw = json.dumps(seg.start["config"])
         if recorded_dir:
-            raw = raw.replace(json.dumps(recorded_dir)[1:-1], json.dumps(str(output_dir))[1:-1])
+            raw = replace_path(raw, json.dumps(recorded_dir)[1:-1], json.dumps(str(output_dir))[1:-1])
         try:
             cfg = build_config({**json.loads(raw), "output_dir": str(output_dir)})
         except ConfigError as err:

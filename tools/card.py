@@ -24,6 +24,7 @@ from tao_finetune.agent import gates
 from tao_finetune.agent.config import RunConfig
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.errors import NeedsUser, ToolError
+from tao_finetune.agent.metrics import tracking
 from tao_finetune.tools.probe import endpoint, is_local_ref, split_card
 
 # A Hub repo id: "name" (legacy canonical models) or "namespace/name"; letters, digits, '-', '_', '.'; no path syntax.
@@ -179,6 +180,20 @@ def _samples_section(run_dir: Path, uploaded: set[str]) -> list[str]:
     return lines
 
 
+def _tracking_section(run_dir: Path, uploaded: set[str]) -> list[str]:
+    """Where the training curves are: the TensorBoard event files pushed under runs/ (the Hub's Metrics tab reads
+    them), the W&B run (its URL, or an offline run left on the training machine). Empty when the run recorded none."""
+    t = tracking(run_dir)
+    lines = []
+    if t and t.tensorboard and t.tensorboard.logdir and any(p.startswith("runs/") and ".tfevents." in p for p in uploaded):
+        lines.append("- TensorBoard: the event files are in `runs/` of this repo (`tensorboard --logdir runs` after a download).")
+    if t and t.wandb and t.wandb.url:
+        lines.append(f"- Weights & Biases: {t.wandb.url}")
+    elif t and t.wandb and t.wandb.run_dir:
+        lines.append(f"- Weights & Biases: an offline run, `{t.wandb.run_dir}` in the training directory (not uploaded; `wandb sync` uploads it).")
+    return ["### Training curves", "", *lines, ""] if lines else []
+
+
 def _rerun_section(ctx: RunContext, repo_id: str, skill_rel: str | None) -> list[str]:
     from tao_finetune.tools.jobs import command
 
@@ -287,6 +302,7 @@ def build_card(ctx: RunContext, repo_id: str, uploaded: list[str]) -> ModelCard:
         "",
         _table(("hyperparameter", "value", "source"), _hp_rows(cfg)),
         "",
+        *_tracking_section(run_dir, files),
         "## Samples",
         "",
         *_samples_section(run_dir, files),

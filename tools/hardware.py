@@ -258,14 +258,18 @@ def assess(
     else:
         items.append(Item("disk", "pass", f"{facts.free_disk_gb:.0f} GB free at {facts.disk_path or '?'}"))
 
-    for name, present in (credentials or {}).items():
-        if present:
-            items.append(Item(f"credential {name}", "pass", f"{name} is set"))
-        else:
-            items.append(
-                Item(f"credential {name}", "fail", f"{name} is needed by this run and not set", f"add {name}=... to ~/.config/tao/.env")
-            )
+    items += [credential_item(name, present) for name, present in (credentials or {}).items()]
     return items
+
+
+def credential_item(name: str, present: bool) -> Item:
+    """A needed credential: pass when set; a missing WANDB_API_KEY only warns (W&B then logs offline), any other fails."""
+    if present:
+        return Item(f"credential {name}", "pass", f"{name} is set")
+    if name == "WANDB_API_KEY":
+        return Item(f"credential {name}", "warn", "WANDB_API_KEY is not set: W&B logs offline (logs/wandb/, `wandb sync` uploads it later)",
+                    f"add {name}=... to ~/.config/tao/.env for an online run")
+    return Item(f"credential {name}", "fail", f"{name} is needed by this run and not set", f"add {name}=... to ~/.config/tao/.env")
 
 
 def passed(items: list[Item]) -> bool:

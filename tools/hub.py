@@ -108,6 +108,8 @@ def upload_plan(run_dir: Path) -> list[tuple[str, Path]]:
             plan.append((f"reports/{name}", reports / name))
     if (run_dir / "logs" / "metrics.jsonl").is_file():
         plan.append(("reports/metrics.jsonl", run_dir / "logs" / "metrics.jsonl"))
+    tb = run_dir / "logs" / "tensorboard"  # the project's TensorBoard event files: the Hub's Metrics tab shows runs/
+    plan += [(f"runs/{p.relative_to(tb)}", p) for p in _files_under(tb) if ".tfevents." in p.name]
     if (run_dir / "PROGRESS.md").is_file():
         plan.append(("reports/PROGRESS.md", run_dir / "PROGRESS.md"))
     for p in _files_under(run_dir / "skills"):

@@ -17,6 +17,7 @@ from tao_finetune.agent.config import atomic_write_text
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.errors import LimitReached
 from tao_finetune.agent.gates import N_SAMPLES, primary_metric, read_json, uses_lora_merge
+from tao_finetune.agent.metrics import read_records as read_metrics  # the one metrics-log reader (tolerant)
 from tao_finetune.agent.state import files_since, record_job
 from tao_finetune.tools.base import NeedsUser, NoArgs, ToolError, tool
 from tao_finetune.tools.runtime.outcome import deadline_message
@@ -457,23 +458,6 @@ def docker_run(ctx: RunContext, args: RunArgs) -> dict:
     return {"job": args.job, "exit_code": 0, "log": f"logs/{res.log_path.name}", **out}
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """Records of the metrics log (partial last line ignored)."""
-    out = []
-    try:
-        lines = path.read_bytes().decode(errors="replace").splitlines()
-    except (FileNotFoundError, IsADirectoryError):
-        return out
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
-
-
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
@@ -525,31 +509,9 @@ def flat_after(total: int | None, warmup: int, steps_per_epoch: int | None) -> i
     return max(FLAT_MIN_STEP, warmup + FLAT_MIN_STEP, int(steps_per_epoch or 0), math.ceil((total or 0) * FLAT_MIN_FRACTION))
 
 
-def read_metrics_since(path: Path, offset: int = 0) -> list[dict]:
-    """Records of the metrics log from a byte offset (an attempt's own records); offset 0 when the log was replaced."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return []
-    if offset <= 0 or offset > size:
-        return read_metrics(path)
-    with path.open("rb") as f:
-        f.seek(offset)
-        text = f.read().decode(errors="replace")
-    out = []
-    for line in text.splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
-
-
 def training_progress(run_dir: Path, since: int = 0) -> dict:
     """Step, total, latest loss/throughput and the loss trend (with evidence) from logs/metrics.jsonl, from byte `since` on."""
-    recs = [r for r in read_metrics_since(run_dir / METRICS, since) if isinstance(r, dict)]
+    recs = read_metrics(run_dir / METRICS, since)
     steps = [r for r in recs if "loss" in r and "step" in r and "event" not in r]
     start = next((r for r in reversed(recs) if r.get("event") in ("start", "resume")), {})
     done = next((r for r in reversed(recs) if r.get("event") == "done"), None)

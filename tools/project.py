@@ -221,14 +221,15 @@ def base_image(ctx: RunContext) -> str:
 SCRIPT_ROLES = {
     "prepare_data.py": "reads the dataset named in config.yaml, applies the column renames, takes the seeded n_train / n_eval "
                        "subsets and caches decoded tensors in data/ (+ data/meta.json: labels, sizes, columns)",
-    "train.py": "fine-tunes model_id on data/ (`--smoke` runs a few steps and writes reports/smoke.json); checkpoints/step-N "
-                "(resumable), checkpoints/final, logs/metrics.jsonl, reports/train_summary.json",
+    "train.py": "the training loop, read top to bottom: fine-tunes model_id on data/ (`--smoke` runs a few steps and writes "
+                "reports/smoke.json); checkpoints/step-N (resumable), checkpoints/final, logs/metrics.jsonl, reports/train_summary.json",
     "run_eval.py": "evaluates checkpoints/final on the eval split -> reports/eval_results.json; `--baseline` evaluates the base "
                    "model with an untrained head -> reports/baseline_results.json",
     "infer.py": "predicts a few eval examples with checkpoints/final -> reports/inference_samples/",
     "merge_lora.py": "merges LoRA adapters into the base weights -> checkpoints/merged",
     "task.py": "the task's specifics (model class, cached fields, batch -> model inputs, sample drawing); imported by the scripts",
-    "common.py": "the shared loop, data cache, checkpoints, metrics and config reading; imported by the scripts",
+    "common.py": "what the scripts share: config reading, data cache and prefetcher, device/precision, model loading, "
+                 "checkpoint IO, metrics log; imported by the scripts",
     "sources.py": "opens the dataset (Hub id or local folder/file) as tables; imported by prepare_data.py",
     "vision.py": "the detection and segmentation eval/infer set-up and pixel statistics; imported by their task.py",
 }
@@ -283,6 +284,10 @@ def render_project_readme(ctx: RunContext) -> str:
         "",
         "Multi-GPU training: `torchrun --standalone --nproc_per_node=N train.py`. Training resumes from the newest",
         "complete checkpoint in checkpoints/ when it is started again.",
+        "",
+        "Training curves: train.py writes TensorBoard event files (`tensorboard --logdir logs/tensorboard`) and, with",
+        "`wandb: true` in config.yaml, a Weights & Biases run (offline without WANDB_API_KEY: `wandb sync logs/wandb/offline-run-*`",
+        "uploads it); `reports/tracking.json` says where each went.",
         "",
     ])
 
@@ -355,9 +360,9 @@ def preflight_fields(ctx: RunContext) -> dict[str, str]:
         push = f"https://huggingface.co/{cfg.hf_model_repo}" if cfg.hf_model_repo else ""
     else:
         push = "disabled (push_to_hub: false)"
-    if cfg.wandb:
-        project = "WANDB_PROJECT set" if ctx.creds.present("WANDB_PROJECT") else ""
-        wandb = f"enabled ({project})" if project and ctx.creds.present("WANDB_API_KEY") else ""
+    if cfg.wandb:  # the project's Tracker: online with WANDB_API_KEY, else an offline run (wandb sync uploads it)
+        project = "WANDB_PROJECT" if ctx.creds.present("WANDB_PROJECT") else "project tao-finetune"
+        wandb = f"online ({project})" if ctx.creds.present("WANDB_API_KEY") else "offline (no WANDB_API_KEY; logs/wandb/, wandb sync uploads it)"
     else:
         wandb = "disabled"
     if cfg.platform == "local":
@@ -411,9 +416,11 @@ def preflight(ctx: RunContext, args: NoArgs) -> dict:
 
 
 def scaffold_files(task: str) -> list[Path]:
-    """The scaffold files rendered for a task (common + task-specific; the opt-in unit tests are not among them)."""
+    """The scaffold files rendered for a task: common/*.py (the shared train.py among them) + the task's own files, a
+    task file replacing the common one of the same name (the VLM's own train.py); the opt-in unit tests are not among them."""
     own = sorted(p for p in (SCAFFOLDS / task).iterdir() if p.is_file() and p.name != UNIT_TESTS)
-    return [*sorted((SCAFFOLDS / "common").glob("*.py")), *own]
+    names = {p.name for p in own}
+    return [*sorted(p for p in (SCAFFOLDS / "common").glob("*.py") if p.name not in names), *own]
 
 
 def copy_scaffold(task: str, dest: Path, base: str = "python:3.11-slim") -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 import os
 import tempfile
@@ -21,6 +20,7 @@ from typing import Any
 from tao_finetune.agent import gates
 from tao_finetune.agent.config import atomic_write_text
 from tao_finetune.agent.context import RunContext
+from tao_finetune.agent.metrics import training_steps, tracking_lines
 from tao_finetune.tools.base import NoArgs, ToolError, tool
 
 GREEN, GREY, BLUE = "#76b900", "#9e9e9e", "#1f77b4"
@@ -30,20 +30,7 @@ META_KEYS = {"primary_metric", "n_eval", "num_labels", "model", "baseline", "tas
 
 def train_records(metrics: Path) -> list[dict[str, Any]]:
     """Per-step training records from logs/metrics.jsonl (events, junk lines and non-finite losses skipped)."""
-    out: list[dict[str, Any]] = []
-    if not metrics.is_file():
-        return out
-    for line in metrics.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(rec, dict) or "event" in rec or not isinstance(rec.get("step"), int):
-            continue
-        loss = rec.get("loss")
-        if isinstance(loss, (int, float)) and math.isfinite(loss):
-            out.append(rec)
-    return out
+    return training_steps(metrics)
 
 
 def loss_points(metrics: Path) -> list[tuple[int, float]]:
@@ -225,6 +212,7 @@ def collect(run_dir: Path, label_names: list[str]) -> dict[str, Any]:
         "summary": gates.read_json(reports / "train_summary.json"),
         "figures": plot_curves(recs) + plot_metrics(ev, base, names),
         "samples": _samples(run_dir),
+        "tracking": tracking_lines(run_dir, absolute=False),  # the TensorBoard command, the W&B URL or offline run
     }
 
 
@@ -238,6 +226,7 @@ def _facts(data: dict, title: str) -> list[tuple[str, str]]:
         rows += [("optimizer steps", fmt(s.get("total_steps"))), ("training time", f"{float(s.get('train_runtime_s') or 0) / 60:.1f} min"),
                  ("throughput", f"{fmt(s.get('train_samples_per_s'))} samples/s"), ("final loss", fmt(s.get("final_loss"))),
                  ("precision", str(s.get("precision") or "-")), ("device", f"{s.get('world_size') or 1} × {s.get('device') or 'CPU'}")]
+    rows += [tuple(line.split(": ", 1)) for line in data.get("tracking") or []]
     return rows
 
 

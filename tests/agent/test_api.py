@@ -60,9 +60,13 @@ def test_python_api_rejects_unknown_inputs_and_drivers():
 
 
 def test_python_api_full_run_reports_metrics_paths_and_gates(tmp_path):
+    import torch
+
     from tao_finetune.agent.demo import demo_inputs
 
-    inputs = demo_inputs(tmp_path / "inputs")
+    with torch.random.fork_rng(devices=[]):  # a fixed init: some draws stay flat for half of 8 epochs and the flat-loss watch asks
+        torch.manual_seed(2)
+        inputs = demo_inputs(tmp_path / "inputs")
     sets = [s for flag, s in zip(DEMO_SETTINGS[::2], DEMO_SETTINGS[1::2]) if flag == "--set"]
     result = tao_finetune.run(inputs["model_id"], local_dataset_path=inputs["local_dataset_path"], llm="autopilot", platform="local",
                               allow_cpu=True, push_to_hub=False, output_dir=str(tmp_path / "run"), n_epochs=8, sets=sets)
@@ -70,7 +74,7 @@ def test_python_api_full_run_reports_metrics_paths_and_gates(tmp_path):
     assert all(g.met for g in result.gates)
     m = result.metrics
     assert m.name == "accuracy" and m.fine_tuned is not None and m.baseline is not None
-    assert m.delta == pytest.approx(m.fine_tuned - m.baseline)
+    assert m.delta == pytest.approx(m.fine_tuned - m.baseline, abs=1e-6)  # delta is rounded to 6 places
     assert {"checkpoint", "samples", "rerun_skill", "config", "session"} <= set(result.paths)
     assert result.usage.turns > 0 and result.usage.cost_usd == 0.0  # the autopilot costs nothing
 

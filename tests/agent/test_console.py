@@ -122,3 +122,48 @@ def test_quiet_prints_only_the_result(tmp_path, capsys, monkeypatch):
     lines = [ln for ln in out.err.splitlines() if ln.strip()]
     assert code != 0 and len(lines) == 1 and lines[0].startswith(("stopped", "question")), out.err
     assert "→" not in out.err and "✅" not in out.err
+
+
+def test_verbose_shows_tool_arguments_and_results(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    data = tmp_path / "data" / "train"
+    for c in ("a", "b"):
+        (data / c).mkdir(parents=True)
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "vit", "architectures": ["ViTForImageClassification"]}))
+    main(["run", "--model-id", str(model), "--local-dataset-path", str(tmp_path / "data"), "--output-dir", str(tmp_path / "o"),
+          "--llm", "autopilot", "--platform", "local", "--allow-cpu", "--no-push-to-hub", "--yes", "--verbose", "--max-steps", "2"])
+    out = capsys.readouterr()
+    calls = [json.loads(line) for line in (tmp_path / "o" / "session.jsonl").read_text().splitlines()]
+    call = next(e for e in calls if e.get("kind") == "tool_call")
+    result = next(e for e in calls if e.get("kind") == "tool_result")
+    text = re.sub(r"\s+", " ", out.err + out.out)
+    assert f"→ {call['name']} {json.dumps(call['input'])}" in text  # the arguments, as the model sent them
+    first = str(result["content"])[:60]
+    assert ("✓ " if not result.get("is_error") else "✗ ") in text and re.sub(r"\s+", " ", first) in text  # and the result
+
+
+def test_a_blocking_job_gets_a_bar_from_its_log_progress_lines(tmp_path):
+    """prepare_data.py prints `progress: WHAT k/N` (sources.progress); lines of an earlier attempt do not count."""
+    import io
+
+    from rich.console import Console
+
+    from tao_finetune.agent.console import LiveView, job_progress
+
+    log = tmp_path / "logs" / "prepare.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("progress: decoding images 90/90\nprepared 90 train\n")  # a previous attempt
+    view = LiveView(Console(file=io.StringIO()), tmp_path)
+    view.event({"kind": "tool_call", "name": "docker_run", "input": {"job": "prepare"}})
+    view._job_update()
+    assert not view.bar.tasks
+    with log.open("a") as f:
+        f.write("loading\nprogress: decoding images 120/400\n")
+    view._job_update()
+    task = view.bar.tasks[0]
+    assert (task.description, task.completed, task.total, task.fields["info"]) == ("prepare", 120, 400, "decoding images")
+    assert job_progress(tmp_path, "prepare") == ("decoding images", 120, 400) and job_progress(tmp_path, "smoke") is None
+    view.event({"kind": "tool_result", "name": "docker_run", "is_error": False, "content": "{}"})
+    assert not view.bar.tasks

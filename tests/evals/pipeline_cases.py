@@ -49,8 +49,8 @@ def _segmentation(d: Path) -> list[str]:
     import torch
 
     torch.manual_seed(0)
-    return ["--model-id", str(tiny_segformer(d / "tiny-segformer")), "--local-dataset-path", str(segmentation_folders(d / "masks", n=60)),
-            "--task-type", "semantic-segmentation", "--n-epochs", "10", "--set", "learning_rate=3e-3",
+    return ["--model-id", str(tiny_segformer(d / "tiny-segformer")), "--local-dataset-path", str(segmentation_folders(d / "masks", n=100)),
+            "--task-type", "semantic-segmentation", "--n-epochs", "10", "--set", "learning_rate=5e-3",
             "--set", "per_device_train_batch_size=8", "--set", "logging_steps=5"]
 
 
@@ -65,7 +65,7 @@ def _vlm(d: Path) -> list[str]:
 PIPELINES: dict[str, tuple[str, Callable[[Path], list[str]], float]] = {
     "image-classification": ("tiny ViT on sklearn digits (the demo)", _classification, 0.85),
     "object-detection": ("tiny random-init DETR on COCO-format shapes", _detection, 0.0),
-    "semantic-segmentation": ("tiny random-init SegFormer on image + mask folders", _segmentation, 0.5),
+    "semantic-segmentation": ("tiny random-init SegFormer on image + mask folders", _segmentation, 0.8),
     "image-text-to-text": ("tiny random-init Idefics3 (SmolVLM-class) with LoRA + merge on shapes VQA", _vlm, 0.8),
 }
 

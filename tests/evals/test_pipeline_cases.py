@@ -51,16 +51,19 @@ def test_each_recording_is_a_real_run_of_its_pipeline_and_replays_strictly(name,
     assert "no divergence" in capsys.readouterr().out
 
 
-def test_an_edited_recording_fails_its_case(tmp_path, capsys):
-    src = CASES / "pipeline-image-classification.session.jsonl"
-    lines = src.read_text().splitlines()
+@pytest.mark.parametrize("name,metric", [("image-classification", "accuracy"),  # a later model turn read the result
+                                         ("object-detection", "map")])  # the invocation's last result: none did
+def test_an_edited_recording_fails_its_case(name, metric, tmp_path, capsys):
+    cid = f"pipeline-{name}"
+    lines = (CASES / f"{cid}.session.jsonl").read_text().splitlines()
     i = max(k for k, line in enumerate(lines) if '"kind": "tool_result"' in line and '\\"job\\": \\"eval\\"' in line)
-    lines[i] = lines[i].replace('\\"accuracy\\": 0.', '\\"accuracy\\": 0.99', 1)
+    edited = lines[i].replace(f'\\"{metric}\\": 0.', f'\\"{metric}\\": 0.99', 1)
+    assert edited != lines[i]
+    lines[i] = edited
     cases = tmp_path / "cases"
     cases.mkdir()
     (cases / "edited.session.jsonl").write_text("\n".join(lines) + "\n")
-    case = (CASES / "pipeline-image-classification.yaml").read_text().replace("pipeline-image-classification", "edited")
-    (cases / "edited.yaml").write_text(case)
+    (cases / "edited.yaml").write_text((CASES / f"{cid}.yaml").read_text().replace(cid, "edited"))
     assert main(["eval", "--cases-dir", str(cases), "--out", str(tmp_path / "out"), "--json"]) == 1
     score = json.loads((tmp_path / "out" / "results.json").read_text())[0]
     assert score["exit_code"] == 6 and any("exit code 6" in f for f in score["failures"])

@@ -97,10 +97,13 @@ def segmentation_folders(root: Path, n: int = 60, size: int = 32, seed: int = 2,
     return root
 
 
-def tiny_detr(path: Path, names: list[str] = SHAPES, size: int = 64) -> Path:
-    """A random-init DETR (2+2 layers, d_model 64) on a tiny ResNet backbone (no timm), with its image processor."""
+def tiny_detr(path: Path, names: list[str] = SHAPES, size: int = 64, seed: int = 0) -> Path:
+    """A random-init DETR (2+2 layers, d_model 64) on a tiny ResNet backbone (no timm), with its image processor.
+    Seeded: what a test run learns depends on the draw, so the draw is fixed."""
     import torch
     from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor, ResNetConfig
+
+    torch.manual_seed(seed)
 
     # two stages (stride 8): a 64 px image still gives an 8x8 feature map to localise on
     backbone = ResNetConfig(embedding_size=16, hidden_sizes=[32, 64], depths=[1, 1], layer_type="basic", out_features=["stage2"])
@@ -114,9 +117,12 @@ def tiny_detr(path: Path, names: list[str] = SHAPES, size: int = 64) -> Path:
     return path
 
 
-def tiny_segformer(path: Path, names: list[str] = ("background", *SHAPES), size: int = 32) -> Path:
-    """A random-init SegFormer (2 stages, hidden sizes 16/32) with its image processor."""
+def tiny_segformer(path: Path, names: list[str] = ("background", *SHAPES), size: int = 32, seed: int = 0) -> Path:
+    """A random-init SegFormer (2 stages, hidden sizes 16/32) with its image processor; seeded like tiny_detr."""
+    import torch
     from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    torch.manual_seed(seed)
 
     cfg = SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32], patch_sizes=[3, 3],
                           strides=[2, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2], decoder_hidden_size=32,

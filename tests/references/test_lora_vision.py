@@ -121,14 +121,14 @@ def test_the_oom_answer_lora_trains_segformer_with_lora(tmp_path):
     assert asked.code == 3 and "Switch to LoRA" in asked.message and RunState.load(run).pending_choices == jobs.LORA_CHOICE
     argv = ["run", "--model-id", model, "--local-dataset-path", data, "--task-type", "semantic-segmentation",
             "--output-dir", str(run), "--llm", "autopilot", "--platform", "local", "--allow-cpu", "--no-push-to-hub",
-            "--set", "learning_rate=1e-2", "--set", "per_device_train_batch_size=8", "--set", "gradient_checkpointing=false",
-            "--set", "logging_steps=5", "--yes", "--quiet"]
+            "--set", "learning_rate=1e-2", "--set", "per_device_train_batch_size=8", "--set", "logging_steps=5", "--yes", "--quiet"]
     code = main([*argv, "--answer", "lora"])
     if code == 3:  # gate 5's margin is two standard errors over only 6 eval images: the learning check may ask; accept
         assert "did not clearly learn" in RunState.load(run).pending_question
         code = main([*argv, "--answer", "accept"])
     assert code == 0
-    assert "training_method: lora" in (run / "config.yaml").read_text()
+    saved = (run / "config.yaml").read_text()
+    assert "training_method: lora" in saved and "gradient_checkpointing: true" in saved  # the OOM state kept: LoRA on top
     lora = json.loads((run / "reports" / "lora.json").read_text())
     assert lora["r"] == 4 and lora["modules_to_save"] == ["decode_head"] and lora["targets_derived"]
     no_adapters(run / "checkpoints" / "final")

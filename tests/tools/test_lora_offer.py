@@ -75,3 +75,20 @@ def test_a_model_with_targets_still_gets_the_lora_offer(tmp_path):
     with pytest.raises(NeedsUser) as asked:
         jobs.apply_fix(ctx, {"id": "cuda-oom", "action": "oom"})
     assert "Switch to LoRA" in asked.value.question and asked.value.choices == jobs.LORA_CHOICE
+
+
+def test_step_3_says_in_one_line_that_a_source_s_lora_is_not_offered(tmp_path, monkeypatch):
+    from servers.pages import serve_pages
+    from tao_finetune.tools import research
+
+    ctx = ctx_for(tiny_resnet(tmp_path / "resnet"), tmp_path / "run")
+    docs = "/docs/transformers/tasks/image_classification"
+    with serve_pages() as pages:
+        monkeypatch.setenv("HF_ENDPOINT", pages.url)
+        monkeypatch.setattr(research, "FETCHER", research.Fetcher(timeout_s=0.5, attempts=2, wait_s=0))
+        research.fetch_docs.fn(ctx, research.fetch_docs.args_model(url=pages.url + docs))
+        out = research.record_recipe.fn(ctx, research.record_recipe.args_model(
+            slot="hyperparameters", rank="live", source=pages.url + docs, value={"learning_rate": 1e-4, "training_method": "lora"}))
+    note = out["skipped"]["training_method"]
+    assert note.startswith("not applied and not offered:") and "cannot take LoRA" in note and "ask the user" not in note
+    assert ctx.config.hyperparameters.training_method == "full"

@@ -124,6 +124,18 @@ def test_render_scaffold_keeps_edited_files_unless_overwrite(tmp_path):
     assert (ctx.run_dir / "train.py").read_text() != PY
 
 
+@pytest.mark.parametrize("task,own", [("image-classification", False), ("image-text-to-text", True)])
+def test_render_scaffold_writes_one_train_py_the_task_own_one_replacing_the_common_one(tmp_path, task, own):
+    ctx = make_ctx(tmp_path, task_type=task, model_id="HuggingFaceTB/SmolVLM-256M-Instruct" if own else "google/vit-base-patch16-224")
+    out = project.render_scaffold.fn(ctx, project.RenderArgs())
+    assert out["written"].count("train.py") == 1 and "train.py" not in out["kept"]
+    names = [f.name for f in project.scaffold_files(task)]
+    assert len(names) == len(set(names))
+    src = project.SCAFFOLDS / (task if own else "common") / "train.py"
+    text = (ctx.run_dir / "train.py").read_text()
+    assert text == src.read_text() and "for step in range(start, total):" in text  # the loop itself, not a shim
+
+
 def test_render_scaffold_refuses_tasks_without_a_scaffold_and_missing_images(tmp_path, monkeypatch):
     monkeypatch.setattr(project, "SCAFFOLD_TASKS", ("image-classification", "text-classification"))
     with pytest.raises(ToolError, match="no scaffold"):

@@ -1,8 +1,11 @@
 """The default platform: build the generated project into `run-<short>:latest` and run its jobs on the local Docker daemon.
 
-Docker SDK 7.x (installed source: site-packages/docker/api/build.py, models/containers.py): classic builder
-via `APIClient.build` (BuildKit is not used), containers started detached and waited on so exit codes,
-OOM kills and logs can be read back.
+Builds use BuildKit through the docker CLI's buildx plugin when it is there (`docker buildx build --load --progress
+plain -`, the context tar on stdin: https://docs.docker.com/reference/cli/docker/buildx/build/); the Docker SDK 7.x
+cannot drive BuildKit (its `APIClient.build`, site-packages/docker/api/build.py, speaks the classic /build API only),
+so without buildx the build falls back to the legacy builder through the SDK and says so in logs/build.log.
+`TAO_DOCKER_BUILDER=legacy` forces the legacy builder. Containers are started detached and waited on so exit codes,
+OOM kills and logs can be read back (models/containers.py).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import subprocess
 import sys
 import threading
 from collections import deque
@@ -37,6 +42,7 @@ DEFAULT_EXCLUDES = [
     "**/__pycache__", "**/*.safetensors", "**/*.bin", "**/*.pt",
 ]
 STEP = re.compile(r"^Step \d+/\d+ : (.*)$")
+BUILDKIT_STEP = re.compile(r"^#\d+ \[(?:[^\]]+ )?\d+/\d+\] (.*)$")  # BuildKit plain progress: "#7 [3/6] RUN pip ..."
 GIB = 1024**3
 
 Echo = Callable[[str], None]
@@ -72,6 +78,22 @@ def default_shm_size() -> int:
 def network_mode(kind: str, wandb: bool) -> str:
     """Only prepare (Hub downloads) and, with wandb on, training (metrics upload) get the host network."""
     return "host" if kind in NETWORKED_JOBS or (wandb and kind == "train") else "none"
+
+
+def buildkit_unavailable() -> str | None:
+    """Why this build cannot use BuildKit, or None when `docker buildx` answers (TAO_DOCKER_BUILDER=legacy forces it off)."""
+    if os.environ.get("TAO_DOCKER_BUILDER", "auto") == "legacy":
+        return "TAO_DOCKER_BUILDER=legacy"
+    exe = shutil.which("docker")
+    if exe is None:
+        return "no docker CLI on PATH for `docker buildx`"
+    try:
+        proc = subprocess.run([exe, "buildx", "version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"`docker buildx version` did not answer ({err.__class__.__name__})"
+    if proc.returncode != 0:
+        return "the docker CLI has no buildx plugin"
+    return None
 
 
 def multi_gpu_argv(argv: list[str], gpu_count: int | None) -> list[str]:
@@ -173,6 +195,10 @@ class DockerPlatform:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text("")
         out = _LineWriter(log_path, ctx.creds.redact, self.echo, "[build] ")
+        why = buildkit_unavailable()
+        if why is None:
+            return self._buildx(ctx, tag, excludes, out, log_path)
+        out.feed(f"BuildKit not used ({why}): building with the legacy builder (deprecated; install the docker buildx plugin)\n")
         step, error = "", ""
         try:
             with docker.utils.tar(str(root), exclude=excludes) as context:
@@ -206,7 +232,51 @@ class DockerPlatform:
             image = self.client.images.get(tag)
         except ImageNotFound:
             raise ToolError(f"docker build reported no error but image {tag!r} is missing; see logs/build.log") from None
-        return {"ok": True, "image": tag, "id": image.short_id, "log": "logs/build.log"}
+        return {"ok": True, "image": tag, "id": image.short_id, "log": "logs/build.log", "builder": "legacy", "builder_note": why}
+
+    def _buildx(self, ctx: RunContext, tag: str, excludes: list[str], out: "_LineWriter", log_path: Path) -> dict:
+        """`docker buildx build --load` with the same context tar (excludes applied) on stdin, host network for pip."""
+        argv = [shutil.which("docker") or "docker", "buildx", "build", "--load", "--progress", "plain", "--network", "host",
+                "--tag", tag, "-"]
+        out.feed(f"BuildKit: {' '.join(argv[1:])}\n")
+        step = ""
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        except OSError as err:
+            out.close()
+            raise ToolError(f"docker buildx could not start: {err}") from None
+
+        def send() -> None:
+            try:
+                with docker.utils.tar(str(ctx.run_dir), exclude=excludes) as context:
+                    shutil.copyfileobj(context, proc.stdin)
+            except (OSError, ValueError):
+                pass  # buildx exited early; its output says why
+            finally:
+                try:
+                    proc.stdin.close()
+                except OSError:
+                    pass
+
+        feeder = threading.Thread(target=send, name="tao-buildx-context", daemon=True)
+        feeder.start()
+        for raw in proc.stdout:
+            text = raw.decode("utf-8", errors="replace")
+            m = BUILDKIT_STEP.match(text.strip())
+            if m:
+                step = text.strip()
+            out.feed(text if text.endswith("\n") else text + "\n")
+        code = proc.wait()
+        feeder.join(timeout=30)
+        out.close()
+        if code != 0:
+            raise ToolError(f"docker buildx build of {tag!r} failed (exit {code}) at {step or 'the start'!r}\n"
+                            f"last lines of logs/build.log:\n{_tail(log_path)}")
+        try:
+            image = self.client.images.get(tag)
+        except ImageNotFound:
+            raise ToolError(f"docker buildx build reported success but image {tag!r} is missing; see logs/build.log") from None
+        return {"ok": True, "image": tag, "id": image.short_id, "log": "logs/build.log", "builder": "buildkit"}
 
     def freeze(self, ctx: RunContext) -> tuple[str, str]:
         """`pip list --format=freeze` (pip freeze with name==version even for wheels installed from a file) inside the built image (no network); returns (output, where it ran)."""

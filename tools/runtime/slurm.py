@@ -8,7 +8,7 @@ Apptainer (`apptainer exec --nv`) or in the submitting host's Python (a venv on 
 
 Training: one task per node; several GPUs or nodes run `torchrun` with a c10d rendezvous on the first host of
 `scontrol show hostnames`; `--signal=B:USR1@<signal_s>` warns the batch shell before the time limit, which passes SIGTERM
-to the training (it writes a checkpoint and exits 75, see the scaffold's common.py) and requeues the job; the requeued
+to the training (it writes a checkpoint and exits 75, see the scaffold's train.py) and requeues the job; the requeued
 job resumes from that checkpoint.
 
 Sources: https://slurm.schedmd.com/sbatch.html (--parsable, --export, --signal, --requeue, --open-mode),
@@ -752,7 +752,7 @@ def detect_container(facts: SlurmFacts) -> str:
 def assess_slurm(facts: SlurmFacts, cfg: RunConfig, credentials: dict[str, bool] | None = None,
                  min_disk_gb: float = 100.0) -> tuple[list, dict]:
     """Audit items (tools.hardware.Item) and the record: partition facts, container mode, GPU type and count."""
-    from tao_finetune.tools.hardware import Item, parse_gpus
+    from tao_finetune.tools.hardware import Item, credential_item, parse_gpus
 
     spec = cfg.slurm
     items: list = []
@@ -824,9 +824,7 @@ def assess_slurm(facts: SlurmFacts, cfg: RunConfig, credentials: dict[str, bool]
                           "free space or set MIN_DISK_GB"))
     else:
         items.append(Item("disk", "pass", f"{facts.free_disk_gb:.0f} GB free at {facts.disk_path}"))
-    for name, present in (credentials or {}).items():
-        items.append(Item(f"credential {name}", "pass", f"{name} is set") if present else
-                     Item(f"credential {name}", "fail", f"{name} is needed by this run and not set", f"add {name}=... to ~/.config/tao/.env"))
+    items += [credential_item(name, present) for name, present in (credentials or {}).items()]
     record["gpu_type"], record["gpus_per_node"] = part["gpu_type"], part["gpus_per_node"]
     return items, record
 

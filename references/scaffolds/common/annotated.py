@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sources import IMAGE_EXT, Table
+from sources import IMAGE_EXT, Table, progress
 
 EVAL_SPLITS = ("validation", "valid", "val", "test", "eval")
 SPLIT_NAMES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation", "val": "validation",
@@ -292,6 +292,20 @@ def open_annotated(p: dict, task: str) -> tuple[dict[str, Table], list[str], dic
         raise SystemExit(f"{root} is a COCO detection layout; semantic segmentation needs image + mask pairs")
     rows = read_voc_segmentation(root) if layout == "voc" else read_mask_folders(root)
     return {k: Table(v, {}) for k, v in rows.items()}, label_file_names(root), {"layout": layout, "dropped": {}}
+
+
+def decode_rows(decode, idx: list[int]) -> list:
+    """decode(i) for every row index, in order: forked worker processes (up to 16) for splits over 1,000 rows (the
+    decoder reads its table from a module global the fork inherits), in this process otherwise."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = min(os.cpu_count() or 1, 16)
+    if len(idx) > 1000 and workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as ex:
+            return list(progress(ex.map(decode, idx, chunksize=32), len(idx), "decoding rows"))
+    return list(progress(map(decode, idx), len(idx), "decoding rows"))
 
 
 def skipped(row: dict, skip: set[str]) -> bool:

@@ -12,17 +12,15 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Shared code of the generated project: config, cached data, model loading, the training loop, metrics.
+"""Shared code of the generated project's scripts: config, the data cache and its prefetcher, Runtime (device, ranks,
+precision), model loading and LoRA, checkpoint IO, the step plan, metrics. The training loop itself is in train.py.
 
 Only torch, transformers, numpy and PyYAML are needed here (the training image may lack `datasets`).
 API sources (transformers 5.x, checked against the installed 5.24 source):
 - https://huggingface.co/docs/transformers/main/en/model_doc/auto (from_pretrained: num_labels, id2label,
   label2id, ignore_mismatched_sizes, attn_implementation) and transformers/modeling_utils.py
 - https://huggingface.co/docs/transformers/main/en/attention_interface (attn_implementation="sdpa")
-- https://huggingface.co/docs/transformers/main/en/main_classes/optimizer_schedules (get_scheduler)
-- https://docs.pytorch.org/docs/stable/generated/torch.optim.AdamW.html (fused=True on CUDA)
-- https://docs.pytorch.org/docs/stable/notes/ddp.html and torch.distributed.run (torchrun env vars)
-- https://docs.pytorch.org/docs/stable/amp.html (autocast bf16, GradScaler for fp16)
+- torch.distributed.run (torchrun env vars), https://docs.pytorch.org/docs/stable/amp.html (autocast bf16)
 - torch/utils/flop_counter.py (FlopCounterMode, used for the MFU estimate; counted once in the smoke job, never in train)
 - transformers/modeling_utils.py PreTrainedModel.save_pretrained(state_dict=...) (saves a given CPU copy; tied weights
   are dropped from it by the model's own rules), https://docs.pytorch.org/docs/stable/backends.html (cudnn.benchmark)
@@ -40,6 +38,7 @@ import shutil
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -457,28 +456,77 @@ def classification_metrics(preds: np.ndarray, labels: np.ndarray, num_labels: in
 
 
 class Tracker:
-    """Weights & Biases logging when config.yaml has `wandb: true` (rank 0 only); the run URL goes to reports/wandb.json."""
+    """Training curves beyond logs/metrics.jsonl (rank 0 only); where they went is written to reports/tracking.json.
+
+    - TensorBoard, the default that needs no account: event files in logs/tensorboard/ through
+      torch.utils.tensorboard.SummaryWriter (torch/utils/tensorboard/writer.py; it needs the `tensorboard` package,
+      listed in requirements.txt). View them with `tensorboard --logdir logs/tensorboard`.
+    - Weights & Biases when config.yaml has `wandb: true` (tao-finetune sets it with --wandb, or when WANDB_API_KEY is
+      present) and WANDB_MODE is not `disabled`. Without WANDB_API_KEY (or with WANDB_MODE=offline) the run is offline:
+      its files stay in logs/wandb/offline-run-*/ and `wandb sync <that dir>` uploads them later
+      (wandb.init(dir=, mode=), run.settings.sync_dir: wandb/sdk/wandb_init.py, wandb_settings.py; wandb 0.31).
+    A tracker that cannot start prints one line and training goes on: the metrics log stays the record.
+    """
+
+    TB_DIR = LOGS / "tensorboard"
+    SKIP = ("step", "time", "total_steps")
 
     def __init__(self, cfg: dict, rt: "Runtime", job: str):
-        self.run = None
-        if not cfg.get("wandb") or not rt.main or os.environ.get("WANDB_MODE") == "disabled":
+        self.run = self.tb = None
+        if not cfg or not rt.main:
             return
+        info: dict = {}
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=str(self.TB_DIR))
+            info["tensorboard"] = {"logdir": str(self.TB_DIR.relative_to(ROOT))}
+        except ImportError as err:  # torch.utils.tensorboard raises ImportError when tensorboard is missing
+            print(f"tracker: no TensorBoard event files ({err}); pip install tensorboard")
+            info["tensorboard"] = {"error": "the tensorboard package is not installed"}
+        if cfg.get("wandb") and os.environ.get("WANDB_MODE") != "disabled":
+            info["wandb"] = self._start_wandb(cfg, job)
+        write_json(REPORTS / "tracking.json", info)
+
+    def _start_wandb(self, cfg: dict, job: str) -> dict:
         try:
             import wandb
         except ImportError:
-            print("wandb is enabled in config.yaml but not installed; metrics stay in logs/metrics.jsonl")
-            return
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT"), name=f"{Path(cfg['model_id']).name}-{job}",
-                              config={"model_id": cfg["model_id"], "n_train": cfg["splits"]["n_train"], **hp(cfg)})
-        write_json(REPORTS / "wandb.json", {"url": self.run.url, "project": os.environ.get("WANDB_PROJECT")})
+            print("tracker: wandb is on in config.yaml but not installed (pip install wandb); metrics stay in logs/metrics.jsonl")
+            return {"error": "the wandb package is not installed"}
+        offline = not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE")
+        try:
+            # console="off": wandb would otherwise wrap this process's stdout, which the job runner reads
+            self.run = wandb.init(project=os.environ.get("WANDB_PROJECT") or "tao-finetune", name=f"{Path(cfg['model_id']).name}-{job}",
+                                  dir=str(LOGS), mode="offline" if offline else None, settings=wandb.Settings(console="off"),
+                                  config={"model_id": cfg["model_id"], "n_train": cfg["splits"]["n_train"], **hp(cfg)})
+        except Exception as err:  # wandb's own errors (auth, network, its service): the tracker must not end the training
+            line = (str(err).strip().splitlines() or [""])[0][:200]
+            print(f"tracker: wandb did not start ({type(err).__name__}: {line}); metrics stay in logs/metrics.jsonl")
+            return {"error": f"{type(err).__name__}: {line}"}
+        sync_dir = Path(self.run.settings.sync_dir).resolve()
+        rel = str(sync_dir.relative_to(ROOT)) if sync_dir.is_relative_to(ROOT) else str(sync_dir)
+        mode = str(self.run.settings.mode)
+        print(f"tracker: wandb {mode} run " + (self.run.url or f"{rel} (upload it with: wandb sync {rel})"))
+        return {"mode": mode, "url": self.run.url, "project": self.run.project, "run_dir": rel}
 
     def log(self, record: dict) -> None:
-        if self.run is not None and "step" in record and "event" not in record:
-            self.run.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "time"}, step=record["step"])
+        if "step" not in record or "event" in record:
+            return
+        values = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in self.SKIP}
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(f"train/{k}", v, record["step"])
+        if self.run is not None:
+            self.run.log(values, step=record["step"])
 
     def finish(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
         if self.run is not None:
             self.run.finish()
+            self.run = None
 
 
 def log_jsonl(path: Path, record: dict) -> None:
@@ -723,220 +771,22 @@ def batch_plan(n: int, per_device: int, accum: int, world: int, rank: int, seed:
     return total, steps_per_epoch, micro_batches
 
 
-def train(task, argv: list[str] | None = None) -> int:
-    """The training loop shared by every task; `task` supplies model class, fields and input mapping."""
-    import argparse
-
-    from transformers import get_scheduler
-
-    ap = argparse.ArgumentParser(description="Fine-tune the model in config.yaml on the cached data.")
-    ap.add_argument("--smoke", action="store_true", help="run --max_steps steps (default 1) and write reports/smoke.json")
-    ap.add_argument("--max_steps", type=int, default=None, help="override hyperparameters.max_steps")
-    args = ap.parse_args(argv)
-    cfg = load_config()
-    h = hp(cfg)
-    meta = read_meta()
-    rt = Runtime(cfg)
-    smoke = args.smoke
-    max_steps = args.max_steps if args.max_steps is not None else (1 if smoke else int(h["max_steps"]))
-    metrics_path = LOGS / ("smoke_metrics.jsonl" if smoke else "metrics.jsonl")
-    started = time.time()
+@contextmanager
+def smoke_report(write: bool, max_steps: int):
+    """The record of a train.py --smoke run: `passed` (set by the caller with the step's figures) or the exception that
+    ended it (re-raised); written to reports/smoke.json with its duration when `write` (rank 0 of a smoke run)."""
     record: dict = {"passed": False, "max_steps": max_steps, "exception": None}
+    started = time.time()
     try:
-        result = _train(task, cfg, h, meta, rt, smoke, max_steps, metrics_path, get_scheduler)
-        record.update(result)
-        record["passed"] = bool(result["finite_loss"] and result["grad_norm_positive"])
-        code = 0 if (record["passed"] or not smoke) else 1
-    except Preempted:
-        rt.close()
-        return PREEMPTED_EXIT
-    except Exception as err:  # the smoke report must record any failure before re-raising
+        yield record
+    except Exception as err:  # the report must record any failure before it propagates
         record["exception"] = f"{type(err).__name__}: {err}"
-        if smoke and rt.main:
+        if write:
             write_json(REPORTS / "smoke.json", {**record, "seconds": round(time.time() - started, 2)})
-        rt.close()
         raise
-    if smoke and rt.main:
+    if write:
         write_json(REPORTS / "smoke.json", {**record, "seconds": round(time.time() - started, 2)})
         print(f"smoke {'PASSED' if record['passed'] else 'FAILED'}: loss={record.get('loss')} grad_norm={record.get('grad_norm')}")
-    rt.close()
-    return code
-
-
-def _train(task, cfg, h, meta, rt: Runtime, smoke: bool, max_steps: int, metrics_path: Path, get_scheduler) -> dict:
-    preempt = PreemptFlag() if smoke else PreemptFlag().install()  # first: a signal during loading checkpoints at step 1
-    seed = int(h["seed"])
-    seed_all(seed)
-    split = CachedSplit("train", task.FIELDS)
-    total, steps_per_epoch, micro_batches = batch_plan(
-        len(split), int(h["per_device_train_batch_size"]), int(h["gradient_accumulation_steps"]),
-        rt.world, rt.rank, seed, float(cfg["n_epochs"]), max_steps)
-    resume = None if smoke else resumable_checkpoint()
-    model = load_train_model(task, cfg, meta, resume)
-    if h["gradient_checkpointing"]:
-        model.gradient_checkpointing_enable()
-    model.to(rt.device)
-    if task.channels_last(model) and rt.device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-        meta["channels_last"] = True
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": float(h["weight_decay"])}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=float(h["learning_rate"]), fused=rt.device.type == "cuda")
-    warmup = int(float(h["warmup_ratio"]) * total)
-    scheduler = get_scheduler(h["lr_scheduler_type"], optimizer, num_warmup_steps=warmup, num_training_steps=total)
-    scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype == torch.float16 else None
-    start = 0
-    if resume is not None:
-        state = torch.load(resume / "training_state.pt", map_location="cpu", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start = int(state["step"])
-    if rt.device.type == "cuda":
-        torch.backends.cudnn.benchmark = bool(h.get("cudnn_benchmark", total - start >= 2000))
-    if smoke:  # counted once here, off the training job's clock
-        first = split.take(micro_batches(0)[0][:1])
-        fps = flops_per_sample(model, task.to_inputs(first, rt, meta, train=False), rt)
-    else:
-        fps = read_json_file(REPORTS / "smoke.json").get("flops_per_sample")
-    peak = rt.peak_flops()
-    net = model
-    if rt.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
-    if h["torch_compile"] and not smoke:
-        net = torch.compile(net)
-    plan = [mb for s in range(start, total) for mb in micro_batches(s)]
-    accum = len(micro_batches(0))
-    workers = num_workers(cfg, rt.device, rt.world)
-    it = Prefetcher(split, plan, pin=rt.device.type == "cuda") if workers > 0 else iter(loader(split, plan, 0, False))
-    logging_steps = 1 if smoke else int(h["logging_steps"])
-    save_every, save_seconds = save_cadence(h, total)
-    writer = CheckpointWriter(model, keep=2, metrics_path=metrics_path, background=rt.device.type == "cuda")
-    if rt.main:
-        log_jsonl(metrics_path, {"event": "resume" if start else "start", "step": start, "total_steps": total,
-                                 "steps_per_epoch": steps_per_epoch, "warmup_steps": warmup, "world_size": rt.world, "precision": rt.precision,
-                                 "device": rt.gpu_name, "workers": workers, "flops_per_sample": fps, "time": time.time()})
-    tracker = Tracker({} if smoke else cfg, rt, "train")
-    loss_sum = torch.zeros((), device=rt.device)
-    window_samples, window_start, logged_at = 0, time.perf_counter(), start
-    last = {"loss": None, "grad_norm": None}
-    total_samples, run_start = 0, time.perf_counter()
-    last_save = run_start
-    try:
-        for step in range(start, total):
-            for k in range(accum):
-                batch = next(it)
-                inputs = task.to_inputs(batch, rt, meta, train=True)
-                sync = k == accum - 1 or rt.world == 1
-                ctx = net.no_sync() if (not sync and hasattr(net, "no_sync")) else _null()
-                with ctx:
-                    with rt.autocast():
-                        loss = net(**inputs).loss / accum
-                    (scaler.scale(loss) if scaler else loss).backward()
-                loss_sum += loss.detach()
-                n = int(batch["labels"].shape[0]) * rt.world
-                window_samples += n
-                total_samples += n
-            if scaler:
-                scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)  # 1.0 = the Trainer's max_grad_norm default
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            done = step + 1
-            if done % logging_steps == 0 or done == total or step == start:
-                if rt.world > 1:
-                    torch.distributed.all_reduce(loss_sum)
-                    loss_sum /= rt.world
-                loss_val = float(loss_sum.item()) / max(1, done - logged_at)
-                logged_at = done
-                if rt.device.type == "cuda":
-                    torch.cuda.synchronize()
-                dt = time.perf_counter() - window_start
-                sps = window_samples / dt if dt > 0 else None
-                rec = {"step": done, "total_steps": total, "epoch": round(done / steps_per_epoch, 4), "loss": loss_val,
-                       "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0], "samples_per_s": sps,
-                       "mfu": (sps * fps / (peak * rt.world)) if (sps and fps and peak) else None, "time": time.time()}
-                if rt.device.type == "cuda":
-                    rec["max_memory_gb"] = torch.cuda.max_memory_allocated(rt.device) / 1e9
-                if rt.main:
-                    log_jsonl(metrics_path, rec)
-                    tracker.log(rec)
-                last = rec
-                loss_sum.zero_()
-                window_samples, window_start = 0, time.perf_counter()
-            if not smoke and done < total and preempt.requested(rt, synced=done % logging_steps == 0):
-                if rt.main:
-                    writer.wait()  # an async save in flight completes first
-                    path = save_checkpoint(model, optimizer, scheduler, scaler, done, 2)
-                    log_jsonl(metrics_path, {"event": "preempted", "step": done, "total_steps": total, "signal": preempt.signum,
-                                             "checkpoint": path.name, "time": time.time()})
-                    print(f"signal {preempt.signum}: checkpoint {path.name} written at step {done}/{total}; run train.py again to resume",
-                          flush=True)
-                rt.barrier()
-                raise Preempted(done)
-            if not smoke and done < total:
-                if save_every is not None:
-                    due = bool(save_every) and done % save_every == 0
-                else:  # time-based: rank 0's clock decides for every rank
-                    due = time.perf_counter() - last_save >= save_seconds
-                    if rt.world > 1 and done % logging_steps:
-                        due = False  # ranks agree only at logging steps (no extra sync per step)
-                    elif rt.world > 1:
-                        flag = torch.tensor([1.0 if due else 0.0], device=rt.device)
-                        torch.distributed.broadcast(flag, 0)
-                        due = bool(flag.item())
-                if due:
-                    if rt.main:
-                        writer.save(optimizer, scheduler, scaler, done)
-                    last_save = time.perf_counter()
-                    rt.barrier()
-    finally:
-        if isinstance(it, Prefetcher):
-            it.close()
-    if rt.device.type == "cuda":
-        torch.cuda.synchronize()
-    runtime = time.perf_counter() - run_start
-    writer.wait()
-    tracker.finish()
-    result = {"loss": last["loss"], "grad_norm": last["grad_norm"], "steps": total - start,
-              "finite_loss": last["loss"] is not None and math.isfinite(last["loss"]),
-              "grad_norm_positive": last["grad_norm"] is not None and math.isfinite(last["grad_norm"]) and last["grad_norm"] > 0}
-    if smoke:
-        result["step1"] = last
-        result["flops_per_sample"] = fps
-        return result
-    if rt.main:
-        try:
-            write_final(export_model(model), task, cfg, meta)
-        except OSError as err:
-            raise SystemExit(f"could not write checkpoints/final ({type(err).__name__}: {err}); "
-                             f"the step checkpoints and earlier results are kept") from None
-        summary = {"total_steps": total, "resumed_from": start, "train_runtime_s": round(runtime, 2),
-                   "train_samples_per_s": total_samples / runtime if runtime > 0 else None, "final_loss": last["loss"],
-                   "mfu": last.get("mfu"), "precision": rt.precision, "device": rt.gpu_name, "world_size": rt.world,
-                   "checkpoints_saved": writer.saved, "checkpoints_failed": writer.failed}
-        write_json(REPORTS / "train_summary.json", summary)
-        log_jsonl(metrics_path, {"event": "done", **summary, "time": time.time()})
-    rt.barrier()
-    return result
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ---------------------------------------------------------------- evaluation

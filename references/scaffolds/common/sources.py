@@ -26,11 +26,26 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def progress(items, total: int, what: str, every_s: float = 1.0):
+    """Yield items, printing `progress: WHAT k/TOTAL` at most every `every_s` seconds and at the end (tao-finetune's
+    live view reads the last such line of the job's log and draws a progress bar from it)."""
+    last = time.monotonic()
+    k = 0
+    for k, item in enumerate(items, 1):
+        yield item
+        now = time.monotonic()
+        if now - last >= every_s and k < total:
+            print(f"progress: {what} {k}/{total}", flush=True)
+            last = now
+    print(f"progress: {what} {k}/{total}", flush=True)
 
 
 class Table:

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from common import DATA, load_config, recipe_class, save_split, write_json
-from sources import choose, encode_labels, label_names, open_splits
+from sources import choose, encode_labels, label_names, open_splits, progress
 
 _JOB: dict = {}
 
@@ -126,9 +126,9 @@ def build_split(table, idx: np.ndarray, spec: dict, columns: dict) -> tuple[np.n
     workers = min(os.cpu_count() or 1, 16)
     if len(idx) > 2000 and workers > 1:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as ex:
-            _fill(ex.map(_decode, idx.tolist(), chunksize=64), pixels, labels)
+            _fill(progress(ex.map(_decode, idx.tolist(), chunksize=64), len(idx), "decoding images"), pixels, labels)
     else:
-        _fill(map(_decode, idx.tolist()), pixels, labels)
+        _fill(progress(map(_decode, idx.tolist()), len(idx), "decoding images"), pixels, labels)
     return pixels, labels
 
 

@@ -30,7 +30,7 @@ import json
 from PIL import Image
 
 from common import DATA, load_config, write_json
-from sources import choose, open_splits
+from sources import choose, open_splits, progress
 from task import answer_list, image_cap, settings
 
 
@@ -59,7 +59,7 @@ def write_split(name: str, table, idx, cols: dict, cap: int | None) -> tuple[lis
     folder = DATA / "images" / name
     folder.mkdir(parents=True, exist_ok=True)
     rows, skipped = [], 0
-    for k, i in enumerate(idx.tolist()):
+    for k, i in enumerate(progress(idx.tolist(), len(idx), f"writing {name} images")):
         row = table.row(i)
         answers = answer_list(row[cols["answer"]])
         question = str(row[cols["question"]] or "").strip()

@@ -13,7 +13,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """Image-text-to-text (VQA) specifics: config view, chat prompts through the model's processor, the answer-only-loss
-collator, the training loop, generation-based evaluation, LoRA merge and rendered samples.
+collator, model loading (LoRA on the text model), generation-based evaluation, LoRA merge and rendered samples; the
+training loop is train.py.
 
 Sources (transformers 5.24 and peft 0.21, installed source checked):
 - https://huggingface.co/docs/transformers/main/en/tasks/image_text_to_text (AutoModelForImageTextToText,
@@ -30,7 +31,6 @@ Sources (transformers 5.24 and peft 0.21, installed source checked):
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -42,8 +42,7 @@ import numpy as np
 import torch
 
 import common
-from common import (CKPT, DATA, LOGS, REPORTS, Runtime, Tracker, batch_plan, complete_checkpoints, derive_lora_targets,
-                    hp, log_jsonl, lora_spec, lora_summary, read_meta, save_checkpoint, seed_all, write_json)
+from common import CKPT, DATA, REPORTS, Runtime, derive_lora_targets, hp, lora_spec, lora_summary, seed_all, write_json
 
 AUTO_CLASS_NAME = "AutoModelForImageTextToText"
 MERGED = CKPT / "merged"
@@ -294,187 +293,6 @@ def generate(model, processor, rows: list[dict], rt: Runtime, batch_size: int, n
         new = gen[:, batch["input_ids"].shape[1]:]
         out += [t.strip() for t in processor.batch_decode(new, skip_special_tokens=True)]
     return out
-
-
-# ---------------------------------------------------------------- training
-
-
-def train(argv: list[str] | None = None) -> int:
-    """train.py: the training loop (resumable; --smoke runs N steps and writes reports/smoke.json)."""
-    import argparse
-
-    ap = argparse.ArgumentParser(description="Fine-tune the VLM in config.yaml on data/train.jsonl.")
-    ap.add_argument("--smoke", action="store_true", help="run --max_steps steps (default 1) and write reports/smoke.json")
-    ap.add_argument("--max_steps", type=int, default=None, help="override hyperparameters.max_steps")
-    args = ap.parse_args(argv)
-    cfg = settings(common.load_config())
-    h = hp(cfg)
-    rt = Runtime(cfg)
-    max_steps = args.max_steps if args.max_steps is not None else (1 if args.smoke else int(h.get("max_steps", -1)))
-    started = time.time()
-    record: dict = {"passed": False, "max_steps": max_steps, "exception": None}
-    try:
-        result = _train(cfg, h, rt, args.smoke, max_steps)
-        record.update(result)
-        record["passed"] = bool(result["finite_loss"] and result["grad_norm_positive"] and result["answer_tokens"] > 0)
-        code = 0 if (record["passed"] or not args.smoke) else 1
-    except Exception as err:  # the smoke report records any failure before re-raising
-        record["exception"] = f"{type(err).__name__}: {err}"
-        if args.smoke and rt.main:
-            write_json(REPORTS / "smoke.json", {**record, "seconds": round(time.time() - started, 2)})
-        rt.close()
-        raise
-    if args.smoke and rt.main:
-        write_json(REPORTS / "smoke.json", {**record, "seconds": round(time.time() - started, 2)})
-        print(f"smoke {'PASSED' if record['passed'] else 'FAILED'}: loss={record.get('loss')} grad_norm={record.get('grad_norm')}")
-    rt.close()
-    return code
-
-
-def _train(cfg: dict, h: dict, rt: Runtime, smoke: bool, max_steps: int) -> dict:
-    from transformers import get_scheduler
-
-    seed = int(h.get("seed", 42))
-    seed_all(seed)
-    rows = read_rows("train")
-    total, steps_per_epoch, micro_batches = batch_plan(
-        len(rows), int(h.get("per_device_train_batch_size", 4)), int(h.get("gradient_accumulation_steps", 1)),
-        rt.world, rt.rank, seed, float(cfg["n_epochs"]), max_steps)
-    resume = None if smoke else (complete_checkpoints() or [None])[-1]
-    processor = load_processor(cfg["model_id"])
-    model, lora = train_model(cfg, rt, resume)
-    if lora and rt.main and not smoke:
-        write_json(REPORTS / "lora.json", lora)
-    if lora:
-        print(f"LoRA r={lora.get('r')}: {lora['trainable_params']:,} of {lora['total_params']:,} parameters trainable "
-              f"({lora['n_target_modules']} modules {lora['target_modules']} under {lora.get('within')})")
-    if h.get("gradient_checkpointing") and lora is None:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
-    model.to(rt.device)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": float(h.get("weight_decay", 0.0))}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=float(h.get("learning_rate", 1e-4)), fused=rt.device.type == "cuda")
-    warmup = int(float(h.get("warmup_ratio", 0.0)) * total)
-    scheduler = get_scheduler(h.get("lr_scheduler_type", "linear"), optimizer, num_warmup_steps=warmup, num_training_steps=total)
-    scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype == torch.float16 else None
-    start = 0
-    if resume is not None:
-        state = torch.load(resume / "training_state.pt", map_location="cpu", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start = int(state["step"])
-    net = model
-    if rt.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
-    accum = len(micro_batches(0))
-    plan = [mb for s in range(start, total) for mb in micro_batches(s)]
-    workers = common.num_workers(cfg, rt.device, rt.world)
-    it = iter(make_loader(rows, plan, Collator(processor, train=True), workers, rt.device.type == "cuda"))
-    metrics_path = LOGS / ("smoke_metrics.jsonl" if smoke else "metrics.jsonl")
-    logging_steps = 1 if smoke else int(h.get("logging_steps", 10))
-    save_every = int(os.environ.get("TAO_SAVE_STEPS") or max(1, total // 5))
-    if rt.main:
-        log_jsonl(metrics_path, {"event": "resume" if start else "start", "step": start, "total_steps": total,
-                                 "steps_per_epoch": steps_per_epoch, "warmup_steps": warmup, "world_size": rt.world,
-                                 "precision": rt.precision, "device": rt.gpu_name, "workers": workers,
-                                 "training_method": "lora" if lora else "full",
-                                 "trainable_params": sum(p.numel() for p in params), "time": time.time()})
-    tracker = Tracker({} if smoke else cfg, rt, "train")
-    if resume is not None and state.get("rng") is not None:  # after every setup draw: dropout continues exactly
-        torch.set_rng_state(state["rng"])
-    loss_sum = torch.zeros((), device=rt.device)
-    win_samples = win_tokens = 0
-    win_start, logged_at = time.perf_counter(), start
-    last = {"loss": None, "grad_norm": None}
-    total_samples = total_tokens = answer_tokens = 0
-    run_start = time.perf_counter()
-    for step in range(start, total):
-        for k in range(accum):
-            batch = next(it)
-            answer_tokens += int((batch["labels"] != -100).sum())
-            n_tok = int(batch["attention_mask"].sum())
-            batch = to_device(batch, rt)
-            sync = k == accum - 1 or rt.world == 1
-            ctx = net.no_sync() if (not sync and hasattr(net, "no_sync")) else common._null()
-            with ctx:
-                with rt.autocast():
-                    loss = net(**batch).loss / accum
-                (scaler.scale(loss) if scaler else loss).backward()
-            loss_sum += loss.detach()
-            n = int(batch["input_ids"].shape[0]) * rt.world
-            win_samples += n
-            total_samples += n
-            win_tokens += n_tok * rt.world
-            total_tokens += n_tok * rt.world
-        if scaler:
-            scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        done = step + 1
-        if done % logging_steps == 0 or done == total or step == start:
-            if rt.world > 1:
-                torch.distributed.all_reduce(loss_sum)
-                loss_sum /= rt.world
-            loss_val = float(loss_sum.item()) / max(1, done - logged_at)
-            logged_at = done
-            if rt.device.type == "cuda":
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - win_start
-            rec = {"step": done, "total_steps": total, "epoch": round(done / steps_per_epoch, 4), "loss": loss_val,
-                   "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
-                   "samples_per_s": win_samples / dt if dt > 0 else None, "tokens_per_s": win_tokens / dt if dt > 0 else None,
-                   "time": time.time()}
-            if rt.device.type == "cuda":
-                rec["max_memory_gb"] = torch.cuda.max_memory_allocated(rt.device) / 1e9
-            if rt.main:
-                log_jsonl(metrics_path, rec)
-                tracker.log(rec)
-            last = rec
-            loss_sum.zero_()
-            win_samples = win_tokens = 0
-            win_start = time.perf_counter()
-        if not smoke and save_every and done % save_every == 0 and done < total:
-            if rt.main:
-                save_checkpoint(model, optimizer, scheduler, scaler, done, 2)
-            rt.barrier()
-    runtime = time.perf_counter() - run_start
-    tracker.finish()
-    result = {"loss": last["loss"], "grad_norm": last["grad_norm"], "steps": total - start, "answer_tokens": answer_tokens,
-              "finite_loss": last["loss"] is not None and math.isfinite(last["loss"]),
-              "grad_norm_positive": last["grad_norm"] is not None and math.isfinite(last["grad_norm"]) and last["grad_norm"] > 0}
-    if smoke:
-        result["step1"] = last
-        return result
-    if rt.main:
-        tmp = CKPT / ".tmp-final"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)  # LoRA: the adapter (merge_lora.py merges it); full: the whole model
-        processor.save_pretrained(tmp)
-        shutil.rmtree(common.final_dir(), ignore_errors=True)
-        os.replace(tmp, common.final_dir())
-        summary = {"total_steps": total, "resumed_from": start, "train_runtime_s": round(runtime, 2),
-                   "train_samples_per_s": total_samples / runtime if runtime > 0 else None,
-                   "train_tokens_per_s": total_tokens / runtime if runtime > 0 else None, "final_loss": last["loss"],
-                   "max_memory_gb": last.get("max_memory_gb"), "precision": rt.precision, "device": rt.gpu_name,
-                   "world_size": rt.world, "training_method": "lora" if lora else "full",
-                   "trainable_params": sum(p.numel() for p in params)}
-        write_json(REPORTS / "train_summary.json", summary)
-        log_jsonl(metrics_path, {"event": "done", **summary, "time": time.time()})
-    rt.barrier()
-    return result
 
 
 # ---------------------------------------------------------------- merge, evaluation, samples

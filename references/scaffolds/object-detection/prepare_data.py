@@ -28,15 +28,12 @@ https://huggingface.co/docs/transformers/main/en/tasks/object_detection (cppe-5:
 from __future__ import annotations
 
 import inspect
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from PIL import Image
 
-from annotated import (boxes_to_xyxy, names_flip, objects_of, open_annotated, plan, processor_spec, project, recipe_text,
-                       skipped, to_pil)
+from annotated import (boxes_to_xyxy, decode_rows, names_flip, objects_of, open_annotated, plan, processor_spec, project,
+                       recipe_text, skipped, to_pil)
 from common import DATA, load_config, save_split, write_json
 
 CANVAS_CAP = 800  # DETR's shortest_edge; a processor asking for more (longest_edge 1333) is capped unless image_size is set
@@ -105,12 +102,7 @@ def build_split(table, idx: np.ndarray, p: dict, size: int, names: list[str]) ->
     idx = [int(i) for i in idx if not skipped(table.row(int(i)), skip)]
     _JOB.update(table=table, cols=p["columns"], fmt=p.get("bbox_format") or "coco", size=size, n_classes=len(names),
                 index={n: k for k, n in enumerate(names)})
-    workers = min(os.cpu_count() or 1, 16)
-    if len(idx) > 1000 and workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as ex:
-            out = list(ex.map(_decode, idx, chunksize=32))
-    else:
-        out = [_decode(i) for i in idx]
+    out = decode_rows(_decode, idx)
     totals = {"images": len(out), "skipped_files": chosen - len(idx)}
     for *_, counts in out:
         for k, v in counts.items():

@@ -26,15 +26,12 @@ bilinear, do_reduce_labels: 0 -> 255, others -1), https://huggingface.co/docs/tr
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from PIL import Image
 
-from annotated import (names_color_jitter, names_flip, open_annotated, plan, processor_spec, project, recipe_text, skipped,
-                       to_pil)
+from annotated import (decode_rows, names_color_jitter, names_flip, open_annotated, plan, processor_spec, project, recipe_text,
+                       skipped, to_pil)
 from common import DATA, load_config, save_split, write_json
 
 MASK_COLUMNS = ("annotation", "mask", "label", "segmentation", "seg", "semantic_map", "gt", "labels")
@@ -98,12 +95,7 @@ def build_split(table, idx: np.ndarray, p: dict, size: int, n: int, cache_ignore
     _JOB.update(table=table, image_col=image_col, mask_col=mask_column(p, table.columns), size=size, n=n,
                 ignore_index=int(p.get("ignore_index", 255)), reduce=bool(p.get("reduce_labels")), cache_ignore=cache_ignore,
                 dtype=np.uint8 if cache_ignore == 255 else np.int32)
-    workers = min(os.cpu_count() or 1, 16)
-    if len(idx) > 1000 and workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as ex:
-            out = list(ex.map(_decode, idx, chunksize=32))
-    else:
-        out = [_decode(i) for i in idx]
+    out = decode_rows(_decode, idx)
     pixels = np.stack([o[0] for o in out]) if out else np.zeros((0, 3, size, size), np.uint8)
     masks = np.stack([o[1] for o in out]) if out else np.zeros((0, size, size), _JOB["dtype"])
     counts = {"images": len(out), "skipped_files": chosen - len(idx),

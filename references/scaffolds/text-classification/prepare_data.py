@@ -29,7 +29,7 @@ import json
 import numpy as np
 
 from common import DATA, load_config, recipe_class, save_split, write_json
-from sources import choose, encode_labels, label_names, open_splits
+from sources import choose, encode_labels, label_names, open_splits, progress
 
 
 def max_length(tokenizer, model_id: str) -> int:
@@ -46,7 +46,7 @@ def max_length(tokenizer, model_id: str) -> int:
 def tokenize(tokenizer, texts: list[str], limit: int, batch: int = 1024, pairs: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Token ids padded to the longest kept sequence, plus true lengths (a sentence pair is encoded as one sequence)."""
     seqs: list[list[int]] = []
-    for k in range(0, len(texts), batch):
+    for k in progress(range(0, len(texts), batch), (len(texts) + batch - 1) // batch, "tokenizing batches"):
         second = pairs[k:k + batch] if pairs is not None else None
         seqs += tokenizer(texts[k:k + batch], second, truncation=True, max_length=limit)["input_ids"]
     width = max((len(s) for s in seqs), default=1)
