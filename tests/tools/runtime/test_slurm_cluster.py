@@ -157,7 +157,10 @@ def test_a_job_past_its_time_limit_is_requeued_and_resumes(finished_run):
     job = out["handle"]
 
     def requeued() -> bool:
-        js = slurm.query_job(job)
+        try:
+            js = slurm.query_job(job)
+        except slurm.ControllerTimeout:  # a busy controller on a loaded box: ask again
+            return False
         assert js.active or js.restarts >= 1, f"job {job} ended {js.state} without a requeue: {_events(run)[-2:]}"
         return js.restarts >= 1
 
