@@ -301,6 +301,8 @@ class DockerPlatform:
         env.update({"PYTHONUNBUFFERED": "1", "HF_HOME": CONTAINER_HF_HOME})
         if not cfg.wandb:
             env["WANDB_MODE"] = "disabled"
+        elif os.environ.get("WANDB_MODE") in ("offline", "online", "disabled"):  # the user's choice reaches the tracker
+            env["WANDB_MODE"] = os.environ["WANDB_MODE"]
         env.update(ctx.creds.env(job_credentials(kind, cfg.wandb)))
         if kind not in NETWORKED_JOBS:
             env["HF_HUB_OFFLINE"] = "1"

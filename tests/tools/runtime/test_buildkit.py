@@ -137,3 +137,4 @@ def test_a_failed_buildkit_build_is_one_error_naming_the_step(client, tmp_path, 
     with pytest.raises(ToolError) as err:
         DockerPlatform(client, echo=None).build(ctx)
     assert "failed (exit 1) at '#5 [2/3] RUN false'" in str(err.value) and "did not complete successfully" in str(err.value)
+

@@ -378,3 +378,16 @@ def test_helpers():
     assert network_mode("prepare", wandb=False) == "host"
     assert network_mode("train", wandb=False) == "none" and network_mode("train", wandb=True) == "host"
     assert network_mode("eval", wandb=True) == "none"
+
+
+def test_the_users_wandb_mode_reaches_the_training_container(tmp_path, monkeypatch):
+    """With W&B on, WANDB_MODE=offline (or disabled) from the user's shell is passed to the job; with W&B off it is disabled."""
+    key = "k" * 40
+    on = make_ctx(tmp_path / "on", creds=Credentials({"WANDB_API_KEY": key}), wandb=True)
+    off = make_ctx(tmp_path / "off", wandb=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    env = DockerPlatform(client=None, echo=None)._environment(on, "train")
+    assert env["WANDB_MODE"] == "offline" and env["WANDB_API_KEY"] == key
+    assert DockerPlatform(client=None, echo=None)._environment(off, "train")["WANDB_MODE"] == "disabled"
+    monkeypatch.delenv("WANDB_MODE")
+    assert "WANDB_MODE" not in DockerPlatform(client=None, echo=None)._environment(on, "train")
