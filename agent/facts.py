@@ -60,7 +60,7 @@ class ModelFacts(Facts):
     files: list[str] = Field(default_factory=list)
     param_count: int | None = Field(None, description="total parameters (safetensors headers / Hub metadata / meta-device init)")
     param_source: str | None = None
-    lora_targets: int | None = Field(None, description="nn.Linear layers inside repeated blocks (LoRA targets; 0 = no LoRA)")
+    lora_targets: int | None = Field(None, description="nn.Linear layers inside repeated blocks (LoRA targets; 0 = no LoRA; None = not counted yet, counted when LoRA is decided on)")
     bf16_bytes: int | None = None
     bf16_gb: float | None = None
     model_type: str | None = None

@@ -178,6 +178,33 @@ def meta_lora_targets(config: dict[str, Any]) -> int | None:
         return None
 
 
+_LORA_COUNTS: dict[tuple[str, str | None], int | None] = {}
+
+
+def lora_target_count(facts: ModelFacts) -> int | None:
+    """The model's LoRA target count, counted when a decision needs it (a LoRA request, a LoRA offer, a model too big
+    for full fine-tuning), not at probe time: `meta_lora_targets` imports torch and transformers and builds the
+    backbone on the meta device, which cost 17 s of the probe on a cold H200 host (bench_gpu, 2026-12-01) in every run,
+    LoRA or not. Reads config.json from the local folder or the Hub cache that probe_model filled; the count is kept
+    on `facts` (and so in config.yaml's model_facts once saved). None when it cannot be counted."""
+    if facts.lora_targets is not None or not facts.model_id:
+        return facts.lora_targets
+    key = (facts.model_id, facts.sha)
+    if key not in _LORA_COUNTS:
+        config = None
+        try:
+            if facts.source == "local":
+                config = json.loads((Path(facts.model_id) / "config.json").read_text())
+            else:
+                path = _download(facts.model_id, "config.json", True)
+                config = _read_json(path) if path else None
+        except (OSError, ValueError, HfHubHTTPError, HFValidationError, *OFFLINE_ERRORS):
+            config = None
+        _LORA_COUNTS[key] = meta_lora_targets(config) if isinstance(config, dict) else None
+    facts.lora_targets = _LORA_COUNTS[key]
+    return facts.lora_targets
+
+
 def _first(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
 
@@ -297,7 +324,7 @@ def probe_local_model(path: Path) -> ModelFacts:
         "files": sorted(p.name for p in path.iterdir())[:50],
         "param_count": count,
         "param_source": source,
-        "lora_targets": meta_lora_targets(config),
+        "lora_targets": None,  # counted on demand (lora_target_count): building the model needs torch, ~15 s cold
         **config_facts(config),
         **side_facts(*(_read_json(path / f) for f in SIDE_FILES[:3])),
         **card_facts(readme.read_text(errors="replace") if readme.is_file() else ""),
@@ -384,7 +411,7 @@ def probe_hub_model(model_id: str, token_present: bool) -> ModelFacts:
         "files": (siblings or [])[:50],
         "param_count": count,
         "param_source": source,
-        "lora_targets": meta_lora_targets(config),
+        "lora_targets": None,  # counted on demand (lora_target_count): building the model needs torch, ~15 s cold
         **config_facts(config),
         **side_facts(*(_read_json(p) for p in side[:3])),
         **card_facts(card),

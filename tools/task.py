@@ -248,8 +248,13 @@ def lora_unavailable(cfg: Any) -> str | None:
     """One line when the model cannot take LoRA (probe_model counted no nn.Linear inside its repeated blocks, the
     layers the scaffolds derive LoRA targets from); None when it can or the count is unknown. Where this is set, LoRA
     is neither offered nor accepted."""
+    from tao_finetune.tools.probe import lora_target_count  # probe imports huggingface_hub: keep task.py light
+
     mf = cfg.model_facts
-    if mf is None or mf.get("lora_targets") is None or mf.get("lora_targets") > 0:
+    if mf is None:
+        return None
+    count = lora_target_count(mf) if isinstance(mf, ModelFacts) else mf.get("lora_targets")
+    if count is None or count > 0:
         return None
     kind = mf.get("model_type") or "this architecture"
     return (f"{cfg.model_id} ({kind}) cannot take LoRA: it has no nn.Linear inside its repeated blocks, where LoRA "
@@ -262,7 +267,7 @@ def verdict(cfg: Any) -> dict[str, Any]:
     rejects, warns = license_problems(mf, df, cfg.push_to_hub)
     n = mf.get("param_count") or 0
     lora = cfg.hyperparameters.training_method == "lora"
-    no_lora = lora_unavailable(cfg)
+    no_lora = lora_unavailable(cfg) if lora or n >= LORA_PARAMS else None  # counted only where it decides something
     if lora and no_lora:
         rejects.append(f"training_method lora: {no_lora}")
     if n >= 5 * LORA_PARAMS:

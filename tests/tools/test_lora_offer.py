@@ -1,6 +1,7 @@
 """LoRA is offered only where the model can take it: probe_model counts the LoRA targets (nn.Linear inside repeated
 blocks, on a meta-device backbone) with the scaffolds' own rule; a model with none gets one line, never the offer."""
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from tao_finetune.tools import jobs
 from tao_finetune.tools.base import NeedsUser
 from tao_finetune.tools.probe import probe_model_facts
 from tao_finetune.tools.task import lora_unavailable, verdict
+from tao_finetune.tools.probe import lora_target_count
 
 REFS = Path(__file__).resolve().parents[1] / "references"
 sys.path.insert(0, str(REFS))
@@ -48,10 +50,22 @@ def test_the_probe_counts_lora_targets_as_the_scaffold_derives_them(tmp_path):
 
     detr = tiny_detr(tmp_path / "detr")
     facts = probe_model_facts(str(detr), False)
+    assert facts.lora_targets is None  # not counted at probe time (it needs torch); counted when a decision needs it
     loaded = AutoModelForObjectDetection.from_pretrained(detr)
     derived = common.derive_lora_targets(loaded, exclude=common.head_modules(loaded))
-    assert facts.lora_targets == len(derived) == 32
-    assert probe_model_facts(str(tiny_resnet(tmp_path / "resnet")), False).lora_targets == 0
+    assert lora_target_count(facts) == facts.lora_targets == len(derived) == 32
+    assert lora_target_count(probe_model_facts(str(tiny_resnet(tmp_path / "resnet")), False)) == 0
+
+
+def test_probing_a_local_safetensors_model_imports_no_torch(tmp_path):
+    """The probe of a model with safetensors weights reads headers only: importing torch in the agent process cost
+    17 s of a cold H200 run when the probe counted LoRA targets eagerly."""
+    detr = tiny_detr(tmp_path / "detr")
+    code = ("import sys; from tao_finetune.tools.probe import probe_model_facts; f = probe_model_facts(sys.argv[1], False); "
+            "print(f.param_source, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(detr)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["safetensors", "headers", "False"]
 
 
 def test_a_model_without_targets_is_never_offered_lora(tmp_path):
