@@ -310,13 +310,14 @@ def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], 
     run_dir = cfg.out
     state = RunState.load(run_dir)
     chosen = match_choice(state.pending_choices, args.answer) if args.answer else None
-    if chosen:  # the user agreed to a proposed change: it becomes their own --set, and the old training is void
+    if chosen:  # the user agreed to a proposed change: applied as an inline answer is (one path: authority.user_change)
+        from tao_finetune.agent.authority import user_change
         from tao_finetune.tools.jobs import restart_training
 
-        args.sets = [*args.sets, *(f"{k}={v}" for k, v in chosen.items())]
-        cfg, user_keys = config_from_args(args)
-        wandb_default(cfg, user_keys, creds)
-        gone = restart_training(run_dir)
+        cfg, keys, identity = user_change(cfg, chosen)  # a new model or dataset is allowed here: the user approved it
+        user_keys = sorted(set(user_keys) | {k for k in keys if k != "model_id"})
+        cfg.note(f"the user approved {', '.join(f'{k}={v!r}' for k, v in chosen.items())} (--answer {args.answer!r})")
+        gone = restart_training(run_dir) if set(keys) - NO_RESET_KEYS else []
         state.pending_choices = {}
     notes.append(state.load_note)
     for note in filter(None, notes):

@@ -136,3 +136,28 @@ def test_the_python_api_maps_wandb_false_to_no_wandb():
 
     assert "--no-wandb" in argv_for("org/m", wandb=False) and "--wandb" in argv_for("org/m", wandb=True)
     assert not {"--wandb", "--no-wandb"} & set(argv_for("org/m"))
+
+
+def test_answer_yes_to_another_model_applies_it_in_a_headless_resume(tmp_path, monkeypatch):
+    """`--answer yes` to a proposed model switch applies it (the user as source), as an inline answer does: not exit 2."""
+    from tao_finetune.agent.config import load_config
+    from tao_finetune.agent.state import RunState
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
+    out = tmp_path / "run"
+    flags = ["--yes", "--quiet", "--env-file", str(tmp_path / "none.env")]
+    switch = tool_use("set_request", {"model_id": "org/other-vit", "n_epochs": 5}, id="toolu_switch")
+    with FakeAnthropic([switch, end_turn("waiting"), end_turn("waiting")]) as api:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
+        code = main(["run", "--model-id", "org/tiny", "--dataset-id", "org/data", "--output-dir", str(out), "--platform", "local", *flags])
+    assert code == 3  # a question: the switch needs the user's yes
+    assert RunState.load(out).pending_choices
+    with FakeAnthropic([end_turn("ok")] * 4) as api:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
+        code = main(["run", "--model-id", "org/tiny", "--output-dir", str(out), "--answer", "yes", *flags])
+    assert code == 4  # stopped at gate 1 again (the scripted model does no work), not refused with exit 2
+    cfg = load_config(out / "config.yaml")
+    assert cfg.model_id == "org/other-vit" and cfg.n_epochs == 5 and cfg.model_facts is None
+    assert cfg.recipe["n_epochs"].rank == "user" and cfg.recipe["n_epochs"].source == "user"
+    assert any("the user approved" in n and "org/other-vit" in n for n in cfg.notes)
+    assert "Applied the user's choice: model_id=org/other-vit" in json.dumps(api.requests[0]["messages"])
