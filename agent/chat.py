@@ -44,7 +44,7 @@ REQUEST_TOOL = "set_request"
 QUIT = {"quit", "exit", "/quit", "/exit", "bye", ":q"}
 INTERRUPTED_RESULT = "not completed: the session stopped (Ctrl-C or a question left open) before this call returned"
 SHOWN = ("model_id", "dataset", "task_type", "n_train", "n_eval", "n_epochs", "hyperparameters.training_method", "lora_r",
-         "hyperparameters.learning_rate", "push_to_hub", "hf_model_repo", "platform", "allow_cpu", "output_dir")
+         "hyperparameters.learning_rate", "push_to_hub", "hf_model_repo", "hub_private", "platform", "allow_cpu", "output_dir")
 
 
 @dataclass
@@ -341,7 +341,7 @@ class Chat:
                 src_keys = {key}
                 if key == "lora_r" and cfg.hyperparameters.training_method != "lora":
                     continue
-                if key == "hf_model_repo" and not cfg.push_to_hub:
+                if key in ("hf_model_repo", "hub_private") and not cfg.push_to_hub:
                     continue
                 if key == "task_type" and value is None:
                     value = "detected in Step 1"

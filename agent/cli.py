@@ -60,6 +60,7 @@ BOOL_FLAGS: list[tuple[str, str]] = [
     ("--emit-report", "emit_report"),
     ("--emit-unit-tests", "emit_unit_tests"),
     ("--allow-cpu", "allow_cpu"),
+    ("--private", "hub_private"),
 ]
 
 
@@ -379,7 +380,7 @@ def _run_locked(args: argparse.Namespace, cfg: RunConfig, user_keys: list[str], 
     return result.code
 
 
-NO_RESET_KEYS = frozenset({"push_to_hub", "hf_model_repo", "emit_progress_log", "emit_report", "emit_unit_tests", "license", "wandb"})
+NO_RESET_KEYS = frozenset({"push_to_hub", "hf_model_repo", "hub_private", "emit_progress_log", "emit_report", "emit_unit_tests", "license", "wandb"})
 """Inputs whose change leaves the training valid; any other approved change voids it (tools/jobs.py restart_training)."""
 
 

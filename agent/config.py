@@ -171,6 +171,7 @@ class RunConfig(BaseModel):
     output_dir: str | None = Field(None, description="run directory (default ./output/<model short name>)")
     hf_model_repo: str | None = Field(None, description="Hub repo to push to (default <your user>/<short name>-finetuned)")
     push_to_hub: bool = Field(True, description="push the model, card and project to the Hub at the end")
+    hub_private: bool = Field(False, description="create the Hub repo private (a repo that exists keeps its visibility)")
     skip_baseline: bool = Field(False, description="skip evaluating the base model before training")
     emit_progress_log: bool = Field(False, description="keep PROGRESS.md, one line per event")
     emit_report: bool = Field(False, description="write reports/report.html and reports/report.pdf")

@@ -279,7 +279,8 @@ def hf_push(ctx: RunContext, args: NoArgs) -> dict:
         ops = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card_text.encode())]
         ops += [CommitOperationAdd(path_in_repo=rp, path_or_fileobj=str(p)) for rp, p in plan]
         try:
-            api.create_repo(repo_id, repo_type="model", exist_ok=True)
+            # private=None leaves the Hub's default (public unless the org says otherwise); an existing repo keeps its visibility
+            api.create_repo(repo_id, repo_type="model", exist_ok=True, private=True if cfg.hub_private else None)
             info = api.create_commit(
                 repo_id,
                 ops,

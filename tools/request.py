@@ -19,7 +19,7 @@ from tao_finetune.agent.context import RunContext
 from tao_finetune.tools.base import NeedsUser, ToolError, tool
 
 REQUEST_KEYS = ("model_id", "dataset_id", "dataset_config", "local_dataset_path", "local_dataset_format", "task_type", "n_train",
-                "n_eval", "n_epochs", "lora_r", "push_to_hub", "hf_model_repo", "skip_baseline", "platform", "allow_cpu",
+                "n_eval", "n_epochs", "lora_r", "push_to_hub", "hf_model_repo", "hub_private", "skip_baseline", "platform", "allow_cpu",
                 "emit_report", "wandb")
 HYPER_KEYS = ("training_method", "learning_rate")
 

@@ -409,3 +409,15 @@ def test_check_card_catches_what_a_hub_user_would_hit():
     assert card_mod.check_card(good.replace("license: mit", "license: other")) == ["license is 'other' without license_name"]
     assert "Invalid `model_index`" in card_mod.check_card(good.replace("task: {type: image-classification}", "task: 3"))[0]
     assert card_mod.check_card(good, ["config.yaml"], []) == ["required file 'config.yaml' is not pushed"]
+
+
+@pytest.mark.parametrize("private", [True, False])
+def test_hub_private_creates_the_repo_private(hub_server, tmp_path, private):
+    """--private (hub_private) reaches create_repo: the Hub stand-in records the visibility huggingface_hub sends."""
+    from huggingface_hub import HfApi
+
+    ctx = make_ctx(tmp_path, hub_private=private)
+    out = call(hub.hf_push, ctx)
+    create = [r for r in hub_server.requests if r.path.endswith("/repos/create")]
+    assert len(create) == 1 and (json.loads(create[0].body).get("visibility") == "private") is private
+    assert HfApi(endpoint=hub_server.url, token=FAKE_TOKEN).model_info(out["repo_id"]).private is private
