@@ -641,7 +641,9 @@ def stop_command(args: argparse.Namespace) -> int:
     pid = holder(run_dir)
     if pid is not None and pid != os.getpid():
         try:
-            os.kill(pid, signal.SIGINT)
+            # SIGTERM, not SIGINT: a run started as a background job of a script (`tao-finetune run ... &`) inherits SIGINT
+            # ignored, while main() turns SIGTERM into the same interrupt (exit 130, exit event, jobs reported)
+            os.kill(pid, signal.SIGTERM)
             end = time.monotonic() + max(0.0, args.wait_s)
             while holder(run_dir) == pid and time.monotonic() < end:
                 time.sleep(0.2)

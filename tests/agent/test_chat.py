@@ -6,6 +6,7 @@ rules over the run dir as the chat process leaves it on disk (the same tools and
 
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -47,8 +48,9 @@ def spawn(tmp_path: Path, api_url: str, *args: str):
     env = {**os.environ, "ANTHROPIC_API_KEY": "sk-ant-test", "ANTHROPIC_BASE_URL": api_url, "OMP_NUM_THREADS": "1",
            "TERM": "xterm-256color", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     env.pop("NO_COLOR", None)
+    # SIGINT back to its default: a test runner started in the background inherits it ignored, and Ctrl-C would do nothing
     child = pexpect.spawn(sys.executable, ["-m", "tao_finetune", "chat", *args], env=env, cwd=str(tmp_path), encoding="utf-8",
-                          timeout=LIMIT, dimensions=(60, 250))
+                          timeout=LIMIT, dimensions=(60, 250), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     child.logfile_read = open(tmp_path / f"pty-{time.monotonic_ns()}.log", "w")
     return child
 

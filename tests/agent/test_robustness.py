@@ -522,10 +522,13 @@ def test_a_pending_question_survives_ctrl_c(tmp_path):
     assert "LoRA or full" in RunState.load(ctx.run_dir).pending_question
 
 
-def subprocess_run(t: Path, api_url: str) -> subprocess.Popen:
+def subprocess_run(t: Path, api_url: str, sigint=signal.SIG_DFL) -> subprocess.Popen:
+    """The run as a subprocess; SIGINT's disposition set explicitly (a test runner started in the background inherits it
+    ignored, and Python then never turns Ctrl-C into KeyboardInterrupt)."""
     env = {**os.environ, "ANTHROPIC_API_KEY": "sk-test", "ANTHROPIC_BASE_URL": api_url, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     argv = [sys.executable, "-c", "import sys; from tao_finetune.agent.cli import main; sys.exit(main())", *api_run(t)]
-    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
 
 
 def wait_for(pred, timeout=60.0):
@@ -568,6 +571,22 @@ def test_a_real_run_interrupted_stopped_or_killed(capsys, tmp_path, how):
     assert message_lines(err)[0].startswith("interrupted: interrupted (Ctrl-C)")
     assert events[-1]["kind"] == "exit" and events[-1]["code"] == INT
     assert not (tmp_path / "o" / LOCK_FILE).exists()
+
+
+def test_stop_reaches_a_run_started_in_the_background_with_sigint_ignored(capsys, tmp_path):
+    """`tao-finetune run ... &` in a script starts with SIGINT ignored; `stop` still ends it like Ctrl-C (exit 130)."""
+    with FakeAnthropic([Hang(30)] * 4) as api:
+        proc = subprocess_run(tmp_path, api.url, sigint=signal.SIG_IGN)
+        try:
+            assert wait_for(lambda: len(api.requests) >= 1), proc.communicate(timeout=5)
+            code, out, err = invoke(capsys, ["stop", str(tmp_path / "o"), "--wait-s", "20"])
+            assert code == OK and f"interrupted the agent (PID {proc.pid})" in out and "has not exited" not in out
+            out, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+    assert proc.returncode == INT, err
+    events = read_events(tmp_path / "o" / "session.jsonl")
+    assert events[-1]["kind"] == "exit" and events[-1]["code"] == INT
 
 
 def test_stop_with_nothing_running(capsys, tmp_path):
