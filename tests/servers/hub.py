@@ -383,7 +383,8 @@ class _Handler(BaseHTTPRequestHandler):
         url = f"{hub.url}/{'datasets/' if repo_type == 'dataset' else ''}{repo_id}"
         if d.exists():
             return self._json(409, {"error": "You already created this repo", "url": url})
-        hub.add_repo(repo_id, None, repo_type, private=payload.get("visibility") == "private")
+        # huggingface_hub >= 2 sends "visibility"; 1.x sends "private": the Hub API takes both
+        hub.add_repo(repo_id, None, repo_type, private=payload.get("visibility") == "private" or payload.get("private") is True)
         self._json(200, {"url": url, "name": repo_id, "id": repo_id})
 
     def _commit(self, repo_type: RepoType, repo_id: str, body: bytes, token: str | None) -> None:
