@@ -1,4 +1,4 @@
-"""The default platform: build the generated project into `run-<short>:latest` and run its jobs on the local Docker daemon.
+"""The default platform: build the generated project into `run-<short>:<run dir digest>` and run its jobs on the local Docker daemon.
 
 Builds use BuildKit through the docker CLI's buildx plugin when it is there (`docker buildx build --load --progress
 plain -`, the context tar on stdin: https://docs.docker.com/reference/cli/docker/buildx/build/); the Docker SDK 7.x
@@ -57,6 +57,14 @@ def image_tag(short_name: str) -> str:
     """`run-<short>:latest`, with characters Docker refuses replaced."""
     safe = re.sub(r"[^a-z0-9_.-]+", "-", short_name.lower()).strip("-.") or "model"
     return f"run-{safe}:latest"
+
+
+def run_image(short_name: str, run_dir: Path) -> str:
+    """The image the agent builds and runs for one run dir: `run-<short>:<10 hex digits of the run dir's path>`, so two
+    runs of one model on one engine never train in each other's image (the project README's hand-run commands keep
+    `image_tag`'s `:latest`)."""
+    digest = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:10]
+    return f"{image_tag(short_name).rsplit(':', 1)[0]}:{digest}"
 
 
 def container_name(kind: str, run_dir: Path) -> str:
@@ -182,9 +190,9 @@ class DockerPlatform:
         return self._client
 
     def build(self, ctx: RunContext) -> dict:
-        """Build `run-<short>:latest` from the output dir (classic builder, host network for pip)."""
+        """Build `run-<short>:<run dir digest>` (run_image) from the output dir (BuildKit or the classic builder, host network for pip)."""
         root = ctx.run_dir
-        tag = image_tag(ctx.config.short_name)
+        tag = run_image(ctx.config.short_name, root)
         if not (root / "Dockerfile").is_file():
             raise ToolError(f"no Dockerfile in {str(root)!r}: write the project files first")
         ignore = root / ".dockerignore"
@@ -280,7 +288,7 @@ class DockerPlatform:
 
     def freeze(self, ctx: RunContext) -> tuple[str, str]:
         """`pip list --format=freeze` (pip freeze with name==version even for wheels installed from a file) inside the built image (no network); returns (output, where it ran)."""
-        tag = image_tag(ctx.config.short_name)
+        tag = run_image(ctx.config.short_name, ctx.run_dir)
         try:
             out = self.client.containers.run(tag, ["python", "-m", "pip", "list", "--format=freeze"], remove=True, network_mode="none",
                                               stdout=True, stderr=False)
@@ -354,7 +362,7 @@ class DockerPlatform:
     def run(self, ctx: RunContext, kind: JobKind, argv: list[str], detach: bool = False) -> JobResult:
         """Run argv in a fresh container of the project image; detached for training, else wait and check the exit."""
         cfg = ctx.config
-        tag = image_tag(cfg.short_name)
+        tag = run_image(cfg.short_name, ctx.run_dir)
         name = container_name(kind, ctx.run_dir)
         try:
             self.client.images.get(tag)

@@ -20,7 +20,7 @@ from rich.console import Console
 
 from tao_finetune.agent.console import LiveView
 from tao_finetune.tools.base import ToolError
-from tao_finetune.tools.runtime.docker import DockerPlatform, buildkit_unavailable
+from tao_finetune.tools.runtime.docker import DockerPlatform, buildkit_unavailable, run_image
 
 from test_docker import engine_or_skip, make_ctx
 
@@ -114,10 +114,10 @@ def test_with_buildx_the_build_goes_through_buildkit_with_the_same_context(clien
     try:
         argv = json.loads((stand_in / "argv.json").read_text())
         assert argv[:2] == ["buildx", "build"] and "--load" in argv and argv[-1] == "-"
-        assert argv[argv.index("--tag") + 1] == "run-tao-buildkit-test:latest" and argv[argv.index("--network") + 1] == "host"
+        assert argv[argv.index("--tag") + 1] == run_image("tao-buildkit-test", ctx.run_dir) and argv[argv.index("--network") + 1] == "host"
         names = tarfile.open(fileobj=io.BytesIO((stand_in / "context.tar").read_bytes())).getnames()
         assert "Dockerfile" in names and "train.py" in names and not any(n.startswith("data") for n in names)
-        assert rec["builder"] == "buildkit" and rec["image"] == "run-tao-buildkit-test:latest"
+        assert rec["builder"] == "buildkit" and rec["image"] == run_image("tao-buildkit-test", ctx.run_dir)
         assert client.images.get(rec["image"]).id == client.images.get(BASE).id
         assert "#6 [3/3] COPY . /workspace" in (ctx.run_dir / "logs" / "build.log").read_text()
 
@@ -127,7 +127,7 @@ def test_with_buildx_the_build_goes_through_buildkit_with_the_same_context(clien
         task = view.bar.tasks[0]
         assert (task.description, task.completed, task.total, task.fields["info"]) == ("building image", 2, 3, "COPY . /workspace")
     finally:
-        client.images.remove("run-tao-buildkit-test:latest")
+        client.images.remove(run_image("tao-buildkit-test", ctx.run_dir))
 
 
 def test_a_failed_buildkit_build_is_one_error_naming_the_step(client, tmp_path, stand_in, monkeypatch):

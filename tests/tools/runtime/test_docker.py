@@ -20,6 +20,7 @@ from tao_finetune.tools.runtime.docker import (
     container_name,
     default_shm_size,
     image_tag,
+    run_image,
     multi_gpu_argv,
     network_mode,
 )
@@ -141,7 +142,7 @@ def built(client, tmp_path_factory):
 
 def test_build_streams_log_and_tags_image(client, built):
     ctx, record = built
-    assert record["ok"] is True and record["image"] == "run-tao-docker-test:latest"
+    assert record["ok"] is True and record["image"] == run_image("tao-docker-test", ctx.run_dir) and record["image"].startswith("run-tao-docker-test:")
     log = (ctx.run_dir / "logs" / "build.log").read_text()
     assert "Step 1/5 : FROM tao-base-torch:cpu" in log
     assert "Requirement already satisfied: torch==2.13.0" in log  # nothing downloaded: the base has it
@@ -228,9 +229,12 @@ def test_stop_detached_job(client, built):
 
 
 def test_two_runs_on_one_host_have_their_own_containers_and_stop_finds_each(client, built, tmp_path):
-    ctx, _ = built
-    other = make_ctx(tmp_path / "other")  # another run dir of the same model: the same image
+    ctx, record = built
+    other = make_ctx(tmp_path / "other")  # another run dir of the same model: its own image tag (the same image here)
     (other.run_dir / "job.py").write_text(JOB)
+    assert run_image(ctx.config.short_name, ctx.run_dir) != run_image(other.config.short_name, other.run_dir)
+    other_tag = run_image(other.config.short_name, other.run_dir)
+    client.images.get(record["image"]).tag(*other_tag.split(":"))
     assert container_name("train", ctx.run_dir) != container_name("train", other.run_dir)
     assert container_name("train", ctx.run_dir) == container_name("train", ctx.run_dir / ".." / ctx.run_dir.name)
     a, b = DockerPlatform(client, echo=None), DockerPlatform(client, echo=None)
@@ -244,7 +248,7 @@ def test_two_runs_on_one_host_have_their_own_containers_and_stop_finds_each(clie
         # a container of this run under another name (the global `hft_train` of earlier versions) is found by its labels
         a.stop(ctx, "train")
         client.containers.get(container_name("train", ctx.run_dir)).remove(force=True)
-        legacy = client.containers.run(image_tag(ctx.config.short_name), ["sleep", "120"], name=f"hft_train_{uuid.uuid4().hex[:8]}",
+        legacy = client.containers.run(record["image"], ["sleep", "120"], name=f"hft_train_{uuid.uuid4().hex[:8]}",
                                        labels={"tao-finetune.run": str(ctx.run_dir), "tao-finetune.kind": "train"},
                                        detach=True, init=True, network_mode="none")
         assert a.status(ctx, "train")["running"] and a.status(ctx, "train")["name"] == legacy.name
@@ -254,6 +258,7 @@ def test_two_runs_on_one_host_have_their_own_containers_and_stop_finds_each(clie
     finally:
         for c in client.containers.list(all=True, filters={"label": f"tao-finetune.run={other.run_dir}"}):
             c.remove(force=True)
+        client.images.remove(other_tag)
 
 
 def test_nonzero_exit_returns_log_tail(client, built):
@@ -302,7 +307,7 @@ def test_oom_kill_is_reported(client, built):
 
 def test_missing_image(client, tmp_path):
     ctx = make_ctx(tmp_path / "out", model_id="acme/never-built-model")
-    with pytest.raises(ToolError, match="run-never-built-model:latest' not found: run docker_build first"):
+    with pytest.raises(ToolError, match=r"run-never-built-model:[0-9a-f]{10}' not found: run docker_build first"):
         DockerPlatform(client, echo=None).run(ctx, "smoke", ["python", "train.py"])
 
 
@@ -349,11 +354,12 @@ def test_local_model_and_data_are_mounted(client, built, tmp_path):
     (data / "train").mkdir(parents=True)
     local = RunConfig(**{**ctx.config.model_dump(), "model_id": str(model), "local_dataset_path": str(data)})
     ctx2 = RunContext(config=local, session=ctx.session, creds=ctx.creds)
-    client.images.get(record["image"]).tag("run-tiny-model", "latest")
+    repo, tag = run_image("tiny-model", ctx2.run_dir).split(":")
+    client.images.get(record["image"]).tag(repo, tag)
     try:
         result = DockerPlatform(client, echo=None).run(ctx2, "prepare", ["python", "job.py", "ls", str(model), str(data)])
     finally:
-        client.images.remove("run-tiny-model:latest")
+        client.images.remove(f"{repo}:{tag}")
     log = result.log_path.read_text()
     assert f"ls {model} ['config.json']" in log and f"ls {data} ['train']" in log
 
