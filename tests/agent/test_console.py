@@ -108,14 +108,20 @@ def test_live_view_in_a_pseudo_terminal_shows_build_and_training_bars_with_eta(t
     assert "25/50" in screen and "loss 0.12" in screen and "1,234 samples/s" in screen and "ETA 00:0" in screen
 
 
-def test_quiet_prints_only_the_result(tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+def tiny_inputs(tmp_path):
+    """An imagefolder with two empty classes and a config-only ViT folder: a run that stops early (max 2 model turns)."""
     data = tmp_path / "data" / "train"
     for c in ("a", "b"):
         (data / c).mkdir(parents=True)
     model = tmp_path / "m"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "vit", "architectures": ["ViTForImageClassification"]}))
+    return model
+
+
+def test_quiet_prints_only_the_result(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    model = tiny_inputs(tmp_path)
     code = main(["run", "--model-id", str(model), "--local-dataset-path", str(tmp_path / "data"), "--output-dir", str(tmp_path / "o"),
                  "--llm", "autopilot", "--platform", "local", "--allow-cpu", "--no-push-to-hub", "--yes", "--quiet", "--max-steps", "2"])
     out = capsys.readouterr()
@@ -126,12 +132,7 @@ def test_quiet_prints_only_the_result(tmp_path, capsys, monkeypatch):
 
 def test_verbose_shows_tool_arguments_and_results(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-    data = tmp_path / "data" / "train"
-    for c in ("a", "b"):
-        (data / c).mkdir(parents=True)
-    model = tmp_path / "m"
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps({"model_type": "vit", "architectures": ["ViTForImageClassification"]}))
+    model = tiny_inputs(tmp_path)
     main(["run", "--model-id", str(model), "--local-dataset-path", str(tmp_path / "data"), "--output-dir", str(tmp_path / "o"),
           "--llm", "autopilot", "--platform", "local", "--allow-cpu", "--no-push-to-hub", "--yes", "--verbose", "--max-steps", "2"])
     out = capsys.readouterr()
