@@ -416,11 +416,12 @@ def preflight(ctx: RunContext, args: NoArgs) -> dict:
 
 
 def scaffold_files(task: str) -> list[Path]:
-    """The scaffold files rendered for a task: common/*.py (the shared train.py among them) + the task's own files, a
-    task file replacing the common one of the same name (the VLM's own train.py); the opt-in unit tests are not among them."""
+    """The scaffold files rendered for a task: common/'s files (the shared train.py, Dockerfile and gitignore among them)
+    + the task's own files, a task file replacing the common one of the same name (the VLM's own train.py); the opt-in
+    unit tests are not among them."""
     own = sorted(p for p in (SCAFFOLDS / task).iterdir() if p.is_file() and p.name != UNIT_TESTS)
     names = {p.name for p in own}
-    return [*sorted(p for p in (SCAFFOLDS / "common").glob("*.py") if p.name not in names), *own]
+    return [*sorted(p for p in (SCAFFOLDS / "common").iterdir() if p.is_file() and p.name not in names), *own]
 
 
 def copy_scaffold(task: str, dest: Path, base: str = "python:3.11-slim") -> None:
