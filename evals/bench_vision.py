@@ -32,7 +32,6 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-SCAFFOLDS = ROOT / "references" / "scaffolds"
 sys.path.insert(0, str(ROOT / "tests" / "references"))
 from shapes import SHAPES, detection_coco, segmentation_folders  # noqa: E402
 
@@ -65,11 +64,10 @@ def make_model(task: str, dest: Path) -> None:
 
 def project(task: str, root: Path, model: Path, data: Path, n: int, epochs: float) -> Path:
     """A project dir: the scaffold files and a config.yaml whose project: section is complete (as the agent writes it)."""
+    from tao_finetune.tools.project import copy_scaffold  # the files a rendered project gets (task files override common's)
+
     proj = root / "proj"
-    proj.mkdir(parents=True, exist_ok=True)
-    for f in [*(SCAFFOLDS / "common").glob("*.py"), *(SCAFFOLDS / task).glob("*.py")]:
-        if f.name != "test_project.py":
-            shutil.copy(f, proj / f.name)
+    copy_scaffold(task, proj)
     hp = {**HP, **SETTINGS[task]["hp"]}
     spec = {"task_type": task, "model_id": str(model), "dataset_source": "local", "dataset_id": None, "dataset_config": None,
             "local_dataset_path": str(data), "local_dataset_format": "auto", "columns": {}, "column_renames": {}, "label_names": [],
