@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 PROTECTED_KEYS = frozenset({
     "model_id", "dataset_id", "dataset_config", "local_dataset_path", "local_dataset_format", "dataset_source", "task_type",
     "hyperparameters.training_method", "training_method", "hyperparameters.max_steps",
-    "n_train", "n_eval", "n_epochs", "lora_r", "skip_baseline", "push_to_hub", "hf_model_repo",
+    "n_train", "n_eval", "n_epochs", "lora_r", "skip_baseline", "push_to_hub", "hf_model_repo", "hub_private",
     "output_dir", "platform", "allow_cpu", "image", "wandb",
     "emit_progress_log", "emit_report", "emit_unit_tests",
 })

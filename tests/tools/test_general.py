@@ -43,10 +43,11 @@ def test_set_config_respects_user_values_and_protected_keys(ctx):
     with pytest.raises(NeedsUser, match="set by the user"):
         set_config(ctx, SetConfigArgs(key="weight_decay", value="0", reason="simpler"))
     for key, value in (("skip_baseline", "true"), ("n_epochs", "0.01"), ("hyperparameters.max_steps", "1"), ("max_steps", "1"),
-                       ("push_to_hub", "false"), ("n_eval", "5")):
+                       ("push_to_hub", "false"), ("n_eval", "5"), ("hub_private", "true")):
         with pytest.raises(NeedsUser, match="protected"):
             set_config(ctx, SetConfigArgs(key=key, value=value, reason="faster"))
     assert not ctx.config.skip_baseline and ctx.config.hyperparameters.max_steps == -1 and ctx.config.push_to_hub
+    assert not ctx.config.hub_private  # the repo's visibility is the user's: a model cannot flip it either way
     with pytest.raises(NeedsUser, match="approval"):
         set_config(ctx, SetConfigArgs(key="hyperparameters.training_method", value="lora", reason="OOM"))
     with pytest.raises(NeedsUser):
