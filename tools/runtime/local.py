@@ -5,6 +5,10 @@ torch, transformers, the CUDA context and the project's modules loaded between p
 and infer instead of seven cold starts; each job still has its own log, exit file and exit code, and a failed job ends
 the worker. Other commands (torchrun, `python -m pytest`) and runs with persistent=False (or TAO_PERSISTENT_WORKER=0)
 are plain subprocesses.
+
+A blocking job cut at --max-hours or interrupted by Ctrl-C ends like a stopped one: SIGTERM to the worker's process
+group, `grace_s` (STOP_GRACE_S, the same as `stop`) for train.py's preemption handler to write its checkpoint and exit
+75, then SIGKILL (tools/runtime/outcome.py end_process).
 """
 
 from __future__ import annotations
@@ -23,19 +27,11 @@ from tao_finetune.agent.lock import pid_alive
 from tao_finetune.agent.policy import job_credentials
 from tao_finetune.agent.secrets import KNOWN, SECRET_NAMES
 from tao_finetune.tools.base import ToolError
-from tao_finetune.tools.runtime.outcome import STATUS_TAIL_CHARS, Watchdog, exit_code, failure_tail, oom_killed, tail
+from tao_finetune.tools.runtime.outcome import (STATUS_TAIL_CHARS, STOP_GRACE_S, Watchdog, end_process, exit_code, failure_tail,
+                                                 oom_killed, tail)
 
 WORKER = Path(__file__).resolve().with_name("worker.py")
 POLL_S = 0.02
-
-
-def _terminate(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL after `grace_s`."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def redact_log(ctx: RunContext, log: Path) -> None:
@@ -51,8 +47,10 @@ class LocalPlatform:
 
     name = "local"
 
-    def __init__(self, python: str | None = None, extra_env: dict[str, str] | None = None, persistent: bool | None = None):
+    def __init__(self, python: str | None = None, extra_env: dict[str, str] | None = None, persistent: bool | None = None,
+                 grace_s: float = STOP_GRACE_S):
         self.python = python or sys.executable
+        self.grace_s = grace_s  # SIGTERM -> SIGKILL for stop, a --max-hours cut and Ctrl-C
         self.extra_env = dict(extra_env or {})
         self._procs: dict[str, subprocess.Popen] = {}
         if persistent is None:
@@ -71,14 +69,16 @@ class LocalPlatform:
             and self._worker.poll() is None
 
     def _kill_worker(self) -> None:
+        """End the worker and the job it runs: its stdin closes (an idle worker, or one whose job exits 0 on SIGTERM,
+        ends there), SIGTERM to its process group, `grace_s`, then SIGKILL (end_process); a second Ctrl-C kills at once."""
         w, self._worker, self._worker_job = self._worker, None, None
         if w is None or w.poll() is not None:
             return
         try:
-            os.killpg(w.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            w.stdin.close()
+        except (OSError, ValueError):
             pass
-        w.wait(timeout=10)
+        end_process(w, self.grace_s, group=True)
 
     def _get_worker(self, ctx: RunContext) -> subprocess.Popen | None:
         """The run's warm worker (started if needed); None when it is busy with another job or cannot start."""
@@ -227,7 +227,9 @@ class LocalPlatform:
         log.write_bytes(b"")
         w = self._submit(ctx, "build", ["python", "-c"], code=code) if self.persistent else None
         if w is not None:  # the warm worker checks its own imports (free: a job needs them anyway)
-            returncode = self._wait(w, exit_file)
+            with Watchdog(ctx, "build", self._kill_worker) as dog:  # --max-hours ends the check too
+                returncode = self._wait(w, exit_file)
+            dog.check(exit_code(returncode))
             stdout = stderr = log.read_text(errors="replace")
         else:
             try:
@@ -288,7 +290,7 @@ class LocalPlatform:
             with Watchdog(ctx, kind, self._kill_worker) as dog:  # --max-hours: the job (and its worker) end there
                 code = exit_code(self._wait(w, exit_file))
             redact_log(ctx, log)  # the job wrote its log directly: every credential form is scrubbed from it
-            dog.check()
+            dog.check(code)
             return JobResult(kind, code, log, failure_tail(kind, code, ctx.creds.redact(tail(log)), oom=oom_killed(code)))
         with log.open("w", encoding="utf-8") as out:
             out.write(ctx.creds.redact(f"$ {' '.join(argv)}") + "\n")
@@ -296,12 +298,12 @@ class LocalPlatform:
             proc = subprocess.Popen(cmd, cwd=ctx.run_dir, env=self._env(ctx, kind), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL)
             assert proc.stdout is not None
-            with Watchdog(ctx, kind, lambda: _terminate(proc)) as dog:
+            with Watchdog(ctx, kind, lambda: end_process(proc, self.grace_s)) as dog:
                 for raw in proc.stdout:  # every line is redacted before it is stored
                     out.write(ctx.creds.redact(raw.decode("utf-8", errors="replace")))
                     out.flush()
                 code = exit_code(proc.wait())
-        dog.check()
+        dog.check(code)
         return JobResult(kind, code, log, failure_tail(kind, code, ctx.creds.redact(tail(log)), oom=oom_killed(code)))
 
     def status(self, ctx: RunContext, kind: JobKind) -> dict:
@@ -332,7 +334,7 @@ class LocalPlatform:
         return out
 
     def stop(self, ctx: RunContext, kind: JobKind) -> None:
-        """Stop a detached job: SIGTERM to its process group, SIGKILL after 10 s."""
+        """Stop a detached job: SIGTERM to its process group, SIGKILL after `grace_s` (STOP_GRACE_S)."""
         _, pid_file, exit_file = self._files(ctx, kind)
         if not pid_file.exists():
             return
@@ -340,7 +342,7 @@ class LocalPlatform:
         pid = int(info["pid"])
         if info.get("worker") and not self._job_running(kind, info, exit_file):
             return  # the job is over; the worker stays for the next one
-        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        for sig, wait in ((signal.SIGTERM, self.grace_s), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(pid, sig)
             except ProcessLookupError:

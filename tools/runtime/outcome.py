@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from tao_finetune.agent.errors import LimitReached
 TAIL_CHARS = 3000  # the tail a blocking job returns (and the failure message carries)
 STATUS_TAIL_CHARS = 1500  # the tail of status() while polling a detached job
 SIGKILL_EXIT = 128 + signal.SIGKILL
+STOP_GRACE_S = 10.0  # SIGTERM -> SIGKILL: the time a stopped or cut job gets for train.py's preemption checkpoint
 
 
 def tail(path: Path, chars: int = TAIL_CHARS) -> str:
@@ -75,14 +77,49 @@ def failure_tail(kind: str, code: int, log_tail: str, *, oom: bool = False, stop
     return f"{log_tail.rstrip()}\n{line}" if line else log_tail
 
 
+def end_process(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S, *, group: bool = False) -> int:
+    """End a process the platform started, the way `stop` does: SIGTERM (to its whole process group with `group`: a job's
+    data-loader workers, a CLI's plugin), up to `grace_s` for it to exit (train.py's preemption handler writes a
+    checkpoint and exits 75), then SIGKILL. With `group`, whatever is left of the group is killed once the leader is gone.
+    A Ctrl-C during the grace kills at once and is re-raised. Returns the exit code (exit_code's convention)."""
+
+    def send(sig: int) -> None:
+        try:
+            if group:
+                os.killpg(proc.pid, sig)
+            elif proc.poll() is None:
+                proc.send_signal(sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    if proc.poll() is None:
+        send(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            send(signal.SIGKILL)
+        except KeyboardInterrupt:
+            send(signal.SIGKILL)
+            proc.wait(timeout=10)
+            raise
+    if group:
+        send(signal.SIGKILL)  # stragglers of the group (the leader has exited)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:  # unkillable (D state): reported as still running
+        return -1
+    return exit_code(proc.returncode)
+
+
 class Watchdog:
     """Cuts a blocking job at the run's deadline (ctx.deadline, from --max-hours): at that moment `cut()` stops the job
-    (the platform's own stop: kill the process group, stop the container, scancel), and `check()` after the job's wait
-    raises LimitReached, so the run ends with ExitCode.LIMIT (5) like every other limit; the loop saves the run state.
+    (the platform's own stop: end the process group with a grace period, stop the container, scancel, end an image build),
+    and `check()` after the job's wait raises LimitReached, so the run ends with ExitCode.LIMIT (5) like every other
+    limit; the loop saves the run state. Leaving the `with` block waits for a cut that started to finish.
 
         with Watchdog(ctx, kind, cut) as dog:
             ...wait for the job...
-        dog.check()
+        dog.check(code)
     """
 
     def __init__(self, ctx, kind: str, cut: Callable[[], None]):
@@ -108,11 +145,15 @@ class Watchdog:
     def __exit__(self, *exc: object) -> None:
         if self._timer is not None:
             self._timer.cancel()
+            if self.fired.is_set():
+                self._timer.join()  # the cut is under way (a grace period): the job is gone once this returns
 
-    def check(self) -> None:
-        """LimitReached when the deadline cut the job (after the platform cleaned up)."""
+    def check(self, code: int | None = None) -> None:
+        """LimitReached when the deadline cut the job (after the platform cleaned up); `code` is the job's exit code
+        (exit_code's convention) where the platform has one, recorded in the job_cut event."""
         if self.fired.is_set():
-            self.ctx.session.event("job_cut", job=self.kind, reason="deadline (--max-hours)")
+            extra = {} if code is None else {"exit_code": code}
+            self.ctx.session.event("job_cut", job=self.kind, reason="deadline (--max-hours)", **extra)
             raise LimitReached(deadline_message(f"while the {self.kind} job ran: the job was stopped"))
 
 

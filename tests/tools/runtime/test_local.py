@@ -243,3 +243,88 @@ def test_prewarm_starts_the_worker_and_plain_subprocess_mode_still_works(tmp_pat
     assert not plain.prewarm(ctx)
     res = plain.run(ctx, "smoke", ["python", "job.py"])
     assert res.exit_code == 0 and res.log_tail.strip().endswith("False")
+
+
+# a job with train.py's preemption contract: SIGTERM -> write a checkpoint -> exit 75; `ready` says the handler is set
+TRAPS_SIGTERM = ("import os, signal, sys, time\n"
+                 "def preempted(*_):\n    open('checkpoint.txt', 'w').write('step 7')\n"
+                 "    print('preempted: checkpoint written', flush=True)\n    sys.exit(75)\n"
+                 "signal.signal(signal.SIGTERM, preempted)\n"
+                 "open('ready', 'w').write(str(os.getpid()))\nprint('evaluating', flush=True)\n"
+                 "while True:\n    time.sleep(0.05)\n")
+IGNORES_SIGTERM = ("import os, signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                   "open('ready', 'w').write(str(os.getpid()))\nprint('evaluating', flush=True)\n"
+                   "while True:\n    time.sleep(0.05)\n")
+
+
+def cut_events(ctx):
+    events = [json.loads(x) for x in (ctx.run_dir / ".tao" / "session.jsonl").read_text().splitlines()]
+    return [e for e in events if e["kind"] == "job_cut"]
+
+
+def gone(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_a_job_cut_at_the_deadline_gets_the_grace_period_for_its_checkpoint(tmp_path):
+    """The worker gets SIGTERM first: train.py's preemption handler writes its checkpoint and exits 75."""
+    from tao_finetune.agent.errors import LimitReached
+
+    ctx = make_ctx(tmp_path)
+    py(ctx, "job.py", TRAPS_SIGTERM)
+    ctx.deadline = time.monotonic() + 3
+    t0 = time.monotonic()
+    with pytest.raises(LimitReached, match=r"--max-hours\) while the eval job ran: the job was stopped"):
+        ctx.platform.run(ctx, "eval", ["python", "job.py"])
+    assert time.monotonic() - t0 < 3 + 8  # well inside the 10 s grace: the job ended on its own
+    assert (ctx.run_dir / "checkpoint.txt").read_text() == "step 7"
+    assert "preempted: checkpoint written" in (ctx.run_dir / "logs" / "eval.log").read_text()
+    assert [(e["job"], e["exit_code"]) for e in cut_events(ctx)] == [("eval", 75)]
+    assert gone(int((ctx.run_dir / "ready").read_text())) and ctx.platform._worker is None
+
+
+def test_a_job_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path):
+    from tao_finetune.agent.errors import LimitReached
+
+    ctx = make_ctx(tmp_path)
+    ctx.platform = LocalPlatform(grace_s=1.0)
+    py(ctx, "job.py", IGNORES_SIGTERM)
+    ctx.deadline = time.monotonic() + 3
+    with pytest.raises(LimitReached):
+        ctx.platform.run(ctx, "eval", ["python", "job.py"])
+    assert time.monotonic() - ctx.deadline >= 1.0  # SIGTERM was sent first and the grace was waited out
+    assert [(e["job"], e["exit_code"]) for e in cut_events(ctx)] == [("eval", 137)]
+    assert gone(int((ctx.run_dir / "ready").read_text()))
+    ctx.deadline = None
+    py(ctx, "fail.py", FAILING_JOB)  # the next job gets a fresh worker and the same failure report
+    check_failed_job(ctx, ctx.platform.run(ctx, "eval", ["python", "fail.py"]), "eval")
+
+
+def test_ctrl_c_during_a_blocking_job_gives_it_the_grace_period(tmp_path):
+    """Ctrl-C (KeyboardInterrupt in the agent; the worker is in its own session) ends the job like a stop: SIGTERM first."""
+    import _thread
+    import signal
+    import threading
+
+    ctx = make_ctx(tmp_path)
+    py(ctx, "job.py", TRAPS_SIGTERM)
+    ready = ctx.run_dir / "ready"
+
+    def press_ctrl_c() -> None:
+        end = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < end:
+            time.sleep(0.02)
+        _thread.interrupt_main()  # SIGINT as a terminal sends it (a no-op while SIGINT is ignored: reset below)
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)  # a runner started in the background ignores SIGINT
+    try:
+        threading.Thread(target=press_ctrl_c, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            ctx.platform.run(ctx, "eval", ["python", "job.py"])
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert (ctx.run_dir / "checkpoint.txt").read_text() == "step 7"
+    assert (ctx.run_dir / "logs" / "eval.exit").read_text() == "75" and gone(int(ready.read_text()))
