@@ -4,8 +4,13 @@ Builds use BuildKit through the docker CLI's buildx plugin when it is there (`do
 plain -`, the context tar on stdin: https://docs.docker.com/reference/cli/docker/buildx/build/); the Docker SDK 7.x
 cannot drive BuildKit (its `APIClient.build`, site-packages/docker/api/build.py, speaks the classic /build API only),
 so without buildx the build falls back to the legacy builder through the SDK and says so in logs/build.log.
-`TAO_DOCKER_BUILDER=legacy` forces the legacy builder. Containers are started detached and waited on so exit codes,
-OOM kills and logs can be read back (models/containers.py).
+`TAO_DOCKER_BUILDER=legacy` forces the legacy builder.
+
+A build still running at the run's deadline (--max-hours) is ended like a blocking job (outcome.Watchdog, event
+job_cut, exit 5): buildx (in its own process group) gets SIGTERM, then SIGKILL after STOP_GRACE_S; a legacy build's
+/build connection is shut, which makes the daemon cancel the build (it kills and removes the step's container). Layers
+built before the cut stay cached, so the re-run's build resumes. Containers are started detached and waited on so exit
+codes, OOM kills and logs can be read back (models/containers.py).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -29,7 +35,8 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from tao_finetune.agent.context import JobKind, JobResult, RunContext
 from tao_finetune.agent.policy import job_credentials
 from tao_finetune.tools.base import ToolError
-from tao_finetune.tools.runtime.outcome import STATUS_TAIL_CHARS, Watchdog, exit_code, failure_tail, oom_killed, tail
+from tao_finetune.tools.runtime.outcome import (STATUS_TAIL_CHARS, STOP_GRACE_S, Watchdog, end_process, exit_code, failure_tail,
+                                                 oom_killed, tail)
 
 WORKDIR = "/workspace"
 RUNTIME_ENV = "meta/runtime_env.json"  # env vars of the applicable compat fixes (written by render_scaffold)
@@ -128,6 +135,27 @@ def _daemon_error(err: Exception) -> ToolError:
     )
 
 
+def _build_response(stream: Any) -> Any:
+    """The HTTP response behind `APIClient.build(...)`'s stream: that method returns `self._stream_helper(response,
+    decode=...)` (docker 7.x, site-packages/docker/api/build.py), a generator whose frame holds the response from its
+    creation on; None if a docker SDK changed that."""
+    frame = getattr(stream, "gi_frame", None)
+    return frame.f_locals.get("response") if frame is not None else None
+
+
+def _shut_stream(api: Any, response: Any) -> None:
+    """Shut the socket of a streaming response both ways: the read blocked on it returns, and the daemon sees the
+    client go (for /build: the build is cancelled). `APIClient._get_raw_response_socket` is the SDK's own way to it."""
+    try:
+        sock = api._get_raw_response_socket(response)
+        getattr(sock, "_sock", sock).shutdown(socket.SHUT_RDWR)
+    except (OSError, AttributeError, DockerException):
+        pass
+
+
+CUT_LINE = "build stopped at the run's deadline (--max-hours); layers built so far stay cached for the re-run\n"
+
+
 class _LineWriter:
     """Splits a byte stream into redacted lines written to a log file and echoed."""
 
@@ -208,12 +236,22 @@ class DockerPlatform:
             return self._buildx(ctx, tag, excludes, out, log_path)
         out.feed(f"BuildKit not used ({why}): building with the legacy builder (deprecated; install the docker buildx plugin)\n")
         step, error = "", ""
+        responses: list[Any] = []
+
+        def cut() -> None:  # --max-hours: the daemon cancels a build whose client went away
+            for r in list(responses):
+                _shut_stream(self.client.api, r)
+
+        dog = Watchdog(ctx, "build", cut)
         try:
-            with docker.utils.tar(str(root), exclude=excludes) as context:
+            with dog, docker.utils.tar(str(root), exclude=excludes) as context:
                 stream = self.client.api.build(
                     fileobj=context, custom_context=True, tag=tag, network_mode="host",
                     rm=True, forcerm=True, decode=True, pull=False,
                 )
+                responses.append(_build_response(stream))
+                if dog.fired.is_set():  # the deadline came while the context was sent
+                    cut()
                 for chunk in stream:
                     text = chunk.get("stream") or chunk.get("status") or ""
                     if text:
@@ -225,12 +263,18 @@ class DockerPlatform:
                     if "error" in chunk or "errorDetail" in chunk:
                         error = chunk.get("error") or (chunk.get("errorDetail") or {}).get("message", "")
                         out.feed(f"ERROR: {error}\n")
-        except (DockerException, requests.exceptions.ConnectionError) as err:
-            out.close()
-            if isinstance(err, APIError):
-                raise ToolError(f"docker build of {tag!r} refused: {ctx.creds.redact(str(err.explanation or err))[:500]}") from None
-            raise _daemon_error(err) from None
+        except Exception as err:  # noqa: BLE001  (after a cut the shut stream breaks, e.g. urllib3's ProtocolError)
+            if not dog.fired.is_set():
+                if not isinstance(err, (DockerException, requests.exceptions.ConnectionError)):
+                    raise
+                out.close()
+                if isinstance(err, APIError):
+                    raise ToolError(f"docker build of {tag!r} refused: {ctx.creds.redact(str(err.explanation or err))[:500]}") from None
+                raise _daemon_error(err) from None
+        if dog.fired.is_set():
+            out.feed(CUT_LINE)
         out.close()
+        dog.check()
         if error:
             raise ToolError(
                 f"docker build of {tag!r} failed at {step or 'the start'!r}: {ctx.creds.redact(error)[:500]}\n"
@@ -248,8 +292,9 @@ class DockerPlatform:
                 "--tag", tag, "-"]
         out.feed(f"BuildKit: {' '.join(argv[1:])}\n")
         step = ""
-        try:
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:  # its own process group: a cut or a Ctrl-C ends the CLI and its buildx plugin together (end_process)
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
         except OSError as err:
             out.close()
             raise ToolError(f"docker buildx could not start: {err}") from None
@@ -268,15 +313,24 @@ class DockerPlatform:
 
         feeder = threading.Thread(target=send, name="tao-buildx-context", daemon=True)
         feeder.start()
-        for raw in proc.stdout:
-            text = raw.decode("utf-8", errors="replace")
-            m = BUILDKIT_STEP.match(text.strip())
-            if m:
-                step = text.strip()
-            out.feed(text if text.endswith("\n") else text + "\n")
-        code = proc.wait()
+        with Watchdog(ctx, "build", lambda: end_process(proc, STOP_GRACE_S, group=True)) as dog:  # --max-hours
+            try:
+                for raw in proc.stdout:
+                    text = raw.decode("utf-8", errors="replace")
+                    m = BUILDKIT_STEP.match(text.strip())
+                    if m:
+                        step = text.strip()
+                    out.feed(text if text.endswith("\n") else text + "\n")
+                code = proc.wait()
+            except KeyboardInterrupt:  # the terminal's Ctrl-C does not reach its process group: end the build here
+                end_process(proc, STOP_GRACE_S, group=True)
+                out.close()
+                raise
         feeder.join(timeout=30)
+        if dog.fired.is_set():
+            out.feed(CUT_LINE)
         out.close()
+        dog.check(exit_code(code))
         if code != 0:
             raise ToolError(f"docker buildx build of {tag!r} failed (exit {code}) at {step or 'the start'!r}\n"
                             f"last lines of logs/build.log:\n{_tail(log_path)}")
@@ -418,13 +472,13 @@ class DockerPlatform:
         if detach:
             self._follow(ctx, container, kind, log_path)
             return JobResult(kind=kind, exit_code=0, log_path=log_path, detached=True, handle=name)
-        with Watchdog(ctx, kind, lambda: container.stop(timeout=10)) as dog:  # --max-hours ends the job there
+        with Watchdog(ctx, kind, lambda: container.stop(timeout=int(STOP_GRACE_S))) as dog:  # --max-hours ends the job there
             self._stream(ctx, container.logs(stream=True, follow=True), kind, log_path)
             code = exit_code(int(container.wait().get("StatusCode", -1)))
         container.reload()
         oom = oom_killed(code, oom_flag=bool(container.attrs.get("State", {}).get("OOMKilled")), stopped=dog.fired.is_set())
         container.remove(force=True)
-        dog.check()
+        dog.check(code)
         text = failure_tail(kind, code, ctx.creds.redact(tail(log_path)), oom=oom)
         return JobResult(kind=kind, exit_code=code, log_path=log_path, log_tail=text)
 

@@ -41,6 +41,10 @@ STAND_IN = textwrap.dedent('''\
         print("#0 building with \\"default\\" instance using docker driver", flush=True)
         print("#1 [internal] load build definition from Dockerfile", flush=True)
         print("#4 [1/3] FROM {base}", flush=True)
+        if os.environ.get("STAND_IN_SLOW") == "1":  # a RUN step that takes a minute
+            open(os.path.join(out, "pid"), "w").write(str(os.getpid()))
+            print("#5 [2/3] RUN sleep 60", flush=True)
+            import time; time.sleep(60)
         print("#5 [2/3] RUN " + ("false" if fail else "echo hi"), flush=True)
         if fail:
             print("#5 ERROR: process \\"/bin/sh -c false\\" did not complete successfully: exit code: 1", flush=True)
@@ -138,3 +142,86 @@ def test_a_failed_buildkit_build_is_one_error_naming_the_step(client, tmp_path, 
         DockerPlatform(client, echo=None).build(ctx)
     assert "failed (exit 1) at '#5 [2/3] RUN false'" in str(err.value) and "did not complete successfully" in str(err.value)
 
+
+
+def build_containers(client, nonce):
+    """Containers of a legacy build's RUN step (the step's command carries the nonce)."""
+    return [c for c in client.containers.list(all=True) if nonce in " ".join(c.attrs["Config"].get("Cmd") or [])]
+
+
+def test_a_real_build_is_cut_at_the_runs_deadline_and_the_rerun_resumes(client, tmp_path):
+    """A slow RUN step on the local engine, through the agent loop: the build is ended at --max-hours (exit 5, job_cut,
+    state saved, the step's container gone); the re-run builds from the layers cached before the cut."""
+    import time
+
+    from tao_finetune.agent.errors import ExitCode
+    from tao_finetune.agent.fakes import ScriptedClient, tool_call
+    from tao_finetune.agent.loop import Agent, Limits
+    from tao_finetune.agent.state import RunState
+    from tao_finetune.tools import jobs
+    from tao_finetune.tools.base import NoArgs, tool
+
+    @tool(step=1, register=False)
+    def run_build(ctx, args: NoArgs) -> dict:
+        """The real docker_build (its step gates are not what this test is about)."""
+        return jobs.docker_build.fn(ctx, args)
+
+    nonce = uuid.uuid4().hex
+    ctx = make_ctx(tmp_path / "run", model_id="acme/tao-build-cut")
+    ctx.platform = DockerPlatform(client, echo=None)
+    (ctx.run_dir / "Dockerfile").write_text(f"FROM {BASE}\nRUN echo {nonce} > /nonce\nCOPY sleep_s /sleep_s\n"
+                                            f"RUN echo step-{nonce} && sleep $(cat /sleep_s) && echo finished\n")
+    (ctx.run_dir / "sleep_s").write_text("60")
+    tag = run_image("tao-build-cut", ctx.run_dir)
+    legacy = buildkit_unavailable() is not None
+    try:
+        t0 = time.monotonic()
+        result = Agent(ScriptedClient([tool_call("run_build")]), ctx, [run_build], "system", Limits(max_wall_s=4)).run("go")
+        assert result.code == ExitCode.LIMIT == 5 and "--max-hours" in result.message and time.monotonic() - t0 < 25
+        events = [json.loads(x) for x in (ctx.run_dir / ".tao" / "session.jsonl").read_text().splitlines()]
+        assert [e["kind"] for e in events][-2:] == ["job_cut", "exit"] and events[-2]["job"] == "build"
+        assert RunState.load(ctx.run_dir).records.get("build") is None  # the state was saved without a build
+        log = (ctx.run_dir / "logs" / "build.log").read_text()
+        lines = log.splitlines()  # the step's output lines (the echoed command line holds the same words)
+        assert f"step-{nonce}" in lines and "finished" not in lines and "build stopped at the run's deadline" in log
+        if legacy:  # the daemon cancelled the build: its RUN container is killed and removed
+            end = time.monotonic() + 15
+            while build_containers(client, f"step-{nonce}") and time.monotonic() < end:
+                time.sleep(0.2)
+            assert not build_containers(client, f"step-{nonce}")
+        with pytest.raises(Exception):
+            client.images.get(tag)
+
+        ctx.deadline = None  # the re-run (a larger --max-hours): the layers before the slow step come from the cache
+        (ctx.run_dir / "sleep_s").write_text("0")
+        rec = DockerPlatform(client, echo=None).build(ctx)
+        log = (ctx.run_dir / "logs" / "build.log").read_text()
+        assert rec["ok"] and client.images.get(tag) and "finished" in log.splitlines()
+        if legacy:
+            assert log.count("Using cache") >= 1  # RUN echo <nonce> ran before the cut and is not run again
+    finally:
+        try:
+            client.images.remove(tag, force=True)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def test_a_buildkit_build_is_ended_at_the_runs_deadline(client, tmp_path, stand_in, monkeypatch):
+    """buildx gets SIGTERM (its process group) at the deadline; the cut is reported like any job's."""
+    import time
+
+    from tao_finetune.agent.errors import ExitCode, LimitReached
+
+    monkeypatch.setenv("STAND_IN_SLOW", "1")
+    ctx = make_ctx(tmp_path / "run", model_id="acme/tao-buildkit-cut")
+    project(ctx.run_dir)
+    ctx.deadline = time.monotonic() + 2
+    with pytest.raises(LimitReached, match=r"--max-hours\) while the build job ran: the job was stopped") as err:
+        DockerPlatform(client, echo=None).build(ctx)
+    assert err.value.code == ExitCode.LIMIT and time.monotonic() - ctx.deadline < 8  # SIGTERM ended it: no grace waited out
+    pid = int((stand_in / "pid").read_text())
+    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] in "ZX"
+    log = (ctx.run_dir / "logs" / "build.log").read_text()
+    assert "#5 [2/3] RUN sleep 60" in log and "build stopped at the run's deadline" in log
+    cut = [json.loads(x) for x in (ctx.run_dir / ".tao" / "session.jsonl").read_text().splitlines() if '"job_cut"' in x]
+    assert [(e["job"], e["exit_code"]) for e in cut] == [("build", 143)]
