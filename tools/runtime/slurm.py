@@ -604,7 +604,7 @@ class SlurmPlatform:
         redact_log(ctx, log)  # the job wrote its log itself: remove every credential form
         if dog.fired.is_set():
             ctx.session.event("slurm_end", job=kind, job_id=job_id, state=js.state, exit_code=js.returncode(), reason="deadline")
-        dog.check()
+        dog.check(js.returncode())
         code = js.returncode()
         text = failure_tail(kind, code, ctx.creds.redact(tail(log)), oom=js.oom(), state=js.evidence())
         ctx.session.event("slurm_end", job=kind, job_id=job_id, state=js.state, exit_code=code, reason=js.reason)

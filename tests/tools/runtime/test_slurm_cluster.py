@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -226,6 +227,26 @@ def test_a_blocking_job_is_cut_at_the_runs_deadline(tmp_path):
     assert err.value.code == ExitCode.LIMIT
     end = [json.loads(x) for x in (ctx.run_dir / "session.jsonl").read_text().splitlines() if '"slurm_end"' in x][-1]
     assert end["reason"] == "deadline" and slurm.query_job(end["job_id"]).state == "CANCELLED"
+
+
+def test_the_runtime_check_is_cut_at_the_runs_deadline_too(tmp_path):
+    """SLURM's build is a batch job (probe_env.py): at --max-hours it is scancel'ed like any blocking job."""
+    import stat
+
+    from tao_finetune.agent.errors import ExitCode, LimitReached
+
+    slow = tmp_path / "slow-python"  # a job Python that takes five minutes to start
+    slow.write_text(f"#!/bin/sh\necho starting python, flush\nsleep 300\nexec {sys.executable} \"$@\"\n")
+    slow.chmod(slow.stat().st_mode | stat.S_IEXEC)
+    ctx = small_ctx(tmp_path, container="venv", python=str(slow))
+    ctx.deadline = time.monotonic() + 5
+    with pytest.raises(LimitReached, match=r"--max-hours\) while the build job ran: the job was stopped") as err:
+        ctx.platform.build(ctx)
+    assert err.value.code == ExitCode.LIMIT
+    events = [json.loads(x) for x in (ctx.run_dir / "session.jsonl").read_text().splitlines()]
+    end = [e for e in events if e["kind"] == "slurm_end"][-1]
+    assert end["job"] == "build" and end["reason"] == "deadline" and slurm.query_job(end["job_id"]).state == "CANCELLED"
+    assert [e["job"] for e in events if e["kind"] == "job_cut"] == ["build"]
 
 
 def test_a_gpu_request_on_the_gpu_less_node_fails_in_one_line(tmp_path):
