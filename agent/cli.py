@@ -611,7 +611,8 @@ def replay_command(args: argparse.Namespace) -> int:
     out = (args.output_dir or session.parent.with_name(session.parent.name + "-replay")).expanduser().resolve()
     try:
         report = replay(session, out, args.mode, tools=all_tools(), platform_factory=make_platform,
-                        system_for=lambda ctx: render("system.md", **system_vars(ctx)), env_file=args.env_file.expanduser())
+                        system_for=lambda ctx: render("system.md", **system_vars(ctx)), env_file=args.env_file.expanduser(),
+                        apply_answer=apply_answer)
     except ReplayError as err:
         console.print(f"[red]error:[/] {err}")
         return EXIT_BAD_INPUT

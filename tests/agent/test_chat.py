@@ -187,6 +187,26 @@ def test_an_inline_answer_applies_a_protected_change_with_the_user_as_source(tmp
     # the chat's session replays with its conversation: the recorded answer and outcome are served, nothing departs
     code = main(["replay", str(run / "session.jsonl"), "--mode", "full", "--strict", "--output-dir", str(tmp_path / "replayed")])
     assert code == 4 and "no divergence" in capsys.readouterr().out
+    # in model mode the tools run again: the recorded answer is typed again at the same question and applied as before
+    code = main(["replay", str(run / "session.jsonl"), "--mode", "model", "--strict", "--output-dir", str(tmp_path / "model")])
+    out = capsys.readouterr().out
+    assert code == 4 and "no divergence" in out, out
+    assert load_config(tmp_path / "model" / "config.yaml").n_epochs == 2
+    assert any(e["kind"] == "user_choice" and e["applied"] == {"n_epochs": 2} for e in read_events(tmp_path / "model" / "session.jsonl"))
+    # an edited answer is a divergence: the replayed run sees another answer and applies nothing
+    edited = tmp_path / "edited" / "session.jsonl"
+    edited.parent.mkdir()
+    edited.write_text(run.joinpath("session.jsonl").read_text().replace('"answer": "yes, two epochs"', '"answer": "no, keep three"'))
+    assert edited.read_text() != run.joinpath("session.jsonl").read_text()
+    code = main(["replay", str(edited), "--mode", "model", "--strict", "--output-dir", str(tmp_path / "model-edited")])
+    out = capsys.readouterr().out
+    assert code == 6 and "tool 'set_config': the tool result differs" in out and "The user answered: no, keep three" in out, out
+    assert load_config(tmp_path / "model-edited" / "config.yaml").n_epochs == 3
+    # an answer is typed again only at the question it answered
+    edited.write_text(run.joinpath("session.jsonl").read_text().replace("changing 'n_epochs' to 2", "changing 'n_epochs' to 5"))
+    code = main(["replay", str(edited), "--mode", "model", "--strict", "--output-dir", str(tmp_path / "model-asked")])
+    out = capsys.readouterr().out
+    assert code == 6 and "the run asked another question than the one answered in the recording" in out, out
 
 
 def test_ctrl_c_mid_run_then_resume_restores_the_conversation(tmp_path):
