@@ -14,23 +14,30 @@ system prompt renderer and the function that applies an approved answer (`Wiring
 3. follow-ups ("train two more epochs", "now push it") start another `Agent.run` on the same conversation;
 4. Ctrl-C ends the chat with exit 130 after the run's own interrupt handling (state saved, jobs reported; a second
    press stops them); `chat --resume DIR` rebuilds the conversation from DIR/session.jsonl (`rebuild_messages`).
+
+Before the yes there is no run dir: the intake (its messages, the request validated last, the command line's defaults)
+is kept in a per-user state file (`IntakeLog`: $XDG_STATE_HOME/tao/chat/intake-*.json, redacted, written atomically
+after every turn) so that a Ctrl-C or a closed terminal loses nothing; `chat --resume FILE` goes on from it. The file is
+removed once the run's first `start` event (which carries the intake as `history`) is in the run dir's session log.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from tao_finetune.agent import gates
-from tao_finetune.agent.config import ConfigError, RunConfig, apply_overrides, build_config, load_config
+from tao_finetune.agent.config import ConfigError, RunConfig, apply_overrides, atomic_write_text, build_config, load_config
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.errors import ExitCode, LoopExit, NeedsUser, ToolError
 from tao_finetune.agent.llm import LLMAuthError, LLMClient, LLMError
@@ -54,7 +61,8 @@ class Wiring:
     tools: list[Tool]
     client: LLMClient
     credentials: Credentials
-    open_config: Callable[[dict[str, Any]], tuple[RunConfig, list[str]]]  # confirmed inputs -> config + user keys (as `run`)
+    # confirmed inputs, command-line defaults, --output-dir -> config + user keys (as `run`)
+    open_config: Callable[[dict[str, Any], list[str], Path | None], tuple[RunConfig, list[str]]]
     make_platform: Callable[[RunConfig, Any], Any]
     system_for: Callable[[RunContext], str]
     apply_answer: Callable[[RunContext, NeedsUser, str], str | None]
@@ -62,9 +70,61 @@ class Wiring:
     summary: Callable[[Path, RunState], str]
     limits: Limits
     defaults: list[str]  # --set KEY=VALUE given on the command line
-    intake_system: str
+    intake_system: Callable[[list[str]], str]  # the intake's system prompt for these command-line defaults
     output_dir: Path | None = None  # --output-dir (default ./output/<model short name>)
     on_open: Callable[[Path, SessionLog], None] = lambda run_dir, session: None
+
+
+class IntakeRecord(BaseModel):
+    """A chat's intake before its run dir exists: what `chat --resume FILE` needs to go on (never a secret: redacted)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["tao-chat-intake"] = "tao-chat-intake"
+    version: Literal[1] = 1
+    messages: list[dict[str, Any]] = []  # the conversation so far, as the model was sent it
+    request: dict[str, Any] | None = None  # the inputs set_request validated last (the table the person saw)
+    task: str | None = None  # set once the person said yes: the run's first task (the run dir is opened next)
+    defaults: list[str] = []  # --set / --platform / --allow-cpu of the command line
+    output_dir: str | None = None  # --output-dir
+
+
+def intake_dir() -> Path:
+    """Where intakes wait for their run dir: $XDG_STATE_HOME/tao/chat (default ~/.local/state/tao/chat)."""
+    return Path(os.environ.get("XDG_STATE_HOME") or "~/.local/state").expanduser() / "tao" / "chat"
+
+
+class IntakeLog:
+    """One intake's state file, rewritten atomically (temp file + fsync + rename; mode 0600 in a 0700 folder)."""
+
+    def __init__(self, path: Path, creds: Credentials):
+        self.path, self.creds = path, creds
+
+    @classmethod
+    def new(cls, creds: Credentials) -> "IntakeLog":
+        return cls(intake_dir() / f"intake-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json", creds)
+
+    def save(self, record: IntakeRecord) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write_text(self.path, self.creds.redact(record.model_dump_json(indent=1)) + "\n")
+
+    def load(self) -> IntakeRecord:
+        """The saved intake; ConfigError (one line) when the file is missing, torn or not an intake."""
+        where = f"--resume {str(self.path)!r}"
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{where}: no run or saved chat intake there") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{where}: cannot be read ({getattr(err, 'strerror', None) or err.__class__.__name__})") from None
+        try:
+            return IntakeRecord.model_validate_json(text)
+        except ValidationError as err:
+            first = err.errors()[0]
+            what = "torn or not JSON" if first["type"] == "json_invalid" else f"{'.'.join(map(str, first['loc'])) or 'file'}: {first['msg']}"
+            raise ConfigError(f"{where} is not a saved chat intake ({what}); start a new chat") from None
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def rebuild_messages(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -139,6 +199,9 @@ class Chat:
         self.w, self.console, self.mode = wiring, console, mode
         self.tools = {t.name: t for t in wiring.tools}
         self.messages: list[dict[str, Any]] = []
+        self.defaults, self.output_dir = list(wiring.defaults), wiring.output_dir
+        self.intake_log: IntakeLog | None = None  # the intake's state file until the run dir's log holds the intake
+        self.request: dict[str, Any] | None = None  # the inputs set_request validated last
         self.ctx: RunContext | None = None
         self.view: Any = None
         self.lock: Any = None
@@ -156,8 +219,9 @@ class Chat:
             return None
         return text
 
-    def say(self, text: str, style: str = "") -> None:
-        self.console.print(f"[{style}]{escape(text)}[/]" if style else escape(text))
+    def say(self, text: str, style: str = "", soft_wrap: bool = False) -> None:
+        """One line to the person; soft_wrap leaves a long line (a command to copy) unbroken."""
+        self.console.print(f"[{style}]{escape(text)}[/]" if style else escape(text), soft_wrap=soft_wrap)
 
     def ask_inline(self, question: str) -> str | None:
         """A question from the run, asked where the person is typing; an empty answer leaves it open."""
@@ -170,15 +234,19 @@ class Chat:
     # ------------------------------------------------------------------ entry
     def main(self, resume: Path | None, request: str | None) -> int:
         try:
-            if resume is not None:
+            if resume is not None and resume.expanduser().name == "session.jsonl":
+                resume = resume.expanduser().parent  # the run's log names its run dir
+            if resume is not None and resume.expanduser().is_dir():
                 self.resume(resume)
             else:
-                confirmed = self.intake(request)
+                confirmed = self.resume_intake(resume) if resume is not None else self.intake(request)
                 if confirmed is None:
                     self.say("nothing started")
+                    if self.intake_log is not None:
+                        self.intake_log.remove()
                     return int(ExitCode.OK)
                 inputs, task = confirmed
-                self.open(self.w.open_config(inputs))
+                self.open(self.w.open_config(inputs, self.defaults, self.output_dir))
                 result = self.run_segment(task)
                 if result.code == ExitCode.INTERRUPTED:
                     return self.interrupted()
@@ -193,10 +261,13 @@ class Chat:
                     return self.interrupted()
         except ChatExit as err:
             self.say(f"error: {err.message}", "red")
+            if self.ctx is None and self.intake_log is not None:
+                self.say(f"the request so far is saved; continue it with `{self.resume_command()}`", "yellow", soft_wrap=True)
             return err.code
         except KeyboardInterrupt:
             if self.ctx is None:
-                self.say("interrupted: nothing was started", "yellow")
+                self.say("interrupted: " + (f"the request so far is saved; continue it with `{self.resume_command()}`"
+                                            if self.intake_log is not None else "nothing was started"), "yellow", soft_wrap=True)
                 return int(ExitCode.INTERRUPTED)
             self.ctx.session.event("note", text="chat interrupted (Ctrl-C) at the prompt")
             return self.interrupted(at_prompt=True)
@@ -208,41 +279,82 @@ class Chat:
         assert self.ctx is not None
         if not at_prompt:
             self.w.after_interrupt(self.ctx, True)
-        self.say(f"progress is saved; continue this conversation with `tao-finetune chat --resume {self.ctx.run_dir}`", "yellow")
+        self.say(f"progress is saved; continue this conversation with `{self.resume_command()}`", "yellow", soft_wrap=True)
         return int(ExitCode.INTERRUPTED)
+
+    def resume_command(self) -> str:
+        """The command that continues this chat: the intake's file until the run dir's log holds the intake."""
+        import shlex
+
+        where = self.intake_log.path if self.intake_log is not None else self.ctx.run_dir if self.ctx is not None else None
+        return f"tao-finetune chat --resume {shlex.quote(str(where))}"
+
+    # ------------------------------------------------------------------ the intake's state file
+    def save_intake(self, task: str | None = None) -> None:
+        """Write the intake so far (atomically, redacted); the first write creates the file."""
+        if self.intake_log is None:
+            self.intake_log = IntakeLog.new(self.w.credentials)
+        self.intake_log.save(IntakeRecord(messages=self.messages, request=self.request, task=task, defaults=self.defaults,
+                                          output_dir=str(self.output_dir.expanduser().resolve()) if self.output_dir is not None else None))
+
+    def resume_intake(self, path: Path) -> tuple[dict[str, Any], str] | None:
+        """Go on with an intake saved before its run dir existed (Ctrl-C, a closed terminal); as `intake` returns."""
+        log = IntakeLog(path.expanduser().resolve(), self.w.credentials)
+        record = log.load()
+        self.intake_log, self.messages, self.request = log, record.messages, record.request
+        extra = [d for d in self.w.defaults if d not in record.defaults]  # this command line's own --set come last (they win)
+        self.defaults = [*record.defaults, *extra]
+        if self.w.output_dir is None and record.output_dir:
+            self.output_dir = Path(record.output_dir)
+        listed = ", ".join(f"{k}={v}" for k, v in (record.request or {}).items()) or "none validated yet"
+        self.say(f"resumed the chat intake saved in {log.path}: {len(self.messages)} messages; request so far: {listed}", "green")
+        if record.task is not None and record.request is not None:  # confirmed before the stop: open the run dir now
+            return record.request, record.task
+        return self.intake(None)
 
     # ------------------------------------------------------------------ intake
     def intake(self, request: str | None) -> tuple[dict[str, Any], str] | None:
-        """Talk until the person confirms the inputs set_request understood; returns them and the run's first task."""
+        """Talk until the person confirms the inputs set_request understood; returns them and the run's first task.
+
+        Goes on from wherever self.messages stand (a resumed intake): the person's turn after a reply without a tool
+        call, the model's turn after a user turn, the confirmation of set_request calls that have no result yet. Every
+        step is saved (`save_intake`) before the next one can be interrupted."""
         tool = self.tools[REQUEST_TOOL]
-        self.say("Describe the fine-tune you want (model, data, epochs, push or not, ...). Ctrl-D or 'quit' ends.", "dim")
-        first = True
+        if not self.messages:
+            self.say("Describe the fine-tune you want (model, data, epochs, push or not, ...). Ctrl-D or 'quit' ends.", "dim")
         while True:
-            text = request if first and request else self.read()
-            if first and request:
-                self.console.print(f"[bold]you>[/] {escape(request)}")
-            first = False
-            if text is None:
-                return None
-            if not text:
+            last = self.messages[-1] if self.messages else None
+            uses = [b for b in last["content"] if isinstance(b, dict) and b.get("type") == "tool_use"] \
+                if last is not None and last["role"] == "assistant" and isinstance(last["content"], list) else []
+            if last is None or (last["role"] == "assistant" and not uses):  # the person's turn
+                text = request or self.read()
+                if request:
+                    self.console.print(f"[bold]you>[/] {escape(request)}")
+                request = None
+                if text is None:
+                    return None
+                if text:
+                    add_user(self.messages, {"type": "text", "text": self.w.credentials.redact(text)})
+                    self.save_intake()
                 continue
-            add_user(self.messages, {"type": "text", "text": self.w.credentials.redact(text)})
-            while True:
-                resp = self.model_turn(tool)
-                uses = resp.tool_uses()
-                if not uses:
-                    break
-                results, confirmed = [], None
-                for use in uses:
-                    block, inputs = self.intake_call(tool, use)
-                    results.append(block)
-                    confirmed = confirmed or inputs
-                if confirmed is not None:
-                    self.messages.append({"role": "user", "content": results})  # the run's task is appended to this turn
-                    listed = ", ".join(f"{k}={v}" for k, v in confirmed.items())
-                    return confirmed, (f"The user confirmed the request ({listed}). Start at step 1 and work through the six "
-                                       "steps; ask the user (ask_user) where a decision is theirs.")
-                self.messages.append({"role": "user", "content": results})
+            if last["role"] == "user":
+                self.model_turn(tool)
+                self.save_intake()
+                continue
+            results, confirmed = [], None
+            for use in uses:
+                block, inputs = self.intake_call(tool, use)
+                results.append(block)
+                confirmed = confirmed or inputs
+            self.messages.append({"role": "user", "content": results})  # with a yes, the run's task is appended to this turn
+            if confirmed is not None:
+                listed = ", ".join(f"{k}={v}" for k, v in confirmed.items())
+                task = (f"The user confirmed the request ({listed}). Start at step 1 and work through the six "
+                        "steps; ask the user (ask_user) where a decision is theirs.")
+                self.request = confirmed
+                self.save_intake(task)
+                return confirmed, task
+            self.save_intake()
 
     def model_turn(self, tool: Tool):
         streamed: list[str] = []
@@ -254,7 +366,7 @@ class Chat:
         if hasattr(self.w.client, "on_text"):
             self.w.client.on_text = show  # type: ignore[attr-defined]
         try:
-            resp = self.w.client.create(system=self.w.intake_system, messages=self.messages, tools=[tool.schema()], max_tokens=4096)
+            resp = self.w.client.create(system=self.w.intake_system(self.defaults), messages=self.messages, tools=[tool.schema()], max_tokens=4096)
         except LLMAuthError as err:
             raise ChatExit(ExitCode.BAD_INPUT, str(err)) from None
         except LLMError as err:
@@ -292,6 +404,8 @@ class Chat:
                 self.show_request(inputs)
             except ConfigError as err:
                 return result(f"{err}; fix the request (or ask the user)", True), None
+            self.request = inputs
+            self.save_intake()  # a Ctrl-C at the prompt below keeps the request: --resume asks again
             while True:
                 answer = (self.console.input("[bold]start with these inputs? \\[y]es / \\[n]o / \\[e]dit>[/] ").strip() or "").lower()
                 if answer in ("y", "yes"):
@@ -307,7 +421,7 @@ class Chat:
 
     def draft(self, inputs: dict[str, Any]) -> RunConfig:
         """The config these inputs and the command line's --set would make (nothing written)."""
-        data, _ = apply_overrides({}, list(self.w.defaults))
+        data, _ = apply_overrides({}, list(self.defaults))
         for key, value in inputs.items():
             node = data
             parts = key.split(".")
@@ -316,14 +430,14 @@ class Chat:
             node[parts[-1]] = value
         if data.get("dataset_id") and "local_dataset_path" not in inputs:
             data.pop("local_dataset_path", None)
-        if self.w.output_dir is not None:
-            data["output_dir"] = str(self.w.output_dir.expanduser().resolve())
+        if self.output_dir is not None:
+            data["output_dir"] = str(self.output_dir.expanduser().resolve())
         return build_config(data)
 
     def show_request(self, inputs: dict[str, Any]) -> None:
         """The inputs understood, with where each comes from (ConfigError when they do not make a valid config)."""
         cfg = self.draft(inputs)
-        default_keys = set(apply_overrides({}, list(self.w.defaults))[1])
+        default_keys = set(apply_overrides({}, list(self.defaults))[1])
         table = Table(title="what I understood", show_header=True, header_style="bold", expand=False)
         table.add_column("input")
         table.add_column("value")
@@ -347,7 +461,7 @@ class Chat:
                     value = "detected in Step 1"
                 if key == "hf_model_repo" and value is None:
                     value = "<your user>/<short name>-finetuned"
-            if key == "output_dir" and self.w.output_dir is not None:
+            if key == "output_dir" and self.output_dir is not None:
                 default_keys.add("output_dir")
             src = "you" if src_keys & set(inputs) else "command line" if src_keys & default_keys else "default"
             table.add_row(key.removeprefix("hyperparameters."), escape(str(value)), src)
@@ -444,6 +558,9 @@ class Chat:
         close_dangling(self.messages)
         with view:
             result = agent.run(task, history=self.messages)
+        if self.intake_log is not None:  # the run dir's log now holds the intake (the start event's history)
+            self.intake_log.remove()
+            self.intake_log = None
         self.messages = agent.messages + ([{"role": "user", "content": agent.unsent}] if agent.unsent else [])
         close_dangling(self.messages)
         self.cost += agent.cost

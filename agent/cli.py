@@ -428,10 +428,10 @@ def chat_command(args: argparse.Namespace) -> int:
     client = make_client(argparse.Namespace(llm="anthropic", llm_model=args.llm_model, replay=None), None)
     blank = {key: None for _, key, _ in VALUE_FLAGS} | {key: None for _, key in BOOL_FLAGS}
 
-    def open_config(inputs: dict[str, Any]):
+    def open_config(inputs: dict[str, Any], defaults: list[str], output_dir: Path | None):
         sets = [*defaults, *(f"{k}={json.dumps(v)}" for k, v in inputs.items())]
         ns = argparse.Namespace(**{**blank, "config": None, "push_to_hub": None, "sets": sets,
-                                   "output_dir": str(args.output_dir) if args.output_dir else None})
+                                   "output_dir": str(output_dir) if output_dir else None})
         cfg, keys = config_from_args(ns)
         wandb_default(cfg, keys, creds)
         return cfg, keys
@@ -444,7 +444,7 @@ def chat_command(args: argparse.Namespace) -> int:
                     system_for=lambda ctx: render("system.md", **system_vars(ctx)), apply_answer=apply_answer,
                     after_interrupt=after_interrupt, summary=summary,
                     limits=Limits(max_steps=args.max_steps, max_cost_usd=args.max_cost, max_wall_s=args.max_hours * 3600),
-                    defaults=defaults, intake_system=render("chat.md", defaults=", ".join(defaults) or "none"), on_open=on_open,
+                    defaults=defaults, intake_system=lambda given: render("chat.md", defaults=", ".join(given) or "none"), on_open=on_open,
                     output_dir=args.output_dir)
     return Chat(wiring, console, "verbose" if args.verbose else "normal").main(args.resume, args.request)
 
@@ -453,10 +453,11 @@ def add_chat_parser(sub: argparse._SubParsersAction) -> None:
     cp = sub.add_parser("chat", help="say what to fine-tune in your own words; follow the run and continue the conversation",
                         description="An interactive fine-tune: describe it in your own words, confirm what the agent understood "
                                     "(y/n/edit), watch the six steps, answer its questions inline, then ask follow-ups "
-                                    "('train two more epochs', 'now push it'). Ctrl-C stops (exit 130); --resume DIR continues "
-                                    "the conversation. Needs ANTHROPIC_API_KEY (ANTHROPIC_BASE_URL honoured).")
-    cp.add_argument("--resume", type=Path, default=None, metavar="DIR",
-                    help="continue the conversation recorded in DIR/session.jsonl (an earlier chat's or run's output dir)")
+                                    "('train two more epochs', 'now push it'). Ctrl-C stops (exit 130) and prints the --resume "
+                                    "command that continues the conversation. Needs ANTHROPIC_API_KEY (ANTHROPIC_BASE_URL honoured).")
+    cp.add_argument("--resume", type=Path, default=None, metavar="DIR|FILE",
+                    help="continue the conversation recorded in DIR/session.jsonl (an earlier chat's or run's output dir), "
+                         "or an intake stopped before its run started (the FILE the interrupted chat printed)")
     cp.add_argument("--request", default=None, metavar="TEXT", help="your first message (instead of typing it at the prompt)")
     cp.add_argument("--output-dir", type=Path, default=None, metavar="DIR", help="run directory (default ./output/<model short name>)")
     cp.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -611,7 +612,8 @@ def replay_command(args: argparse.Namespace) -> int:
     out = (args.output_dir or session.parent.with_name(session.parent.name + "-replay")).expanduser().resolve()
     try:
         report = replay(session, out, args.mode, tools=all_tools(), platform_factory=make_platform,
-                        system_for=lambda ctx: render("system.md", **system_vars(ctx)), env_file=args.env_file.expanduser())
+                        system_for=lambda ctx: render("system.md", **system_vars(ctx)), env_file=args.env_file.expanduser(),
+                        apply_answer=apply_answer)
     except ReplayError as err:
         console.print(f"[red]error:[/] {err}")
         return EXIT_BAD_INPUT

@@ -13,7 +13,8 @@ Session format (agent/session.py FORMAT_VERSION 2, one JSON object per line, app
 A session that spanned several invocations (question -> --answer -> resume) holds several start..exit segments.
 
 Modes: `model` serves the recorded model turns and runs the tools for real (tool outcomes are compared after
-masking volatile numbers and paths); `full` also serves the recorded tool outcomes, so nothing runs (deterministic:
+masking volatile numbers and paths; an answer typed at a question mid-invocation, its `user` event, is typed again
+when the same question comes up, and applied through the CLI's own `apply_answer`, as the chat and `run` apply it); `full` also serves the recorded tool outcomes, so nothing runs (deterministic:
 no GPU, network or data needed) and the conversation digests must match exactly.
 The core only: the CLI passes in the tools, the platform factory and the system-prompt renderer.
 """
@@ -183,6 +184,28 @@ class _Recorded:
         return "Gate status now:\n" + "\n".join(f"- {steps.status_line(s.number, self.gates.get(s.number, ['?']))}" for s in steps.STEPS)
 
 
+class _Answers:
+    """The answers typed inline during a recorded invocation (its `user` events), typed again in order (model mode).
+
+    An answer is given only to the question it answered (run dir and volatile numbers masked); another question gets
+    none (the run then stops on it) and is reported as the divergence."""
+
+    def __init__(self, seg: Segment, run_dirs: tuple[str, ...]):
+        self.queue = [e for e in seg.events if e["kind"] == "user"]
+        self.run_dirs = run_dirs
+        self.mismatch: tuple[str, str] | None = None
+
+    def __call__(self, question: str) -> str | None:
+        if not self.queue or self.mismatch:
+            return None
+        rec = self.queue.pop(0)
+        asked = str(rec.get("question") or "")
+        if normalize(asked, self.run_dirs) != normalize(question, self.run_dirs):
+            self.mismatch = (asked, question)
+            return None
+        return str(rec.get("answer") or "")
+
+
 class _RecordedExit(LoopExit):
     """The recorded end of an invocation, re-raised where the recording ended (full mode)."""
 
@@ -284,8 +307,11 @@ def compare(seg: Segment, new: list[dict[str, Any]], mode: Mode, run_dirs: tuple
 
 def replay(session_file: Path, output_dir: Path, mode: Mode, *, tools: list, platform_factory: Callable[[Any], Any] | None,
            system_for: Callable[[RunContext], str], env_file: Path | None = None, fresh: bool = True,
-           echo: Callable[[dict[str, Any]], None] | None = None) -> ReplayReport:
-    """Replay every invocation of a recorded session into output_dir and compare each with its recording."""
+           echo: Callable[[dict[str, Any]], None] | None = None,
+           apply_answer: Callable[[RunContext, NeedsUser, str], str | None] | None = None) -> ReplayReport:
+    """Replay every invocation of a recorded session into output_dir and compare each with its recording.
+
+    `apply_answer` (the CLI's) applies an answer typed again in model mode, as the recorded run applied it."""
     segments = load_segments(session_file)
     output_dir = output_dir.resolve()
     if output_dir == session_file.resolve().parent:
@@ -310,7 +336,8 @@ def replay(session_file: Path, output_dir: Path, mode: Mode, *, tools: list, pla
             session.event("user", question=None, answer=seg.answer)
         before = len(session.events())
         state = RunState.load(output_dir)
-        ctx = RunContext(cfg, session, creds, state, yes=True)
+        answers = _Answers(seg, (recorded_dir, str(output_dir))) if mode == "model" else None
+        ctx = RunContext(cfg, session, creds, state, yes=not (answers and answers.queue))  # asks only what was answered
         if mode == "model" and platform_factory is not None:
             ctx.platform = platform_factory(cfg)
         ctx.save()
@@ -318,7 +345,8 @@ def replay(session_file: Path, output_dir: Path, mode: Mode, *, tools: list, pla
         client = ScriptedClient(turns)
         client.name = "replay"
         cls = FullReplayAgent if mode == "full" else Agent
-        agent = cls(client, ctx, tools, system_for(ctx), Limits(max_steps=len(turns) + 1), ask=None)
+        on_answer = (lambda q, a, ctx=ctx: apply_answer(ctx, q, a)) if apply_answer and answers else None
+        agent = cls(client, ctx, tools, system_for(ctx), Limits(max_steps=len(turns) + 1), ask=answers, on_answer=on_answer)
         if mode == "full":
             agent.recorded = _Recorded(seg, recorded_gates)
         history = seg.start.get("history") if isinstance(seg.start.get("history"), list) else None  # a chat's earlier conversation
@@ -328,6 +356,9 @@ def replay(session_file: Path, output_dir: Path, mode: Mode, *, tools: list, pla
         new = session.events()[before:]
         new = new[next((i for i, e in enumerate(new) if e["kind"] == "start"), 0) + 1:]
         div = compare(seg, new, mode, (recorded_dir, str(output_dir)))
+        if answers and answers.mismatch:  # the more precise report: the run asked something the person never answered
+            div = Divergence(seg.index, sum(1 for e in new if e["kind"] == "response"), "the run asked another question "
+                             "than the one answered in the recording", None, answers.mismatch[0], answers.mismatch[1])
         if div is None and seg.exit is None:
             div = Divergence(seg.index, len(turns), "the recording ends early (this invocation has no exit event)", None, "no exit", code)
         if div is None and result.exhausted and mode == "model" and recorded_code is not None:

@@ -44,9 +44,11 @@ def inputs(tmp_path_factory):
         return demo_inputs(tmp_path_factory.mktemp("chat-inputs"))
 
 
-def spawn(tmp_path: Path, api_url: str, *args: str):
+def spawn(tmp_path: Path, api_url: str, *args: str, **extra_env: str):
+    # XDG_STATE_HOME: an intake waits for its run dir under the test's folder, not the user's ~/.local/state
     env = {**os.environ, "ANTHROPIC_API_KEY": "sk-ant-test", "ANTHROPIC_BASE_URL": api_url, "OMP_NUM_THREADS": "1",
-           "TERM": "xterm-256color", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+           "TERM": "xterm-256color", "PYTHONPATH": os.environ.get("PYTHONPATH", ""), "XDG_STATE_HOME": str(tmp_path / "state"),
+           **extra_env}
     env.pop("NO_COLOR", None)
     # SIGINT back to its default: a test runner started in the background inherits it ignored, and Ctrl-C would do nothing
     child = pexpect.spawn(sys.executable, ["-m", "tao_finetune", "chat", *args], env=env, cwd=str(tmp_path), encoding="utf-8",
@@ -187,6 +189,26 @@ def test_an_inline_answer_applies_a_protected_change_with_the_user_as_source(tmp
     # the chat's session replays with its conversation: the recorded answer and outcome are served, nothing departs
     code = main(["replay", str(run / "session.jsonl"), "--mode", "full", "--strict", "--output-dir", str(tmp_path / "replayed")])
     assert code == 4 and "no divergence" in capsys.readouterr().out
+    # in model mode the tools run again: the recorded answer is typed again at the same question and applied as before
+    code = main(["replay", str(run / "session.jsonl"), "--mode", "model", "--strict", "--output-dir", str(tmp_path / "model")])
+    out = capsys.readouterr().out
+    assert code == 4 and "no divergence" in out, out
+    assert load_config(tmp_path / "model" / "config.yaml").n_epochs == 2
+    assert any(e["kind"] == "user_choice" and e["applied"] == {"n_epochs": 2} for e in read_events(tmp_path / "model" / "session.jsonl"))
+    # an edited answer is a divergence: the replayed run sees another answer and applies nothing
+    edited = tmp_path / "edited" / "session.jsonl"
+    edited.parent.mkdir()
+    edited.write_text(run.joinpath("session.jsonl").read_text().replace('"answer": "yes, two epochs"', '"answer": "no, keep three"'))
+    assert edited.read_text() != run.joinpath("session.jsonl").read_text()
+    code = main(["replay", str(edited), "--mode", "model", "--strict", "--output-dir", str(tmp_path / "model-edited")])
+    out = capsys.readouterr().out
+    assert code == 6 and "tool 'set_config': the tool result differs" in out and "The user answered: no, keep three" in out, out
+    assert load_config(tmp_path / "model-edited" / "config.yaml").n_epochs == 3
+    # an answer is typed again only at the question it answered
+    edited.write_text(run.joinpath("session.jsonl").read_text().replace("changing 'n_epochs' to 2", "changing 'n_epochs' to 5"))
+    code = main(["replay", str(edited), "--mode", "model", "--strict", "--output-dir", str(tmp_path / "model-asked")])
+    out = capsys.readouterr().out
+    assert code == 6 and "the run asked another question than the one answered in the recording" in out, out
 
 
 def test_ctrl_c_mid_run_then_resume_restores_the_conversation(tmp_path):
@@ -240,6 +262,54 @@ def test_ctrl_c_mid_run_then_resume_restores_the_conversation(tmp_path):
     assert "fine-tune org/tiny-vit on org/digits" in user_texts(got[0])
 
 
+def test_ctrl_c_at_the_confirmation_then_resume_keeps_the_request_and_the_run_proceeds(tmp_path):
+    run, secret = tmp_path / "run", "tok-9f8e7d6c5b4a39281706"
+    words = f"fine-tune org/tiny-vit on org/digits locally for 3 epochs, no push (my HF token is {secret})"
+    intake = request_turn(model_id="org/tiny-vit", dataset_id="org/digits", platform="local", allow_cpu=True, push_to_hub=False,
+                          n_epochs=3)
+    replies = [intake, end_turn("Starting."), end_turn("Waiting."), end_turn("Still waiting.")]
+    with FakeAnthropic(replies) as api:
+        child = spawn(tmp_path, api.url, "--output-dir", str(run), "--set", "lora_r=8", HF_TOKEN=secret)
+        child.expect("you>")
+        child.sendline(words)
+        child.expect("what I understood")
+        child.expect("start with these inputs")
+        child.sendintr()
+        child.expect("interrupted: the request so far is saved; continue it with `tao-finetune chat --resume ")
+        child.expect(r"(\S+\.json)`")
+        saved = Path(child.match.group(1))
+        assert finish(child) == 130
+        assert not run.exists()  # nothing is written to the output dir before the yes
+        assert [saved] == list((tmp_path / "state" / "tao" / "chat").iterdir())
+        kept = json.loads(saved.read_text())
+        assert kept["request"]["n_epochs"] == 3 and kept["task"] is None and kept["output_dir"] == str(run)
+        assert kept["messages"][-1]["content"][-1]["name"] == "set_request"  # the call the person had not answered yet
+        assert secret not in saved.read_text() and "[REDACTED]" in saved.read_text()
+        assert oct(saved.stat().st_mode & 0o777) == "0o600"
+
+        # resumed without --output-dir or --set: the intake brought them; the request is shown and confirmed again
+        child = spawn(tmp_path, api.url, "--resume", str(saved), HF_TOKEN=secret)
+        child.expect("resumed the chat intake")
+        child.expect("request so far: .*n_epochs=3")
+        child.expect("what I understood")
+        child.expect("start with these inputs")
+        child.sendline("y")
+        child.expect("stopped: gate 1")
+        child.expect("you>")
+        child.sendline("quit")
+        assert finish(child) == 4
+    assert len(api.requests) == 4  # the intake's model turn is not asked again
+    first, second = strip_cache(api.requests[0]["messages"]), strip_cache(api.requests[1]["messages"])
+    assert second[:2] == first + [{"role": "assistant", "content": intake["content"]}]
+    assert "confirmed" in second[2]["content"][0]["content"] and secret not in json.dumps(second)
+    cfg = load_config(run / "config.yaml")
+    assert cfg.n_epochs == 3 and cfg.lora_r == 8 and cfg.platform == "local" and cfg.push_to_hub is False
+    assert {"n_epochs", "push_to_hub", "dataset_id", "platform"} <= set(cfg.user_set)
+    start = next(e for e in read_events(run / "session.jsonl") if e["kind"] == "start")
+    assert strip_cache(start["history"][:2]) == second[:2]
+    assert not saved.exists()  # the run dir's log holds the intake now
+
+
 def test_approving_another_model_mid_run_applies_the_whole_request_and_reopens_step_1(tmp_path):
     """In-process: a request naming a new model and new epochs is one question; "yes" applies both (the user as source)."""
     from tao_finetune.agent import gates
@@ -281,8 +351,13 @@ def test_chat_help_and_bad_input_are_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     assert main(["chat"]) == 2 and "ANTHROPIC_API_KEY is not set" in capsys.readouterr().err
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    torn, foreign = tmp_path / "torn.json", tmp_path / "foreign.json"
+    torn.write_text('{"kind": "tao-chat-intake", "version": 1, "messages": [{"role": "us')
+    foreign.write_text('{"kind": "something-else", "messages": []}')
     for argv, pattern in ((["chat", "--set", "n_epochs"], "--set expects key=value"),
-                          (["chat", "--resume", str(tmp_path / "nothing")], "no run there")):
+                          (["chat", "--resume", str(tmp_path / "nothing")], "no run or saved chat intake there"),
+                          (["chat", "--resume", str(torn)], "is not a saved chat intake (torn or not JSON)"),
+                          (["chat", "--resume", str(foreign)], "is not a saved chat intake (kind:")):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert pattern in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
