@@ -146,7 +146,7 @@ class Watchdog:
         if self._timer is not None:
             self._timer.cancel()
             if self.fired.is_set():
-                self._timer.join()  # the cut is under way (a grace period): the job is gone once this returns
+                self._timer.join(STOP_GRACE_S + 60)  # the cut is under way (a grace period): the job is gone after it
 
     def check(self, code: int | None = None) -> None:
         """LimitReached when the deadline cut the job (after the platform cleaned up); `code` is the job's exit code
