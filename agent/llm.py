@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import anthropic
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_before_delay, wait_exponential
 
 DEFAULT_MODEL = "claude-sonnet-5-5"
@@ -128,6 +127,8 @@ def parse_message(data: Any) -> tuple[list[dict[str, Any]], str | None, dict[str
 
 
 def _transient(err: BaseException) -> bool:
+    import anthropic
+
     if isinstance(err, (anthropic.APIConnectionError, anthropic.APIResponseValidationError, MalformedResponse, json.JSONDecodeError)):
         return True
     if isinstance(err, anthropic.APIConnectionError):
@@ -168,6 +169,8 @@ class AnthropicClient:
 
     def __init__(self, model: str | None = None, max_attempts: int | None = None, base_url: str | None = None, api_key: str | None = None,
                  wait_max: float | None = None, request_timeout: float | None = None, deadline: float | None = None):
+        import anthropic  # here, not at module import: the SDK takes 1-4 s to import and autopilot/replay runs never use it
+
         self.model = model or os.environ.get("TAO_MODEL") or DEFAULT_MODEL
         self.client = anthropic.Anthropic(base_url=base_url, api_key=api_key, max_retries=0)
         self.max_attempts = max_attempts or MAX_ATTEMPTS
@@ -204,6 +207,8 @@ class AnthropicClient:
         return content, stop, usage, data.get("model") or self.model
 
     def create(self, *, system: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_tokens: int) -> LLMResponse:
+        import anthropic
+
         sys_blocks, msgs, tls = with_cache_breakpoints(system, messages, tools)
         stop = stop_after_attempt(self.max_attempts)
         if self.deadline is not None:

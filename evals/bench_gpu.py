@@ -11,8 +11,9 @@ bf16, batch 128, 2 epochs = 64 steps, 12 loader workers), in one command on one 
 
 One table: the img/s each job reports (ours: reports/train_summary.json `train_samples_per_s`; peer: the Trainer's
 `train_samples_per_second`), our steady loop (median logged window after the first), the ceiling, the whole-run wall
-of each side, and the GPU busy share (NVML utilization sampled every 50 ms) over the whole run and over our training
-job. Also our per-tool seconds from session.jsonl. Writes bench_gpu.json to --out.
+of each side, and the GPU busy share (NVML utilization sampled every 50 ms) over the whole run, over our training loop
+(start record to last step) and over our training job (job start to done record, final save included), the GPU-busy
+seconds, and where our time went: CLI start, per-tool seconds, the train job's setup and final save. Writes bench_gpu.json to --out.
 
     python evals/bench_gpu.py --mnist mnist5000.npz [--models vit-b16,convnext-t] [--out DIR]
 
@@ -106,6 +107,11 @@ class GpuBusy:
             self._thread.join()
         return False
 
+    def seconds(self, t0: float | None = None) -> float | None:
+        """GPU-busy seconds after t0: each sample's utilization times the time to the next sample."""
+        pts = [(t, u) for t, u in self.samples if t0 is None or t >= t0]
+        return round(sum(a[1] / 100.0 * (b[0] - a[0]) for a, b in zip(pts, pts[1:])), 2) if len(pts) > 1 else None
+
     def share(self, t0: float | None = None, t1: float | None = None) -> float | None:
         vals = [u for t, u in self.samples if (t0 is None or t >= t0) and (t1 is None or t <= t1)]
         return sum(vals) / (100.0 * len(vals)) if vals else None
@@ -136,7 +142,7 @@ def run_peer(script: Path, model_dir: Path, data: Path, out: Path, env: dict, ep
         wall, code = timed(cmd, out.parent, env, out.parent / f"{out.name}.log")
     res = json.loads((out / "all_results.json").read_text()) if (out / "all_results.json").is_file() else {}
     return {"exit_code": code, "wall_s": round(wall, 1), "img_s": res.get("train_samples_per_second"),
-            "train_runtime_s": res.get("train_runtime"), "accuracy": res.get("eval_accuracy"), "gpu_busy": busy.share(t0),
+            "train_runtime_s": res.get("train_runtime"), "accuracy": res.get("eval_accuracy"), "gpu_busy": busy.share(t0), "gpu_busy_s": busy.seconds(t0),
             "log": f"{out.name}.log"}
 
 
@@ -171,13 +177,23 @@ def run_ours(model_dir: Path, data: Path, out: Path, env: dict, epochs: int, wor
     windows = [r for r in recs if r.get("samples_per_s") and "event" not in r]
     start = next((r for r in recs if r.get("event") in ("start", "resume")), {})
     done = next((r for r in recs if r.get("event") == "done"), {})
-    train_busy = busy.share(start.get("time"), done.get("time")) if start and done else None
+    steps = [r for r in recs if r.get("step") and "event" not in r]
+    # the training loop: from its start record (written just before step 1) to the last step's record; the training
+    # job: from the job's start (start time - setup_s: model load, optimizer, data) to the done record (after the save)
+    loop_busy = busy.share(start.get("time"), steps[-1]["time"]) if start and steps else None
+    train_busy = busy.share(start["time"] - float(start.get("setup_s") or 0), done.get("time")) if start and done else None
+    first_event = None
+    if (out / "session.jsonl").is_file():
+        first_event = json.loads((out / "session.jsonl").read_text().splitlines()[0]).get("t")
     evals = {k: json.loads((out / "reports" / f).read_text()).get("accuracy") if (out / "reports" / f).is_file() else None
              for k, f in (("baseline", "baseline_results.json"), ("accuracy", "eval_results.json"))}
     return {"exit_code": code, "wall_s": round(wall, 1), "img_s": summary.get("train_samples_per_s"),
             "train_runtime_s": summary.get("train_runtime_s"),
             "steady_img_s": statistics.median(r["samples_per_s"] for r in windows[1:]) if len(windows) > 1 else None,
-            "gpu_busy": busy.share(t0), "gpu_busy_train": train_busy, **evals,
+            "gpu_busy": busy.share(t0), "gpu_busy_loop": loop_busy, "gpu_busy_train": train_busy, **evals,
+            "gpu_busy_s": busy.seconds(t0), "cli_start_s": round(first_event - t0, 2) if first_event else None,
+            "train_setup_s": start.get("setup_s"), "final_save_s": summary.get("final_save_s"),
+            "busy_trace": [[round(t - t0, 2), u] for t, u in busy.samples if t >= t0 and u],
             "tools_s": tool_seconds(out / "session.jsonl") if (out / "session.jsonl").is_file() else {},
             "log": f"{out.name}.log"}
 
@@ -299,7 +315,7 @@ def main() -> int:
     print(f"\n{gpu}  torch {torch.__version__}  transformers {transformers.__version__}  batch {BATCH}, {args.epochs} epochs, "
           f"{args.workers} workers, {N_TRAIN} train / 904 eval MNIST at 224 px")
     hdr = ("model", "peer img/s", "ours img/s", "x peer", "ours steady", "ceiling", "% ceil", "peer wall", "ours wall",
-           "x peer", "GPU busy peer", "GPU busy ours", "ours train")
+           "x peer", "GPU busy peer", "GPU busy ours", "ours loop", "ours train job")
     print(" | ".join(hdr))
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     for r in results["rows"]:
@@ -309,7 +325,11 @@ def main() -> int:
         print(" | ".join([r["model"], fmt(p.get("img_s"), ",.0f"), fmt(o.get("img_s"), ",.0f"), fmt(ratio, ".2f"),
                           fmt(o.get("steady_img_s"), ",.0f"), fmt(c, ",.0f"), fmt(o.get("img_s") / c if c and o.get("img_s") else None, ".0%"),
                           fmt(p.get("wall_s"), ".1f"), fmt(o.get("wall_s"), ".1f"), fmt(wall, ".2f"), fmt(p.get("gpu_busy"), ".0%"),
-                          fmt(o.get("gpu_busy"), ".0%"), fmt(o.get("gpu_busy_train"), ".0%")]))
+                          fmt(o.get("gpu_busy"), ".0%"), fmt(o.get("gpu_busy_loop"), ".0%"), fmt(o.get("gpu_busy_train"), ".0%")]))
+        if o:
+            print(f"  ours: GPU busy {fmt(o.get('gpu_busy_s'), '.1f')} s of {fmt(o.get('wall_s'), '.1f')} s; CLI start to session "
+                  f"{fmt(o.get('cli_start_s'), '.2f')} s; train job setup {fmt(o.get('train_setup_s'), '.2f')} s, final save "
+                  f"{fmt(o.get('final_save_s'), '.2f')} s; peer GPU busy {fmt(p.get('gpu_busy_s'), '.1f')} s")
         if r.get("ours_with_checkpoints"):
             ck = r["ours_with_checkpoints"]
             print(f"  ours with step checkpoints {ck.get('saved')}: {fmt(ck.get('img_s'), ',.0f')} img/s over the job, wall {fmt(ck.get('wall_s'), '.1f')} s")

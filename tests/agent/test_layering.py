@@ -81,3 +81,20 @@ def test_no_tool_imports_the_cli():
     offenders = {str(p.relative_to(tools_dir)): sorted(m for m in imported_modules(p) if m.startswith("tao_finetune.agent.cli"))
                  for p in sorted(tools_dir.rglob("*.py"))}
     assert not {k: v for k, v in offenders.items() if v}, offenders
+
+
+def test_an_autopilot_run_never_imports_the_anthropic_sdk():
+    """The SDK takes 1-4 s to import, on the critical path before the job runner starts: the CLI, the autopilot and
+    every tool load without it; only AnthropicClient imports it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tao_finetune.agent.cli, tao_finetune.agent.autopilot, tao_finetune.agent.loop, tao_finetune.tools\n"
+            "tao_finetune.tools.all_tools()\n"
+            "print('anthropic' in sys.modules)\n"
+            "from tao_finetune.agent.llm import AnthropicClient\n"
+            "AnthropicClient(api_key='x', base_url='http://127.0.0.1:9')\n"
+            "print('anthropic' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-1500:]
+    assert out.stdout.split() == ["False", "True"], out.stdout

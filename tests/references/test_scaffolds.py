@@ -3,6 +3,7 @@
 import csv
 import json
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -161,8 +162,29 @@ def test_image_scaffold_learns_digits_end_to_end(tmp_path, digits):
     recs = [json.loads(x) for x in (ctx.run_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in recs if "loss" in r and "event" not in r]
     assert {"step", "loss", "grad_norm", "lr", "samples_per_s"} <= set(steps[0])
+    start = next(r for r in recs if r.get("event") == "start")  # written just before step 1, with the job's setup time
+    assert 0 < start["setup_s"] < 60 and start["time"] <= steps[0]["time"]
+    assert 0 < json.loads((ctx.run_dir / "reports" / "train_summary.json").read_text())["final_save_s"] < 60
     assert (ctx.run_dir / ".gitignore").is_file() and "FROM python:" in (ctx.run_dir / "Dockerfile").read_text()
     assert "hf_" + "q" * 30 not in json.dumps(out)
+    # the GPU path's padded batches (one input shape: pad_rows) give the same figures as unpadded ones, and the FLOPs
+    # counted on a training batch are per row what one row counts; run in the project, as its jobs run
+    check = ("import json, numpy as np, torch, common, task\n"
+             "cfg, meta = common.load_config(), common.read_meta(); rt = common.Runtime(cfg)\n"
+             "m = common.load_model(task.AUTO_CLASS, str(common.final_dir()), meta, fresh_head=False)\n"
+             "split = common.CachedSplit('eval', task.FIELDS)\n"
+             "a = common.predict(task, m, split, meta, rt, 48, pad=False); b = common.predict(task, m, split, meta, rt, 48, pad=True)\n"
+             "x = task.to_inputs(split.take(np.arange(4)), rt, meta, train=False)\n"
+             "one = common.flops_per_sample(m, {k: v[:1] for k, v in x.items()}, rt); four = common.flops_per_sample(m, x, rt)\n"
+             "print(json.dumps({'same_preds': bool((a[0] == b[0]).all()), 'probs': float(np.abs(a[1] - b[1]).max()),"
+             " 'loss': [a[3], b[3]], 'n': [len(a[2]), len(b[2])], 'flops': [one, four]}))\n")
+    proc = subprocess.run([sys.executable, "-c", check], cwd=ctx.run_dir, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["same_preds"] and got["probs"] < 1e-4 and got["n"] == [out["eval"]["n_eval"]] * 2, got
+    assert got["n"][0] % 48, got  # the last batch is short: the padded path ran
+    assert abs(got["loss"][0] - got["loss"][1]) < 1e-4 and abs(got["loss"][0] - out["eval"]["eval_loss"]) < 1e-3, got
+    assert got["flops"][0] and abs(got["flops"][0] - got["flops"][1]) / got["flops"][0] < 1e-6, got
 
 
 def test_text_scaffold_finetunes_minilm_end_to_end(tmp_path, sentiment):

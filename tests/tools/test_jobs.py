@@ -273,6 +273,23 @@ def test_docker_build_pins_requirements_from_the_environment_it_checked(tmp_path
     assert (ctx.run_dir / "requirements.txt").read_text().splitlines()[1:] == req[1:]
 
 
+def test_build_check_lists_exactly_what_pip_lists(tmp_path):
+    """The lock file comes from the build check's importlib.metadata list (no pip process on the critical path); it
+    holds the same name==version lines as `pip list --format=freeze` of that Python, and pip is the fallback."""
+    import subprocess
+
+    ctx = make_ctx(tmp_path)
+    rec = jobs.docker_build.fn(ctx, NoArgs())
+    assert rec["ok"] and "freeze" not in rec and "freeze" not in ctx.state.records["build"]
+    assert "importlib.metadata" in (ctx.run_dir / "requirements.lock.txt").read_text().splitlines()[0]
+    lock = {ln for ln in (ctx.run_dir / "requirements.lock.txt").read_text().splitlines() if "==" in ln and not ln.startswith("#")}
+    pip = subprocess.run([ctx.platform.python, "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True, check=True)
+    assert lock == {ln for ln in pip.stdout.splitlines() if "==" in ln}
+    out, source = ctx.platform.freeze(ctx)  # handed out once: a second call asks pip itself
+    assert "importlib" not in source
+    assert {ln for ln in out.splitlines() if "==" in ln} == lock
+
+
 EVAL_STUB = """\
 import json, pathlib, sys
 base = "--baseline" in sys.argv

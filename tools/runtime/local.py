@@ -42,6 +42,20 @@ def redact_log(ctx: RunContext, log: Path) -> None:
         pass
 
 
+FREEZE_CODE = """def freeze():
+    import importlib.metadata as md, re
+    seen, out = set(), []
+    for d in md.distributions():  # sys.path order: the first of a name is the one imported, as in pip's list
+        name = (d.metadata['Name'] or '').strip()
+        key = re.sub(r'[-_.]+', '-', name).lower()
+        if name and key not in seen:
+            seen.add(key)
+            out.append(name + '==' + d.version)
+    return sorted(out, key=str.lower)
+"""
+"""The build check's `pip list --format=freeze`, from importlib.metadata in the jobs' interpreter."""
+
+
 class LocalPlatform:
     """Runs jobs in the run's persistent worker (or as subprocesses); detached jobs leave a pid file and an exit-code file in logs/."""
 
@@ -59,6 +73,7 @@ class LocalPlatform:
         self._worker: subprocess.Popen | None = None
         self._worker_key = ""
         self._worker_job: Path | None = None  # exit file of the job the worker runs now
+        self._frozen: tuple[str | None, str] = (None, "")  # (python, name==version lines) from the last build check
 
     # ------------------------------------------------------------ persistent worker
     def _key(self, ctx: RunContext, env: dict[str, str]) -> str:
@@ -221,7 +236,8 @@ class LocalPlatform:
         code = ("import json, sys, torch, transformers\n" + probe +
                 "print(json.dumps({'python': sys.executable, 'python_version': sys.version.split()[0],"
                 " 'torch': torch.__version__, 'transformers': transformers.__version__, 'datasets': dv,"
-                " 'cuda': torch.cuda.is_available(), 'gpus': torch.cuda.device_count()}))")
+                " 'cuda': torch.cuda.is_available(), 'gpus': torch.cuda.device_count(), 'freeze': freeze()}))")
+        code = FREEZE_CODE + code
         log, _, exit_file = self._files(ctx, "build")
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_bytes(b"")
@@ -243,6 +259,7 @@ class LocalPlatform:
             last = (stderr.strip().splitlines() or ["import failed"])[-1]
             return {"ok": False, "platform": "local", "python": self.python, "error": ctx.creds.redact(last)}
         info = json.loads(stdout.strip().splitlines()[-1])
+        self._frozen = (self.python, "\n".join(info.pop("freeze", None) or []))  # freeze() hands it out once
         ok = info["datasets"] is not None or not needs_datasets
         rec = {"ok": bool(ok), "platform": "local", **info, "image": f"local:{info['python']}"}
         if not ok:
@@ -250,7 +267,13 @@ class LocalPlatform:
         return rec
 
     def freeze(self, ctx: RunContext) -> tuple[str, str]:
-        """`pip list --format=freeze` of the Python that runs the jobs; returns (output, where it ran)."""
+        """`pip list --format=freeze` of the Python that runs the jobs; returns (output, where it ran). The build check
+        lists the same name==version lines from importlib.metadata in the jobs' own interpreter (no second process:
+        pip's own import takes ~1 s, on the critical path of a run); pip runs only when that list is missing."""
+        python, listed = self._frozen
+        self._frozen = (None, "")
+        if python == self.python and listed:
+            return listed + "\n", f"the local Python {self.python} (importlib.metadata, read by the build check)"
         try:
             proc = subprocess.run([self.python, "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True, timeout=120)
         except (FileNotFoundError, subprocess.TimeoutExpired) as err:

@@ -50,6 +50,7 @@ from common import (LOGS, PREEMPTED_EXIT, REPORTS, CachedSplit, CheckpointWriter
 
 def train(cfg: dict, meta: dict, rt: Runtime, smoke: bool, max_steps: int) -> dict:
     """Train (or, with smoke, run max_steps steps and count FLOPs); returns the last logged record's figures."""
+    job_start = time.perf_counter()  # setup_s in the start record: load, optimizer, data, tracker before step 1
     h = hp(cfg)
     metrics_path = LOGS / ("smoke_metrics.jsonl" if smoke else "metrics.jsonl")
     # SIGTERM/SIGUSR1 (scheduler time limit, scancel, docker stop) from here on end the run at the next step boundary
@@ -101,7 +102,7 @@ def train(cfg: dict, meta: dict, rt: Runtime, smoke: bool, max_steps: int) -> di
 
     # FLOPs per sample for the MFU figure: counted once in the smoke job, off the training job's clock
     if smoke:
-        first = split.take(micro_batches(0)[0][:1])
+        first = split.take(micro_batches(0)[0])
         fps = flops_per_sample(model, task.to_inputs(first, rt, meta, train=False), rt)
     else:
         fps = read_json_file(REPORTS / "smoke.json").get("flops_per_sample")
@@ -124,12 +125,14 @@ def train(cfg: dict, meta: dict, rt: Runtime, smoke: bool, max_steps: int) -> di
     logging_steps = 1 if smoke else int(h["logging_steps"])
     save_every, save_seconds = save_cadence(h, total)  # every N steps, else every S seconds of training
     writer = CheckpointWriter(model, keep=2, metrics_path=metrics_path, background=rt.device.type == "cuda")
+    tracker = Tracker({} if smoke else cfg, rt, "train")
+    # the start record marks the loop's first step; setup_s is everything before it in this job
     if rt.main:
         log_jsonl(metrics_path, {"event": "resume" if start else "start", "step": start, "total_steps": total,
                                  "steps_per_epoch": steps_per_epoch, "warmup_steps": warmup, "world_size": rt.world,
                                  "precision": rt.precision, "device": rt.gpu_name, "workers": workers,
-                                 "flops_per_sample": fps, "time": time.time()})
-    tracker = Tracker({} if smoke else cfg, rt, "train")
+                                 "flops_per_sample": fps, "setup_s": round(time.perf_counter() - job_start, 3),
+                                 "time": time.time()})
     loss_sum = torch.zeros((), device=rt.device)  # summed on the device; read (one sync) only at logging steps
     window_samples, window_start, logged_at = 0, time.perf_counter(), start
     last = {"loss": None, "grad_norm": None}
@@ -233,6 +236,7 @@ def train(cfg: dict, meta: dict, rt: Runtime, smoke: bool, max_steps: int) -> di
     # ------------------------------------------------------------------ final save
     # checkpoints/final: plain transformers weights (LoRA merged) + the processor; no optimizer state
     if rt.main:
+        save_start = time.perf_counter()
         try:
             write_final(export_model(model), task, cfg, meta)
         except OSError as err:
@@ -241,7 +245,8 @@ def train(cfg: dict, meta: dict, rt: Runtime, smoke: bool, max_steps: int) -> di
         summary = {"total_steps": total, "resumed_from": start, "train_runtime_s": round(runtime, 2),
                    "train_samples_per_s": total_samples / runtime if runtime > 0 else None, "final_loss": last["loss"],
                    "mfu": last.get("mfu"), "precision": rt.precision, "device": rt.gpu_name, "world_size": rt.world,
-                   "checkpoints_saved": writer.saved, "checkpoints_failed": writer.failed}
+                   "checkpoints_saved": writer.saved, "checkpoints_failed": writer.failed,
+                   "final_save_s": round(time.perf_counter() - save_start, 3)}
         write_json(REPORTS / "train_summary.json", summary)
         log_jsonl(metrics_path, {"event": "done", **summary, "time": time.time()})
     rt.barrier()
