@@ -17,6 +17,7 @@ fork-based pools in the job resolve its functions), https://docs.python.org/3/li
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import runpy
@@ -173,6 +174,19 @@ def run_job(req: dict) -> int:
     return code
 
 
+def settle() -> float:
+    """Between jobs (and after the warm-up): collect the finished job's garbage (its model and optimizer in reference
+    cycles, CUDA memory included) and freeze what survives, so the next job's automatic full collections skip the
+    imported stack. Without it a ~0.27 s gen-2 collection fell inside the next training job's first step (ConvNeXt-T
+    on an H200: step 1 took 0.15-0.40 s instead of 0.05 s). Returns the seconds it took."""
+    t = time.perf_counter()
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    gc.enable()  # every job starts with the collector on, whatever the last one did
+    return round(time.perf_counter() - t, 3)
+
+
 def main() -> int:
     control = os.fdopen(os.dup(0), "r")  # requests come on the original stdin; jobs get /dev/null as theirs
     null = os.open(os.devnull, os.O_RDONLY)
@@ -184,7 +198,9 @@ def main() -> int:
             continue
         req = json.loads(line)
         if req.get("op") == "prewarm":
-            print(json.dumps({"prewarm": prewarm()}), flush=True)
+            info = prewarm()
+            info["gc_s"] = settle()
+            print(json.dumps({"prewarm": info}), flush=True)
             continue
         started = time.time()
         code = run_job(req)
@@ -192,6 +208,7 @@ def main() -> int:
         _write_atomic(req["exit"], str(code))
         if code != 0:
             return 0  # state after a failure is not trusted: the next job gets a fresh interpreter
+        settle()  # while the agent reads this job's result
     return 0
 
 

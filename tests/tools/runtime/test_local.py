@@ -231,6 +231,21 @@ def test_jobs_share_one_warm_worker_with_separate_logs_and_exit_codes(tmp_path):
     assert e.exit_code == 0 and pid(e) != pid(a)
 
 
+def test_the_worker_collects_a_finished_jobs_cycles_before_the_next_job(tmp_path):
+    """What a job leaves in reference cycles (a model and its optimizer, CUDA memory included) is collected between
+    jobs, and the surviving heap frozen (tools/runtime/worker.settle), not whenever an automatic collection happens to
+    fall inside the next job's training steps."""
+    ctx = make_ctx(tmp_path)
+    py(ctx, "leave.py", "import gc, sys, weakref\ngc.disable()\n"  # no automatic collection can do it for the worker
+                        "class Model:\n    pass\nm = Model(); m.me = m\n"
+                        "weakref.finalize(m, open(sys.argv[1], 'w').close)\ndel m\nprint('frozen', gc.get_freeze_count() > 0)\n")
+    py(ctx, "check.py", "import gc, os, sys\nprint('collected', os.path.exists(sys.argv[1]), 'enabled', gc.isenabled())\n")
+    a = ctx.platform.run(ctx, "smoke", ["python", "leave.py", str(tmp_path / "freed")])
+    b = ctx.platform.run(ctx, "baseline", ["python", "check.py", str(tmp_path / "freed")])
+    assert a.exit_code == 0 and b.exit_code == 0, (a.log_tail, b.log_tail)
+    assert "collected True enabled True" in b.log_tail, b.log_tail
+
+
 def test_prewarm_starts_the_worker_and_plain_subprocess_mode_still_works(tmp_path, monkeypatch):
     ctx = make_ctx(tmp_path)
     monkeypatch.setenv("TAO_PREWARM", "0")
