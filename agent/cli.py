@@ -693,7 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "the recorded tool outcomes (nothing runs). The first divergence of each invocation is reported.")
     rp.add_argument("session", type=Path, help="the session.jsonl to replay")
     rp.add_argument("--mode", choices=("model", "full"), default="model", help="model: tools run for real (default); full: nothing runs")
-    rp.add_argument("--output-dir", type=Path, default=None, help="where the replay runs (default: <session folder>-replay); emptied first")
+    rp.add_argument("--output-dir", type=Path, default=None, help="where the replay runs (default: <session folder>-replay); emptied first when it is an earlier replay's, refused when it holds other files")
     rp.add_argument("--strict", action="store_true", help="a divergence exits with code 6")
     rp.add_argument("--env-file", type=Path, default=Path("~/.config/tao/.env"), help="credentials for tools that need them (model mode)")
     rp.set_defaults(handler=replay_command)

@@ -39,6 +39,7 @@ from tao_finetune.agent.state import RunState
 
 Mode = Literal["model", "full"]
 COMPARED = ("tool_call", "tool_result", "refused")
+REPLAY_MARKER = ".tao/replay.json"  # written into a replay's output dir: the one kind of folder a replay may empty
 NUMBER = re.compile(r"-?\d+\.\d+(e-?\d+)?|\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?")
 
 
@@ -316,9 +317,19 @@ def replay(session_file: Path, output_dir: Path, mode: Mode, *, tools: list, pla
     output_dir = output_dir.resolve()
     if output_dir == session_file.resolve().parent:
         raise ReplayError("replay into the recorded run's own folder would overwrite it: choose another --output-dir")
+    if output_dir in session_file.resolve().parents:
+        raise ReplayError(f"--output-dir {str(output_dir)!r} holds the session log being replayed: choose another --output-dir")
+    marker = output_dir / REPLAY_MARKER
+    if fresh and output_dir.is_dir() and not marker.is_file():  # only a folder a replay wrote is emptied: nothing else is lost
+        other = next(output_dir.iterdir(), None)
+        if other is not None:
+            raise ReplayError(f"--output-dir {str(output_dir)!r} holds files no replay wrote ({other.name!r}, ...): "
+                              "choose a new or empty folder")
     if fresh and output_dir.exists():
         shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    marker.parent.mkdir(exist_ok=True)
+    marker.write_text(json.dumps({"session": str(session_file.resolve())}) + "\n")
     report = ReplayReport(mode, output_dir, len(segments))
     creds = Credentials.load(env_file) if env_file else Credentials({})
     recorded_gates: dict[int, list[str]] = {}  # carried across invocations, as the run state carries them

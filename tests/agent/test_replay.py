@@ -131,3 +131,25 @@ def test_bad_session_files_are_one_line_errors(tmp_path, capsys, content, needle
 def test_replay_refuses_to_overwrite_the_recorded_run(recorded, capsys):
     assert main(["replay", str(recorded["session"]), "--output-dir", str(recorded["session"].parent)]) == 2
     assert "overwrite" in capsys.readouterr().err
+
+
+def test_replay_never_empties_a_folder_it_did_not_write(recorded, tmp_path, capsys):
+    """--output-dir is emptied before a replay only when it is new, empty or an earlier replay's; a folder with other
+    files (a careless `--output-dir .`, another run, one holding the recording itself) is refused and kept whole."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("years of work")
+    assert main(["replay", str(recorded["session"]), "--mode", "full", "--output-dir", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert "thesis.txt" in err and "choose a new or empty folder" in err and len(err.strip().splitlines()) == 1, err
+    assert (mine / "thesis.txt").read_text() == "years of work" and sorted(p.name for p in mine.iterdir()) == ["thesis.txt"]
+    # the recording's parent's parent holds the recording: refused, recording intact
+    before = recorded["session"].read_bytes()
+    assert main(["replay", str(recorded["session"]), "--mode", "full", "--output-dir", str(recorded["root"])]) == 2
+    assert "holds the session log" in capsys.readouterr().err and recorded["session"].read_bytes() == before
+    # a new folder, then the same folder again (an earlier replay's: emptied and replayed afresh)
+    out = tmp_path / "out"
+    for _ in range(2):
+        assert main(["replay", str(recorded["session"]), "--mode", "full", "--output-dir", str(out), "--strict"]) == 4
+        assert "no divergence" in capsys.readouterr().out
+    assert sum(1 for e in events(out / "session.jsonl") if e["kind"] == "start") == 2  # one replay's two invocations
