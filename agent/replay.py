@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from tao_finetune.agent.config import ConfigError, build_config
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent.errors import NeedsUser, ToolError
 from tao_finetune.agent.fakes import ScriptedClient, ScriptExhausted
 from tao_finetune.agent.loop import Agent, InvalidArgs, Limits, LoopExit, replace_path
 from tao_finetune.agent.secrets import Credentials
-from tao_finetune.agent.session import SessionLog
+from tao_finetune.agent.session import FORMAT_VERSION, SessionLog
 from tao_finetune.agent.state import RunState
 
 Mode = Literal["model", "full"]
@@ -103,6 +104,62 @@ def _short(v: Any, n: int = 120) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class _SessionEvent(_Event):
+    version: int = Field(ge=1, le=FORMAT_VERSION)
+
+
+class _ResponseEvent(_Event):
+    content: list[dict[str, Any]]
+    stop_reason: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _blocks(cls, blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for b in blocks:
+            if not isinstance(b.get("type"), str):
+                raise ValueError("every content block needs a 'type'")
+            if b["type"] == "tool_use" and not (isinstance(b.get("id"), str) and isinstance(b.get("name"), str)
+                                                and isinstance(b.get("input"), dict)):
+                raise ValueError("tool_use block needs an 'id', a 'name' and an 'input' object")
+        return blocks
+
+
+class _ToolEvent(_Event):
+    id: str
+    name: str
+
+
+class _ToolResultEvent(_Event):
+    id: str
+
+
+class _ExitEvent(_Event):
+    code: int | None = None
+
+
+# the events a replay reads, typed: an event edited into another shape is a one-line ReplayError, never a crash mid-replay
+EVENT_SHAPES: dict[str, type[_Event]] = {"session": _SessionEvent, "response": _ResponseEvent, "tool_call": _ToolEvent,
+                                         "tool_result": _ToolResultEvent, "exit": _ExitEvent}
+
+
+def _check_shapes(path: Path, events: list[dict[str, Any]]) -> None:
+    for n, e in enumerate(events, start=1):
+        shape = EVENT_SHAPES.get(e["kind"])
+        if shape is None:
+            continue
+        try:
+            shape.model_validate(e)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(map(str, first["loc"])) or "event"
+            msg = first["msg"].removeprefix("Value error, ")
+            raise ReplayError(f"{str(path)!r} is not a replayable session log: event {n} ({e['kind']} event: {where}: {msg})") from None
+
+
 def load_segments(path: Path) -> list[Segment]:
     """Split a session log into its invocations; a torn or foreign file is a ReplayError."""
     if not path.is_file():
@@ -121,6 +178,7 @@ def load_segments(path: Path) -> list[Segment]:
             raise ReplayError(f"{str(path)!r} is not a session log: line {n} is not JSON") from None
     if not all(isinstance(e, dict) and "kind" in e for e in events):
         raise ReplayError(f"{str(path)!r} is not a session log: every line must be an event object with a 'kind'")
+    _check_shapes(path, events)
     segments: list[Segment] = []
     pending_answer: str | None = None
     for e in events:

@@ -153,3 +153,27 @@ def test_replay_never_empties_a_folder_it_did_not_write(recorded, tmp_path, caps
         assert main(["replay", str(recorded["session"]), "--mode", "full", "--output-dir", str(out), "--strict"]) == 4
         assert "no divergence" in capsys.readouterr().out
     assert sum(1 for e in events(out / "session.jsonl") if e["kind"] == "start") == 2  # one replay's two invocations
+
+
+def _first(evs, kind):
+    return next(e for e in evs if e["kind"] == kind)
+
+
+@pytest.mark.parametrize("change,needle", [
+    (lambda evs: _first(evs, "response").pop("content"), "response event: content: Field required"),
+    (lambda evs: _first(evs, "response").update(content="probe it"), "response event: content: Input should be a valid list"),
+    (lambda evs: _first(evs, "response")["content"][-1].pop("input"), "response event: content: tool_use block needs"),
+    (lambda evs: _first(evs, "tool_result").pop("id"), "tool_result event: id: Field required"),
+    (lambda evs: _first(evs, "tool_call").update(name=7), "tool_call event: name: Input should be a valid string"),
+    (lambda evs: _first(evs, "exit").update(code="three"), "exit event: code: Input should be a valid integer"),
+    (lambda evs: _first(evs, "session").update(version=99), "session event: version: Input should be less than or equal to 2"),
+    (lambda evs: _first(evs, "session").update(version="two"), "session event: version: Input should be a valid integer"),
+])
+@pytest.mark.parametrize("mode", ["full", "model"])
+def test_an_event_edited_into_the_wrong_shape_is_a_one_line_error(recorded, tmp_path, capsys, change, needle, mode):
+    session = edited(recorded, tmp_path, lambda evs: change(evs) and None or evs)
+    assert main(["replay", str(session), "--mode", mode, "--output-dir", str(tmp_path / "out")]) == 2
+    captured = capsys.readouterr()
+    err = captured.err
+    assert needle in err and "is not a replayable session log" in err and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in captured.out + err and "internal error" not in err
