@@ -116,8 +116,8 @@ class IntakeLog:
             raise ConfigError(f"{where}: no run or saved chat intake there") from None
         except (OSError, UnicodeDecodeError) as err:
             raise ConfigError(f"{where}: cannot be read ({getattr(err, 'strerror', None) or err.__class__.__name__})") from None
-        try:
-            return IntakeRecord.model_validate_json(text)
+        try:  # redacted again: a file edited by hand, or saved before a credential was configured, may hold one
+            return IntakeRecord.model_validate_json(self.creds.redact(text))
         except ValidationError as err:
             first = err.errors()[0]
             what = "torn or not JSON" if first["type"] == "json_invalid" else f"{'.'.join(map(str, first['loc'])) or 'file'}: {first['msg']}"
