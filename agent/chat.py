@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -87,6 +87,19 @@ class IntakeRecord(BaseModel):
     defaults: list[str] = []  # --set / --platform / --allow-cpu of the command line
     output_dir: str | None = None  # --output-dir
 
+    @field_validator("messages")
+    @classmethod
+    def _messages(cls, msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Messages-API turns only: a hand-edited file fails here in one line, not mid-conversation or at the API."""
+        for i, m in enumerate(msgs):
+            if m.get("role") not in ("user", "assistant"):
+                raise ValueError(f"message {i}: role must be 'user' or 'assistant'")
+            content = m.get("content")
+            if not (isinstance(content, str) or isinstance(content, list)
+                    and all(isinstance(b, dict) and isinstance(b.get("type"), str) for b in content)):
+                raise ValueError(f"message {i}: content must be text or a list of content blocks")
+        return msgs
+
 
 def intake_dir() -> Path:
     """Where intakes wait for their run dir: $XDG_STATE_HOME/tao/chat (default ~/.local/state/tao/chat)."""
@@ -120,7 +133,8 @@ class IntakeLog:
             return IntakeRecord.model_validate_json(self.creds.redact(text))
         except ValidationError as err:
             first = err.errors()[0]
-            what = "torn or not JSON" if first["type"] == "json_invalid" else f"{'.'.join(map(str, first['loc'])) or 'file'}: {first['msg']}"
+            what = "torn or not JSON" if first["type"] == "json_invalid" else \
+                f"{'.'.join(map(str, first['loc'])) or 'file'}: {first['msg'].removeprefix('Value error, ')}"
             raise ConfigError(f"{where} is not a saved chat intake ({what}); start a new chat") from None
 
     def remove(self) -> None:
