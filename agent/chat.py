@@ -111,10 +111,38 @@ class IntakeLog:
 
     def __init__(self, path: Path, creds: Credentials):
         self.path, self.creds = path, creds
+        self.lock_fd: int | None = None
 
     @classmethod
     def new(cls, creds: Credentials) -> "IntakeLog":
-        return cls(intake_dir() / f"intake-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json", creds)
+        log = cls(intake_dir() / f"intake-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json", creds)
+        log.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        log.claim()
+        return log
+
+    def claim(self) -> None:
+        """Hold the intake for this chat (flock on `<file>.lock`, gone with the process): a second chat resuming the same
+        file would confirm and open a run of its own; it gets a one-line ConfigError naming this chat's PID."""
+        import fcntl
+
+        lock = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(f"--resume {str(self.path)!r}: another chat (PID {pid}) is continuing this intake; go on there, "
+                              "or quit it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.lock_fd = fd
+
+    def release(self) -> None:
+        if self.lock_fd is not None:
+            self.path.with_name(self.path.name + ".lock").unlink(missing_ok=True)
+            os.close(self.lock_fd)
+            self.lock_fd = None
 
     def save(self, record: IntakeRecord) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -139,6 +167,7 @@ class IntakeLog:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+        self.release()
 
 
 def rebuild_messages(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -288,6 +317,8 @@ class Chat:
         finally:
             if self.lock is not None:
                 self.lock.release()
+            if self.intake_log is not None:
+                self.intake_log.release()
 
     def interrupted(self, at_prompt: bool = False) -> int:
         assert self.ctx is not None
@@ -314,7 +345,10 @@ class Chat:
     def resume_intake(self, path: Path) -> tuple[dict[str, Any], str] | None:
         """Go on with an intake saved before its run dir existed (Ctrl-C, a closed terminal); as `intake` returns."""
         log = IntakeLog(path.expanduser().resolve(), self.w.credentials)
-        record = log.load()
+        log.load()  # missing, torn or foreign: one line before any lock file is made beside it
+        log.claim()
+        self.intake_log = log
+        record = log.load()  # as the chat that held it last left it
         self.intake_log, self.messages, self.request = log, record.messages, record.request
         extra = [d for d in self.w.defaults if d not in record.defaults]  # this command line's own --set come last (they win)
         self.defaults = [*record.defaults, *extra]

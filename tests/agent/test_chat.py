@@ -400,3 +400,26 @@ def test_a_saved_intake_with_messages_of_the_wrong_shape_is_a_one_line_error(tmp
     err = capsys.readouterr().err
     assert "is not a saved chat intake (messages" in err and needle in err, err
     assert "internal error" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_an_intake_resumed_by_two_chats_at_once_is_refused_to_the_second(tmp_path, capsys, monkeypatch):
+    """Two chats going on from one saved intake would each confirm and open a run: the second one gets one line."""
+    from tao_finetune.agent.chat import IntakeLog
+
+    saved = _intake(tmp_path / "intake.json", messages=[{"role": "user", "content": "fine-tune org/tiny-vit"}])
+    first = IntakeLog(saved, Credentials({}))
+    first.claim()  # the chat already going on from it (another open file description: flock holds across them)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")  # never called
+    try:
+        assert main(["chat", "--resume", str(saved)]) == 2
+        err = capsys.readouterr().err
+        assert f"another chat (PID {os.getpid()}) is continuing this intake" in err and len(err.strip().splitlines()) == 1, err
+    finally:
+        first.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["intake.json"]  # the lock goes with its holder
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("quit\n"))
+    with FakeAnthropic([end_turn("Which dataset?")]) as api:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
+        assert main(["chat", "--resume", str(saved)]) == 0  # released: the next chat goes on
+
