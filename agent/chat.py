@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,9 @@ class IntakeRecord(BaseModel):
         return msgs
 
 
+MAX_INTAKE_BYTES = 16 << 20  # a conversation before its run dir exists: kilobytes; anything near this is not one
+
+
 def intake_dir() -> Path:
     """Where intakes wait for their run dir: $XDG_STATE_HOME/tao/chat (default ~/.local/state/tao/chat)."""
     return Path(os.environ.get("XDG_STATE_HOME") or "~/.local/state").expanduser() / "tao" / "chat"
@@ -152,7 +156,17 @@ class IntakeLog:
         """The saved intake; ConfigError (one line) when the file is missing, torn or not an intake."""
         where = f"--resume {str(self.path)!r}"
         try:
-            text = self.path.read_text(encoding="utf-8")
+            # O_NONBLOCK: a FIFO given as the file must not hang the chat; it is refused below as not a regular file
+            with os.fdopen(os.open(self.path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    raise ConfigError(f"{where} is not a regular file: give the intake-*.json file the chat printed")
+                if st.st_uid != os.geteuid():  # another user's file: their conversation is not this user's to continue
+                    raise ConfigError(f"{where} belongs to another user (uid {st.st_uid}): resume only your own chats")
+                if st.st_size > MAX_INTAKE_BYTES:
+                    raise ConfigError(f"{where} is larger than a chat intake can be ({st.st_size:,} bytes, at most "
+                                      f"{MAX_INTAKE_BYTES:,}): start a new chat")
+                text = f.read(MAX_INTAKE_BYTES + 1).decode("utf-8")
         except FileNotFoundError:
             raise ConfigError(f"{where}: no run or saved chat intake there") from None
         except (OSError, UnicodeDecodeError) as err:

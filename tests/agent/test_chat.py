@@ -423,3 +423,27 @@ def test_an_intake_resumed_by_two_chats_at_once_is_refused_to_the_second(tmp_pat
         monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
         assert main(["chat", "--resume", str(saved)]) == 0  # released: the next chat goes on
 
+
+
+def test_a_huge_foreign_or_fifo_intake_file_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    from tao_finetune.agent import chat
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")  # never called
+    huge = _intake(tmp_path / "huge.json", messages=[{"role": "user", "content": "x" * 5000}])
+    monkeypatch.setattr(chat, "MAX_INTAKE_BYTES", 4096)
+    assert main(["chat", "--resume", str(huge)]) == 2
+    err = capsys.readouterr().err
+    assert "is larger than a chat intake can be" in err and len(err.strip().splitlines()) == 1, err
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)  # nobody writes to it: opening it for reading must not hang the chat
+    assert main(["chat", "--resume", str(fifo)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a regular file" in err and len(err.strip().splitlines()) == 1, err
+    if os.geteuid() != 0:
+        pytest.skip("a file of another user needs root to make")
+    foreign = _intake(tmp_path / "foreign.json", messages=[])
+    os.chown(foreign, 65534, 65534)
+    assert main(["chat", "--resume", str(foreign)]) == 2
+    err = capsys.readouterr().err
+    assert "belongs to another user (uid 65534)" in err and len(err.strip().splitlines()) == 1, err
