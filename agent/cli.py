@@ -174,6 +174,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
             parts = key.split(".")
             for part in parts[:-1]:
                 node, src = node.setdefault(part, {}), src.get(part, {})
+                if not isinstance(node, dict):  # the run's config holds a plain value there
+                    raise ConfigError(f"--set {key!r}: {part!r} is not a section")
             if parts[-1] in src:
                 node[parts[-1]] = src[parts[-1]]
         data = merged

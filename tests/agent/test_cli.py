@@ -111,6 +111,22 @@ def test_user_keys_are_leaves_and_local_paths_absolute(tmp_path, monkeypatch):
     assert config_from_args(args)[0].model_id == "org/name"
 
 
+@pytest.mark.parametrize("sets", [["hyperparameters.learning_rate.x=1"], ["n_epochs.value=2"],
+                                  ["slurm.partition.name=gpu"]])
+def test_a_set_below_a_plain_value_of_an_existing_run_is_a_one_line_error(tmp_path, capsys, sets):
+    """Resuming a run dir: `--set a.b=x` where the run's config holds a plain value at `a` is bad input, not an internal error."""
+    from tao_finetune.agent.config import build_config, save_config
+
+    out = tmp_path / "o"
+    out.mkdir()
+    save_config(build_config({"model_id": "a/b", "output_dir": str(out), "slurm": {"partition": "debug"}}), out / "config.yaml")
+    argv = ["run", "--model-id", "a/b", "--output-dir", str(out), "--llm", "autopilot", "--json", *[x for s in sets for x in ("--set", s)]]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "is not a section" in captured.err and len(captured.err.strip().splitlines()) == 1, captured.err
+    assert json.loads(captured.out)["status"] == "bad_input"
+
+
 @pytest.mark.parametrize("flags,env,key,expected", [
     ([], {}, True, True),  # the spec: W&B when WANDB_API_KEY is present
     ([], {}, False, False),
