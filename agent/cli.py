@@ -31,11 +31,19 @@ SECOND_PRESS_S = 10.0  # after a Ctrl-C with training still running, a second pr
 _ACTIVE: dict[str, Any] = {"run_dir": None, "session": None}
 
 
+class BadArgs(SystemExit):
+    """A command line argparse refused: exit 2 with one line (`main` prints it, or puts it in `run --json`'s result)."""
+
+    def __init__(self, message: str):
+        super().__init__(ExitCode.BAD_INPUT)
+        self.message = message
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse with a one-line error (no usage block), exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(ExitCode.BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+        raise BadArgs(f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)")
 
 # (flag, config key, type) for every spec input that is a plain value
 VALUE_FLAGS: list[tuple[str, str, Any]] = [
@@ -776,6 +784,19 @@ def run_with_result(args: argparse.Namespace) -> int:
     return code
 
 
+def _bad_args_result(message: str, raw: list[str]) -> int:
+    """`run --json` with flags argparse refused: the bad_input RunResult on stdout (and as LAST_RESULT)."""
+    from tao_finetune.agent.result import RunResult
+
+    global LAST_RESULT
+    if "--quiet" not in raw:
+        sys.stderr.write(message + "\n")
+    out = next((raw[i + 1] for i, a in enumerate(raw[:-1]) if a == "--output-dir"), "")
+    LAST_RESULT = RunResult(status="bad_input", exit_code=EXIT_BAD_INPUT, message=message, output_dir=out)
+    print(LAST_RESULT.model_dump_json(indent=1))
+    return EXIT_BAD_INPUT
+
+
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())[:400] or err.__class__.__name__
 
@@ -794,7 +815,14 @@ def _exit_event(code: int, message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Every command ends in an exit code and, on failure, one line: never a traceback (a bug writes a crash report)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except BadArgs as err:
+        raw = list(sys.argv[1:] if argv is None else argv)
+        if raw[:1] == ["run"] and "--json" in raw:  # still one JSON result (tao_finetune.run() reads it too), never a bare line
+            return _bad_args_result(err.message, raw)
+        sys.stderr.write(err.message + "\n")
+        return int(err.code)
     handlers = {"run": run_with_result, "status": status_command, "stop": stop_command}
     previous = _sigterm_as_ctrl_c()
     try:

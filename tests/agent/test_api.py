@@ -38,6 +38,28 @@ def test_run_json_on_bad_input_is_one_json_document(tmp_path, capsys):
     assert result["status"] == "bad_input" and "--model-id" in result["message"]
 
 
+@pytest.mark.parametrize("flags,needle", [(["--max-steps", "abc"], "--max-steps: invalid int value: 'abc'"),
+                                           (["--platform", "bogus"], "--platform: invalid choice: 'bogus'"),
+                                           (["--n-train", "1e3x"], "--n-train: invalid int value"),
+                                           (["--no-such-flag"], "unrecognized arguments: --no-such-flag")])
+def test_run_json_on_a_flag_argparse_refuses_is_one_json_document(tmp_path, capsys, flags, needle):
+    code = main(["run", "--model-id", "a/b", "--output-dir", str(tmp_path / "x"), "--llm", "autopilot", "--json", "--quiet", *flags])
+    out, err = capsys.readouterr()
+    assert code == 2 and err == ""
+    result = RunResult.model_validate_json(out)
+    assert result.status == "bad_input" and result.exit_code == 2 and needle in result.message
+    code = main(["run", "--model-id", "a/b", "--output-dir", str(tmp_path / "x"), "--llm", "autopilot", *flags])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and needle in err and len(err.strip().splitlines()) == 1  # without --json: one line on stderr
+
+
+def test_python_api_returns_bad_input_for_a_value_argparse_refuses(tmp_path, capsys):
+    for kwargs, needle in (({"max_steps": "abc"}, "--max-steps"), ({"platform": "bogus"}, "--platform"), ({"n_train": "x"}, "--n-train")):
+        result = tao_finetune.run("a/b", llm="autopilot", output_dir=str(tmp_path / "x"), **kwargs)  # never a SystemExit
+        assert result.status == "bad_input" and result.exit_code == 2 and needle in result.message, result
+    assert capsys.readouterr() == ("", "")
+
+
 def test_python_api_returns_a_question_without_printing(tmp_path, capsys):
     from tao_finetune.agent.demo import make_tiny_vit
 
