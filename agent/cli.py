@@ -572,10 +572,20 @@ def system_vars(ctx) -> dict[str, Any]:
 
 
 def status_command(args: argparse.Namespace) -> int:
+    try:
+        return _status(args)
+    except (ConfigError, SessionFormatError) as err:
+        if not args.json:
+            raise
+        console.print(f"[red]error:[/] {escape(_one_line(err))}")
+        print(json.dumps({"error": _one_line(err), "exit_code": int(EXIT_BAD_INPUT)}, indent=1))  # --json: stdout stays one object
+        return EXIT_BAD_INPUT
+
+
+def _status(args: argparse.Namespace) -> int:
     run_dir = args.output_dir.resolve()
     if not (run_dir / "config.yaml").is_file():
-        console.print(f"[red]no run in {escape(repr(str(run_dir)))}[/] (config.yaml missing)")
-        return EXIT_BAD_INPUT
+        raise ConfigError(f"no run in {str(run_dir)!r} (config.yaml missing)")
     state = RunState.load(run_dir, repair=False)  # read-only: a damaged state is repaired by the next `run`
     if state.load_note:
         console.print(f"[yellow]note:[/] {escape(state.load_note)} (not repaired: status only reads)")

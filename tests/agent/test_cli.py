@@ -96,6 +96,18 @@ def test_hf_push_first_is_refused_and_nothing_is_pushed(tmp_path, monkeypatch):
     assert "T" * 34 not in (out / "session.jsonl").read_text()
 
 
+def test_status_json_on_a_dir_that_is_not_a_run_is_one_json_object(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("not a run")
+    for d, needle in ((tmp_path, "config.yaml missing"), (tmp_path / "a-file", "config.yaml missing")):
+        assert main(["status", "--output-dir", str(d), "--json"]) == 2
+        out, err = capsys.readouterr()
+        data = json.loads(out)  # stdout is still one JSON object, with the error in it
+        assert data["exit_code"] == 2 and needle in data["error"] and needle in err, (out, err)
+        assert main(["status", "--output-dir", str(d)]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.strip().splitlines()) == 1 and needle in err
+
+
 def test_user_keys_are_leaves_and_local_paths_absolute(tmp_path, monkeypatch):
     from tao_finetune.agent.cli import config_from_args
 
