@@ -234,7 +234,7 @@ can reach on this machine."""
 def floor(model_dir: Path, npz: Path, epochs: int, env: dict, log: Path) -> dict:
     with GpuBusy() as busy:
         t0 = time.time()
-        wall, code = timed([sys.executable, "-c", FLOOR, str(model_dir), str(npz), str(N_TRAIN), str(BATCH), str(epochs)],
+        wall, code = timed([sys.executable, "-c", FLOOR, str(model_dir.resolve()), str(npz.resolve()), str(N_TRAIN), str(BATCH), str(epochs)],
                            log.parent, env, log)
     return {"exit_code": code, "wall_s": round(wall, 1), "gpu_busy": busy.share(t0), "gpu_busy_s": busy.seconds(t0),
             "log": log.read_text().strip().splitlines()[-1:] if log.is_file() else None}
@@ -381,8 +381,11 @@ def main() -> int:
             print(f"  ours with step checkpoints {ck.get('saved')}: {fmt(ck.get('img_s'), ',.0f')} img/s over the job, wall {fmt(ck.get('wall_s'), '.1f')} s")
         if r.get("floor"):
             f = r["floor"]
-            print(f"  floor (one process, digits pre-decoded on the GPU, same steps, no gates): wall {fmt(f.get('wall_s'), '.1f')} s, "
-                  f"GPU busy {fmt(f.get('gpu_busy_s'), '.1f')} s = {fmt(f.get('gpu_busy'), '.0%')}")
+            if f.get("exit_code"):
+                print(f"  floor: FAILED, exit {f['exit_code']}: {(f.get('log') or ['?'])[-1]}")
+            else:
+                print(f"  floor (one process, digits pre-decoded on the GPU, same steps, no gates): wall {fmt(f.get('wall_s'), '.1f')} s, "
+                      f"GPU busy {fmt(f.get('gpu_busy_s'), '.1f')} s = {fmt(f.get('gpu_busy'), '.0%')}")
         if o.get("tools_s"):
             print(f"  ours per tool (s): {json.dumps(o['tools_s'])}")
         print(f"  accuracy: peer {fmt(p.get('accuracy'), '.3f')}, ours {fmt(o.get('baseline'), '.3f')} -> {fmt(o.get('accuracy'), '.3f')}")
