@@ -7,7 +7,9 @@ bf16, batch 128, 2 epochs = 64 steps, 12 loader workers), in one command on one 
 - **ours**: `tao-finetune run --llm autopilot --platform local --no-push-to-hub` on the imagefolder, all six gates
   (probe, audit, recipe, scaffold, build, prepare, smoke, baseline, train, eval, infer, rerun skill);
 - **peer**: evals/peer_trainer.py, the Hugging Face Trainer pipeline of transformers' image-classification example;
-- **ceiling**: a bare autocast-bf16 step loop on GPU-resident random tensors (data loading excluded).
+- **ceiling**: a bare autocast-bf16 step loop on GPU-resident random tensors (data loading excluded);
+- **floor**: one Python process that imports, loads the model and runs the same steps on the digits already decoded on
+  the GPU (no JPEGs, no smoke, evals or gates): the GPU-busy share no whole run can beat on this machine.
 
 One table: the img/s each job reports (ours: reports/train_summary.json `train_samples_per_s`; peer: the Trainer's
 `train_samples_per_second`), our steady loop (median logged window after the first), the ceiling, the whole-run wall
@@ -198,6 +200,46 @@ def run_ours(model_dir: Path, data: Path, out: Path, env: dict, epochs: int, wor
             "log": f"{out.name}.log"}
 
 
+FLOOR = """
+import sys, time
+t0 = time.time()
+import numpy as np, torch
+from transformers import AutoModelForImageClassification
+imported = time.time() - t0
+torch.backends.cuda.matmul.allow_tf32 = True
+model = AutoModelForImageClassification.from_pretrained(sys.argv[1]).cuda()
+opt = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True)
+data = np.load(sys.argv[2])
+n, batch, epochs = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+x = torch.from_numpy(data["X"][:n].reshape(-1, 1, 28, 28)).cuda().float().div(255)
+x = torch.nn.functional.interpolate(x, size=224, mode="bilinear").expand(-1, 3, -1, -1).contiguous()
+y = torch.from_numpy(data["y"][:n]).long().cuda()
+for _ in range(epochs):
+    order = torch.randperm(n, device="cuda")
+    for i in range(n // batch):
+        idx = order[i * batch:(i + 1) * batch]
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(pixel_values=x[idx], labels=y[idx]).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+torch.cuda.synchronize()
+print(f"imports {imported:.2f} s, total {time.time() - t0:.2f} s")
+"""
+"""The least any tool can do for this workload in one process: import, load the model, the digits already decoded and
+resized on the GPU (no JPEGs), the same steps; no smoke, no evals, no gates. Its GPU-busy share bounds what a whole run
+can reach on this machine."""
+
+
+def floor(model_dir: Path, npz: Path, epochs: int, env: dict, log: Path) -> dict:
+    with GpuBusy() as busy:
+        t0 = time.time()
+        wall, code = timed([sys.executable, "-c", FLOOR, str(model_dir.resolve()), str(npz.resolve()), str(N_TRAIN), str(BATCH), str(epochs)],
+                           log.parent, env, log)
+    return {"exit_code": code, "wall_s": round(wall, 1), "gpu_busy": busy.share(t0), "gpu_busy_s": busy.seconds(t0),
+            "log": log.read_text().strip().splitlines()[-1:] if log.is_file() else None}
+
+
 def synthetic(model_dir: Path, steps: int, mode: str) -> dict:
     """Reference loop on GPU-resident random tensors: autocast bf16 or pure bf16 weights, fused AdamW, eager."""
     import torch
@@ -263,6 +305,7 @@ def main() -> int:
     ap.add_argument("--peer-script", type=Path, default=HERE / "peer_trainer.py")
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--no-ours", action="store_true")
+    ap.add_argument("--no-floor", action="store_true", help="skip the one-process floor run (GPU only)")
     ap.add_argument("--ceiling-steps", type=int, default=30)
     ap.add_argument("--ckpt-steps", type=int, default=0, help="also run ours with a step checkpoint every N steps (TAO_SAVE_STEPS)")
     ap.add_argument("--out", default=os.environ.get("OUT") or ".")
@@ -301,6 +344,9 @@ def main() -> int:
             summ = work / f"ckpt_{name}" / "reports" / "train_summary.json"
             row["ours_with_checkpoints"]["saved"] = json.loads(summ.read_text()).get("checkpoints_saved") if summ.is_file() else None
             print(json.dumps({"model": name, "ours_with_checkpoints": row["ours_with_checkpoints"]}), flush=True)
+        if torch.cuda.is_available() and not args.no_floor:
+            row["floor"] = floor(model_dir, args.mnist, args.epochs, env, work / f"floor_{name}.log")
+            print(json.dumps({"model": name, "floor": row["floor"]}), flush=True)
         if torch.cuda.is_available():
             row["ceiling_img_s"] = synthetic(model_dir, args.ceiling_steps, "autocast")["samples_per_s"]
         results["rows"].append(row)
@@ -333,6 +379,13 @@ def main() -> int:
         if r.get("ours_with_checkpoints"):
             ck = r["ours_with_checkpoints"]
             print(f"  ours with step checkpoints {ck.get('saved')}: {fmt(ck.get('img_s'), ',.0f')} img/s over the job, wall {fmt(ck.get('wall_s'), '.1f')} s")
+        if r.get("floor"):
+            f = r["floor"]
+            if f.get("exit_code"):
+                print(f"  floor: FAILED, exit {f['exit_code']}: {(f.get('log') or ['?'])[-1]}")
+            else:
+                print(f"  floor (one process, digits pre-decoded on the GPU, same steps, no gates): wall {fmt(f.get('wall_s'), '.1f')} s, "
+                      f"GPU busy {fmt(f.get('gpu_busy_s'), '.1f')} s = {fmt(f.get('gpu_busy'), '.0%')}")
         if o.get("tools_s"):
             print(f"  ours per tool (s): {json.dumps(o['tools_s'])}")
         print(f"  accuracy: peer {fmt(p.get('accuracy'), '.3f')}, ours {fmt(o.get('baseline'), '.3f')} -> {fmt(o.get('accuracy'), '.3f')}")
