@@ -42,7 +42,11 @@ def _parse(path: Path, text: str) -> tuple[list[dict[str, Any]], int | None]:
                     return events, offset  # only the last line is torn: drop it
                 raise SessionFormatError(f"session log {str(path)!r} line {n} is not a JSON event ({err.__class__.__name__}); "
                                          "the file is damaged beyond its last line") from None
-            if ev["kind"] == "session" and int(ev.get("version") or 0) > FORMAT_VERSION:
+            version = ev.get("version") if ev["kind"] == "session" else None
+            if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+                raise SessionFormatError(f"session log {str(path)!r} line {n} has format version {version!r}, not a number: "
+                                         "the file was edited or is not a tao-finetune log")
+            if version is not None and version > FORMAT_VERSION:
                 raise SessionFormatError(f"session log {str(path)!r} has format version {ev.get('version')}; this tao-finetune reads "
                                          f"version {FORMAT_VERSION}: upgrade tao-finetune")
             events.append(ev)

@@ -249,6 +249,7 @@ DAMAGED = [
     ("session-corrupt-middle", with_run(lambda r: w(r / "session.jsonl", "garbage\n" + (r / "session.jsonl").read_text())), BAD,
      r"line 1 is not a JSON event.*move session.jsonl away"),
     ("session-future-version", with_run(lambda r: w(r / "session.jsonl", ev("session", version=FORMAT_VERSION + 1))), BAD, r"format version"),
+    ("session-version-not-a-number", with_run(lambda r: w(r / "session.jsonl", ev("session", version="two"))), BAD, r"format version 'two'"),
     ("session-is-a-dir", with_run(lambda r: ((r / "session.jsonl").unlink(), (r / "session.jsonl").mkdir())), BAD, r"is a directory"),
     ("config-yaml-garbage", with_run(lambda r: w(r / "config.yaml", "model_id: [\n")), BAD, r"not valid YAML"),
     ("config-yaml-not-utf8", with_run(lambda r: w(r / "config.yaml", b"\xff")), BAD, r"not UTF-8"),
@@ -810,8 +811,10 @@ def test_session_log_repairs_a_torn_tail(tmp_path, text, n, torn):
     ('{"t": 1, "kind": "a"}\nnot json\n{"t": 2, "kind": "b"}\n', r"line 2"),
     ('{"kind": 5}\n{"t": 2, "kind": "b"}\n', r"line 1"),
     (ev("session", version=FORMAT_VERSION + 1), r"format version"),
+    (ev("session", version="two"), r"format version 'two'"),
+    (ev("session", version=[2]), r"format version \[2\]"),
     (b"\xff\xfe\n", r"not UTF-8"),
-], ids=["middle-garbage", "kind-not-string", "future-version", "not-utf8"])
+], ids=["middle-garbage", "kind-not-string", "future-version", "version-not-a-number", "version-a-list", "not-utf8"])
 def test_session_log_refuses_damage_beyond_the_tail(tmp_path, text, pattern):
     p = w(tmp_path / "s.jsonl", text)
     with pytest.raises(SessionFormatError, match=pattern):
