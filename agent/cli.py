@@ -775,6 +775,13 @@ def run_with_result(args: argparse.Namespace) -> int:
         if not args.json:
             raise
         console.print(f"[red]error:[/] {err}")
+    except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 - --json: stdout stays one RunResult, whatever failed
+        if not args.json:
+            raise
+        console.quiet = False  # the one error line still reaches stderr
+        code, message = _failure(err)
+        if getattr(args, "outcome", None):  # the run dir was opened: its result, with this failure as the message
+            args.outcome = {"run_dir": args.outcome["run_dir"], "message": message}
     finally:
         console.quiet = False
         if sink is not sys.stderr:
@@ -786,7 +793,8 @@ def run_with_result(args: argparse.Namespace) -> int:
         if result.usage.turns and not args.json and not args.quiet and args.llm != "autopilot":
             console.print(f"usage: {result.usage.line()}")
     else:
-        result = RunResult(status="bad_input" if code == EXIT_BAD_INPUT else "error", exit_code=code, message=message,
+        status = {EXIT_BAD_INPUT: "bad_input", ExitCode.INTERRUPTED: "interrupted"}.get(code, "error")
+        result = RunResult(status=status, exit_code=code, message=message,
                            output_dir=str(args.output_dir or ""), wall_s=round(time.monotonic() - t0, 2))
     LAST_RESULT = result
     if args.json:
@@ -859,36 +867,38 @@ def _dispatch(args: argparse.Namespace, handlers: dict[str, Any]) -> int:
         if args.command in handlers:
             return handlers[args.command](args)
         return args.handler(args)
-    except (ConfigError, SessionFormatError) as err:
+    except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 - every failure ends in one line (`_failure`)
+        return _failure(err)[0]
+
+
+def _failure(err: BaseException) -> tuple[int, str]:
+    """A command's failure as one line on stderr (and the session's exit event): its exit code and that line.
+    A bug (anything unexpected) also gets a crash report with the redacted traceback."""
+    if isinstance(err, (ConfigError, SessionFormatError)):
+        code, msg = EXIT_BAD_INPUT, _one_line(err)
+    elif isinstance(err, LoopExit):  # e.g. the run dir is locked by another run (exit 2)
         console.print(f"[red]error:[/] {escape(_one_line(err))}")
-        _exit_event(EXIT_BAD_INPUT, _one_line(err))
-        return EXIT_BAD_INPUT
-    except LoopExit as err:  # e.g. the run dir is locked by another run (exit 2)
+        return err.code, _one_line(err)
+    elif isinstance(err, ToolError):  # a platform that cannot be reached (stop, doctor)
         console.print(f"[red]error:[/] {escape(_one_line(err))}")
-        return err.code
-    except ToolError as err:  # a platform that cannot be reached (stop, doctor)
-        console.print(f"[red]error:[/] {escape(_one_line(err))}")
-        return EXIT_ERROR
-    except KeyboardInterrupt:
+        return EXIT_ERROR, _one_line(err)
+    elif isinstance(err, KeyboardInterrupt):
         console.print("[yellow]interrupted[/]: progress is saved; re-run the same command to resume")
         _exit_event(ExitCode.INTERRUPTED, "interrupted (Ctrl-C)")
-        return ExitCode.INTERRUPTED
-    except OSError as err:  # the machine, not the code: a full disk, a vanished folder, permissions
+        return ExitCode.INTERRUPTED, "interrupted (Ctrl-C): progress is saved; re-run the same command to resume"
+    elif isinstance(err, OSError):  # the machine, not the code: a full disk, a vanished folder, permissions
         where = f": {err.filename}" if err.filename else ""
-        msg = f"{err.strerror or _one_line(err)}{where}"
-        console.print(f"[red]error:[/] {escape(msg)}")
-        _exit_event(EXIT_ERROR, msg)
-        return EXIT_ERROR
-    except Exception as err:  # noqa: BLE001 - a bug: one line here, the traceback in a crash report
+        code, msg = EXIT_ERROR, f"{err.strerror or _one_line(err)}{where}"
+    else:  # a bug: one line here, the traceback in a crash report
         from tao_finetune.agent.loop import crash_report
 
         where = _ACTIVE.get("run_dir") or Path(os.environ.get("TMPDIR", "/tmp")) / "tao-finetune"
         session = _ACTIVE.get("session")
         path = crash_report(where, err, session.creds.redact if session else None)
-        msg = f"internal error {err.__class__.__name__}: {_one_line(err)[:200]}; crash report: {path}"
-        console.print(f"[red]error:[/] {escape(msg)}")
-        _exit_event(EXIT_ERROR, msg)
-        return EXIT_ERROR
+        code, msg = EXIT_ERROR, f"internal error {err.__class__.__name__}: {_one_line(err)[:200]}; crash report: {path}"
+    console.print(f"[red]error:[/] {escape(msg)}")
+    _exit_event(code, msg)
+    return code, msg
 
 
 if __name__ == "__main__":

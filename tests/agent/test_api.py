@@ -1,6 +1,7 @@
 """The headless ways in: `run --json` (one JSON result, result.json), the Python API and `python -m tao_finetune`."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -58,6 +59,36 @@ def test_python_api_returns_bad_input_for_a_value_argparse_refuses(tmp_path, cap
         result = tao_finetune.run("a/b", llm="autopilot", output_dir=str(tmp_path / "x"), **kwargs)  # never a SystemExit
         assert result.status == "bad_input" and result.exit_code == 2 and needle in result.message, result
     assert capsys.readouterr() == ("", "")
+
+
+def test_run_json_on_a_locked_dir_or_a_bug_is_still_one_json_document(tmp_path, capsys, monkeypatch):
+    """Failures outside the loop (the dir locked by another run, a bug before the loop) keep stdout one RunResult."""
+    import socket
+
+    from tao_finetune.agent import cli
+    from tao_finetune.agent.lock import LOCK_FILE, _start_time
+
+    run = tmp_path / "run"
+    (run / ".tao").mkdir(parents=True)
+    holder = os.getppid()  # a live process that is not this one
+    (run / LOCK_FILE).write_text(json.dumps({"pid": holder, "host": socket.gethostname(), "start_time": _start_time(holder), "since": 1.0}))
+    argv = ["run", "--model-id", "org/tiny-vit", "--dataset-id", "org/digits", "--output-dir", str(run), "--platform", "local",
+            "--llm", "autopilot", "--yes", "--json", "--quiet"]
+    assert main(argv) == 2
+    result = RunResult.model_validate_json(capsys.readouterr().out)
+    assert result.status == "bad_input" and f"in use by another tao-finetune (PID {holder}" in result.message
+    assert tao_finetune.run("org/tiny-vit", dataset_id="org/digits", output_dir=str(run), platform="local", llm="autopilot").message == result.message
+    (run / LOCK_FILE).unlink()
+
+    def broken(*a, **k):
+        raise RuntimeError("a bug in the platform factory")
+
+    monkeypatch.setattr(cli, "make_platform", broken)
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    result = RunResult.model_validate_json(out)
+    assert result.status == "error" and result.exit_code == 1 and "internal error RuntimeError: a bug in the platform factory" in result.message
+    assert "crash report: " in result.message and "Traceback" not in out + err
 
 
 def test_python_api_returns_a_question_without_printing(tmp_path, capsys):
