@@ -294,6 +294,9 @@ def run_command(args: argparse.Namespace) -> int:
     check_limits(args)
     cfg, user_keys = config_from_args(args)
     run_dir = cfg.out
+    if args.answer and not RunState.load(run_dir, repair=False).pending_question:  # before anything is written
+        raise ConfigError(f"--answer {args.answer!r}: the run in {str(run_dir)!r} has no pending question; re-run without "
+                          "--answer (`tao-finetune status` shows a pending question)")
     creds = load_credentials(args.env_file)
     wandb_default(cfg, user_keys, creds)
     from tao_finetune.agent.console import LiveView

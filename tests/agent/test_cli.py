@@ -108,6 +108,23 @@ def test_status_json_on_a_dir_that_is_not_a_run_is_one_json_object(tmp_path, cap
         assert out == "" and len(err.strip().splitlines()) == 1 and needle in err
 
 
+def test_answer_on_a_run_with_no_pending_question_is_a_one_line_error(tmp_path, capsys):
+    """`--answer` answers the question a run stopped on; with none pending it would reach the model as an answer to None."""
+    from tao_finetune.agent.config import build_config, save_config
+
+    fresh, idle = tmp_path / "fresh", tmp_path / "idle"
+    idle.mkdir()
+    save_config(build_config({"model_id": "a/b", "output_dir": str(idle)}), idle / "config.yaml")
+    for out in (fresh, idle):
+        argv = ["run", "--model-id", "a/b", "--output-dir", str(out), "--llm", "autopilot", "--yes", "--answer", "lora"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "has no pending question" in err and len(err.strip().splitlines()) == 1, err
+        assert main([*argv, "--json", "--quiet"]) == 2
+        assert json.loads(capsys.readouterr().out)["status"] == "bad_input"
+    assert not any(fresh.iterdir()) and sorted(p.name for p in idle.iterdir()) == ["config.yaml"]  # nothing written
+
+
 def test_user_keys_are_leaves_and_local_paths_absolute(tmp_path, monkeypatch):
     from tao_finetune.agent.cli import config_from_args
 
