@@ -103,7 +103,8 @@ class Agent:
         extra = {"history": history} if history else {}
         self.ctx.session.event("start", client=self.client.name, task=task, config=self.ctx.config.model_dump(mode="json"),
                                first_unmet=gates.first_unmet(self.ctx.run_dir, self.ctx.state), **extra)
-        self.messages = [dict(m) for m in history or []]
+        # redacted as the task is: a continued conversation comes from files (a session log, a chat intake) that may hold one
+        self.messages = json.loads(self.ctx.creds.redact(json.dumps(history or [])))
         self.results_sha = ""  # this invocation's tool results, chained (a chat's follow-up is an invocation of its own)
         text = self.ctx.creds.redact(task)
         if self.messages and self.messages[-1]["role"] == "user":

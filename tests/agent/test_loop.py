@@ -92,6 +92,17 @@ def test_planted_token_never_reaches_the_session_log(ctx):
     assert FAKE_TOKEN not in (ctx.run_dir / "config.yaml").read_text()
 
 
+def test_a_token_in_a_continued_conversation_never_reaches_the_model(ctx):
+    """`history` (a chat's earlier conversation, rebuilt from a session log or an intake file that may have been edited,
+    or written before the token was configured) is redacted like the task before the first request."""
+    history = [{"role": "user", "content": f"fine-tune it, token {FAKE_TOKEN}"},
+               {"role": "assistant", "content": [{"type": "text", "text": f"ok, I note {FAKE_TOKEN}"}]}]
+    client = ScriptedClient([final("waiting")])
+    Agent(client, ctx, STAND_INS, "system", Limits(max_nudges=0)).run("go on", history=history)
+    assert FAKE_TOKEN not in json.dumps(client.requests[0]["messages"]) and "[REDACTED]" in json.dumps(client.requests[0]["messages"])
+    assert FAKE_TOKEN in history[0]["content"]  # the caller's list is not modified
+
+
 def test_pause_turn_and_unknown_stop_reason_do_not_crash(ctx):
     turns = [{"content": [{"type": "text", "text": "thinking"}], "stop_reason": "pause_turn"},
              {"content": [{"type": "text", "text": "?"}], "stop_reason": "some_future_reason"}]
