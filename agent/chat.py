@@ -92,14 +92,26 @@ class IntakeRecord(BaseModel):
     @classmethod
     def _messages(cls, msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Messages-API turns only: a hand-edited file fails here in one line, not mid-conversation or at the API."""
-        for i, m in enumerate(msgs):
-            if m.get("role") not in ("user", "assistant"):
-                raise ValueError(f"message {i}: role must be 'user' or 'assistant'")
-            content = m.get("content")
-            if not (isinstance(content, str) or isinstance(content, list)
-                    and all(isinstance(b, dict) and isinstance(b.get("type"), str) for b in content)):
-                raise ValueError(f"message {i}: content must be text or a list of content blocks")
+        problem = message_problem(msgs)
+        if problem:
+            raise ValueError(problem)
         return msgs
+
+
+def message_problem(msgs: Any) -> str | None:
+    """What keeps a conversation read from a file (an intake, a session log) from being sent to the model; None if nothing."""
+    if not isinstance(msgs, list):
+        return "not a list of messages"
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            return f"message {i}: not a message object"
+        if m.get("role") not in ("user", "assistant"):
+            return f"message {i}: role must be 'user' or 'assistant'"
+        content = m.get("content")
+        if not (isinstance(content, str) or isinstance(content, list)
+                and all(isinstance(b, dict) and isinstance(b.get("type"), str) for b in content)):
+            return f"message {i}: content must be text or a list of content blocks"
+    return None
 
 
 MAX_INTAKE_BYTES = 16 << 20  # a conversation before its run dir exists: kilobytes; anything near this is not one
@@ -197,7 +209,11 @@ def rebuild_messages(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for ev in events:
         kind = ev.get("kind")
         if kind == "start":
-            if isinstance(ev.get("history"), list):
+            if "history" in ev:
+                problem = message_problem(ev["history"])
+                if problem:
+                    raise SessionFormatError(f"the session log holds no conversation to continue: a start event's history is "
+                                             f"{'not a list' if problem.startswith('not a list') else 'damaged'} ({problem})")
                 msgs = copy.deepcopy(ev["history"])
             close_dangling(msgs)
             add_user(msgs, {"type": "text", "text": str(ev.get("task", ""))})
@@ -213,6 +229,9 @@ def rebuild_messages(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             close_dangling(msgs)
             add_user(msgs, {"type": "text", "text": str(ev.get("text", ""))})
     close_dangling(msgs)
+    problem = message_problem(msgs)
+    if problem:  # an edited event (a response whose content is not blocks): refused here, not by the API mid-chat
+        raise SessionFormatError(f"the session log holds no conversation to continue ({problem})")
     return msgs
 
 
@@ -568,7 +587,10 @@ class Chat:
         cfg.output_dir = str(run_dir)
         self.open((cfg, []))
         assert self.ctx is not None
-        self.messages = rebuild_messages(self.ctx.session.events())
+        try:
+            self.messages = rebuild_messages(self.ctx.session.events())
+        except SessionFormatError as err:
+            raise SessionFormatError(f"--resume {str(run_dir)!r}: {err}") from None
         turns = sum(1 for m in self.messages if m["role"] == "assistant")
         self.say(f"resumed the conversation of {run_dir}: {len(self.messages)} messages, {turns} model turns", "green")
         last = next((m for m in reversed(self.messages) if m["role"] == "assistant"), None)

@@ -447,3 +447,28 @@ def test_a_huge_foreign_or_fifo_intake_file_is_refused_in_one_line(tmp_path, cap
     assert main(["chat", "--resume", str(foreign)]) == 2
     err = capsys.readouterr().err
     assert "belongs to another user (uid 65534)" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda start, resp: start.update(history=[1, "x"]), "message 0: not a message object"),
+    (lambda start, resp: start.update(history=[{"content": "x"}]), "message 0: role must be 'user' or 'assistant'"),
+    (lambda start, resp: start.update(history=[{"role": "user", "content": 5}]), "message 0: content must be text"),
+    (lambda start, resp: start.update(history="hello"), "history is not a list"),
+    (lambda start, resp: resp.update(content=["step 1"]), "content must be text or a list of content blocks"),
+])
+def test_chat_resume_of_a_run_whose_log_was_edited_into_another_shape_is_a_one_line_error(tmp_path, capsys, monkeypatch, edit, needle):
+    run = tmp_path / "run"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    with FakeAnthropic([end_turn("I will wait."), end_turn("Still."), end_turn("Stop.")]) as api:  # a real run's session log
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
+        assert main(["run", "--model-id", "org/tiny-vit", "--dataset-id", "org/digits", "--output-dir", str(run), "--platform", "local",
+                     "--yes", "--quiet"]) == 4
+    events = read_events(run / "session.jsonl")
+    edit(next(e for e in events if e["kind"] == "start"), next(e for e in events if e["kind"] == "response"))
+    (run / "session.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    capsys.readouterr()
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")  # never called: the log is refused first
+    assert main(["chat", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "holds no conversation to continue" in err and needle in err, err
+    assert "internal error" not in err and len([ln for ln in err.splitlines() if ln.startswith("error")]) == 1, err
