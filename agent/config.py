@@ -300,6 +300,9 @@ def load_config(path: Path) -> RunConfig:
     return build_config(data)
 
 
+RUN_MARKS = ("config.yaml", "session.jsonl", ".tao")  # what a run dir holds from its first moment (lock, log, config)
+
+
 def check_output_dir(out: Path) -> None:
     """The output dir must be a writable folder (or creatable under a writable one); ConfigError in one line otherwise.
     The one check of `run`, `inspect --output-dir` (tools/step1.py) and the other commands that write a run dir."""
@@ -307,6 +310,14 @@ def check_output_dir(out: Path) -> None:
         raise ConfigError(f"--output-dir {str(out)[:80]!r}: not a usable path (a NUL byte or a name over 255 bytes)")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output-dir {str(out)!r} is a file, not a folder: choose another path")
+    if out.is_dir() and not any((out / mark).exists() for mark in RUN_MARKS):
+        # a run renders train.py, Dockerfile, README.md ... here and pushes every top-level source: never into a folder
+        # of the user's own files, which would be overwritten and uploaded
+        foreign = sorted(p.name for p in out.iterdir())
+        if foreign:
+            listed = ", ".join(map(repr, foreign[:3])) + (", ..." if len(foreign) > 3 else "")
+            raise ConfigError(f"--output-dir {str(out)!r} holds files that are not a tao-finetune run ({listed}): "
+                              "choose a new or empty folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -86,3 +86,34 @@ def test_user_can_pin_a_recipe_slot():
     cfg = build_config(data)
     assert cfg.recipe["train_transforms"].rank == "user" and cfg.recipe["train_transforms"].value.startswith("none")
     assert keys == ["recipe.train_transforms"]
+
+
+def test_an_existing_folder_that_is_not_a_run_is_refused_as_output_dir(tmp_path, capsys):
+    """A run renders train.py, Dockerfile, README.md ... into its output dir and pushes every top-level source there: a
+    folder of the user's own files (`--output-dir ~/myproject`) would be overwritten and uploaded. New, empty and run
+    folders are fine."""
+    from tao_finetune.agent.cli import main
+    from tao_finetune.agent.config import ConfigError, check_output_dir
+
+    mine = tmp_path / "myproject"
+    mine.mkdir()
+    (mine / "train.py").write_text("# my own training script\n")
+    (mine / "notes.md").write_text("private notes\n")
+    with pytest.raises(ConfigError, match=r"holds files that are not a tao-finetune run \('notes.md', 'train.py'\)"):
+        check_output_dir(mine)
+    for argv in (["run", "--model-id", "a/b", "--llm", "autopilot", "--yes", "--output-dir", str(mine)],
+                 ["inspect", "--model-id", "a/b", "--dataset-id", "org/d", "--output-dir", str(mine)]):
+        assert main(argv) == 2
+        out, err = capsys.readouterr()
+        assert "choose a new or empty folder" in out + err and "Traceback" not in out + err, out + err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.md", "train.py"] and (mine / "train.py").read_text() == "# my own training script\n"
+    empty, new = tmp_path / "empty", tmp_path / "new" / "run"
+    empty.mkdir()
+    check_output_dir(empty)
+    check_output_dir(new)
+    for marker in ("config.yaml", "session.jsonl", ".tao"):  # a run, also one stopped before its config was written
+        run = tmp_path / f"run-{marker}"
+        run.mkdir()
+        (run / marker).mkdir() if marker == ".tao" else (run / marker).write_text("")
+        (run / "train.py").write_text("# the run's own\n")
+        check_output_dir(run)
