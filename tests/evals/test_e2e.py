@@ -167,3 +167,31 @@ def test_demo_runs_steps_4_and_5_in_containers(tmp_path):
     assert state.records["build"]["ok"] and "run-tiny-vit" in json.dumps(state.records["build"])
     base, ev = results(run)
     assert ev["accuracy"] > base["accuracy"] + 0.5
+
+
+@pytest.mark.skipif(not os.environ.get("TAO_REQUIRE_DOCKER") and os.system("docker info >/dev/null 2>&1") != 0,
+                    reason="no Docker engine (run .ci/docker-up.sh)")
+def test_demo_in_containers_through_the_warm_runner(tmp_path, monkeypatch):
+    """The GPU host's default on Docker (TAO_PERSISTENT_WORKER forces it here): smoke, baseline, train, eval and infer run
+    one after another in one warm container of the run's image; prepare in its own. All six gates, as without it."""
+    import docker
+
+    monkeypatch.setenv("TAO_PERSISTENT_WORKER", "1")
+    run = tmp_path / "demo"
+    try:
+        code = main(["demo", "--platform", "docker", "--image", "tao-base-torch:cpu", "--output-dir", str(run),
+                     "--inputs-dir", str(tmp_path / "inputs")])
+        assert code == 0
+        events = [json.loads(x) for x in (run / "session.jsonl").read_text().splitlines()]
+        started = [e for e in events if e.get("kind") == "container"]
+        in_runner = {e["job"] for e in started if e.get("runner")}
+        assert {"smoke", "baseline", "train", "eval", "infer"} <= in_runner, started
+        assert "prepare" not in in_runner and any(e["job"] == "runner" for e in started)
+        assert len({e["name"] for e in started if e.get("runner")}) == 1  # one container for all of them
+        assert gates.first_unmet(run, RunState.load(run)) is None
+        base, ev = results(run)
+        assert ev["accuracy"] > base["accuracy"] + 0.5
+    finally:
+        client = docker.from_env()
+        for c in client.containers.list(all=True, filters={"label": f"tao-finetune.run={run}"}):
+            c.remove(force=True)

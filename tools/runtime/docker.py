@@ -11,6 +11,15 @@ job_cut, exit 5): buildx (in its own process group) gets SIGTERM, then SIGKILL a
 /build connection is shut, which makes the daemon cancel the build (it kills and removes the step's container). Layers
 built before the cut stay cached, so the re-run's build resumes. Containers are started detached and waited on so exit
 codes, OOM kills and logs can be read back (models/containers.py).
+
+The runner (persistent=True; the default on a GPU host, TAO_PERSISTENT_WORKER=1/0 forces it): `python script.py` jobs
+whose container would be the same (environment, network, mounts, devices: no job with a credential) run one after another
+in one long-lived container of the run's image, in tools/runtime/worker.py, which keeps torch, transformers, the CUDA
+context and the project's modules loaded between smoke, baseline, train, eval and infer instead of a cold container
+each. Requests go through a FIFO in the mounted output dir (.tao/runner.fifo); each job still has its own log and exit
+file in logs/, and a failed job ends the runner (the next job starts a fresh one). The runner starts, and imports the
+stack, right after a successful build, while prepare runs in its own (networked) container. A blocking job cut at
+--max-hours, interrupted, or a detached one stopped, ends with the runner: SIGTERM, STOP_GRACE_S, SIGKILL.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -39,6 +49,9 @@ from tao_finetune.tools.runtime.outcome import (STATUS_TAIL_CHARS, STOP_GRACE_S,
                                                  oom_killed, tail)
 
 WORKDIR = "/workspace"
+RUNNER_SCRIPT = ".tao/worker.py"  # a copy of tools/runtime/worker.py, in the mounted output dir
+RUNNER_FIFO = ".tao/runner.fifo"  # job requests, one JSON line each
+RUNNER_POLL_S = 0.02
 RUNTIME_ENV = "meta/runtime_env.json"  # env vars of the applicable compat fixes (written by render_scaffold)
 CONTAINER_HF_HOME = "/root/.cache/huggingface"
 NETWORKED_JOBS = {"prepare"}  # every other job runs with network_mode none
@@ -199,7 +212,15 @@ class DockerPlatform:
         ipc_host: bool = False,
         hf_cache: Path | None = None,
         echo: Echo | None = _stderr,
+        persistent: bool | None = None,
+        grace_s: float = STOP_GRACE_S,
     ):
+        from tao_finetune.tools.runtime.local import gpu_host
+
+        forced = os.environ.get("TAO_PERSISTENT_WORKER", "")
+        self.persistent = persistent if persistent is not None else (forced == "1" or (forced != "0" and gpu_host()))
+        self.grace_s = grace_s
+        self._runner: tuple[Any, str, int] | None = None  # (container, key, FIFO write fd)
         self._client = client
         self.mem_limit = mem_limit
         self.shm_size = shm_size
@@ -218,6 +239,13 @@ class DockerPlatform:
         return self._client
 
     def build(self, ctx: RunContext) -> dict:
+        """Build the image (below); after a successful build the runner starts warming up (prewarm)."""
+        rec = self._build(ctx)
+        if rec.get("ok") and self.persistent:
+            rec["runner"] = "warming" if self.prewarm(ctx) else "off"
+        return rec
+
+    def _build(self, ctx: RunContext) -> dict:
         """Build `run-<short>:<run dir digest>` (run_image) from the output dir (BuildKit or the classic builder, host network for pip)."""
         root = ctx.run_dir
         tag = run_image(ctx.config.short_name, root)
@@ -425,32 +453,16 @@ class DockerPlatform:
         except (DockerException, requests.exceptions.ConnectionError) as err:
             raise _daemon_error(err) from None
         command = multi_gpu_argv(list(argv), cfg.gpu_count) if kind == "train" else list(argv)
-        kwargs: dict[str, Any] = dict(
-            image=tag,
-            command=command,
-            name=name,
-            working_dir=WORKDIR,
-            environment=self._environment(ctx, kind),
-            volumes=self._volumes(ctx),
-            network_mode=network_mode(kind, cfg.wandb),
-            device_requests=self._device_requests(ctx),
-            labels={"tao-finetune.run": str(ctx.run_dir), "tao-finetune.kind": kind},
-            init=True,  # signals reach python/torchrun, so stop() is prompt and workers are reaped
-            detach=True,
-        )
-        if self.ipc_host:
-            kwargs["ipc_mode"] = "host"
-        else:
-            kwargs["shm_size"] = self.shm_size or default_shm_size()
-        if os.getuid() != 0:
-            # files written to the mounted output dir belong to the user, not root
-            kwargs["user"] = f"{os.getuid()}:{os.getgid()}"
-            kwargs["environment"]["HOME"] = "/tmp"
-        if self.mem_limit:
-            kwargs["mem_limit"] = self.mem_limit
-            kwargs["memswap_limit"] = self.mem_limit
+        kwargs = self._kwargs(ctx, kind, tag, command)
         log_path = ctx.run_dir / "logs" / f"{kind}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self._runner_job(ctx, kind, tag, command, kwargs):
+            runner = self._runner_for(ctx, kwargs)
+            if runner is not None:
+                return self._run_in_runner(ctx, kind, command, runner, log_path, detach)
+        (ctx.run_dir / "logs" / f"{kind}.runner").unlink(missing_ok=True)  # this job's state is its own container's
+        if kind == "train" and self._runner is not None and not self._runner_job_running(ctx):
+            self._drop_runner()  # a training in its own container (torchrun, W&B online) gets the GPU memory the runner held
         try:
             self._remove_stale(name, kind)
             log_path.write_text("")
@@ -482,6 +494,258 @@ class DockerPlatform:
         text = failure_tail(kind, code, ctx.creds.redact(tail(log_path)), oom=oom)
         return JobResult(kind=kind, exit_code=code, log_path=log_path, log_tail=text)
 
+    def _kwargs(self, ctx: RunContext, kind: str, tag: str, command: list[str]) -> dict[str, Any]:
+        """containers.run() arguments of a job's container."""
+        cfg = ctx.config
+        kwargs: dict[str, Any] = dict(
+            image=tag,
+            command=command,
+            name=container_name(kind, ctx.run_dir),
+            working_dir=WORKDIR,
+            environment=self._environment(ctx, kind),
+            volumes=self._volumes(ctx),
+            network_mode=network_mode(kind, cfg.wandb),
+            device_requests=self._device_requests(ctx),
+            labels={"tao-finetune.run": str(ctx.run_dir), "tao-finetune.kind": kind},
+            init=True,  # signals reach python/torchrun, so stop() is prompt and workers are reaped
+            detach=True,
+        )
+        if self.ipc_host:
+            kwargs["ipc_mode"] = "host"
+        else:
+            kwargs["shm_size"] = self.shm_size or default_shm_size()
+        if os.getuid() != 0:
+            # files written to the mounted output dir belong to the user, not root
+            kwargs["user"] = f"{os.getuid()}:{os.getgid()}"
+            kwargs["environment"]["HOME"] = "/tmp"
+        if self.mem_limit:
+            kwargs["mem_limit"] = self.mem_limit
+            kwargs["memswap_limit"] = self.mem_limit
+        return kwargs
+
+    # ------------------------------------------------------------ the runner (one warm container per run)
+    def _runner_job(self, ctx: RunContext, kind: str, tag: str, command: list[str], kwargs: dict[str, Any]) -> bool:
+        """A `python script.py` job whose container would be the plain jobs' one (smoke's: no credential, no network)
+        runs in the runner; prepare, a training that reports to W&B online, torchrun and pytest get their own."""
+        if not (self.persistent and len(command) >= 2 and command[0] in ("python", "python3") and command[1].endswith(".py")):
+            return False
+        return kind == "smoke" or self._runner_key(kwargs) == self._runner_key(self._kwargs(ctx, "smoke", tag, command))
+
+    @staticmethod
+    def _runner_key(kwargs: dict[str, Any]) -> str:
+        """What makes two jobs' containers the same; a job whose container differs (a credential, the network) gets its own."""
+        same = {k: kwargs.get(k) for k in ("image", "environment", "volumes", "network_mode", "user", "shm_size", "ipc_mode", "mem_limit")}
+        same["devices"] = [d.get("Count") for d in kwargs.get("device_requests") or []]
+        return json.dumps(same, sort_keys=True, default=str)
+
+    def _runner_alive(self, container: Any) -> bool:
+        try:
+            container.reload()
+        except NotFound:
+            return False
+        return container.status == "running"
+
+    def _stop_runner(self, grace: bool = True) -> Any | None:
+        """Stop this process's runner (SIGTERM, the grace period, SIGKILL), keeping the container so its exit state can
+        be read; returns it. Its jobs' exit files stay."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return None
+        container, _, fd = runner
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        try:
+            if self._runner_alive(container):
+                container.stop(timeout=int(self.grace_s) if grace else 0)
+        except (DockerException, requests.exceptions.ConnectionError):
+            pass
+        return container
+
+    @staticmethod
+    def _remove(container: Any | None) -> None:
+        if container is None:
+            return
+        try:
+            container.remove(force=True)
+        except (DockerException, requests.exceptions.ConnectionError):
+            pass
+
+    def _drop_runner(self, grace: bool = True) -> None:
+        """Stop and remove this process's runner."""
+        self._remove(self._stop_runner(grace))
+
+    def _runner_for(self, ctx: RunContext, kwargs: dict[str, Any]) -> tuple[Any, str, int] | None:
+        """The run's runner for a job with these container arguments (started if needed); None when the job must run in
+        its own container (its container differs from the runner's while the runner is busy, or a runner left by an
+        earlier agent process still runs a job)."""
+        try:  # a rebuilt image keeps its tag: the runner must run the image the job would run
+            image_id = self.client.images.get(kwargs["image"]).id
+        except ImageNotFound:
+            return None
+        except (DockerException, requests.exceptions.ConnectionError) as err:
+            raise _daemon_error(err) from None
+        key = image_id + self._runner_key(kwargs)
+        if self._runner is not None:
+            container, rkey, _ = self._runner
+            if self._runner_alive(container):
+                if rkey == key:
+                    return self._runner
+                if self._runner_job_running(ctx):
+                    return None
+            self._drop_runner()
+        name = container_name("runner", ctx.run_dir)
+        try:
+            old = self.client.containers.get(name)
+        except NotFound:
+            old = None
+        except (DockerException, requests.exceptions.ConnectionError) as err:
+            raise _daemon_error(err) from None
+        if old is not None:
+            if old.status == "running" and self._runner_job_running(ctx):
+                return None  # an earlier agent process's runner still trains: leave it alone
+            old.remove(force=True)
+        script, fifo = ctx.run_dir / RUNNER_SCRIPT, ctx.run_dir / RUNNER_FIFO
+        script.parent.mkdir(parents=True, exist_ok=True)
+        tmp = script.with_name(script.name + ".tmp")
+        shutil.copyfile(Path(__file__).resolve().with_name("worker.py"), tmp)
+        os.replace(tmp, script)
+        fifo.unlink(missing_ok=True)
+        os.mkfifo(fifo, 0o600)
+        fd = os.open(fifo, os.O_RDWR)  # never blocks; the runner reads end-of-file once this process has closed it
+        args = {**kwargs, "name": name, "labels": {**kwargs["labels"], "tao-finetune.kind": "runner"},
+                "command": ["python", f"{WORKDIR}/{RUNNER_SCRIPT}", "--requests", f"{WORKDIR}/{RUNNER_FIFO}"]}
+        try:
+            container = self.client.containers.run(**args)
+        except APIError as err:
+            os.close(fd)
+            raise ToolError(f"docker could not start the job runner: {ctx.creds.redact(str(err.explanation or err))[:400]}") from None
+        except (DockerException, requests.exceptions.ConnectionError) as err:
+            os.close(fd)
+            raise _daemon_error(err) from None
+        self._runner = (container, key, fd)
+        ctx.session.event("container", job="runner", name=name, image=kwargs["image"], argv=args["command"], detach=True)
+        return self._runner
+
+    def _runner_job_running(self, ctx: RunContext) -> bool:
+        """A detached job (training) of this run still runs in a runner."""
+        for marker in (ctx.run_dir / "logs").glob("*.runner"):
+            if not marker.with_suffix(".exit").exists():
+                return True
+        return False
+
+    def _send(self, runner: tuple[Any, str, int], req: dict) -> bool:
+        try:
+            os.write(runner[2], (json.dumps(req) + "\n").encode())
+            return True
+        except OSError:
+            return False
+
+    def prewarm(self, ctx: RunContext, kind: JobKind = "smoke") -> bool:
+        """Start the runner now (after a successful build, or at the start of a resumed run whose image exists) and let
+        it import torch/transformers and create the CUDA context while the agent goes on; False when the runner is off,
+        the image does not exist yet, or the runner could not start."""
+        if not self.persistent:
+            return False
+        tag = run_image(ctx.config.short_name, ctx.run_dir)
+        try:
+            runner = self._runner_for(ctx, self._kwargs(ctx, kind, tag, ["python", "train.py"]))
+        except ToolError:
+            return False
+        return runner is not None and self._send(runner, {"op": "prewarm"})
+
+    def _run_in_runner(self, ctx: RunContext, kind: JobKind, command: list[str], runner: tuple[Any, str, int],
+                       log_path: Path, detach: bool) -> JobResult:
+        container = runner[0]
+        exit_file = ctx.run_dir / "logs" / f"{kind}.exit"
+        marker = ctx.run_dir / "logs" / f"{kind}.runner"
+        if kind == "train" and self.status(ctx, kind).get("running"):
+            raise ToolError(f"job {kind!r} is already running: check train_status or stop it first")
+        exit_file.unlink(missing_ok=True)
+        self._stop_marker(ctx, kind).unlink(missing_ok=True)
+        log_path.write_text(ctx.creds.redact(f"$ {' '.join(command)}") + "\n")
+        req = {"kind": kind, "argv": command[1:], "log": f"{WORKDIR}/logs/{kind}.log", "exit": f"{WORKDIR}/logs/{kind}.exit"}
+        marker.write_text(json.dumps({"runner": container.name, "argv": command, "started": time.time()}))
+        if not self._send(runner, req):
+            self._drop_runner(grace=False)
+            marker.unlink(missing_ok=True)
+            raise ToolError(f"the job runner {container.name!r} is gone; run the job again")
+        ctx.session.event("container", job=kind, name=container.name, image=runner[0].attrs.get("Config", {}).get("Image"),
+                          argv=command, detach=detach, runner=True)
+        if detach:
+            return JobResult(kind=kind, exit_code=0, log_path=log_path, detached=True, handle=container.name)
+        try:
+            with Watchdog(ctx, kind, self._stop_runner) as dog:  # --max-hours: the job and its runner end there
+                code, oom = self._wait_runner_job(container, exit_file)
+        except KeyboardInterrupt:
+            self._drop_runner()
+            raise
+        if code != 0 or dog.fired.is_set():  # a failed job ends the worker (and so the runner): the next job gets a fresh one
+            if self._runner is not None and self._runner[0].id == container.id:
+                self._stop_runner()
+            self._remove(container)
+        self._scrub(ctx, log_path)
+        dog.check(code)
+        text = failure_tail(kind, code, ctx.creds.redact(tail(log_path)), oom=oom_killed(code, oom_flag=oom, stopped=dog.fired.is_set()))
+        return JobResult(kind=kind, exit_code=code, log_path=log_path, log_tail=text)
+
+    def _wait_runner_job(self, container: Any, exit_file: Path, timeout: float | None = None) -> tuple[int | None, bool]:
+        """Block until the job's exit file exists (its exit code) or the runner ended (the runner's exit code, OOM flag);
+        (None, False) when timeout passed first."""
+        start = last = time.monotonic()
+        while not exit_file.exists():
+            now = time.monotonic()
+            if timeout is not None and now - start >= timeout:
+                return None, False
+            if now - last >= 0.5:  # the daemon is asked twice a second, the exit file fifty times
+                last = now
+                if not self._runner_alive(container):
+                    if exit_file.exists():
+                        break
+                    state = container.attrs.get("State", {})
+                    return exit_code(int(state.get("ExitCode", -1))), bool(state.get("OOMKilled"))
+            time.sleep(RUNNER_POLL_S)
+        text = exit_file.read_text().strip()
+        return exit_code(int(text) if text.lstrip("-").isdigit() else -1), False
+
+    @staticmethod
+    def _scrub(ctx: RunContext, log_path: Path) -> None:
+        """The job wrote its log directly: every credential form is removed from it (it had none in its env anyway)."""
+        try:
+            ctx.creds.scrub_file(log_path)
+        except OSError:
+            pass
+
+    def _runner_status(self, ctx: RunContext, kind: JobKind, info: dict) -> dict:
+        """status() of a job that ran in a runner: its exit file, else the runner's state."""
+        log_path = ctx.run_dir / "logs" / f"{kind}.log"
+        exit_file = ctx.run_dir / "logs" / f"{kind}.exit"
+        self._scrub(ctx, log_path)
+        stopped = self._stop_marker(ctx, kind).exists()
+        out = {"name": info.get("runner"), "exists": True, "started": True, "runner": True, "stopped": stopped,
+               "log_tail": ctx.creds.redact(tail(log_path, STATUS_TAIL_CHARS))}
+        code, oom = None, False
+        if exit_file.exists():
+            text = exit_file.read_text().strip()
+            code = exit_code(int(text) if text.lstrip("-").isdigit() else -1)
+        else:
+            try:
+                container = self.client.containers.get(info.get("runner") or "")
+                running = self._runner_alive(container)
+                state = container.attrs.get("State", {})
+            except NotFound:
+                running, state = False, {}
+            except (DockerException, requests.exceptions.ConnectionError) as err:
+                raise _daemon_error(err) from None
+            if running:
+                return {**out, "running": True, "status": "running", "exit_code": None}
+            code, oom = exit_code(int(state["ExitCode"]) if "ExitCode" in state else None), bool(state.get("OOMKilled"))
+        out.update(running=False, status="exited", exit_code=code)
+        out["oom_killed"] = oom = oom_killed(code, oom_flag=oom, stopped=stopped)
+        out["log_tail"] = failure_tail(kind, code, out["log_tail"], oom=oom, stopped=stopped)
+        return out
+
     def _stream(self, ctx: RunContext, chunks: Iterable[bytes], kind: str, log_path: Path) -> None:
         out = _LineWriter(log_path, ctx.creds.redact, self.echo, f"[{kind}] ")
         try:
@@ -502,6 +766,14 @@ class DockerPlatform:
 
     def wait(self, ctx: RunContext, kind: JobKind, timeout: float | None = None) -> dict:
         """Block until a detached job ends (or timeout seconds pass); returns status()."""
+        info = self._runner_info(ctx, kind)
+        if info is not None:
+            try:
+                container = self.client.containers.get(info.get("runner") or "")
+                self._wait_runner_job(container, ctx.run_dir / "logs" / f"{kind}.exit", timeout)
+            except NotFound:
+                pass
+            return self.status(ctx, kind)
         name = container_name(kind, ctx.run_dir)
         try:
             self._container(ctx, kind).wait(timeout=timeout)
@@ -515,7 +787,10 @@ class DockerPlatform:
         return self.status(ctx, kind)
 
     def status(self, ctx: RunContext, kind: JobKind) -> dict:
-        """State of a job's container: running, exit code, OOM kill and the redacted log tail."""
+        """State of a job's container (or of the job in the run's runner): running, exit code, OOM kill and the redacted log tail."""
+        info = self._runner_info(ctx, kind)
+        if info is not None:
+            return self._runner_status(ctx, kind, info)
         log_path = ctx.run_dir / "logs" / f"{kind}.log"
         try:
             container = self._container(ctx, kind)
@@ -563,11 +838,39 @@ class DockerPlatform:
         return found[0]
 
     @staticmethod
+    def _runner_info(ctx: RunContext, kind: str) -> dict | None:
+        """The marker of a job that was handed to a runner (None when it ran, or runs, in its own container)."""
+        marker = ctx.run_dir / "logs" / f"{kind}.runner"
+        try:
+            info = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            return None
+        return info if isinstance(info, dict) else None
+
+    @staticmethod
     def _stop_marker(ctx: RunContext, kind: str) -> Path:
         return ctx.run_dir / ".tao" / f"{kind}.stopped"
 
     def stop(self, ctx: RunContext, kind: JobKind) -> None:
-        """Stop the job's container (kept, so its logs and exit code stay readable)."""
+        """Stop the job's container (kept, so its logs and exit code stay readable); a job in the runner is stopped with
+        its runner (SIGTERM: train.py checkpoints and exits 75; SIGKILL after the grace period)."""
+        info = self._runner_info(ctx, kind)
+        if info is not None:
+            if not self._runner_status(ctx, kind, info).get("running"):
+                return
+            marker = self._stop_marker(ctx, kind)
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text("stopped by the user or the agent\n")
+            if self._runner is not None and self._runner[0].name == info.get("runner"):
+                self._drop_runner()
+                return
+            try:
+                self.client.containers.get(info.get("runner") or "").stop(timeout=int(self.grace_s))
+            except NotFound:
+                return
+            except (DockerException, requests.exceptions.ConnectionError) as err:
+                raise _daemon_error(err) from None
+            return
         try:
             container = self._container(ctx, kind)
         except NotFound:

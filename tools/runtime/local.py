@@ -297,6 +297,8 @@ class LocalPlatform:
                 if w is not None:
                     pid_file.write_text(json.dumps({"pid": w.pid, "argv": argv, "started": time.time(), "worker": True}))
                     return JobResult(kind, 0, log, "", detached=True, handle=str(w.pid))
+            if kind == "train" and self._worker is not None and not self._worker_busy():
+                self._kill_worker()  # a training outside the warm interpreter (torchrun, a credential) gets its GPU memory
             wrapped = ["/bin/sh", "-c", 'trap "" HUP; "$@"; echo $? > "$TAO_EXIT_FILE"', "sh", *cmd]
             env = {**self._env(ctx, kind), "TAO_EXIT_FILE": str(exit_file)}
             with log.open("ab") as out:

@@ -1,7 +1,8 @@
-"""A persistent job runner for the local platform: one interpreter per run keeps its imports and CUDA context.
+"""A persistent job runner: one interpreter per run keeps its imports and CUDA context.
 
-Started by LocalPlatform as `python worker.py` in the run dir (its own process session). It reads one JSON request
-per line on stdin and runs each job in this process, one at a time, as `python script.py args...` would:
+Started by LocalPlatform as `python worker.py` in the run dir (its own process session), or by DockerPlatform as
+`python .tao/worker.py --requests .tao/runner.fifo` in a long-lived container of the run's image (the runner). It reads
+one JSON request per line on stdin (or the FIFO) and runs each job in this process, one at a time, as `python script.py args...` would:
 `runpy.run_path(script, run_name="__main__")` with sys.argv set, the job's env applied, stdout and stderr (fd 1 and 2)
 sent to the job's own log, and the exit status written to the job's own exit file (atomically), so each job stays
 one recorded run with its own log and exit code. A job that fails (non-zero exit, an exception) ends the worker after
@@ -187,8 +188,12 @@ def settle() -> float:
     return round(time.perf_counter() - t, 3)
 
 
-def main() -> int:
-    control = os.fdopen(os.dup(0), "r")  # requests come on the original stdin; jobs get /dev/null as theirs
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--requests"] and len(argv) == 2:  # a FIFO (the Docker runner: the output dir is mounted)
+        control = open(argv[1], "r")
+    else:
+        control = os.fdopen(os.dup(0), "r")  # requests come on the original stdin; jobs get /dev/null as theirs
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)

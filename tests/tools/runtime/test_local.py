@@ -260,6 +260,25 @@ def test_prewarm_starts_the_worker_and_plain_subprocess_mode_still_works(tmp_pat
     assert res.exit_code == 0 and res.log_tail.strip().endswith("False")
 
 
+def test_a_training_outside_the_worker_ends_the_idle_worker_first(tmp_path):
+    """torchrun (or a training given a credential) runs as its own process: the idle warm interpreter is ended first, so
+    the GPU memory it holds (CUDA context, cached blocks, the eval batches) is the training's."""
+    ctx = make_ctx(tmp_path)
+    py(ctx, "job.py", "import os\nprint('pid', os.getpid())\n")
+    res = ctx.platform.run(ctx, "smoke", ["python", "job.py"])
+    worker = int(res.log_tail.split("pid ")[1].split()[0])
+    assert not gone(worker)
+    ctx.platform.run(ctx, "train", ["python", "-c", "print('own process')"], detach=True)
+    deadline = time.monotonic() + 20
+    while not gone(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(worker)
+    while ctx.platform.status(ctx, "train")["running"] and time.monotonic() < deadline + 20:
+        time.sleep(0.05)
+    st = ctx.platform.status(ctx, "train")
+    assert st["exit_code"] == 0 and "own process" in st["log_tail"]
+
+
 # a job with train.py's preemption contract: SIGTERM -> write a checkpoint -> exit 75; `ready` says the handler is set
 TRAPS_SIGTERM = ("import os, signal, sys, time\n"
                  "def preempted(*_):\n    open('checkpoint.txt', 'w').write('step 7')\n"
