@@ -43,7 +43,7 @@ class Sourced(BaseModel):
 class Hyperparameters(BaseModel):
     """Training hyperparameters; each can be overridden by the user."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # learning_rate=inf passes gt=0 and diverges at step 1
     learning_rate: float = Field(5e-5, gt=0)
     per_device_train_batch_size: int = Field(32, ge=1)
     per_device_eval_batch_size: int = Field(64, ge=1)
@@ -155,7 +155,7 @@ class SlurmSpec(BaseModel):
 class RunConfig(BaseModel):
     """Every input of the spec with its default, plus what the steps record."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # n_epochs=inf: training forever
 
     model_id: str = Field(min_length=1, description="Hub model id (org/name) or a local model folder")
     dataset_id: str | None = Field(None, description="Hub dataset id; omit both dataset inputs to get recommendations")

@@ -117,3 +117,15 @@ def test_an_existing_folder_that_is_not_a_run_is_refused_as_output_dir(tmp_path,
         (run / marker).mkdir() if marker == ".tao" else (run / marker).write_text("")
         (run / "train.py").write_text("# the run's own\n")
         check_output_dir(run)
+
+
+@pytest.mark.parametrize("data,field", [({"n_epochs": float("inf")}, "n_epochs"), ({"n_epochs": "inf"}, "n_epochs"),
+                                        ({"hyperparameters": {"learning_rate": float("inf")}}, "hyperparameters.learning_rate"),
+                                        ({"hyperparameters": {"weight_decay": float("inf")}}, "hyperparameters.weight_decay")])
+def test_an_infinite_value_is_refused_in_one_line(data, field):
+    """`--n-epochs inf` would train forever and `learning_rate=inf` diverge at step 1: bad input, refused up front."""
+    with pytest.raises(ConfigError, match=rf"invalid config value for '{field}': Input should be a finite number"):
+        build_config({"model_id": "org/m", **data})
+    for raw in ("inf", ".inf", "-.inf"):  # as --set gives it (parsed as YAML)
+        with pytest.raises(ConfigError, match=field):
+            build_config({"model_id": "org/m", **apply_overrides({}, [f"{field.removeprefix('hyperparameters.')}={raw}"])[0]})
