@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tao_finetune.agent.facts import DatasetFacts, ModelFacts
 
@@ -201,6 +201,19 @@ class RunConfig(BaseModel):
     notes: list[str] = Field(default_factory=list)
     user_set: list[str] = Field(default_factory=list, description="dotted keys the user set explicitly")
     project: ProjectSpec = Field(default_factory=ProjectSpec, description="the generated project's only input")
+
+    @field_validator("hf_model_repo")
+    @classmethod
+    def _hub_repo_id(cls, repo: str | None) -> str | None:
+        """The Hub's own repo-id rules (huggingface_hub.utils.validate_repo_id), checked before the run, not at its push."""
+        if repo is not None:
+            from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+            try:
+                validate_repo_id(repo)
+            except HFValidationError as err:
+                raise ValueError(" ".join(str(err).split())) from None
+        return repo
 
     @model_validator(mode="after")
     def _one_dataset(self) -> "RunConfig":

@@ -129,3 +129,15 @@ def test_an_infinite_value_is_refused_in_one_line(data, field):
     for raw in ("inf", ".inf", "-.inf"):  # as --set gives it (parsed as YAML)
         with pytest.raises(ConfigError, match=field):
             build_config({"model_id": "org/m", **apply_overrides({}, [f"{field.removeprefix('hyperparameters.')}={raw}"])[0]})
+
+
+@pytest.mark.parametrize("repo", ["bad//repo", "../../etc", "a/b/c", "me/x--y", "me/model.git", "me/ spaced", "-me/x"])
+def test_a_hub_repo_id_the_hub_would_refuse_is_refused_up_front(repo):
+    """A typo in --hf-model-repo used to surface only at Step 6's push, after the training: refused before the run."""
+    with pytest.raises(ConfigError, match=r"(?i)invalid config value for 'hf_model_repo': .*repo"):
+        build_config({"model_id": "org/m", "hf_model_repo": repo})
+
+
+def test_a_valid_hub_repo_id_is_kept():
+    for repo in ("me/my-vit_2.0", "my-vit", None):
+        assert build_config({"model_id": "org/m", "hf_model_repo": repo}).hf_model_repo == repo
