@@ -131,6 +131,9 @@ class ProjectSpec(BaseModel):
     recipe: dict[str, Any] = Field(default_factory=dict, description="slot -> value actually used (sources stay in RunConfig.recipe)")
 
 
+SLURM_TIME = re.compile(r"\d+(:\d+){0,2}|\d+-\d+(:\d+){0,2}|UNLIMITED|INFINITE", re.IGNORECASE)
+
+
 class SlurmSpec(BaseModel):
     """The `slurm:` section: the batch request of every job on --platform slurm (each key settable with --set slurm.<key>=...)."""
 
@@ -150,6 +153,16 @@ class SlurmSpec(BaseModel):
     requeue: bool = Field(True, description="training: --requeue, checkpoint and requeue before the time limit")
     signal_s: int = Field(120, ge=10, description="seconds before the limit at which training checkpoints")
     rdzv_port: int = Field(29500, ge=1024, le=65535)
+
+    @field_validator("time", "job_time", mode="before")
+    @classmethod
+    def _time_limit(cls, value: Any) -> Any:
+        """sbatch's --time forms (minutes, MM:SS, HH:MM:SS, D-HH[:MM[:SS]], UNLIMITED): checked here, not by sbatch at Step 4."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # --set slurm.time=60 parses as a number: minutes
+        if isinstance(value, str) and not SLURM_TIME.fullmatch(value.strip()):
+            raise ValueError(f"{value!r} is not a SLURM time limit: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM:SS or UNLIMITED")
+        return value.strip() if isinstance(value, str) else value
 
 
 class RunConfig(BaseModel):

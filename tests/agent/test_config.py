@@ -141,3 +141,17 @@ def test_a_hub_repo_id_the_hub_would_refuse_is_refused_up_front(repo):
 def test_a_valid_hub_repo_id_is_kept():
     for repo in ("me/my-vit_2.0", "my-vit", None):
         assert build_config({"model_id": "org/m", "hf_model_repo": repo}).hf_model_repo == repo
+
+
+@pytest.mark.parametrize("raw,kept", [("60", "60"), ("90:00", "90:00"), ("04:00:00", "04:00:00"), ("1-12", "1-12"),
+                                      ("2-00:30:00", "2-00:30:00"), ("UNLIMITED", "UNLIMITED")])
+def test_slurm_time_limits_take_every_form_sbatch_takes(raw, kept):
+    """`--set slurm.time=60` (minutes, as the field's help says) was refused as 'not a string'."""
+    for key in ("time", "job_time"):
+        assert getattr(build_config({"model_id": "org/m", **apply_overrides({}, [f"slurm.{key}={raw}"])[0]}).slurm, key) == kept
+
+
+@pytest.mark.parametrize("raw", ["4h", "1:2:3:4", "-5", "soon", "1-"])
+def test_a_slurm_time_limit_sbatch_would_refuse_is_refused_up_front(raw):
+    with pytest.raises(ConfigError, match=r"invalid config value for 'slurm.time': .*time limit"):
+        build_config({"model_id": "org/m", **apply_overrides({}, [f"slurm.time={raw}"])[0]})
