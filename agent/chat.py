@@ -142,7 +142,10 @@ class IntakeLog:
         import fcntl
 
         lock = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
+        try:  # O_NOFOLLOW: a symlink planted at the lock's name must not make the truncate below hit another file
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
+        except OSError as err:
+            raise ConfigError(f"--resume {str(self.path)!r}: cannot take its lock {str(lock)!r} ({err.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -422,6 +422,13 @@ def test_an_intake_resumed_by_two_chats_at_once_is_refused_to_the_second(tmp_pat
     with FakeAnthropic([end_turn("Which dataset?")]) as api:
         monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
         assert main(["chat", "--resume", str(saved)]) == 0  # released: the next chat goes on
+    assert not saved.exists()  # quitting the intake removes it
+    saved = _intake(tmp_path / "intake.json", messages=[{"role": "user", "content": "fine-tune org/tiny-vit"}])
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / "intake.json.lock").symlink_to(victim)  # planted at the lock's name: never followed, never truncated
+    assert main(["chat", "--resume", str(saved)]) == 2
+    assert "cannot take its lock" in capsys.readouterr().err and victim.read_text() == "keep me"
 
 
 
