@@ -44,7 +44,7 @@ from tao_finetune.agent.errors import ExitCode, LoopExit, NeedsUser, ToolError
 from tao_finetune.agent.llm import LLMAuthError, LLMClient, LLMError
 from tao_finetune.agent.loop import Agent, Limits
 from tao_finetune.agent.secrets import Credentials
-from tao_finetune.agent.session import SessionFormatError, SessionLog
+from tao_finetune.agent.session import SessionFormatError, SessionLog, message_problem
 from tao_finetune.agent.state import RunState
 from tao_finetune.agent.tooling import Tool, format_validation_error
 
@@ -96,22 +96,6 @@ class IntakeRecord(BaseModel):
         if problem:
             raise ValueError(problem)
         return msgs
-
-
-def message_problem(msgs: Any) -> str | None:
-    """What keeps a conversation read from a file (an intake, a session log) from being sent to the model; None if nothing."""
-    if not isinstance(msgs, list):
-        return "not a list of messages"
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict):
-            return f"message {i}: not a message object"
-        if m.get("role") not in ("user", "assistant"):
-            return f"message {i}: role must be 'user' or 'assistant'"
-        content = m.get("content")
-        if not (isinstance(content, str) or isinstance(content, list)
-                and all(isinstance(b, dict) and isinstance(b.get("type"), str) for b in content)):
-            return f"message {i}: content must be text or a list of content blocks"
-    return None
 
 
 MAX_INTAKE_BYTES = 16 << 20  # a conversation before its run dir exists: kilobytes; anything near this is not one

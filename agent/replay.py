@@ -35,7 +35,7 @@ from tao_finetune.agent.errors import NeedsUser, ToolError
 from tao_finetune.agent.fakes import ScriptedClient, ScriptExhausted
 from tao_finetune.agent.loop import Agent, InvalidArgs, Limits, LoopExit, replace_path
 from tao_finetune.agent.secrets import Credentials
-from tao_finetune.agent.session import FORMAT_VERSION, SessionLog
+from tao_finetune.agent.session import FORMAT_VERSION, SessionLog, message_problem
 from tao_finetune.agent.state import RunState
 
 Mode = Literal["model", "full"]
@@ -141,9 +141,21 @@ class _ExitEvent(_Event):
     code: int | None = None
 
 
+class _StartEvent(_Event):
+    history: Any = None  # a chat's conversation before this invocation: Messages-API turns (session.message_problem)
+
+    @field_validator("history")
+    @classmethod
+    def _conversation(cls, history: Any) -> Any:
+        problem = message_problem(history) if history is not None else None
+        if problem:
+            raise ValueError(problem)
+        return history
+
+
 # the events a replay reads, typed: an event edited into another shape is a one-line ReplayError, never a crash mid-replay
 EVENT_SHAPES: dict[str, type[_Event]] = {"session": _SessionEvent, "response": _ResponseEvent, "tool_call": _ToolEvent,
-                                         "tool_result": _ToolResultEvent, "exit": _ExitEvent}
+                                         "tool_result": _ToolResultEvent, "exit": _ExitEvent, "start": _StartEvent}
 
 
 def _check_shapes(path: Path, events: list[dict[str, Any]]) -> None:

@@ -114,3 +114,19 @@ class SessionLog:
 def read_events(path: Path) -> list[dict[str, Any]]:
     """Read a session log file (a torn last line is skipped); SessionFormatError when it is not one."""
     return _parse(path, _read_text(path))[0]
+
+
+def message_problem(msgs: Any) -> str | None:
+    """What keeps a conversation read from a file (an intake, a session log) from being sent to the model; None if nothing."""
+    if not isinstance(msgs, list):
+        return "not a list of messages"
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            return f"message {i}: not a message object"
+        if m.get("role") not in ("user", "assistant"):
+            return f"message {i}: role must be 'user' or 'assistant'"
+        content = m.get("content")
+        if not (isinstance(content, str) or isinstance(content, list)
+                and all(isinstance(b, dict) and isinstance(b.get("type"), str) for b in content)):
+            return f"message {i}: content must be text or a list of content blocks"
+    return None

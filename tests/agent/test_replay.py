@@ -168,6 +168,8 @@ def _first(evs, kind):
     (lambda evs: _first(evs, "exit").update(code="three"), "exit event: code: Input should be a valid integer"),
     (lambda evs: _first(evs, "session").update(version=99), "session event: version: Input should be less than or equal to 2"),
     (lambda evs: _first(evs, "session").update(version="two"), "session event: version: Input should be a valid integer"),
+    (lambda evs: _first(evs, "start").update(history=[1, "x"]), "start event: history: message 0: not a message object"),
+    (lambda evs: _first(evs, "start").update(history="hello"), "start event: history: not a list of messages"),
 ])
 @pytest.mark.parametrize("mode", ["full", "model"])
 def test_an_event_edited_into_the_wrong_shape_is_a_one_line_error(recorded, tmp_path, capsys, change, needle, mode):
