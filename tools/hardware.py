@@ -488,6 +488,18 @@ def add_doctor_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     return p
 
 
+def _doctor_bad_input(args: argparse.Namespace, message: str) -> int:
+    """A bad --config or TAO_HOST_FACTS: one line on stderr (no markup: paths may hold brackets), exit 2; with --json
+    also one object on stdout."""
+    from rich.console import Console
+
+    line = " ".join(message.split())
+    Console(stderr=True, soft_wrap=True).print(f"error: {line}", style="red", markup=False)
+    if args.json:
+        print(json.dumps({"passed": False, "error": line, "exit_code": 2, "items": []}, indent=1))
+    return 2
+
+
 def doctor_command(args: argparse.Namespace) -> int:
     """Print one pass/warn/fail line per item; 0 if nothing failed, 4 on a hard failure."""
     from rich.console import Console
@@ -502,8 +514,7 @@ def doctor_command(args: argparse.Namespace) -> int:
         try:
             cfg = load_config(args.config)
         except ConfigError as err:
-            Console(stderr=True, soft_wrap=True).print(f"error: {err}", style="red", markup=False)
-            return 2
+            return _doctor_bad_input(args, str(err))
         c = Credentials.load()
         allow_cpu = allow_cpu or cfg.allow_cpu
         names = needed_credentials(cfg.push_to_hub, bool(cfg.model_facts and cfg.model_facts.gated), cfg.wandb)
@@ -519,8 +530,7 @@ def doctor_command(args: argparse.Namespace) -> int:
         try:
             facts, _ = host_facts(args.platform, Path.cwd(), args.smoke_image)
         except ToolError as err:
-            Console(stderr=True).print(f"[red]{err}[/red]")
-            return 2
+            return _doctor_bad_input(args, str(err))
         items = assess(facts, platform=args.platform, allow_cpu=allow_cpu, min_disk_gb=min_disk_gb(), credentials=creds)
     if args.json:
         print(json.dumps({"passed": passed(items), "items": [asdict(i) for i in items]}, indent=1))

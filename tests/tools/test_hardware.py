@@ -213,6 +213,30 @@ def test_doctor_exit_codes_and_lines(capsys, tmp_path):
     assert rc in (0, hw.DOCTOR_EXIT_FAIL)
 
 
+def test_doctor_bad_input_is_one_line_and_json_stays_one_object(capsys, tmp_path, monkeypatch):
+    """A bad --config or TAO_HOST_FACTS file (its path even holding rich markup): one line, exit 2; --json: one object."""
+    from tao_finetune.agent.cli import main
+
+    from tao_finetune.agent.facts import HOST_FACTS_ENV
+
+    bad_cfg, odd = tmp_path / "config.yaml", tmp_path / "[" / "bold]facts.json"  # the path reads '.../[/bold]facts.json'
+    bad_cfg.write_text("model_id: [\n")
+    odd.parent.mkdir()
+    odd.write_text("{garbage")
+    cases = [(["doctor", "--platform", "local", "--config", str(bad_cfg)], {}, "not valid YAML"),
+             (["doctor", "--platform", "local"], {HOST_FACTS_ENV: str(odd)}, "is not JSON")]
+    for argv, env, needle in cases:
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        assert main(argv) == 2
+        out, err = capsys.readouterr()
+        assert needle in err and len(err.strip().splitlines()) == 1 and "internal error" not in err, err
+        assert main([*argv, "--json"]) == 2
+        out, err = capsys.readouterr()
+        data = json.loads(out)
+        assert data["exit_code"] == 2 and needle in data["error"] and data["passed"] is False
+
+
 def test_gpu_smoke_on_a_daemon_without_gpu_runtime():
     docker = pytest.importorskip("docker")
     try:
