@@ -638,7 +638,7 @@ def replay_command(args: argparse.Namespace) -> int:
                         system_for=lambda ctx: render("system.md", **system_vars(ctx)), env_file=args.env_file.expanduser(),
                         apply_answer=apply_answer)
     except ReplayError as err:
-        console.print(f"[red]error:[/] {err}")
+        console.print(f"[red]error:[/] {escape(_one_line(err))}")  # user text (paths, values): never rich markup
         return EXIT_BAD_INPUT
     for i, (code, rec) in enumerate(zip(report.exit_codes, report.recorded_exit_codes), start=1):
         print(f"invocation {i}/{report.segments}: exit {code} (recorded {rec if rec is not None else 'none'})")
@@ -777,7 +777,7 @@ def run_with_result(args: argparse.Namespace) -> int:
         code, message = EXIT_BAD_INPUT, str(err)
         if not args.json:
             raise
-        console.print(f"[red]error:[/] {err}")
+        console.print(f"[red]error:[/] {escape(_one_line(err))}")
     except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 - --json: stdout stays one RunResult, whatever failed
         if not args.json:
             raise

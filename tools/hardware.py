@@ -503,6 +503,7 @@ def _doctor_bad_input(args: argparse.Namespace, message: str) -> int:
 def doctor_command(args: argparse.Namespace) -> int:
     """Print one pass/warn/fail line per item; 0 if nothing failed, 4 on a hard failure."""
     from rich.console import Console
+    from rich.markup import escape
 
     from tao_finetune.agent.secrets import Credentials
 
@@ -538,9 +539,10 @@ def doctor_command(args: argparse.Namespace) -> int:
         console = Console(highlight=False)
         style = {"pass": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
         for i in items:
-            console.print(f"[{style[i.status]}]{i.status:4}[/] {i.name:18} {i.detail}", soft_wrap=True)
+            # host text (paths, versions, GPU names) is printed as text, never read as rich markup
+            console.print(f"[{style[i.status]}]{i.status:4}[/] {escape(f'{i.name:18}')} {escape(i.detail)}", soft_wrap=True)
             if i.fix and i.status in ("fail", "warn"):
-                console.print(f"     {'':18} fix: {i.fix}", style="dim", soft_wrap=True)
+                console.print(f"     {'':18} fix: {i.fix}", style="dim", soft_wrap=True, markup=False)
         verdict = "PASS" if passed(items) else "FAIL"
         console.print(f"[bold]{verdict}[/bold] (expected host: driver {EXPECTED_DRIVER_BRANCH} branch, CUDA 13.0, "
                       f"Container Toolkit {fmt_version(EXPECTED_CTK)})")

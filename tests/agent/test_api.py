@@ -91,6 +91,15 @@ def test_run_json_on_a_locked_dir_or_a_bug_is_still_one_json_document(tmp_path, 
     assert "crash report: " in result.message and "Traceback" not in out + err
 
 
+def test_run_json_on_bad_input_holding_brackets_is_one_json_document(tmp_path, capsys):
+    """A bad value printed in the error line may hold '[/bold]': plain text, not rich markup (which crashed before the JSON)."""
+    code = main(["run", "--model-id", "a/b", "--output-dir", str(tmp_path / "x"), "--llm", "autopilot", "--set", "zzz[/bold]=1", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "zzz[/bold]" in err and "internal error" not in err, err
+    result = RunResult.model_validate_json(out)
+    assert result.status == "bad_input" and "zzz[/bold]" in result.message
+
+
 def test_python_api_returns_a_question_without_printing(tmp_path, capsys):
     from tao_finetune.agent.demo import make_tiny_vit
 

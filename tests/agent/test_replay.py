@@ -179,3 +179,13 @@ def test_an_event_edited_into_the_wrong_shape_is_a_one_line_error(recorded, tmp_
     err = captured.err
     assert needle in err and "is not a replayable session log" in err and len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in captured.out + err and "internal error" not in err
+
+
+def test_a_session_path_with_brackets_is_printed_as_text(tmp_path, capsys):
+    """Error lines print user text (paths, values) as plain text: '[/bold]' in a path was read as rich markup and crashed."""
+    odd = tmp_path / "[" / "bold]session.jsonl"  # the path reads '.../[/bold]session.jsonl'
+    odd.parent.mkdir()
+    odd.write_text("{not json\n{}\n")
+    assert main(["replay", str(odd), "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "[/bold]session.jsonl" in err and "internal error" not in err and len(err.strip().splitlines()) == 1, err

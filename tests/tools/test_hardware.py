@@ -237,6 +237,18 @@ def test_doctor_bad_input_is_one_line_and_json_stays_one_object(capsys, tmp_path
         assert data["exit_code"] == 2 and needle in data["error"] and data["passed"] is False
 
 
+def test_doctor_lines_print_host_text_as_text(capsys, tmp_path, monkeypatch):
+    """The disk line names the working folder: '[/bold]' in it was read as rich markup and crashed doctor."""
+    from tao_finetune.agent.cli import main
+
+    cwd = tmp_path / "[" / "bold]work"  # the path reads '.../[/bold]work'
+    cwd.mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    assert main(["doctor", "--platform", "local", "--allow-cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert "[/bold]work" in out and "internal error" not in err, out + err
+
+
 def test_gpu_smoke_on_a_daemon_without_gpu_runtime():
     docker = pytest.importorskip("docker")
     try:
