@@ -541,8 +541,8 @@ def after_interrupt(ctx, interactive: bool) -> None:
         console.print("no job of this run is running; re-run the same command to resume")
         return
     d = ctx.run_dir
-    console.print(f"still running: {', '.join(jobs)} (detached). Stop it with `tao-finetune stop {d}`; "
-                  f"re-running the same command resumes and picks it up")
+    console.print(escape(f"still running: {', '.join(jobs)} (detached). Stop it with `tao-finetune stop {d}`; "
+                         f"re-running the same command resumes and picks it up"))  # the path is text, not markup
     if not interactive:
         return
     console.print(f"press Ctrl-C again within {SECOND_PRESS_S:.0f} s to stop {', '.join(jobs)} now")
@@ -550,7 +550,7 @@ def after_interrupt(ctx, interactive: bool) -> None:
         time.sleep(SECOND_PRESS_S)
     except KeyboardInterrupt:
         for line in stop_jobs(ctx, jobs):
-            console.print(line)
+            console.print(escape(line))
         ctx.session.event("note", text=f"second Ctrl-C: stopped {', '.join(jobs)}")
 
 

@@ -125,6 +125,18 @@ def test_answer_on_a_run_with_no_pending_question_is_a_one_line_error(tmp_path, 
     assert not any(fresh.iterdir()) and sorted(p.name for p in idle.iterdir()) == ["config.yaml"]  # nothing written
 
 
+def test_the_still_running_line_after_ctrl_c_prints_the_run_dir_as_text(tmp_path, capsys, monkeypatch):
+    """A run dir whose path holds '[/bold]' was read as rich markup in the line printed after a Ctrl-C: an internal error."""
+    import types
+
+    from tao_finetune.agent import cli
+
+    monkeypatch.setattr(cli, "running_jobs", lambda ctx: ["train"])
+    run_dir = tmp_path / "[" / "bold]run"  # the path reads '.../[/bold]run'
+    cli.after_interrupt(types.SimpleNamespace(run_dir=run_dir), interactive=False)
+    assert f"still running: train (detached). Stop it with `tao-finetune stop {run_dir}`" in capsys.readouterr().err
+
+
 def test_user_keys_are_leaves_and_local_paths_absolute(tmp_path, monkeypatch):
     from tao_finetune.agent.cli import config_from_args
 
