@@ -364,17 +364,21 @@ def eval_command(args: argparse.Namespace, main: Callable[[list[str]], int] | No
     try:
         if args.repeat < 1:
             raise CaseError("--repeat must be at least 1")
+        if args.out.resolve().exists() and not args.out.resolve().is_dir():
+            raise CaseError(f"--out {str(args.out.resolve())!r} is a file, not a folder: choose another path")
         cases = [c for c in load_cases(args.cases_dir) if not args.case or c.id in args.case]
         drivers = [Driver.parse(x) for x in args.compare] if args.compare else [None]
         if args.system_prompt:
             if args.compare:
                 raise CaseError("--system-prompt and --compare do not mix: use --compare prompt:FILE A")
             drivers = [Driver.parse(f"prompt:{args.system_prompt}")]
-    except CaseError as err:
-        Console(stderr=True, soft_wrap=True, highlight=False).print(f"[red]error:[/] {err}")
-        return 2
-    if not cases:
-        Console(stderr=True, soft_wrap=True, highlight=False).print(f"[red]error:[/] no eval cases match {args.case!r}")
+        if not cases:
+            raise CaseError(f"no eval cases match {args.case!r}")
+    except CaseError as err:  # one plain line (case ids and paths are text, not rich markup); --json: one object too
+        line = " ".join(str(err).split())
+        Console(stderr=True, soft_wrap=True, highlight=False).print(f"error: {line}", style="red", markup=False)
+        if args.json:
+            print(json.dumps({"error": line, "exit_code": 2}, indent=1))
         return 2
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -392,5 +396,5 @@ def eval_command(args: argparse.Namespace, main: Callable[[list[str]], int] | No
         if args.compare:
             console.print(comparison(drivers[0], drivers[1], scores))
         total = sum(s.cost_usd for s in scores)
-        console.print(f"{sum(s.passed for s in scores)}/{len(scores)} passed · ${total:.4f} · results: {out / 'results.json'}")
+        console.print(f"{sum(s.passed for s in scores)}/{len(scores)} passed · ${total:.4f} · results: {out / 'results.json'}", markup=False)
     return 0 if all(s.passed for s in scores) else 1

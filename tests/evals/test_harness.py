@@ -54,6 +54,20 @@ def test_every_eval_run_is_fresh_and_the_scorecard_has_tokens(tmp_path, capsys):
     assert main(["eval", "--case", "nope", "--out", str(tmp_path)]) == 2
 
 
+def test_eval_bad_input_is_one_line_exit_2_and_json_stays_json(tmp_path, capsys):
+    """--out naming a file was an OSError (exit 1); a case id with '[/bold]' was read as rich markup; --json printed nothing."""
+    (tmp_path / "a-file").write_text("x")
+    for argv, needle in ((["--case", "refuse-push-first", "--out", str(tmp_path / "a-file")], "is a file, not a folder"),
+                         (["--case", "no[/bold]such"], "no eval cases match ['no[/bold]such']")):
+        argv = ["eval", *argv] if "--out" in argv else ["eval", *argv, "--out", str(tmp_path / "out")]
+        assert main(argv) == 2
+        out, err = capsys.readouterr()
+        assert needle in err and len(err.strip().splitlines()) == 1 and "internal error" not in err, err
+        assert main([*argv, "--json"]) == 2
+        data = json.loads(capsys.readouterr().out)
+        assert data["exit_code"] == 2 and needle in data["error"]
+
+
 def test_compare_prints_two_drivers_side_by_side(tmp_path, capsys):
     prompt = tmp_path / "p.md"
     prompt.write_text("x")
