@@ -86,6 +86,29 @@ def _script(kind: str) -> list[str]:
     return list(SCRIPTS[kind])
 
 
+# Kubernetes' own formats (apimachinery: validation.IsDNS1123Label/Subdomain, resource.Quantity), checked before rendering:
+# the JSON schemas type these as plain strings, so a value kubectl apply refuses would otherwise render "validated"
+DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+QUANTITY = re.compile(r"(\d+(\.\d*)?|\.\d+)([eE]\d+|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")
+
+
+def check_inputs(*, image: str, namespace: str, gpus_per_node: int | None, storage_class: str | None,
+                 sizes: dict[str, str | None], cpu: str | None) -> None:
+    """ConfigError (one line, naming the flag) for a value the cluster's API server would refuse."""
+    if not image.strip() or any(ch.isspace() for ch in image):
+        raise ConfigError(f"--image {image!r} is not an image reference (REGISTRY/NAME:TAG, no spaces)")
+    if not DNS1123_LABEL.fullmatch(namespace):
+        raise ConfigError(f"--namespace {namespace!r} is not a Kubernetes name (lower-case letters, digits, '-', at most 63)")
+    if storage_class is not None and not DNS1123_SUBDOMAIN.fullmatch(storage_class):
+        raise ConfigError(f"--storage-class {storage_class!r} is not a Kubernetes name (lower-case letters, digits, '-', '.')")
+    if gpus_per_node is not None and gpus_per_node < 0:
+        raise ConfigError(f"--gpus-per-node {gpus_per_node} must be 0 or more")
+    for flag, value in {**sizes, "--cpu": cpu}.items():
+        if value is not None and not QUANTITY.fullmatch(str(value)):
+            raise ConfigError(f"{flag} {value!r} is not a Kubernetes quantity (e.g. 16, 500m, 128Gi, 64G)")
+
+
 def render_manifests(cfg: RunConfig, *, image: str, namespace: str = "default", nodes: int = 1, gpus_per_node: int | None = None,
                      output_size: str = "200Gi", cache_size: str = "100Gi", storage_class: str | None = None,
                      shm: str = "16Gi", cpu: str | None = None, memory: str | None = None,
@@ -93,6 +116,8 @@ def render_manifests(cfg: RunConfig, *, image: str, namespace: str = "default", 
     """File name -> manifest: PVCs, a Job per single-pod job, the training PyTorchJob."""
     if nodes < 1:
         raise ConfigError("--nodes must be at least 1")
+    check_inputs(image=image, namespace=namespace, gpus_per_node=gpus_per_node, storage_class=storage_class,
+                 sizes={"--output-size": output_size, "--cache-size": cache_size, "--shm": shm, "--memory": memory}, cpu=cpu)
     run = k8s_name(f"tao-{cfg.short_name}")
     names = {"run": run, "output": f"{run}-output", "cache": f"{run}-hf-cache"}
     gpus = int(cfg.gpu_count or 0) if gpus_per_node is None else gpus_per_node

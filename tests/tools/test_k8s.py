@@ -148,3 +148,20 @@ def test_render_k8s_without_an_image_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no image" in err and len(err.strip().splitlines()) == 1
     assert main(["render-k8s", str(tmp_path / "nothing")]) == 2
+
+
+@pytest.mark.parametrize("flags,needle", [(["--namespace", "BAD_NS"], "--namespace 'BAD_NS'"),
+                                          (["--memory", "lots"], "--memory 'lots'"), (["--shm", "-1"], "--shm '-1'"),
+                                          (["--cpu", "many"], "--cpu 'many'"), (["--output-size", "200 GB"], "--output-size '200 GB'"),
+                                          (["--image", "a b"], "--image 'a b'"), (["--gpus-per-node", "-2"], "--gpus-per-node -2"),
+                                          (["--storage-class", "Fast SSD"], "--storage-class 'Fast SSD'")])
+def test_a_value_kubernetes_would_refuse_is_a_one_line_error_and_nothing_is_written(tmp_path, capsys, flags, needle):
+    """These rendered 'validated' manifests that kubectl apply refuses: refused here, before any file is written."""
+    c = cfg(tmp_path)
+    c.out.mkdir(parents=True)
+    save_config(c, c.out / "config.yaml")
+    argv = ["render-k8s", str(c.out), "--image", "registry.example/run:1", *flags]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1 and "internal error" not in err, err
+    assert not (c.out / "k8s").exists()
