@@ -783,13 +783,13 @@ def run_with_result(args: argparse.Namespace) -> int:
             raise
         console.quiet = False  # the one error line still reaches stderr
         code, message = _failure(err)
-        if getattr(args, "outcome", None):  # the run dir was opened: its result, with this failure as the message
-            args.outcome = {"run_dir": args.outcome["run_dir"], "message": message}
     finally:
         console.quiet = False
         if sink is not sys.stderr:
             sink.close()
     outcome = getattr(args, "outcome", None)
+    if outcome and message:  # failed after the run dir opened: its result, with this failure as the message
+        outcome = {"run_dir": outcome["run_dir"], "message": message}
     if outcome:
         result = build_result(outcome["run_dir"], code, outcome.get("message", ""), outcome.get("how"), time.monotonic() - t0)
         write_result(result)

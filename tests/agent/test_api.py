@@ -100,6 +100,19 @@ def test_run_json_on_bad_input_holding_brackets_is_one_json_document(tmp_path, c
     assert result.status == "bad_input" and "zzz[/bold]" in result.message
 
 
+def test_a_bad_input_found_after_the_run_dir_opened_reports_its_own_message(tmp_path, monkeypatch):
+    """A driver that cannot start (no replay file, no API key) fails once the dir is open: the result said 'all six gates
+    already met' (a placeholder) instead of the error."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_AUTH_TOKEN", raising=False)
+    for kwargs, needle in (({"llm": "replay"}, "--replay"), ({"llm": "replay", "replay": str(tmp_path / "none.jsonl")}, "none.jsonl"),
+                           ({}, "ANTHROPIC_API_KEY")):
+        result = tao_finetune.run("org/tiny-vit", dataset_id="org/digits", output_dir=str(tmp_path / "run"), platform="local",
+                                  env_file=str(tmp_path / "none.env"), **kwargs)
+        assert result.status == "bad_input" and needle in result.message and "already met" not in result.message, result.message
+        assert read_result(tmp_path / "run") == result
+
+
 def test_python_api_returns_a_question_without_printing(tmp_path, capsys):
     from tao_finetune.agent.demo import make_tiny_vit
 
