@@ -285,6 +285,11 @@ def apply_overrides(data: dict[str, Any], sets: list[str]) -> tuple[dict[str, An
             key = f"project.{key}"
         if key.startswith("recipe."):
             slot = key.removeprefix("recipe.")
+            from tao_finetune.agent.gates import OPTIONAL_SLOTS, RECIPE_SLOTS  # (gates imports this module)
+
+            slots = (*RECIPE_SLOTS, *OPTIONAL_SLOTS, *Hyperparameters.model_fields)
+            if slot not in slots:  # a typo would pin nothing: research fills the real slot
+                raise ConfigError(f"--set {key!r}: {slot!r} is not a recipe slot: one of {', '.join(slots)}")
             data.setdefault("recipe", {})[slot] = {"value": parse_value(raw), "rank": "user", "source": "user"}
             keys.append(key)
             continue

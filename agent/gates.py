@@ -30,6 +30,8 @@ RECIPE_SLOTS = (
     "train_transforms",
     "hyperparameters",
 )
+# recordable but not gated: no scaffold reads them yet (a model writing its own project may use them)
+OPTIONAL_SLOTS = ("eval_transforms", "collator", "compute_metrics")
 PROJECT_FILES = ("config.yaml", "Dockerfile", "requirements.txt", "prepare_data.py", "train.py", "run_eval.py", "infer.py", ".gitignore")
 N_SAMPLES = 5
 PLACEHOLDER = re.compile(r"<[a-z][a-z0-9_\-]*>")

@@ -25,7 +25,7 @@ from tao_finetune.agent import authority, policy
 from tao_finetune.agent.config import RANKS, Hyperparameters, RunConfig, atomic_write_text
 from tao_finetune.agent.context import RunContext
 from tao_finetune.agent import references
-from tao_finetune.agent.gates import RECIPE_SLOTS
+from tao_finetune.agent.gates import OPTIONAL_SLOTS, RECIPE_SLOTS
 from tao_finetune.agent.state import RunState
 from tao_finetune.tools.base import ToolError, tool
 from tao_finetune.tools.probe import endpoint
@@ -34,8 +34,6 @@ from tao_finetune.tools.task import lora_unavailable
 REFERENCES = "tao_finetune.references"
 # training_method is the user's choice (core rule: never substitute it); research may only suggest it.
 HP_NAMES = tuple(n for n in Hyperparameters.model_fields if n != "training_method")
-# recordable but not gated: no scaffold reads them yet (a model writing its own project may use them)
-OPTIONAL_SLOTS = ("eval_transforms", "collator", "compute_metrics")
 SLOT_NAMES = (*RECIPE_SLOTS, *OPTIONAL_SLOTS, *HP_NAMES)
 Slot = Literal[SLOT_NAMES]  # type: ignore[valid-type]
 AttemptSlot = Literal[("*", *SLOT_NAMES)]  # type: ignore[valid-type]

@@ -155,3 +155,18 @@ def test_slurm_time_limits_take_every_form_sbatch_takes(raw, kept):
 def test_a_slurm_time_limit_sbatch_would_refuse_is_refused_up_front(raw):
     with pytest.raises(ConfigError, match=r"invalid config value for 'slurm.time': .*time limit"):
         build_config({"model_id": "org/m", **apply_overrides({}, [f"slurm.time={raw}"])[0]})
+
+
+@pytest.mark.parametrize("key", ["recipe.train_transform", "recipe.", "recipe.model-klass"])
+def test_a_recipe_slot_that_does_not_exist_is_refused(key):
+    """`--set recipe.train_transform=...` (a typo of train_transforms) pinned nothing: research filled the real slot."""
+    with pytest.raises(ConfigError, match=r"is not a recipe slot: one of model_class, processor_class, train_transforms"):
+        apply_overrides({}, [f"{key}=none"])
+
+
+def test_every_recipe_slot_research_records_can_be_pinned():
+    from tao_finetune.tools.research import SLOT_NAMES
+
+    for slot in SLOT_NAMES:
+        data, keys = apply_overrides({}, [f"recipe.{slot}=x"])
+        assert keys == [f"recipe.{slot}"] and data["recipe"][slot]["rank"] == "user"
