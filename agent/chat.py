@@ -97,6 +97,13 @@ class IntakeRecord(BaseModel):
             raise ValueError(problem)
         return msgs
 
+    @field_validator("defaults")
+    @classmethod
+    def _defaults(cls, defaults: list[str]) -> list[str]:
+        """The command line's --set, checked as --set is (ConfigError is a ValueError: one line)."""
+        apply_overrides({}, list(defaults))
+        return defaults
+
 
 MAX_INTAKE_BYTES = 16 << 20  # a conversation before its run dir exists: kilobytes; anything near this is not one
 
