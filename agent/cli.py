@@ -874,6 +874,17 @@ def _dispatch(args: argparse.Namespace, handlers: dict[str, Any]) -> int:
         return _failure(err)[0]
 
 
+def _credentials_redactor():
+    """Redaction without a run's session (a crash before one opened): the environment's and the default .env's
+    credentials, else the token patterns alone."""
+    from tao_finetune.agent.secrets import Credentials
+
+    try:
+        return Credentials.load().redact
+    except (OSError, ValueError):
+        return Credentials({}).redact
+
+
 def _failure(err: BaseException) -> tuple[int, str]:
     """A command's failure as one line on stderr (and the session's exit event): its exit code and that line.
     A bug (anything unexpected) also gets a crash report with the redacted traceback."""
@@ -897,8 +908,9 @@ def _failure(err: BaseException) -> tuple[int, str]:
 
         where = _ACTIVE.get("run_dir") or Path(os.environ.get("TMPDIR", "/tmp")) / "tao-finetune"
         session = _ACTIVE.get("session")
-        path = crash_report(where, err, session.creds.redact if session else None)
-        code, msg = EXIT_ERROR, f"internal error {err.__class__.__name__}: {_one_line(err)[:200]}; crash report: {path}"
+        redact = session.creds.redact if session else _credentials_redactor()
+        path = crash_report(where, err, redact)
+        code, msg = EXIT_ERROR, redact(f"internal error {err.__class__.__name__}: {_one_line(err)[:200]}; crash report: {path}")
     console.print(f"[red]error:[/] {escape(msg)}")
     _exit_event(code, msg)
     return code, msg

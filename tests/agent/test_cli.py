@@ -137,6 +137,26 @@ def test_the_still_running_line_after_ctrl_c_prints_the_run_dir_as_text(tmp_path
     assert f"still running: train (detached). Stop it with `tao-finetune stop {run_dir}`" in capsys.readouterr().err
 
 
+def test_a_bug_before_any_run_dir_is_reported_redacted(tmp_path, capsys, monkeypatch):
+    """A crash outside a run (no session to redact with) wrote its report and printed its line with the token in them."""
+    from tao_finetune.agent import cli
+
+    token = "hf_crashToken0123456789abcdefABCD"
+    monkeypatch.setenv("HF_TOKEN", token)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+
+    def buggy(args):
+        raise RuntimeError(f"could not parse {token[::-1]} near {token}")
+
+    monkeypatch.setattr(cli, "status_command", buggy)
+    assert main(["status", "--output-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "internal error RuntimeError" in err and token not in err and token[::-1] not in err, err
+    (report,) = (tmp_path / "tao-finetune" / ".tao").glob("crash-*.txt")
+    text = report.read_text()
+    assert "RuntimeError" in text and token not in text and token[::-1] not in text
+
+
 def test_user_keys_are_leaves_and_local_paths_absolute(tmp_path, monkeypatch):
     from tao_finetune.agent.cli import config_from_args
 
