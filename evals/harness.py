@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
@@ -123,6 +124,10 @@ def parse_case(data: Any, source: Path) -> Case:
         raise CaseError(f"eval case {source.name!r}: unknown expectation(s) {', '.join(bad)} (known: {', '.join(sorted(EXPECT_KEYS))})")
     if "id" not in data or "args" not in data:
         raise CaseError(f"eval case {source.name!r}: a case needs 'id' and 'args'")
+    if not isinstance(data["id"], str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", data["id"]):  # its run folder's name
+        raise CaseError(f"eval case {source.name!r}: id must be a plain name (letters, digits, '.', '_', '-'), got {data['id']!r}")
+    if not isinstance(data["args"], list) or not all(isinstance(a, str) for a in data["args"]):
+        raise CaseError(f"eval case {source.name!r}: args must be a list of strings (run flags), got {data['args']!r}")
     if data.get("driver", "autopilot") not in DRIVERS:
         raise CaseError(f"eval case {source.name!r}: driver must be one of {', '.join(DRIVERS)}")
     if data.get("replay_mode") is not None and (data["replay_mode"] not in REPLAY_MODES or not data.get("replay")):

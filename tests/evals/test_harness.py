@@ -21,6 +21,9 @@ def test_packaged_cases_load():
     ({"id": "x", "args": [], "driver": "gpt"}, "driver must be one of"),
     ({"args": []}, "needs 'id' and 'args'"),
     (["not", "a", "mapping"], "must hold a mapping"),
+    ({"id": "../../outside", "args": []}, "id must be a plain name"),  # its run folder would be made outside --out
+    ({"id": 5, "args": []}, "id must be a plain name"),
+    ({"id": "x", "args": "--yes"}, "args must be a list of strings"),
 ])
 def test_bad_cases_are_rejected_with_one_line(tmp_path, data, needle, capsys):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
