@@ -322,7 +322,8 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def scorecard(scores: list[Score]) -> Any:
-    """A rich table: one row per run."""
+    """A rich table: one row per run (failures name run files: printed as text, not markup)."""
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title="eval scorecard")
@@ -331,7 +332,7 @@ def scorecard(scores: list[Score]) -> Any:
         t.add_column(col, justify="right" if col in ("#", "exit", "turns", "tool errors", "refusals", "cost $", "wall s") else "left")
     for s in scores:
         metric = f"{s.baseline_metric} → {s.primary_metric}" if s.primary_metric is not None else "-"
-        t.add_row(s.id, s.driver, str(s.repeat + 1), "[green]PASS[/]" if s.passed else f"[red]FAIL[/] {'; '.join(s.failures)}",
+        t.add_row(s.id, s.driver, str(s.repeat + 1), "[green]PASS[/]" if s.passed else f"[red]FAIL[/] {escape('; '.join(s.failures))}",
                   str(s.exit_code), "".join(map(str, s.gates_met)) or "-", str(s.steps), str(s.tool_errors), str(s.refusals),
                   f"{s.tokens_in:,}/{s.tokens_out:,}", f"{s.cache_read_share:.0%}", f"{s.cost_usd:.4f}", f"{s.seconds:.1f}", metric)
     return t

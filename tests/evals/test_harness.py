@@ -91,3 +91,15 @@ def test_rule_cases_are_stopped_by_code(tmp_path, case_id):
     score = run_case(case, tmp_path, main=main)
     assert score.passed, (score.failures, score.exit_code)
     assert score.exit_code != 0
+
+
+def test_the_scorecard_prints_failures_as_text():
+    """A failure names files of the run (the model's to name): '[/bold]' in one was read as rich markup at the very end."""
+    from rich.console import Console
+
+    from tao_finetune.evals.harness import Score, scorecard
+
+    s = Score("c", "autopilot", 4, [1], 0, 0, 3, 0.0, 1.0, None, None, ["secret found in [/bold]x.py"])
+    console = Console(record=True, width=400)
+    console.print(scorecard([s]))
+    assert "FAIL secret found in [/bold]x.py" in console.export_text()
