@@ -131,6 +131,9 @@ class Agent:
                               f"crash report: {crash_report(self.ctx.run_dir, err, self.ctx.creds.redact)}")
         finally:
             self.ctx.save()
+        # the run's last word reaches the console, result.json, PROGRESS.md and the caller: redacted once, here (an error
+        # or a question may quote what a tool or the Hub said, a credential included)
+        result.message = self.ctx.creds.redact(result.message)
         if isinstance(result, AskUser):
             self.ctx.state.pending_question = result.message
             self.ctx.state.pending_choices = choices

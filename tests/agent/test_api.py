@@ -113,6 +113,27 @@ def test_a_bad_input_found_after_the_run_dir_opened_reports_its_own_message(tmp_
         assert read_result(tmp_path / "run") == result
 
 
+def test_the_result_never_holds_a_credential(tmp_path, capsys, monkeypatch):
+    """A loop that ends on an error quoting a token: the RunResult (stdout, the API, result.json) is redacted."""
+    from tao_finetune.agent.loop import Agent
+
+    token = "hf_resultToken0123456789abcdefXYZ"
+    monkeypatch.setenv("HF_TOKEN", token)
+
+    def crash(self):
+        raise RuntimeError(f"the Hub refused {token}")
+
+    monkeypatch.setattr(Agent, "step", crash)
+    run = tmp_path / "run"
+    argv = ["run", "--model-id", "org/tiny-vit", "--dataset-id", "org/digits", "--output-dir", str(run), "--platform", "local",
+            "--llm", "autopilot", "--yes", "--json", "--quiet", "--env-file", str(tmp_path / "none.env")]
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    result = RunResult.model_validate_json(out)
+    assert "internal error RuntimeError: the Hub refused [REDACTED]" in result.message and token not in out
+    assert token not in (run / "result.json").read_text()
+
+
 def test_python_api_returns_a_question_without_printing(tmp_path, capsys):
     from tao_finetune.agent.demo import make_tiny_vit
 
