@@ -633,6 +633,7 @@ def replay_command(args: argparse.Namespace) -> int:
 
     session = args.session.expanduser().resolve()
     out = (args.output_dir or session.parent.with_name(session.parent.name + "-replay")).expanduser().resolve()
+    load_credentials(args.env_file)  # a folder or non-UTF-8 --env-file: the one-line ConfigError, before anything is touched
     try:
         report = replay(session, out, args.mode, tools=all_tools(), platform_factory=make_platform,
                         system_for=lambda ctx: render("system.md", **system_vars(ctx)), env_file=args.env_file.expanduser(),

@@ -189,3 +189,15 @@ def test_a_session_path_with_brackets_is_printed_as_text(tmp_path, capsys):
     assert main(["replay", str(odd), "--output-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "[/bold]session.jsonl" in err and "internal error" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_bad_env_file_is_a_one_line_error_before_the_output_dir_is_touched(recorded, tmp_path, capsys):
+    """replay read --env-file on its own: a folder was an OSError (exit 1), bytes that are not UTF-8 an internal error."""
+    binary = tmp_path / "binary.env"
+    binary.write_bytes(b"\xff\xfe")
+    for env_file, needle in ((tmp_path, "is not a file"), (binary, "is not UTF-8 text")):
+        out = tmp_path / "out"
+        assert main(["replay", str(recorded["session"]), "--mode", "full", "--output-dir", str(out), "--env-file", str(env_file)]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "internal error" not in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists()
