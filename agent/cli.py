@@ -220,15 +220,7 @@ def load_credentials(env_file: Path):
     """Credentials from the environment and --env-file; a file that is not a readable UTF-8 text file is a ConfigError."""
     from tao_finetune.agent.secrets import Credentials
 
-    path = env_file.expanduser()
-    if path.exists() and not path.is_file():
-        raise ConfigError(f"--env-file {str(env_file)!r} is not a file (a KEY=VALUE text file is expected)")
-    try:
-        return Credentials.load(env_file)
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"--env-file {str(env_file)!r} is not UTF-8 text (byte {err.start})") from None
-    except OSError as err:
-        raise ConfigError(f"--env-file {str(env_file)!r} cannot be read: {err.strerror}") from None
+    return Credentials.load(env_file)  # parse_env_file: the one-line ConfigError of a bad file, for every command
 
 
 def make_platform(cfg: RunConfig, echo=None):

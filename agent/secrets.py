@@ -22,12 +22,22 @@ DEFAULT_ENV_FILE = Path("~/.config/tao/.env")
 
 
 def parse_env_file(path: Path) -> dict[str, str]:
-    """Parse KEY=VALUE lines (optional 'export', quotes); missing file gives {}."""
+    """Parse KEY=VALUE lines (optional 'export', quotes); missing file gives {}. The one reader of credentials files: a
+    folder, bytes that are not UTF-8 or an unreadable file is a ConfigError in one line (exit 2), for every command."""
+    from tao_finetune.agent.config import ConfigError
+
     out: dict[str, str] = {}
+    where = f"--env-file {str(path)!r}"
+    if path.expanduser().exists() and not path.expanduser().is_file():
+        raise ConfigError(f"{where} is not a file (a KEY=VALUE text file is expected)")
     try:
-        lines = path.expanduser().read_text().splitlines()
+        lines = path.expanduser().read_bytes().decode("utf-8").splitlines()
     except FileNotFoundError:
         return out
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{where} is not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"{where} cannot be read: {err.strerror}") from None
     for line in lines:
         line = line.strip()
         if not line or line.startswith("#") or "=" not in line:
