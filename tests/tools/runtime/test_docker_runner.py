@@ -90,7 +90,8 @@ def test_jobs_share_one_warm_runner_with_their_own_logs_and_exit_files(client, r
     # a job whose container differs (prepare: the network and, here, HF_TOKEN) runs in its own container
     ctx.creds = Credentials({"HF_TOKEN": "hf_" + "Rk4" * 12})
     p = platform.run(ctx, "prepare", ["python", "job.py", "p"])
-    assert p.exit_code == 0 and pid(p) != pid(a) and "calls 1" in p.log_tail and "token True" in p.log_tail
+    assert p.exit_code == 0 and "calls 1" in p.log_tail and "token True" in p.log_tail  # a fresh interpreter
+    assert client.containers.get(container_name("runner", ctx.run_dir)).id == runner.id  # the runner stayed
     c = platform.run(ctx, "eval", ["python", "job.py", "c"])
     assert pid(c) == pid(a) and "calls 3" in c.log_tail and "token False" in c.log_tail
 
@@ -128,6 +129,9 @@ def test_detached_training_in_the_runner_waits_stops_with_its_grace_and_reads_ba
     deadline = time.monotonic() + 30
     while "training" not in (ctx.run_dir / "logs" / "train.log").read_text() and time.monotonic() < deadline:
         time.sleep(0.1)
+    assert platform.status(ctx, "train")["running"] is True
+    busy = platform.run(ctx, "smoke", ["python", "job.py", "s"])  # the runner is busy training: its own container, no wait
+    assert busy.exit_code == 0 and "calls 1 arg s" in busy.log_tail
     assert platform.status(ctx, "train")["running"] is True
     platform.stop(ctx, "train")
     st = platform.status(ctx, "train")
