@@ -607,13 +607,18 @@ class DockerPlatform:
                 return None  # an earlier agent process's runner still trains: leave it alone
             old.remove(force=True)
         script, fifo = ctx.run_dir / RUNNER_SCRIPT, ctx.run_dir / RUNNER_FIFO
-        script.parent.mkdir(parents=True, exist_ok=True)
-        tmp = script.with_name(script.name + ".tmp")
-        shutil.copyfile(Path(__file__).resolve().with_name("worker.py"), tmp)
-        os.replace(tmp, script)
-        fifo.unlink(missing_ok=True)
-        os.mkfifo(fifo, 0o600)
-        fd = os.open(fifo, os.O_RDWR)  # never blocks; the runner reads end-of-file once this process has closed it
+        try:
+            script.parent.mkdir(parents=True, exist_ok=True)
+            tmp = script.with_name(script.name + ".tmp")
+            shutil.copyfile(Path(__file__).resolve().with_name("worker.py"), tmp)
+            os.replace(tmp, script)
+            fifo.unlink(missing_ok=True)
+            os.mkfifo(fifo, 0o600)
+            fd = os.open(fifo, os.O_RDWR)  # never blocks; the runner reads end-of-file once this process has closed it
+        except OSError as err:  # a filesystem without FIFOs (some network mounts): every job gets its own container
+            ctx.session.event("note", text=f"no job runner: {RUNNER_FIFO} could not be made ({err.strerror or err})")
+            self.persistent = False
+            return None
         args = {**kwargs, "name": name, "labels": {**kwargs["labels"], "tao-finetune.kind": "runner"},
                 "command": ["python", f"{WORKDIR}/{RUNNER_SCRIPT}", "--requests", f"{WORKDIR}/{RUNNER_FIFO}"]}
         try:

@@ -195,6 +195,22 @@ def test_the_runner_starts_warming_after_a_build(client, tmp_path):
             client.images.remove(rec["image"], force=True)
 
 
+def test_without_fifos_every_job_gets_its_own_container(client, run, monkeypatch):
+    ctx = run
+
+    def no_fifo(*_a, **_k):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "mkfifo", no_fifo)
+    platform = DockerPlatform(client, echo=None, persistent=True)
+    res = platform.run(ctx, "smoke", ["python", "job.py", "a"])
+    assert res.exit_code == 0 and not platform.persistent
+    with pytest.raises(docker.errors.NotFound):
+        client.containers.get(container_name("runner", ctx.run_dir))
+    notes = [json.loads(x) for x in (ctx.run_dir / ".tao" / "session.jsonl").read_text().splitlines()]
+    assert any("no job runner" in e.get("text", "") for e in notes if e.get("kind") == "note")
+
+
 def test_the_runner_is_on_by_default_on_a_gpu_host_only(monkeypatch):
     import tao_finetune.tools.runtime.local as local
 
