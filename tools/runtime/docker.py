@@ -590,10 +590,10 @@ class DockerPlatform:
         if self._runner is not None:
             container, rkey, _ = self._runner
             if self._runner_alive(container):
+                if self._runner_job_running(ctx):
+                    return None  # busy with a detached job: this one gets its own container
                 if rkey == key:
                     return self._runner
-                if self._runner_job_running(ctx):
-                    return None
             self._drop_runner()
         name = container_name("runner", ctx.run_dir)
         try:
@@ -607,13 +607,18 @@ class DockerPlatform:
                 return None  # an earlier agent process's runner still trains: leave it alone
             old.remove(force=True)
         script, fifo = ctx.run_dir / RUNNER_SCRIPT, ctx.run_dir / RUNNER_FIFO
-        script.parent.mkdir(parents=True, exist_ok=True)
-        tmp = script.with_name(script.name + ".tmp")
-        shutil.copyfile(Path(__file__).resolve().with_name("worker.py"), tmp)
-        os.replace(tmp, script)
-        fifo.unlink(missing_ok=True)
-        os.mkfifo(fifo, 0o600)
-        fd = os.open(fifo, os.O_RDWR)  # never blocks; the runner reads end-of-file once this process has closed it
+        try:
+            script.parent.mkdir(parents=True, exist_ok=True)
+            tmp = script.with_name(script.name + ".tmp")
+            shutil.copyfile(Path(__file__).resolve().with_name("worker.py"), tmp)
+            os.replace(tmp, script)
+            fifo.unlink(missing_ok=True)
+            os.mkfifo(fifo, 0o600)
+            fd = os.open(fifo, os.O_RDWR)  # never blocks; the runner reads end-of-file once this process has closed it
+        except OSError as err:  # a filesystem without FIFOs (some network mounts): every job gets its own container
+            ctx.session.event("note", text=f"no job runner: {RUNNER_FIFO} could not be made ({err.strerror or err})")
+            self.persistent = False
+            return None
         args = {**kwargs, "name": name, "labels": {**kwargs["labels"], "tao-finetune.kind": "runner"},
                 "command": ["python", f"{WORKDIR}/{RUNNER_SCRIPT}", "--requests", f"{WORKDIR}/{RUNNER_FIFO}"]}
         try:
@@ -629,11 +634,25 @@ class DockerPlatform:
         return self._runner
 
     def _runner_job_running(self, ctx: RunContext) -> bool:
-        """A detached job (training) of this run still runs in a runner."""
+        """A job of this run (a detached training) still runs in a runner: its exit file is missing and the runner
+        container it was handed to (by id: a later runner has the same name) still runs."""
         for marker in (ctx.run_dir / "logs").glob("*.runner"):
-            if not marker.with_suffix(".exit").exists():
+            info = self._runner_info(ctx, marker.stem)
+            if info is None or marker.with_suffix(".exit").exists():
+                continue
+            if self._runner_container(info) is not None:
                 return True
         return False
+
+    def _runner_container(self, info: dict) -> Any | None:
+        """The running runner container a job was handed to, else None."""
+        try:
+            container = self.client.containers.get(info.get("id") or info.get("runner") or "")
+        except NotFound:
+            return None
+        except (DockerException, requests.exceptions.ConnectionError) as err:
+            raise _daemon_error(err) from None
+        return container if container.status == "running" else None
 
     def _send(self, runner: tuple[Any, str, int], req: dict) -> bool:
         try:
@@ -666,7 +685,7 @@ class DockerPlatform:
         self._stop_marker(ctx, kind).unlink(missing_ok=True)
         log_path.write_text(ctx.creds.redact(f"$ {' '.join(command)}") + "\n")
         req = {"kind": kind, "argv": command[1:], "log": f"{WORKDIR}/logs/{kind}.log", "exit": f"{WORKDIR}/logs/{kind}.exit"}
-        marker.write_text(json.dumps({"runner": container.name, "argv": command, "started": time.time()}))
+        marker.write_text(json.dumps({"runner": container.name, "id": container.id, "argv": command, "started": time.time()}))
         if not self._send(runner, req):
             self._drop_runner(grace=False)
             marker.unlink(missing_ok=True)
@@ -731,7 +750,7 @@ class DockerPlatform:
             code = exit_code(int(text) if text.lstrip("-").isdigit() else -1)
         else:
             try:
-                container = self.client.containers.get(info.get("runner") or "")
+                container = self.client.containers.get(info.get("id") or info.get("runner") or "")
                 running = self._runner_alive(container)
                 state = container.attrs.get("State", {})
             except NotFound:
@@ -769,7 +788,7 @@ class DockerPlatform:
         info = self._runner_info(ctx, kind)
         if info is not None:
             try:
-                container = self.client.containers.get(info.get("runner") or "")
+                container = self.client.containers.get(info.get("id") or info.get("runner") or "")
                 self._wait_runner_job(container, ctx.run_dir / "logs" / f"{kind}.exit", timeout)
             except NotFound:
                 pass
@@ -861,11 +880,11 @@ class DockerPlatform:
             marker = self._stop_marker(ctx, kind)
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text("stopped by the user or the agent\n")
-            if self._runner is not None and self._runner[0].name == info.get("runner"):
-                self._drop_runner()
+            if self._runner is not None and self._runner[0].id == info.get("id"):
+                self._stop_runner()  # kept until the next runner starts: its exit state stays readable
                 return
             try:
-                self.client.containers.get(info.get("runner") or "").stop(timeout=int(self.grace_s))
+                self.client.containers.get(info.get("id") or info.get("runner") or "").stop(timeout=int(self.grace_s))
             except NotFound:
                 return
             except (DockerException, requests.exceptions.ConnectionError) as err:

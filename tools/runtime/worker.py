@@ -64,15 +64,22 @@ def _purge_project_modules(root: str) -> None:
 
 
 def _model_module(root: str) -> str | None:
-    """transformers.models.<type>.modeling_<type> for a local model_id in the run's config.yaml (else None)."""
+    """transformers.models.<type>.modeling_<type> for the run's model_id in config.yaml: a local folder's config.json,
+    or a Hub id's config.json in the Hub cache (probe_model put it there in Step 1); None when neither is there."""
     try:
         import yaml
 
         with open(os.path.join(root, "config.yaml")) as f:
             model_id = str((yaml.safe_load(f) or {}).get("model_id") or "")
-        with open(os.path.join(model_id, "config.json")) as f:
+        path = os.path.join(model_id, "config.json")
+        if not os.path.isfile(path):
+            from huggingface_hub import try_to_load_from_cache  # transformers' own dependency
+
+            cached = try_to_load_from_cache(model_id, "config.json")
+            path = cached if isinstance(cached, str) else path
+        with open(path) as f:
             kind = str(json.load(f).get("model_type") or "").replace("-", "_")
-    except (OSError, ValueError, ImportError, AttributeError):
+    except (OSError, ValueError, ImportError, AttributeError, TypeError):
         return None
     return f"transformers.models.{kind}.modeling_{kind}" if kind.isidentifier() else None
 

@@ -90,7 +90,8 @@ def test_jobs_share_one_warm_runner_with_their_own_logs_and_exit_files(client, r
     # a job whose container differs (prepare: the network and, here, HF_TOKEN) runs in its own container
     ctx.creds = Credentials({"HF_TOKEN": "hf_" + "Rk4" * 12})
     p = platform.run(ctx, "prepare", ["python", "job.py", "p"])
-    assert p.exit_code == 0 and pid(p) != pid(a) and "calls 1" in p.log_tail and "token True" in p.log_tail
+    assert p.exit_code == 0 and "calls 1" in p.log_tail and "token True" in p.log_tail  # a fresh interpreter
+    assert client.containers.get(container_name("runner", ctx.run_dir)).id == runner.id  # the runner stayed
     c = platform.run(ctx, "eval", ["python", "job.py", "c"])
     assert pid(c) == pid(a) and "calls 3" in c.log_tail and "token False" in c.log_tail
 
@@ -128,6 +129,9 @@ def test_detached_training_in_the_runner_waits_stops_with_its_grace_and_reads_ba
     deadline = time.monotonic() + 30
     while "training" not in (ctx.run_dir / "logs" / "train.log").read_text() and time.monotonic() < deadline:
         time.sleep(0.1)
+    assert platform.status(ctx, "train")["running"] is True
+    busy = platform.run(ctx, "smoke", ["python", "job.py", "s"])  # the runner is busy training: its own container, no wait
+    assert busy.exit_code == 0 and "calls 1 arg s" in busy.log_tail
     assert platform.status(ctx, "train")["running"] is True
     platform.stop(ctx, "train")
     st = platform.status(ctx, "train")
@@ -189,6 +193,22 @@ def test_the_runner_starts_warming_after_a_build(client, tmp_path):
             c.remove(force=True)
         if rec.get("image"):
             client.images.remove(rec["image"], force=True)
+
+
+def test_without_fifos_every_job_gets_its_own_container(client, run, monkeypatch):
+    ctx = run
+
+    def no_fifo(*_a, **_k):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "mkfifo", no_fifo)
+    platform = DockerPlatform(client, echo=None, persistent=True)
+    res = platform.run(ctx, "smoke", ["python", "job.py", "a"])
+    assert res.exit_code == 0 and not platform.persistent
+    with pytest.raises(docker.errors.NotFound):
+        client.containers.get(container_name("runner", ctx.run_dir))
+    notes = [json.loads(x) for x in (ctx.run_dir / ".tao" / "session.jsonl").read_text().splitlines()]
+    assert any("no job runner" in e.get("text", "") for e in notes if e.get("kind") == "note")
 
 
 def test_the_runner_is_on_by_default_on_a_gpu_host_only(monkeypatch):

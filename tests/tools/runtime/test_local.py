@@ -246,6 +246,38 @@ def test_the_worker_collects_a_finished_jobs_cycles_before_the_next_job(tmp_path
     assert "collected True enabled True" in b.log_tail, b.log_tail
 
 
+def test_the_warm_up_finds_a_hub_models_module_in_the_hub_cache(tmp_path):
+    """A Hub model id (the common case) is resolved through the Hub cache probe_model filled, so the warm-up imports
+    the model's transformers module ahead of the smoke job, as for a local folder."""
+    import subprocess
+    import sys
+
+    cache = tmp_path / "hub"
+    snap = cache / "models--acme--vitlike" / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text(json.dumps({"model_type": "vit"}))
+    (cache / "models--acme--vitlike" / "refs").mkdir()
+    (cache / "models--acme--vitlike" / "refs" / "main").write_text("a" * 40)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("model_id: acme/vitlike\n")
+    local = tmp_path / "local-model"
+    local.mkdir()
+    (local / "config.json").write_text(json.dumps({"model_type": "conv-next"}))
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import worker, pathlib\n"
+            "print(worker._model_module(sys.argv[2]))\n"
+            "pathlib.Path(sys.argv[2], 'config.yaml').write_text('model_id: ' + sys.argv[3] + '\\n')\n"
+            "print(worker._model_module(sys.argv[2]))\n"
+            "pathlib.Path(sys.argv[2], 'config.yaml').write_text('model_id: acme/not-cached\\n')\n"
+            "print(worker._model_module(sys.argv[2]))\n")
+    from tao_finetune.tools.runtime.local import WORKER
+
+    out = subprocess.run([sys.executable, "-c", code, str(WORKER.parent), str(run), str(local)], capture_output=True,
+                         text=True, timeout=120, env={**__import__("os").environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-1500:]
+    assert out.stdout.split() == ["transformers.models.vit.modeling_vit", "transformers.models.conv_next.modeling_conv_next", "None"]
+
+
 def test_prewarm_starts_the_worker_and_plain_subprocess_mode_still_works(tmp_path, monkeypatch):
     ctx = make_ctx(tmp_path)
     monkeypatch.setenv("TAO_PREWARM", "0")
