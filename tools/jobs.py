@@ -86,19 +86,23 @@ STALE_AFTER_METHOD_CHANGE = ("checkpoints/final", "checkpoints/merged", "reports
 
 
 def restart_training(run_dir: Path) -> list[str]:
-    """After the user switched the training method: drop what the old method produced, so smoke and training rerun."""
-    import shutil
+    """After the user approved a change that voids the training: move what the old plan produced out of the way (under
+    .tao/superseded/<time>/, never deleted: a retrain that fails must not have cost the model), so smoke and training rerun."""
+    import time
 
     reset_training(run_dir)
+    stale = [rel for rel in STALE_AFTER_METHOD_CHANGE if (run_dir / rel).exists() or (run_dir / rel).is_symlink()]
+    base = run_dir / ".tao" / "superseded" / time.strftime("%Y%m%d-%H%M%S")
+    archive, n = base, 1
+    while archive.exists():  # two changes within a second: never mix (or fail on) an earlier set
+        n += 1
+        archive = base.with_name(f"{base.name}.{n}")
     gone = []
-    for rel in STALE_AFTER_METHOD_CHANGE:
+    for rel in stale:
         p = run_dir / rel
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        elif p.exists():
-            p.unlink()
-        else:
-            continue
+        dest = archive / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        p.rename(dest)  # same file system: instant for a checkpoint of any size
         gone.append(rel)
     return gone
 

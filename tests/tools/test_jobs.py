@@ -532,3 +532,22 @@ def test_the_loop_ends_with_the_limit_exit_code_when_a_job_outlives_max_hours(tm
     events = [json.loads(x) for x in (ctx.run_dir / ".tao" / "session.jsonl").read_text().splitlines()]
     assert [e["kind"] for e in events][-2:] == ["job_cut", "exit"] and events[-1]["code"] == 5
     assert RunState.load(ctx.run_dir).records.get("baseline") is None and "baseline" not in RunState.load(ctx.run_dir).evidence
+
+
+def test_a_change_that_voids_the_training_keeps_what_it_produced_aside(tmp_path):
+    """'Train two more epochs' on a finished run voided checkpoints/final and the eval by deleting them: a retrain that
+    then fails had lost the model. They are moved under .tao/superseded/ instead (out of the gates' and the push's way)."""
+    from tao_finetune.tools.jobs import restart_training
+
+    (tmp_path / "checkpoints" / "final").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "final" / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "eval_results.json").write_text('{"accuracy": 0.9}')
+    gone = restart_training(tmp_path)
+    assert gone == ["checkpoints/final", "reports/eval_results.json"]
+    assert not (tmp_path / "checkpoints" / "final").exists() and not (tmp_path / "reports" / "eval_results.json").exists()
+    (kept,) = (tmp_path / ".tao" / "superseded").iterdir()
+    assert (kept / "checkpoints" / "final" / "model.safetensors").read_bytes() == b"weights"
+    assert (kept / "reports" / "eval_results.json").read_text() == '{"accuracy": 0.9}'
+    assert restart_training(tmp_path) == []  # nothing left to set aside: no second, empty archive
+    assert len(list((tmp_path / ".tao" / "superseded").iterdir())) == 1
