@@ -148,6 +148,15 @@ def _daemon_error(err: Exception) -> ToolError:
     )
 
 
+def _start_error(ctx: RunContext, what: str, err: APIError) -> ToolError:
+    """The one-line error of a container that would not start; a missing GPU runtime is named with its fix."""
+    msg = str(err.explanation or err)
+    if "could not select device driver" in msg:
+        return ToolError(f"no GPU runtime in Docker ({msg[:200]}): install NVIDIA Container Toolkit and run "
+                         "'sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl restart docker'")
+    return ToolError(f"docker could not start {what}: {ctx.creds.redact(msg)[:400]}")
+
+
 def _build_response(stream: Any) -> Any:
     """The HTTP response behind `APIClient.build(...)`'s stream: that method returns `self._stream_helper(response,
     decode=...)` (docker 7.x, site-packages/docker/api/build.py), a generator whose frame holds the response from its
@@ -471,13 +480,7 @@ class DockerPlatform:
         except ImageNotFound:
             raise ToolError(f"image {tag!r} not found: run docker_build first") from None
         except APIError as err:
-            msg = str(err.explanation or err)
-            if "could not select device driver" in msg:
-                raise ToolError(
-                    f"no GPU runtime in Docker ({msg[:200]}): install NVIDIA Container Toolkit and run "
-                    "'sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl restart docker'"
-                ) from None
-            raise ToolError(f"docker could not start the {kind} container: {ctx.creds.redact(msg)[:400]}") from None
+            raise _start_error(ctx, f"the {kind} container", err) from None
         except (DockerException, requests.exceptions.ConnectionError) as err:
             raise _daemon_error(err) from None
         ctx.session.event("container", job=kind, name=name, image=tag, argv=command, detach=detach)
@@ -605,7 +608,7 @@ class DockerPlatform:
         if old is not None:
             if old.status == "running" and self._runner_job_running(ctx):
                 return None  # an earlier agent process's runner still trains: leave it alone
-            old.remove(force=True)
+            self._remove(old)
         script, fifo = ctx.run_dir / RUNNER_SCRIPT, ctx.run_dir / RUNNER_FIFO
         try:
             script.parent.mkdir(parents=True, exist_ok=True)
@@ -625,7 +628,7 @@ class DockerPlatform:
             container = self.client.containers.run(**args)
         except APIError as err:
             os.close(fd)
-            raise ToolError(f"docker could not start the job runner: {ctx.creds.redact(str(err.explanation or err))[:400]}") from None
+            raise _start_error(ctx, "the job runner", err) from None
         except (DockerException, requests.exceptions.ConnectionError) as err:
             os.close(fd)
             raise _daemon_error(err) from None

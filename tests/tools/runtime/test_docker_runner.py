@@ -211,6 +211,17 @@ def test_without_fifos_every_job_gets_its_own_container(client, run, monkeypatch
     assert any("no job runner" in e.get("text", "") for e in notes if e.get("kind") == "note")
 
 
+def test_a_missing_gpu_runtime_is_named_when_the_runner_starts(client, run):
+    from tao_finetune.tools.base import ToolError
+
+    if "nvidia" in (client.info().get("Runtimes") or {}):
+        pytest.skip("this daemon has a GPU runtime")
+    ctx = run
+    ctx.config.gpu_count = 1
+    with pytest.raises(ToolError, match="no GPU runtime in Docker.*could not select device driver"):
+        DockerPlatform(client, echo=None, persistent=True).run(ctx, "smoke", ["python", "job.py", "a"])
+
+
 def test_the_runner_is_on_by_default_on_a_gpu_host_only(monkeypatch):
     import tao_finetune.tools.runtime.local as local
 
