@@ -44,6 +44,7 @@ from tao_finetune.tools.runtime.outcome import STATUS_TAIL_CHARS, Watchdog, exit
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
           "SUSPENDED", "STAGE_OUT", "SIGNALING", "RESV_DEL_HOLD", "STOPPED", "SPECIAL_EXIT"}
+REQUEUE_SETTLE_TRIES, REQUEUE_SETTLE_S = 5, 1.0  # an ended-looking job that was requeued is asked again for up to 5 s
 # terminal states that are not a plain exit code, with the evidence line the error playbook matches
 STATE_EVIDENCE = {
     "OUT_OF_MEMORY": "OutOfMemoryError: SLURM job {job} ended OUT_OF_MEMORY (the job's memory limit, slurm.mem, was exceeded)",
@@ -622,6 +623,14 @@ class SlurmPlatform:
             return {"running": True, "started": True, "job_id": rec["job_id"], "slurm_state": "UNKNOWN", "reason": str(err),
                     "exit_code": None, "stopped": False, "log_tail": ctx.creds.redact(tail(log, STATUS_TAIL_CHARS))}
         stopped = (ctx.run_dir / ".tao" / f"{kind}.stopped").exists()
+        for _ in range(REQUEUE_SETTLE_TRIES):  # a requeued job shows an ended state (CANCELLED) for a moment before PENDING
+            if js.active or js.restarts < 1 or stopped:
+                break
+            time.sleep(REQUEUE_SETTLE_S)
+            try:
+                js = query_job(str(rec["job_id"]))
+            except ControllerTimeout:
+                break
         running = js.active
         if running and kind not in self._followers:
             self._follow(ctx, kind, log, log.stat().st_size if log.exists() else 0)

@@ -276,3 +276,26 @@ def test_a_slow_controller_is_polled_again_not_taken_for_a_failure(tmp_path, mon
     answers[:] = [slurm.ControllerTimeout("scontrol did not answer in 60s")]
     st = plat.status(ctx, "train")
     assert st["running"] and st["slurm_state"] == "UNKNOWN" and st["exit_code"] is None
+
+
+def test_a_requeued_job_is_not_taken_for_an_ended_one_while_slurm_moves_it_back_to_pending(tmp_path, monkeypatch):
+    """During a requeue the controller shows the job CANCELLED (restarts already 1) for a moment before PENDING; status
+    asks again instead of reporting the training as failed (exit 1). A CI run met that moment."""
+    from tao_finetune.agent.context import RunContext
+    from tao_finetune.agent.secrets import Credentials
+    from tao_finetune.agent.session import SessionLog
+
+    answers = [slurm.JobState("9", "CANCELLED", exit_code=0, restarts=1), slurm.JobState("9", "CANCELLED", exit_code=0, restarts=1),
+               slurm.JobState("9", "PENDING", reason="BeginTime", restarts=1)]
+    monkeypatch.setattr(slurm, "query_job", lambda job_id: answers.pop(0))
+    monkeypatch.setattr(slurm, "REQUEUE_SETTLE_S", 0.01)
+    c = cfg(tmp_path)
+    ctx = RunContext(c, SessionLog(c.out / "session.jsonl", Credentials({})), Credentials({}))
+    plat = slurm.SlurmPlatform(echo=None, poll_s=0.01)
+    plat._save_record(ctx, "train", {"job_id": "9"})
+    st = plat.status(ctx, "train")
+    assert st["running"] and st["exit_code"] is None and st["restarts"] == 1 and not answers
+    # a job that stays ended after the settle time is ended (a cancel after its restart)
+    answers[:] = [slurm.JobState("9", "CANCELLED", exit_code=0, restarts=1)] * (slurm.REQUEUE_SETTLE_TRIES + 1)
+    st = plat.status(ctx, "train")
+    assert not st["running"] and st["exit_code"] == 1
