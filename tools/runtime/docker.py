@@ -45,8 +45,9 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from tao_finetune.agent.context import JobKind, JobResult, RunContext
 from tao_finetune.agent.policy import job_credentials
 from tao_finetune.tools.base import ToolError
+from tao_finetune.tools.runtime.local import redact_log
 from tao_finetune.tools.runtime.outcome import (STATUS_TAIL_CHARS, STOP_GRACE_S, Watchdog, end_process, exit_code, failure_tail,
-                                                 oom_killed, tail)
+                                                 oom_killed, read_exit_file, tail)
 
 WORKDIR = "/workspace"
 RUNNER_SCRIPT = ".tao/worker.py"  # a copy of tools/runtime/worker.py, in the mounted output dir
@@ -707,7 +708,7 @@ class DockerPlatform:
             if self._runner is not None and self._runner[0].id == container.id:
                 self._stop_runner()
             self._remove(container)
-        self._scrub(ctx, log_path)
+        redact_log(ctx, log_path)
         dog.check(code)
         text = failure_tail(kind, code, ctx.creds.redact(tail(log_path)), oom=oom_killed(code, oom_flag=oom, stopped=dog.fired.is_set()))
         return JobResult(kind=kind, exit_code=code, log_path=log_path, log_tail=text)
@@ -728,29 +729,21 @@ class DockerPlatform:
                     state = container.attrs.get("State", {})
                     return exit_code(int(state.get("ExitCode", -1))), bool(state.get("OOMKilled"))
             time.sleep(RUNNER_POLL_S)
-        text = exit_file.read_text().strip()
-        return exit_code(int(text) if text.lstrip("-").isdigit() else -1), False
-
-    @staticmethod
-    def _scrub(ctx: RunContext, log_path: Path) -> None:
-        """The job wrote its log directly: every credential form is removed from it (it had none in its env anyway)."""
-        try:
-            ctx.creds.scrub_file(log_path)
-        except OSError:
-            pass
+        code = read_exit_file(exit_file)
+        return exit_code(-1 if code is None else code), False
 
     def _runner_status(self, ctx: RunContext, kind: JobKind, info: dict) -> dict:
         """status() of a job that ran in a runner: its exit file, else the runner's state."""
         log_path = ctx.run_dir / "logs" / f"{kind}.log"
         exit_file = ctx.run_dir / "logs" / f"{kind}.exit"
-        self._scrub(ctx, log_path)
+        redact_log(ctx, log_path)
         stopped = self._stop_marker(ctx, kind).exists()
         out = {"name": info.get("runner"), "exists": True, "started": True, "runner": True, "stopped": stopped,
                "log_tail": ctx.creds.redact(tail(log_path, STATUS_TAIL_CHARS))}
         code, oom = None, False
         if exit_file.exists():
-            text = exit_file.read_text().strip()
-            code = exit_code(int(text) if text.lstrip("-").isdigit() else -1)
+            written = read_exit_file(exit_file)
+            code = exit_code(-1 if written is None else written)
         else:
             try:
                 container = self.client.containers.get(info.get("id") or info.get("runner") or "")

@@ -28,7 +28,7 @@ from tao_finetune.agent.policy import job_credentials
 from tao_finetune.agent.secrets import KNOWN, SECRET_NAMES
 from tao_finetune.tools.base import ToolError
 from tao_finetune.tools.runtime.outcome import (STATUS_TAIL_CHARS, STOP_GRACE_S, Watchdog, end_process, exit_code, failure_tail,
-                                                 oom_killed, tail)
+                                                 oom_killed, read_exit_file, tail)
 
 WORKER = Path(__file__).resolve().with_name("worker.py")
 POLL_S = 0.02
@@ -158,8 +158,8 @@ class LocalPlatform:
         except KeyboardInterrupt:
             self._kill_worker()
             raise
-        text = exit_file.read_text().strip()
-        return int(text) if text.lstrip("-").isdigit() else -1
+        code = read_exit_file(exit_file)
+        return -1 if code is None else code
 
     def prewarm(self, ctx: RunContext) -> bool:
         """Start the run's worker now and let it import torch/transformers and create the CUDA context while the
@@ -344,14 +344,12 @@ class LocalPlatform:
         out = {"running": running, "exit_code": None, "pid": pid, "started": True, "stopped": bool(info.get("stopped")),
                "log_tail": ctx.creds.redact(tail(log, STATUS_TAIL_CHARS))}
         if not running:
-            text = exit_file.read_text().strip() if exit_file.exists() else ""
+            code = read_exit_file(exit_file)
             proc = self._procs.get(kind)
             w = self._worker
-            if text.lstrip("-").isdigit():
-                code = int(text)
-            elif proc is not None and proc.pid == pid:
+            if code is None and proc is not None and proc.pid == pid:
                 code = proc.returncode
-            elif w is not None and w.pid == pid and w.poll() is not None:
+            elif code is None and w is not None and w.pid == pid and w.poll() is not None:
                 code = w.returncode  # the job took the worker down with it (a signal, os._exit)
             out["exit_code"] = code = exit_code(code)  # None (ended without an exit record: killed) -> -1
             out["oom_killed"] = oom = oom_killed(code, stopped=out["stopped"])

@@ -46,6 +46,16 @@ def exit_code(code: int | None) -> int:
     return 128 - code if code < 0 and -code < 64 else code
 
 
+def read_exit_file(path: Path) -> int | None:
+    """The exit code a job's exit file holds (the worker and the shell wrapper write it); None when the file is missing
+    or holds no number."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
 def oom_killed(code: int, *, oom_flag: bool = False, stopped: bool = False) -> bool:
     """The platform saw an OOM kill, or the job died of SIGKILL without being stopped (the OOM killer's signal)."""
     return bool(oom_flag) or (code == SIGKILL_EXIT and not stopped)
