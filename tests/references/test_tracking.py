@@ -15,10 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
+from test_scaffolds import reference_recipe, step1
 
-from tao_finetune.agent import gates
-from tao_finetune.agent.authority import record_live_attempt, set_recipe
 from tao_finetune.agent.config import RunConfig
 from tao_finetune.agent.console import job_progress
 from tao_finetune.agent.context import RunContext
@@ -137,27 +135,6 @@ def test_wandb_mode_disabled_or_off_leaves_only_tensorboard(tmp_path):
     assert t.wandb is None and t.tensorboard.logdir == "logs/tensorboard" and not (proj / "logs" / "wandb").exists()
     assert [s for s, _ in tb_scalars(proj / "logs" / "tensorboard", "train/lr")] == [1, 2, 3, 4]
     assert [line.split(":")[0] for line in tracking_lines(proj)] == ["tensorboard"]
-
-
-def step1(cfg: RunConfig) -> None:
-    """Step 1 through its real producers: probe the model and the dataset, qualify (fills config.project)."""
-    from tao_finetune.tools.dataset import probe_dataset_facts
-    from tao_finetune.tools.probe import hub_env, probe_model_facts
-    from tao_finetune.tools.task import qualify_config
-
-    with hub_env():
-        cfg.model_facts = probe_model_facts(cfg.model_id, False)
-        cfg.dataset_facts = probe_dataset_facts(cfg, False)
-    assert qualify_config(cfg)["verdict"] == "accept"
-
-
-def reference_recipe(cfg: RunConfig, state: RunState, task: str) -> None:
-    """Fill the recipe slots from references/recipes.yaml the way a run without live research does."""
-    entry = yaml.safe_load((REFS / "recipes.yaml").read_text())["tasks"][task]
-    record_live_attempt(state, "*", entry["source"], "offline test: no network")
-    for slot in gates.RECIPE_SLOTS:
-        value = entry["hyperparameters"] if slot == "hyperparameters" else entry[slot]
-        set_recipe(cfg, state, slot, value, "reference", f"references/recipes.yaml#{task}")
 
 
 @pytest.fixture(scope="module")
