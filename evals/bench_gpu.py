@@ -175,11 +175,13 @@ def run_ours(model_dir: Path, data: Path, out: Path, env: dict, epochs: int, wor
         t0 = time.time()
         wall, code = timed(cmd, out.parent, env, out.parent / f"{out.name}.log")
     summary = json.loads((out / "reports" / "train_summary.json").read_text()) if (out / "reports" / "train_summary.json").is_file() else {}
-    recs = [json.loads(x) for x in (out / "logs" / "metrics.jsonl").read_text().splitlines()] if (out / "logs" / "metrics.jsonl").is_file() else []
-    windows = [r for r in recs if r.get("samples_per_s") and "event" not in r]
+    from tao_finetune.agent.metrics import read_records, training_steps  # the project's one metrics-log reader
+
+    recs = read_records(out / "logs" / "metrics.jsonl")
+    steps = training_steps(out / "logs" / "metrics.jsonl")
+    windows = [r for r in steps if r.get("samples_per_s")]
     start = next((r for r in recs if r.get("event") in ("start", "resume")), {})
     done = next((r for r in recs if r.get("event") == "done"), {})
-    steps = [r for r in recs if r.get("step") and "event" not in r]
     # the training loop: from its start record (written just before step 1) to the last step's record; the training
     # job: from the job's start (start time - setup_s: model load, optimizer, data) to the done record (after the save)
     loop_busy = busy.share(start.get("time"), steps[-1]["time"]) if start and steps else None
